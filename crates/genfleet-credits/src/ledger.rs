@@ -1,0 +1,564 @@
+//! The ledger operations: grant, reserve, settle, expire, and reads.
+//!
+//! Each public method is exactly one transaction. Lock order is always
+//! "hold row, then account row" for settle and expire, and "account row, then
+//! insert a new hold" for reserve; a new hold row cannot be waited on by
+//! settle or expire (they only lock committed holds), so these orders cannot
+//! form a cycle. The sweeper updates accounts in sorted order so two sweepers
+//! never deadlock on each other.
+//!
+//! Amounts are validated here; the SQL `CHECK`s are the last line of defence,
+//! not the first.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use deadpool_postgres::{GenericClient, Transaction};
+use tokio_postgres::Row;
+use tracing::{debug, instrument, warn};
+
+use crate::{CreditsError, Ledger};
+
+/// Longest accepted account or job id; ids are keys, not documents.
+const MAX_ID_LEN: usize = 256;
+/// Longest hold lifetime accepted. A hold is meant to outlive one job
+/// attempt, not to park credits for years; this also keeps the interval
+/// arithmetic far from PostgreSQL's range limits.
+const MAX_TTL: Duration = Duration::from_secs(366 * 24 * 60 * 60);
+/// Holds expired per sweeper transaction, so one sweep never locks an
+/// unbounded number of rows.
+const EXPIRE_BATCH: i64 = 500;
+
+/// Columns of `holds` in the order [`hold_from_row`] reads them.
+const HOLD_COLUMNS: &str = "job_id, account, amount, state, captured, released";
+
+/// Where a hold is in its life. Only `Held` can change; the others are final.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HoldState {
+    Held,
+    Captured,
+    Released,
+    Expired,
+}
+
+impl HoldState {
+    /// The value stored in `holds.state`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            HoldState::Held => "held",
+            HoldState::Captured => "captured",
+            HoldState::Released => "released",
+            HoldState::Expired => "expired",
+        }
+    }
+
+    fn parse(s: &str) -> Result<HoldState, CreditsError> {
+        match s {
+            "held" => Ok(HoldState::Held),
+            "captured" => Ok(HoldState::Captured),
+            "released" => Ok(HoldState::Released),
+            "expired" => Ok(HoldState::Expired),
+            other => Err(CreditsError::Database(format!(
+                "hold state {other:?} is not one of held, captured, released, expired"
+            ))),
+        }
+    }
+}
+
+/// Credits reserved for one job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hold {
+    pub job_id: String,
+    pub account: String,
+    /// What was reserved.
+    pub amount: i64,
+    pub state: HoldState,
+    /// What was charged at settlement (0 until then).
+    pub captured: i64,
+    /// What went back to the account at settlement or expiry (0 until then).
+    pub released: i64,
+}
+
+/// An account's credits. `available + held + captured` equals everything ever
+/// granted to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Balance {
+    pub account: String,
+    /// Free to reserve.
+    pub available: i64,
+    /// Reserved by open holds.
+    pub held: i64,
+    /// Spent by finished jobs.
+    pub captured: i64,
+}
+
+/// How a job ends, as far as its credits go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settlement {
+    /// Charge `amount` (clamped to `0..=hold`); the rest of the hold goes back.
+    Capture { amount: i64 },
+    /// Charge nothing; the whole hold goes back.
+    Release,
+}
+
+impl Ledger {
+    /// Adds `amount` credits to `account`, creating it if needed. Returns the
+    /// new available balance.
+    ///
+    /// # Errors
+    /// [`CreditsError::Invalid`] when `amount <= 0` or the account id is empty
+    /// or too long.
+    #[instrument(skip_all, fields(account = account, amount = amount))]
+    pub async fn grant(
+        &self,
+        account: &str,
+        amount: i64,
+        reason: &str,
+    ) -> Result<i64, CreditsError> {
+        validate_id("account", account)?;
+        validate_positive("grant amount", amount)?;
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let row = tx
+            .query_one(
+                "INSERT INTO accounts (account, available, granted, updated_at)
+                 VALUES ($1, $2, $2, now())
+                 ON CONFLICT (account) DO UPDATE
+                 SET available = accounts.available + EXCLUDED.available,
+                     granted = accounts.granted + EXCLUDED.granted,
+                     updated_at = now()
+                 RETURNING available",
+                &[&account, &amount],
+            )
+            .await?;
+        let available: i64 = row.get(0);
+        insert_entry(&tx, account, None, "grant", amount, Some(reason)).await?;
+        tx.commit().await?;
+        debug!(available, "granted credits");
+        Ok(available)
+    }
+
+    /// The account's balance, or `None` when it was never granted anything.
+    ///
+    /// # Errors
+    /// [`CreditsError::Unavailable`] / [`CreditsError::Database`] on database
+    /// failure.
+    pub async fn balance(&self, account: &str) -> Result<Option<Balance>, CreditsError> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_opt(
+                "SELECT account, available, held, captured FROM accounts WHERE account = $1",
+                &[&account],
+            )
+            .await?;
+        Ok(row.map(|row| Balance {
+            account: row.get(0),
+            available: row.get(1),
+            held: row.get(2),
+            captured: row.get(3),
+        }))
+    }
+
+    /// Reserves `amount` credits of `account` for `job_id` until `ttl` from
+    /// now. Idempotent on `job_id`: when a hold for the job already exists it
+    /// is returned unchanged, whatever its state, account or amount, so a
+    /// redelivered job never holds twice.
+    ///
+    /// # Errors
+    /// [`CreditsError::Insufficient`] when the account does not exist or has
+    /// fewer than `amount` credits available (nothing changes);
+    /// [`CreditsError::Invalid`] when `amount <= 0` (free jobs skip
+    /// reservation), an id is empty or too long, or `ttl` is over a year.
+    #[instrument(skip_all, fields(job_id = job_id, account = account, amount = amount))]
+    pub async fn reserve(
+        &self,
+        job_id: &str,
+        account: &str,
+        amount: i64,
+        ttl: Duration,
+    ) -> Result<Hold, CreditsError> {
+        validate_id("job id", job_id)?;
+        validate_id("account", account)?;
+        validate_positive("reserve amount", amount)?;
+        if ttl > MAX_TTL {
+            return Err(CreditsError::Invalid(format!(
+                "hold ttl is {} s, above the limit of {} s",
+                ttl.as_secs(),
+                MAX_TTL.as_secs()
+            )));
+        }
+
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+
+        // Fast path for redelivery: no account lock needed.
+        if let Some(existing) = select_hold(&tx, job_id, false).await? {
+            tx.commit().await?;
+            log_if_different(&existing, account, amount);
+            return Ok(existing);
+        }
+
+        // Serialises all reserves of one account, so the balance check
+        // below cannot be raced.
+        let available: Option<i64> = tx
+            .query_opt(
+                "SELECT available FROM accounts WHERE account = $1 FOR UPDATE",
+                &[&account],
+            )
+            .await?
+            .map(|row| row.get(0));
+
+        let available = match available {
+            Some(available) if available >= amount => available,
+            other => {
+                // A duplicate reserve of this job may have committed while we
+                // waited for the account lock, taking the credits we now
+                // miss; that is success, not "insufficient". Each statement
+                // sees all commits so far (read committed).
+                if let Some(existing) = select_hold(&tx, job_id, false).await? {
+                    tx.commit().await?;
+                    return Ok(existing);
+                }
+                return Err(CreditsError::Insufficient {
+                    account: account.to_owned(),
+                    needed: amount,
+                    available: other.unwrap_or(0),
+                });
+            }
+        };
+
+        // ON CONFLICT DO NOTHING waits for a concurrent insert of the same
+        // job to finish and then yields no row, so two reserves of one job
+        // can never both debit the account.
+        let inserted = tx
+            .query_opt(
+                &format!(
+                    "INSERT INTO holds (job_id, account, amount, state, expires_at)
+                     VALUES ($1, $2, $3, 'held', now() + make_interval(secs => $4))
+                     ON CONFLICT (job_id) DO NOTHING
+                     RETURNING {HOLD_COLUMNS}"
+                ),
+                &[&job_id, &account, &amount, &ttl.as_secs_f64()],
+            )
+            .await?;
+        let Some(row) = inserted else {
+            let existing = select_hold(&tx, job_id, false).await?.ok_or_else(|| {
+                // Only possible if someone deletes holds, which nothing does.
+                CreditsError::Database(format!(
+                    "hold for job {job_id} conflicted on insert but cannot be read"
+                ))
+            })?;
+            tx.commit().await?;
+            log_if_different(&existing, account, amount);
+            return Ok(existing);
+        };
+        let hold = hold_from_row(&row)?;
+
+        tx.execute(
+            "UPDATE accounts
+             SET available = available - $2, held = held + $2, updated_at = now()
+             WHERE account = $1",
+            &[&account, &amount],
+        )
+        .await?;
+        insert_entry(&tx, account, Some(job_id), "hold", amount, None).await?;
+        tx.commit().await?;
+        debug!(available = available - amount, "reserved credits");
+        Ok(hold)
+    }
+
+    /// Ends a job: settles its hold (if it has one and it is still open) and
+    /// stores `outcome`, the job's serialized result, in one transaction.
+    ///
+    /// A capture charges `min(amount, hold)` (negative amounts count as 0) and
+    /// returns the rest. A hold that is already captured, released or expired
+    /// is left alone and returned as it is, so settling twice never charges
+    /// twice. A job without a hold (a free job) only gets its outcome stored.
+    /// The first stored outcome of a job is kept.
+    ///
+    /// Returns the hold after settlement, or `None` for a free job.
+    ///
+    /// # Errors
+    /// [`CreditsError::Invalid`] for an empty or too long job id; database
+    /// errors otherwise (nothing is stored then).
+    #[instrument(skip_all, fields(job_id = job_id, settlement = ?settlement))]
+    pub async fn settle(
+        &self,
+        job_id: &str,
+        settlement: Settlement,
+        outcome: &[u8],
+    ) -> Result<Option<Hold>, CreditsError> {
+        validate_id("job id", job_id)?;
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+
+        let hold = match select_hold(&tx, job_id, true).await? {
+            Some(hold) if hold.state == HoldState::Held => {
+                Some(settle_open_hold(&tx, hold, settlement).await?)
+            }
+            Some(settled) => {
+                debug!(state = settled.state.as_str(), "hold already settled");
+                Some(settled)
+            }
+            None => None,
+        };
+
+        tx.execute(
+            "INSERT INTO job_outcomes (job_id, outcome) VALUES ($1, $2)
+             ON CONFLICT (job_id) DO NOTHING",
+            &[&job_id, &outcome],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(hold)
+    }
+
+    /// The outcome stored when `job_id` was settled, if it was.
+    ///
+    /// # Errors
+    /// Database errors only.
+    pub async fn outcome(&self, job_id: &str) -> Result<Option<Vec<u8>>, CreditsError> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_opt(
+                "SELECT outcome FROM job_outcomes WHERE job_id = $1",
+                &[&job_id],
+            )
+            .await?;
+        Ok(row.map(|row| row.get(0)))
+    }
+
+    /// The hold of `job_id`, if one was ever made.
+    ///
+    /// # Errors
+    /// Database errors only.
+    pub async fn hold(&self, job_id: &str) -> Result<Option<Hold>, CreditsError> {
+        let client = self.pool.get().await?;
+        select_hold(&client, job_id, false).await
+    }
+
+    /// Expires every open hold whose `expires_at` has passed, returning its
+    /// credits to the account. Returns how many holds were expired.
+    ///
+    /// Works in batches of bounded size, each its own transaction, and skips
+    /// holds another sweeper (or a settling worker) has locked, so any number
+    /// of sweepers can run at once.
+    ///
+    /// # Errors
+    /// Database errors; batches committed before the error stay committed.
+    #[instrument(skip_all)]
+    pub async fn expire_overdue(&self) -> Result<u64, CreditsError> {
+        let mut total = 0u64;
+        loop {
+            let expired = self.expire_batch().await?;
+            total += expired;
+            if expired < EXPIRE_BATCH as u64 {
+                break;
+            }
+        }
+        if total > 0 {
+            debug!(expired = total, "expired overdue holds");
+        }
+        Ok(total)
+    }
+
+    async fn expire_batch(&self) -> Result<u64, CreditsError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let rows = tx
+            .query(
+                "SELECT job_id, account, amount FROM holds
+                 WHERE state = 'held' AND expires_at < now()
+                 ORDER BY expires_at
+                 LIMIT $1
+                 FOR UPDATE SKIP LOCKED",
+                &[&EXPIRE_BATCH],
+            )
+            .await?;
+        if rows.is_empty() {
+            return Ok(0);
+        }
+
+        let mut job_ids = Vec::with_capacity(rows.len());
+        let mut accounts = Vec::with_capacity(rows.len());
+        let mut amounts = Vec::with_capacity(rows.len());
+        // Sorted, so concurrent sweepers lock accounts in the same order.
+        let mut per_account: BTreeMap<String, i64> = BTreeMap::new();
+        for row in &rows {
+            let job_id: String = row.get(0);
+            let account: String = row.get(1);
+            let amount: i64 = row.get(2);
+            *per_account.entry(account.clone()).or_default() += amount;
+            job_ids.push(job_id);
+            accounts.push(account);
+            amounts.push(amount);
+        }
+
+        tx.execute(
+            "UPDATE holds SET state = 'expired', released = amount, settled_at = now()
+             WHERE job_id = ANY($1)",
+            &[&job_ids],
+        )
+        .await?;
+        for (account, amount) in &per_account {
+            tx.execute(
+                "UPDATE accounts
+                 SET available = available + $2, held = held - $2, updated_at = now()
+                 WHERE account = $1",
+                &[account, amount],
+            )
+            .await?;
+        }
+        tx.execute(
+            "INSERT INTO ledger_entries (account, job_id, kind, amount)
+             SELECT account, job_id, 'expire', amount
+             FROM unnest($1::text[], $2::text[], $3::bigint[]) AS t(account, job_id, amount)",
+            &[&accounts, &job_ids, &amounts],
+        )
+        .await?;
+        tx.commit().await?;
+        for job_id in &job_ids {
+            // A hold expiring means a worker died or overran its ttl: worth a
+            // line per job, but not an operator page.
+            warn!(job_id = job_id.as_str(), "expired overdue credit hold");
+        }
+        Ok(rows.len() as u64)
+    }
+}
+
+/// Captures or releases an open hold that the caller has locked.
+async fn settle_open_hold(
+    tx: &Transaction<'_>,
+    hold: Hold,
+    settlement: Settlement,
+) -> Result<Hold, CreditsError> {
+    let captured = match settlement {
+        Settlement::Capture { amount } => amount.clamp(0, hold.amount),
+        Settlement::Release => 0,
+    };
+    let released = hold.amount - captured;
+    let state = if matches!(settlement, Settlement::Capture { .. }) {
+        HoldState::Captured
+    } else {
+        HoldState::Released
+    };
+
+    let row = tx
+        .query_one(
+            &format!(
+                "UPDATE holds SET state = $2, captured = $3, released = $4, settled_at = now()
+                 WHERE job_id = $1
+                 RETURNING {HOLD_COLUMNS}"
+            ),
+            &[&hold.job_id, &state.as_str(), &captured, &released],
+        )
+        .await?;
+    tx.execute(
+        "UPDATE accounts
+         SET held = held - $2, captured = captured + $3, available = available + $4,
+             updated_at = now()
+         WHERE account = $1",
+        &[&hold.account, &hold.amount, &captured, &released],
+    )
+    .await?;
+    // Zero-amount entries say nothing an auditor needs; the hold row keeps
+    // the full picture.
+    if captured > 0 {
+        insert_entry(
+            tx,
+            &hold.account,
+            Some(&hold.job_id),
+            "capture",
+            captured,
+            None,
+        )
+        .await?;
+    }
+    if released > 0 {
+        insert_entry(
+            tx,
+            &hold.account,
+            Some(&hold.job_id),
+            "release",
+            released,
+            None,
+        )
+        .await?;
+    }
+    debug!(captured, released, "settled hold");
+    hold_from_row(&row)
+}
+
+async fn select_hold<C: GenericClient>(
+    client: &C,
+    job_id: &str,
+    for_update: bool,
+) -> Result<Option<Hold>, CreditsError> {
+    let lock = if for_update { " FOR UPDATE" } else { "" };
+    let row = client
+        .query_opt(
+            &format!("SELECT {HOLD_COLUMNS} FROM holds WHERE job_id = $1{lock}"),
+            &[&job_id],
+        )
+        .await?;
+    row.as_ref().map(hold_from_row).transpose()
+}
+
+fn hold_from_row(row: &Row) -> Result<Hold, CreditsError> {
+    Ok(Hold {
+        job_id: row.try_get(0)?,
+        account: row.try_get(1)?,
+        amount: row.try_get(2)?,
+        state: HoldState::parse(row.try_get(3)?)?,
+        captured: row.try_get(4)?,
+        released: row.try_get(5)?,
+    })
+}
+
+async fn insert_entry(
+    tx: &Transaction<'_>,
+    account: &str,
+    job_id: Option<&str>,
+    kind: &str,
+    amount: i64,
+    reason: Option<&str>,
+) -> Result<(), CreditsError> {
+    tx.execute(
+        "INSERT INTO ledger_entries (account, job_id, kind, amount, reason)
+         VALUES ($1, $2, $3, $4, $5)",
+        &[&account, &job_id, &kind, &amount, &reason],
+    )
+    .await?;
+    Ok(())
+}
+
+/// A redelivered job should ask for the same hold; a different account or
+/// amount means two jobs share an id, which the caller should hear about.
+fn log_if_different(existing: &Hold, account: &str, amount: i64) {
+    if existing.account != account || existing.amount != amount {
+        warn!(
+            held_account = existing.account.as_str(),
+            held_amount = existing.amount,
+            "job already holds credits with a different account or amount; returning the existing hold"
+        );
+    }
+}
+
+fn validate_id(what: &str, id: &str) -> Result<(), CreditsError> {
+    if id.is_empty() || id.len() > MAX_ID_LEN {
+        return Err(CreditsError::Invalid(format!(
+            "{what} is {} bytes long, expected 1 to {MAX_ID_LEN}",
+            id.len()
+        )));
+    }
+    Ok(())
+}
+
+fn validate_positive(what: &str, amount: i64) -> Result<(), CreditsError> {
+    if amount <= 0 {
+        return Err(CreditsError::Invalid(format!(
+            "{what} is {amount}, expected a positive number of credits"
+        )));
+    }
+    Ok(())
+}

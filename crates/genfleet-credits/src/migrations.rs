@@ -1,0 +1,158 @@
+//! Versioned, embedded schema migrations for the ledger.
+//!
+//! Each migration is a `&'static str` compiled into the binary and applied at
+//! most once per schema, recorded in `schema_migrations`. All of it runs in
+//! one transaction that first takes a transaction-scoped advisory lock keyed
+//! by the schema name, so workers starting together serialise here instead of
+//! racing on `CREATE SCHEMA` / `CREATE TABLE`. This module does not roll
+//! migrations back: a released migration is never edited, only followed by a
+//! new one.
+
+use deadpool_postgres::Pool;
+use tracing::{info, warn};
+
+use crate::CreditsError;
+
+/// One schema change, applied once.
+pub(crate) struct Migration {
+    pub version: i32,
+    pub name: &'static str,
+    pub sql: &'static str,
+}
+
+/// All migrations in version order. Append only.
+pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "accounts_holds_ledger_outcomes",
+    sql: r#"
+-- Invariant kept by every write: available + held + captured = granted.
+CREATE TABLE accounts (
+    account    text PRIMARY KEY,
+    available  bigint NOT NULL CHECK (available >= 0),
+    held       bigint NOT NULL DEFAULT 0 CHECK (held >= 0),
+    captured   bigint NOT NULL DEFAULT 0,
+    granted    bigint NOT NULL DEFAULT 0,
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- One hold per job: the primary key is what makes reserve idempotent.
+CREATE TABLE holds (
+    job_id     text PRIMARY KEY,
+    account    text NOT NULL REFERENCES accounts (account),
+    amount     bigint NOT NULL CHECK (amount > 0),
+    state      text NOT NULL CHECK (state IN ('held', 'captured', 'released', 'expired')),
+    captured   bigint NOT NULL DEFAULT 0,
+    released   bigint NOT NULL DEFAULT 0,
+    expires_at timestamptz NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    settled_at timestamptz
+);
+
+-- The sweeper only ever looks at open holds, ordered by expiry.
+CREATE INDEX holds_open_expires_at ON holds (expires_at) WHERE state = 'held';
+
+-- Append-only audit trail; nothing updates or deletes these rows.
+CREATE TABLE ledger_entries (
+    id         bigserial PRIMARY KEY,
+    account    text NOT NULL,
+    job_id     text,
+    kind       text NOT NULL CHECK (kind IN ('grant', 'hold', 'capture', 'release', 'expire', 'refund')),
+    amount     bigint NOT NULL,
+    reason     text,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX ledger_entries_account ON ledger_entries (account, id);
+
+-- The serialized result of each settled job, republished on redelivery.
+CREATE TABLE job_outcomes (
+    job_id     text PRIMARY KEY,
+    outcome    bytea NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+"#,
+}];
+
+/// Creates the schema if needed and applies every migration not yet recorded.
+///
+/// # Errors
+/// [`CreditsError::Unavailable`] when the database cannot be reached,
+/// [`CreditsError::Database`] when a migration fails (the transaction is
+/// rolled back, so the schema is left as it was).
+pub(crate) async fn run(pool: &Pool, schema: &str) -> Result<(), CreditsError> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+
+    // Keyed by schema so migrating one tenant's schema never waits for another.
+    let lock_key = format!("genfleet-credits/migrate/{schema}");
+    tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&lock_key])
+        .await?;
+
+    // The schema name was validated to [a-z0-9_], so quoting is enough.
+    // SET LOCAL afterwards makes sure the freshly created schema is the one
+    // unqualified names resolve to, whatever the session had cached.
+    tx.batch_execute(&format!(
+        "CREATE SCHEMA IF NOT EXISTS \"{schema}\";
+         SET LOCAL search_path TO \"{schema}\";
+         CREATE TABLE IF NOT EXISTS schema_migrations (
+             version    int PRIMARY KEY,
+             name       text NOT NULL,
+             applied_at timestamptz NOT NULL DEFAULT now()
+         );"
+    ))
+    .await?;
+
+    let applied: Vec<i32> = tx
+        .query(
+            "SELECT version FROM schema_migrations ORDER BY version",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+
+    if let Some(&newest) = applied.last() {
+        let known = MIGRATIONS.last().map_or(0, |m| m.version);
+        if newest > known {
+            // A newer worker already migrated; older code keeps working as
+            // long as migrations stay additive, so warn rather than refuse.
+            warn!(
+                schema,
+                newest, known, "ledger schema is newer than this build knows"
+            );
+        }
+    }
+
+    for migration in MIGRATIONS {
+        if applied.contains(&migration.version) {
+            continue;
+        }
+        tx.batch_execute(migration.sql).await?;
+        tx.execute(
+            "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
+            &[&migration.version, &migration.name],
+        )
+        .await?;
+        info!(
+            schema,
+            version = migration.version,
+            name = migration.name,
+            "applied ledger migration"
+        );
+    }
+
+    tx.commit().await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_are_strictly_increasing_from_one() {
+        for (expected, m) in (1..).zip(MIGRATIONS) {
+            assert_eq!(m.version, expected, "migration {}", m.name);
+        }
+    }
+}

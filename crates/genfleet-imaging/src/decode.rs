@@ -1,0 +1,429 @@
+//! Decoding untrusted bytes into clean pixels.
+//!
+//! Owns [`decode_sanitised`]: header check, decode under `image::Limits`,
+//! EXIF orientation, and normalisation to 8-bit RGB or RGBA. It deliberately
+//! returns pixels only: metadata (EXIF, GPS, ICC, XMP, comments, trailing
+//! polyglot payloads) is dropped by construction because every output is
+//! re-encoded from these pixels. It does no colour management: CMYK JPEGs are
+//! converted by the decoder, ICC profiles are ignored.
+
+use std::io::Cursor;
+
+use image::metadata::Orientation;
+use image::{ColorType, DynamicImage, ImageDecoder};
+
+use crate::error::ImagingError;
+use crate::limits::{check_dimensions, inspect, ImageInfo, Limits};
+use crate::sniff::ImageFormat;
+use crate::structure;
+
+/// A decoded image, safe to process and re-encode.
+pub struct Sanitised {
+    /// Oriented pixels, always `ImageRgb8` or `ImageRgba8`.
+    pub image: DynamicImage,
+    /// What the header said (stored, pre-orientation dimensions).
+    pub source: ImageInfo,
+    /// Whether an EXIF orientation other than "normal" was applied.
+    pub orientation_applied: bool,
+}
+
+/// Decodes untrusted `bytes` into oriented 8-bit RGB or RGBA pixels.
+///
+/// Runs [`inspect`] first, so bombs are rejected from the header. GIF and
+/// animated WebP give their first frame. An unreadable EXIF block is ignored
+/// (the image is shown as stored) rather than failing the job over metadata.
+///
+/// # Errors
+///
+/// Everything [`inspect`] returns, plus [`ImagingError::Invalid`] for corrupt
+/// or truncated pixel data and [`ImagingError::TooLarge`] when the decoder
+/// needs more than `limits.max_decode_alloc_bytes`.
+pub fn decode_sanitised(bytes: &[u8], limits: &Limits) -> Result<Sanitised, ImagingError> {
+    let source = inspect(bytes, limits)?;
+    check_complete(source.format, bytes)?;
+
+    let mut decode_limits = image::Limits::default();
+    decode_limits.max_image_width = Some(limits.max_width);
+    decode_limits.max_image_height = Some(limits.max_height);
+    decode_limits.max_alloc = Some(limits.max_decode_alloc_bytes);
+
+    let mut reader = image::ImageReader::with_format(Cursor::new(bytes), source.format.to_image());
+    reader.limits(decode_limits);
+    let mut decoder = reader.into_decoder().map_err(ImagingError::from_decode)?;
+    // The decoder's own view of the size must pass too: a JPEG with two
+    // frame headers, say, could disagree with what inspect() read.
+    let (width, height) = decoder.dimensions();
+    check_dimensions(width, height, limits)?;
+    // Not every decoder honours max_alloc (the JPEG one ignores it), so
+    // check the output buffer, the largest single allocation, ourselves.
+    let needed = decoder.total_bytes();
+    if needed > limits.max_decode_alloc_bytes {
+        return Err(ImagingError::TooLarge(format!(
+            "image needs {needed} bytes to decode, above the {} byte limit",
+            limits.max_decode_alloc_bytes
+        )));
+    }
+    let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
+    let mut image = DynamicImage::from_decoder(decoder).map_err(ImagingError::from_decode)?;
+
+    let orientation_applied = orientation != Orientation::NoTransforms;
+    if orientation_applied {
+        image.apply_orientation(orientation);
+    }
+    Ok(Sanitised {
+        image: normalise(image),
+        source,
+        orientation_applied,
+    })
+}
+
+/// Converts to `ImageRgb8` or `ImageRgba8`: the two types every later stage
+/// (resize, watermark, encoders) handles natively. Alpha is kept only when
+/// the source has an alpha channel; 16-bit and float are reduced to 8 bits.
+fn normalise(image: DynamicImage) -> DynamicImage {
+    match image.color() {
+        ColorType::Rgb8 | ColorType::Rgba8 => image,
+        color if color.has_alpha() => DynamicImage::ImageRgba8(image.into_rgba8()),
+        _ => DynamicImage::ImageRgb8(image.into_rgb8()),
+    }
+}
+
+/// Rejects JPEG and PNG files that end early; see [`crate::structure`] for
+/// why the decoders alone are not enough.
+fn check_complete(format: ImageFormat, bytes: &[u8]) -> Result<(), ImagingError> {
+    let complete = match format {
+        ImageFormat::Jpeg => structure::jpeg_is_complete(bytes),
+        ImageFormat::Png => structure::png_is_complete(bytes),
+        // The GIF, WebP, BMP and TIFF decoders fail on missing data.
+        _ => true,
+    };
+    if complete {
+        Ok(())
+    } else {
+        Err(ImagingError::Invalid(format!(
+            "image data is corrupt or truncated: {} ends before its end marker",
+            format.name()
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::encode::{encode, Encoding};
+    use crate::test_paths::{read, CORPUS, HOSTILE};
+
+    /// Expected outcome of `decode_sanitised` for one fixture.
+    enum Want {
+        Ok {
+            format: ImageFormat,
+            width: u32,
+            height: u32,
+        },
+        Err {
+            code: &'static str,
+        },
+        Unsupported {
+            found: &'static str,
+        },
+    }
+
+    fn check(dir: &str, name: &str, want: Want) -> Option<Sanitised> {
+        let result = decode_sanitised(&read(dir, name), &Limits::default());
+        match (want, result) {
+            (
+                Want::Ok {
+                    format,
+                    width,
+                    height,
+                },
+                Ok(s),
+            ) => {
+                assert_eq!(s.source.format, format, "{name}");
+                assert_eq!(
+                    (s.image.width(), s.image.height()),
+                    (width, height),
+                    "{name}"
+                );
+                assert!(
+                    matches!(s.image.color(), ColorType::Rgb8 | ColorType::Rgba8),
+                    "{name}"
+                );
+                Some(s)
+            }
+            (Want::Err { code }, Err(e)) => {
+                assert_eq!(e.code(), code, "{name}: {e}");
+                None
+            }
+            (Want::Unsupported { found: want }, Err(ImagingError::UnsupportedType { found })) => {
+                assert_eq!(found, want, "{name}");
+                None
+            }
+            (_, Ok(s)) => panic!("{name}: unexpected success {:?}", s.source),
+            (_, Err(e)) => panic!("{name}: unexpected error {}: {e}", e.code()),
+        }
+    }
+
+    #[test]
+    fn hostile_fixtures() {
+        use Want::*;
+        let cases = [
+            ("eicar.jpg", Unsupported { found: "text" }),
+            (
+                "h01_truncated.jpg",
+                Err {
+                    code: "invalid_input",
+                },
+            ),
+            ("h02_bomb_60000x60000.png", Err { code: "too_large" }),
+            (
+                "h02b_bomb_header_only_60000x60000_rgba.png",
+                Err { code: "too_large" },
+            ),
+            (
+                "h03_polyglot_html_zip.jpg",
+                Ok {
+                    format: ImageFormat::Jpeg,
+                    width: 640,
+                    height: 480,
+                },
+            ),
+            (
+                "h04_gif_named_jpg.jpg",
+                Ok {
+                    format: ImageFormat::Gif,
+                    width: 0,
+                    height: 0,
+                },
+            ),
+            ("h05_script.svg", Unsupported { found: "svg" }),
+            (
+                "h06_empty.jpg",
+                Err {
+                    code: "invalid_input",
+                },
+            ),
+            ("h08_jpeg_header_65500x65500.jpg", Err { code: "too_large" }),
+            ("h09_html_named_jpg.jpg", Unsupported { found: "html" }),
+        ];
+        for (name, want) in cases {
+            // The GIF's size is whatever its header says; only the type matters.
+            let want = match want {
+                Ok {
+                    format: ImageFormat::Gif,
+                    ..
+                } => {
+                    let info = inspect(&read(HOSTILE, name), &Limits::default()).unwrap();
+                    Ok {
+                        format: ImageFormat::Gif,
+                        width: info.width,
+                        height: info.height,
+                    }
+                }
+                other => other,
+            };
+            check(HOSTILE, name, want);
+        }
+    }
+
+    #[test]
+    fn polyglot_payload_does_not_survive_reencoding() {
+        let s = check(
+            HOSTILE,
+            "h03_polyglot_html_zip.jpg",
+            Want::Ok {
+                format: ImageFormat::Jpeg,
+                width: 640,
+                height: 480,
+            },
+        )
+        .unwrap();
+        for encoding in [
+            Encoding::Jpeg { quality: 85 },
+            Encoding::Png,
+            Encoding::WebpLossless,
+        ] {
+            let out = encode(&s.image, encoding).unwrap();
+            for needle in [b"<script".as_slice(), b"PK\x03\x04"] {
+                assert!(
+                    !contains(&out, needle),
+                    "{encoding:?} output contains {needle:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn corpus_orientation_and_colour() {
+        use Want::Ok;
+        let cases = [
+            (
+                "photos/p08_dogs_portrait_orient6_4000x2667.jpg",
+                ImageFormat::Jpeg,
+                2667,
+                4000,
+                true,
+                ColorType::Rgb8,
+            ),
+            (
+                "photos/p09_interior_still_life_orient8_4000x3000.jpg",
+                ImageFormat::Jpeg,
+                3000,
+                4000,
+                true,
+                ColorType::Rgb8,
+            ),
+            (
+                "photos/p10_fig_plate_orient3_4000x2706.jpg",
+                ImageFormat::Jpeg,
+                4000,
+                2706,
+                true,
+                ColorType::Rgb8,
+            ),
+            (
+                "photos/p01_foliage_sky_4000x3000.jpg",
+                ImageFormat::Jpeg,
+                4000,
+                3000,
+                false,
+                ColorType::Rgb8,
+            ),
+            (
+                "formats/f08_clock_cmyk_1440x1080.jpg",
+                ImageFormat::Jpeg,
+                1440,
+                1080,
+                false,
+                ColorType::Rgb8,
+            ),
+            (
+                "formats/f04_strawberry_alpha_lossy.webp",
+                ImageFormat::Webp,
+                0,
+                0,
+                false,
+                ColorType::Rgba8,
+            ),
+            (
+                "formats/f02_cups_exif_gps_2048x1280.png",
+                ImageFormat::Png,
+                2048,
+                1280,
+                false,
+                ColorType::Rgb8,
+            ),
+            (
+                "formats/f07_dandelions_progressive_2048x1536.jpg",
+                ImageFormat::Jpeg,
+                2048,
+                1536,
+                false,
+                ColorType::Rgb8,
+            ),
+        ];
+        for (name, format, width, height, oriented, color) in cases {
+            let (width, height) = if width == 0 {
+                let info = inspect(&read(CORPUS, name), &Limits::default()).unwrap();
+                (info.width, info.height)
+            } else {
+                (width, height)
+            };
+            let s = check(
+                CORPUS,
+                name,
+                Ok {
+                    format,
+                    width,
+                    height,
+                },
+            )
+            .unwrap();
+            assert_eq!(s.orientation_applied, oriented, "{name}");
+            assert_eq!(s.image.color(), color, "{name}");
+        }
+    }
+
+    #[test]
+    fn reencoded_photo_has_no_exif_or_gps() {
+        let input = read(CORPUS, "photos/p01_foliage_sky_4000x3000.jpg");
+        let s = decode_sanitised(&input, &Limits::default()).unwrap();
+        let out = encode(&s.image, Encoding::Jpeg { quality: 85 }).unwrap();
+        assert!(!contains(&out, b"Exif"), "output has an Exif APP1 segment");
+        assert!(!contains(&out, b"GPS"), "output has GPS bytes");
+    }
+
+    /// Truncating any supported format must give an error, never a partial
+    /// image. Built from a noisy image so every byte of the data matters.
+    #[test]
+    fn truncated_images_are_invalid() {
+        let mut noisy = image::RgbImage::new(64, 48);
+        for (i, p) in noisy.pixels_mut().enumerate() {
+            let v = (i as u32).wrapping_mul(2_654_435_761);
+            *p = image::Rgb([v as u8, (v >> 8) as u8, (v >> 16) as u8]);
+        }
+        let noisy = DynamicImage::ImageRgb8(noisy);
+        let mut inputs = Vec::new();
+        for (encoding, label) in [
+            (Encoding::Jpeg { quality: 90 }, "jpeg"),
+            (Encoding::Png, "png"),
+            (Encoding::WebpLossless, "webp"),
+        ] {
+            inputs.push((label, encode(&noisy, encoding).unwrap()));
+        }
+        // Formats we read but do not publish, written with image's encoders.
+        for (format, label) in [
+            (image::ImageFormat::Gif, "gif"),
+            (image::ImageFormat::Bmp, "bmp"),
+            (image::ImageFormat::Tiff, "tiff"),
+        ] {
+            let mut out = std::io::Cursor::new(Vec::new());
+            noisy.write_to(&mut out, format).unwrap();
+            inputs.push((label, out.into_inner()));
+        }
+        for (label, full) in inputs {
+            assert!(
+                decode_sanitised(&full, &Limits::default()).is_ok(),
+                "{label} full"
+            );
+            // Cutting the last two bytes of a GIF removes only the block
+            // terminator and trailer after the first frame, which is all we
+            // decode, so the image is whole; every other cut loses pixels.
+            let mut cuts = vec![full.len() * 3 / 4, full.len() / 2];
+            if label != "gif" {
+                cuts.push(full.len() - 2);
+            }
+            for keep in cuts {
+                let err = match decode_sanitised(&full[..keep], &Limits::default()) {
+                    Result::Ok(_) => panic!(
+                        "{label} truncated to {keep} of {} bytes decoded",
+                        full.len()
+                    ),
+                    Result::Err(e) => e,
+                };
+                assert_eq!(
+                    err.code(),
+                    "invalid_input",
+                    "{label} truncated to {keep}: {err}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn decoder_alloc_limit_applies() {
+        let input = read(CORPUS, "photos/p01_foliage_sky_4000x3000.jpg");
+        let limits = Limits {
+            max_decode_alloc_bytes: 1024 * 1024,
+            ..Limits::default()
+        };
+        let err = decode_sanitised(&input, &limits)
+            .map(|s| s.source)
+            .unwrap_err();
+        assert_eq!(err.code(), "too_large", "{err}");
+    }
+
+    fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+        haystack.windows(needle.len()).any(|w| w == needle)
+    }
+}

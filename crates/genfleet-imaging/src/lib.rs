@@ -1,0 +1,49 @@
+//! Synchronous CPU image code for genfleet: sniff the real type of untrusted
+//! bytes, check them against size limits before any pixel is decoded, decode
+//! with limits, apply EXIF orientation, resize, upscale, watermark and
+//! re-encode.
+//!
+//! # Architecture invariant
+//!
+//! This crate does no I/O, holds no globals and cannot see tokio. Every
+//! function is a plain CPU-bound call on bytes or pixels; the worker runs it
+//! in `spawn_blocking` (or a rayon pool) with a bound on concurrency. It does
+//! not scan for malware, does not know where bytes came from or go to, and
+//! does not decide retry policy beyond the stable [`ImagingError::code`].
+//!
+//! Metadata (EXIF, GPS, ICC, XMP, trailing polyglot payloads) never survives:
+//! outputs are encoded from decoded pixels only, so nothing from the input
+//! container is copied across.
+
+mod decode;
+mod encode;
+mod error;
+mod limits;
+mod resize;
+mod sniff;
+mod structure;
+mod watermark;
+
+pub use decode::{decode_sanitised, Sanitised};
+pub use encode::{encode, Encoding};
+pub use error::ImagingError;
+/// The pixel buffer type every function here takes and returns.
+pub use image::DynamicImage;
+pub use limits::{inspect, ImageInfo, Limits};
+pub use resize::{resize_to_fit, upscale};
+pub use sniff::{sniff, ImageFormat, Sniffed};
+pub use watermark::apply_watermark;
+
+/// Paths of the shared test fixtures, relative to this crate.
+#[cfg(test)]
+pub(crate) mod test_paths {
+    /// Hostile inputs checked into the repository.
+    pub const HOSTILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/hostile/");
+    /// The read-only photo corpus beside the repository (`../shared/corpus`).
+    pub const CORPUS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/corpus/");
+
+    pub fn read(dir: &str, name: &str) -> Vec<u8> {
+        let path = format!("{dir}{name}");
+        std::fs::read(&path).unwrap_or_else(|e| panic!("cannot read fixture {path}: {e}"))
+    }
+}

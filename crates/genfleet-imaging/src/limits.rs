@@ -1,0 +1,275 @@
+//! Size limits and the cheap, header-only check against them.
+//!
+//! Owns [`Limits`] and [`inspect`], which must reject decompression bombs
+//! before a single pixel is allocated: it reads only the container header
+//! (PNG IHDR, JPEG SOF, ...). It does not decode pixels and does not check
+//! that the rest of the file is well formed; [`crate::decode_sanitised`] does.
+
+use std::io::Cursor;
+
+use crate::error::ImagingError;
+use crate::sniff::{sniff, ImageFormat, Sniffed};
+use crate::structure;
+
+/// Upper bounds applied to untrusted input.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Largest accepted input, in bytes.
+    pub max_bytes: u64,
+    /// Largest stored width, in pixels.
+    pub max_width: u32,
+    /// Largest stored height, in pixels.
+    pub max_height: u32,
+    /// Largest stored width x height.
+    pub max_pixels: u64,
+    /// Most memory a decoder may allocate at once, passed to `image::Limits`.
+    pub max_decode_alloc_bytes: u64,
+}
+
+impl Default for Limits {
+    /// 50 MiB of input covers any camera JPEG and most PNG screenshots; 16384
+    /// px per side and 50 MP cover 48 MP phone sensors while keeping one
+    /// RGBA8 decode at or below 200 MB; 1 GiB of decoder allocation leaves
+    /// room for 16-bit intermediates of a 50 MP image.
+    fn default() -> Self {
+        Limits {
+            max_bytes: 50 * 1024 * 1024,
+            max_width: 16384,
+            max_height: 16384,
+            max_pixels: 50_000_000,
+            max_decode_alloc_bytes: 1024 * 1024 * 1024,
+        }
+    }
+}
+
+/// What [`inspect`] learned from the header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ImageInfo {
+    /// Type from the magic bytes.
+    pub format: ImageFormat,
+    /// Stored width, before EXIF orientation is applied.
+    pub width: u32,
+    /// Stored height, before EXIF orientation is applied.
+    pub height: u32,
+}
+
+/// Sniffs `bytes` and checks them against `limits` from the header alone.
+///
+/// # Errors
+///
+/// - [`ImagingError::Invalid`] for empty input, a header the decoder cannot
+///   read, or a zero width or height.
+/// - [`ImagingError::TooLarge`] when the input bytes, width, height or pixel
+///   count are above `limits`.
+/// - [`ImagingError::UnsupportedType`] when the magic bytes are not an image
+///   type we decode.
+pub fn inspect(bytes: &[u8], limits: &Limits) -> Result<ImageInfo, ImagingError> {
+    if bytes.is_empty() {
+        return Err(ImagingError::Invalid("input is empty (0 bytes)".into()));
+    }
+    let len = bytes.len() as u64;
+    if len > limits.max_bytes {
+        return Err(ImagingError::TooLarge(format!(
+            "input is {len} bytes, above the {} byte limit",
+            limits.max_bytes
+        )));
+    }
+    let format = match sniff(bytes) {
+        Sniffed::Image(format) => format,
+        Sniffed::Other(found) => {
+            return Err(ImagingError::UnsupportedType {
+                found: found.into(),
+            })
+        }
+    };
+
+    // JPEG frame size is read from SOF directly (see structure.rs); other
+    // formats ask their decoder for the header only.
+    let dimensions = match format {
+        ImageFormat::Jpeg => structure::jpeg_dimensions(bytes),
+        _ => None,
+    };
+    let (width, height) = match dimensions {
+        Some(dimensions) => dimensions,
+        None => header_dimensions(bytes, format)?,
+    };
+
+    check_dimensions(width, height, limits)?;
+    Ok(ImageInfo {
+        format,
+        width,
+        height,
+    })
+}
+
+/// Dimensions from the format's decoder, which parses only the header.
+fn header_dimensions(bytes: &[u8], format: ImageFormat) -> Result<(u32, u32), ImagingError> {
+    // No image::Limits here on purpose: we want the real dimensions to
+    // produce our own error message, and constructing a decoder reads only
+    // the header, so nothing proportional to the pixel count is allocated.
+    let mut reader = image::ImageReader::with_format(Cursor::new(bytes), format.to_image());
+    reader.no_limits();
+    reader
+        .into_dimensions()
+        .map_err(|e| match ImagingError::from_decode(e) {
+            ImagingError::Invalid(msg) => {
+                ImagingError::Invalid(format!("cannot read {} header: {msg}", format.name()))
+            }
+            other => other,
+        })
+}
+
+/// Checks stored dimensions against `limits`.
+pub(crate) fn check_dimensions(
+    width: u32,
+    height: u32,
+    limits: &Limits,
+) -> Result<(), ImagingError> {
+    if width == 0 || height == 0 {
+        return Err(ImagingError::Invalid(format!(
+            "image is {width}x{height} pixels, expected a non-zero width and height"
+        )));
+    }
+    let pixels = u64::from(width) * u64::from(height);
+    if pixels > limits.max_pixels {
+        return Err(ImagingError::TooLarge(format!(
+            "image is {width}x{height} pixels ({:.1} megapixels), above the {:.1} megapixel limit",
+            pixels as f64 / 1e6,
+            limits.max_pixels as f64 / 1e6
+        )));
+    }
+    if width > limits.max_width {
+        return Err(ImagingError::TooLarge(format!(
+            "image is {width}x{height} pixels, above the {} pixel width limit",
+            limits.max_width
+        )));
+    }
+    if height > limits.max_height {
+        return Err(ImagingError::TooLarge(format!(
+            "image is {width}x{height} pixels, above the {} pixel height limit",
+            limits.max_height
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_paths::{read, CORPUS, HOSTILE};
+
+    #[test]
+    fn bombs_are_rejected_from_the_header() {
+        let limits = Limits::default();
+        for name in [
+            "h02_bomb_60000x60000.png",
+            "h02b_bomb_header_only_60000x60000_rgba.png",
+            "h08_jpeg_header_65500x65500.jpg",
+        ] {
+            let err = inspect(&read(HOSTILE, name), &limits).unwrap_err();
+            assert_eq!(err.code(), "too_large", "{name}: {err}");
+        }
+        let err = inspect(&read(HOSTILE, "h02_bomb_60000x60000.png"), &limits).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "image is 60000x60000 pixels (3600.0 megapixels), above the 50.0 megapixel limit"
+        );
+    }
+
+    #[test]
+    fn header_dimensions_are_stored_dimensions() {
+        let limits = Limits::default();
+        // p08 is displayed portrait, but inspect reports the stored landscape size.
+        let cases = [
+            (
+                "photos/p08_dogs_portrait_orient6_4000x2667.jpg",
+                ImageFormat::Jpeg,
+                4000,
+                2667,
+            ),
+            (
+                "formats/f02_cups_exif_gps_2048x1280.png",
+                ImageFormat::Png,
+                2048,
+                1280,
+            ),
+            (
+                "formats/f08_clock_cmyk_1440x1080.jpg",
+                ImageFormat::Jpeg,
+                1440,
+                1080,
+            ),
+        ];
+        for (name, format, width, height) in cases {
+            let info = inspect(&read(CORPUS, name), &limits).unwrap();
+            assert_eq!(
+                info,
+                ImageInfo {
+                    format,
+                    width,
+                    height
+                },
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn each_limit_is_enforced() {
+        let photo = read(CORPUS, "photos/p01_foliage_sky_4000x3000.jpg");
+        let base = Limits::default();
+        let cases = [
+            (
+                Limits {
+                    max_bytes: 1000,
+                    ..base.clone()
+                },
+                "input is 1736481 bytes, above the 1000 byte limit",
+            ),
+            (
+                Limits {
+                    max_width: 3999,
+                    ..base.clone()
+                },
+                "image is 4000x3000 pixels, above the 3999 pixel width limit",
+            ),
+            (
+                Limits {
+                    max_height: 2999,
+                    ..base.clone()
+                },
+                "image is 4000x3000 pixels, above the 2999 pixel height limit",
+            ),
+            (
+                Limits {
+                    max_pixels: 10_000_000,
+                    ..base.clone()
+                },
+                "image is 4000x3000 pixels (12.0 megapixels), above the 10.0 megapixel limit",
+            ),
+        ];
+        for (limits, message) in cases {
+            let err = inspect(&photo, &limits).unwrap_err();
+            assert_eq!(
+                (err.code(), err.to_string().as_str()),
+                ("too_large", message)
+            );
+        }
+    }
+
+    #[test]
+    fn empty_and_garbage_headers_are_invalid() {
+        let limits = Limits::default();
+        let cases: &[(&[u8], &str)] = &[
+            (b"", "invalid_input"),
+            (b"\x89PNG\r\n\x1a\n", "invalid_input"),
+            (b"\xFF\xD8\xFF", "invalid_input"),
+            (b"GIF89a", "invalid_input"),
+            (b"<svg/>", "unsupported_type"),
+        ];
+        for (bytes, code) in cases {
+            let err = inspect(bytes, &limits).unwrap_err();
+            assert_eq!(err.code(), *code, "{bytes:?}: {err}");
+        }
+    }
+}

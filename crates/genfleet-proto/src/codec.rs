@@ -1,0 +1,187 @@
+//! Bytes on the wire to contract types and back: proto3 JSON (the default,
+//! also when a publisher sends no content type, as Node's amqplib does) and
+//! protobuf binary.
+
+use prost::Message as _;
+use serde::Serialize;
+
+use crate::v1;
+
+/// How a message body is encoded, read from the AMQP `content_type`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ContentType {
+    Json,
+    Protobuf,
+    Other(String),
+}
+
+impl ContentType {
+    /// A missing content type is JSON; parameters such as `; charset=utf-8`
+    /// are ignored.
+    pub fn from_header(value: Option<&str>) -> ContentType {
+        let Some(value) = value else {
+            return ContentType::Json;
+        };
+        let essence = value
+            .split(';')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_ascii_lowercase();
+        match essence.as_str() {
+            "" | "application/json" | "text/json" => ContentType::Json,
+            "application/x-protobuf" | "application/protobuf" | "application/vnd.google.protobuf" => {
+                ContentType::Protobuf
+            }
+            _ => ContentType::Other(essence),
+        }
+    }
+}
+
+/// Why a message is not a usable job. `job_id` is set when an id could be
+/// read all the same, so that the publisher still gets a failed result.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct DecodeError {
+    pub message: String,
+    pub job_id: Option<String>,
+}
+
+impl DecodeError {
+    pub(crate) fn new(message: impl Into<String>, job_id: Option<String>) -> Self {
+        DecodeError {
+            message: message.into(),
+            job_id,
+        }
+    }
+}
+
+/// Parses a job message body. Performs no semantic checks: see
+/// [`crate::validate_job`].
+///
+/// # Errors
+/// Oversized bodies, unknown content types, malformed JSON or protobuf, and
+/// JSON whose fields have the wrong type or enum value; the message names the
+/// field path (`inputs[0].role: unknown variant ...`).
+pub fn decode_job(body: &[u8], content_type: &ContentType) -> Result<v1::Job, DecodeError> {
+    if body.len() > crate::MAX_MESSAGE_BYTES {
+        return Err(DecodeError::new(
+            format!(
+                "message is {} bytes, above the {} byte limit for a job",
+                body.len(),
+                crate::MAX_MESSAGE_BYTES
+            ),
+            None,
+        ));
+    }
+    match content_type {
+        ContentType::Json => decode_json(body),
+        ContentType::Protobuf => v1::Job::decode(body).map_err(|e| {
+            DecodeError::new(format!("body is not a valid protobuf Job: {e}"), None)
+        }),
+        ContentType::Other(other) => Err(DecodeError::new(
+            format!(
+                "content type {other} is not supported, expected application/json or application/x-protobuf"
+            ),
+            job_id_hint(body),
+        )),
+    }
+}
+
+fn decode_json(body: &[u8]) -> Result<v1::Job, DecodeError> {
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    match serde_path_to_error::deserialize::<_, v1::Job>(&mut deserializer) {
+        Ok(job) => {
+            deserializer.end().map_err(|e| {
+                DecodeError::new(format!("trailing data after the job JSON: {e}"), job_id_hint(body))
+            })?;
+            Ok(job)
+        }
+        Err(err) => {
+            let path = err.path().to_string();
+            let inner = err.into_inner();
+            let message = if inner.is_syntax() || inner.is_eof() || path == "." {
+                format!("body is not valid job JSON: {inner}")
+            } else {
+                format!("field `{path}`: {inner}")
+            };
+            Err(DecodeError::new(message, job_id_hint(body)))
+        }
+    }
+}
+
+/// Best effort: the job id of a body that failed to parse as a `Job`, when
+/// it is at least a JSON object with a valid id.
+fn job_id_hint(body: &[u8]) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let object = value.as_object()?;
+    let id = object
+        .get("jobId")
+        .or_else(|| object.get("job_id"))?
+        .as_str()?;
+    crate::is_valid_job_id(id).then(|| id.to_string())
+}
+
+/// Serialises a contract message as canonical proto3 JSON.
+pub fn encode_json<T: Serialize>(message: &T) -> Vec<u8> {
+    // Serialising generated pbjson types to a Vec cannot fail: every map key
+    // is a string and no impl returns a custom error.
+    serde_json::to_vec(message).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_types() {
+        assert_eq!(ContentType::from_header(None), ContentType::Json);
+        assert_eq!(
+            ContentType::from_header(Some("application/json; charset=utf-8")),
+            ContentType::Json
+        );
+        assert_eq!(
+            ContentType::from_header(Some("application/x-protobuf")),
+            ContentType::Protobuf
+        );
+        assert_eq!(
+            ContentType::from_header(Some("text/plain")),
+            ContentType::Other("text/plain".into())
+        );
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let body = br#"{"jobId":"01JD3XQ6Z8M5V9K2T4W7Y1B0CE","kind":"JOB_KIND_NOPE"}"#;
+        let err = decode_job(body, &ContentType::Json).unwrap_err();
+        assert!(err.message.starts_with("field `kind`"), "{}", err.message);
+        assert_eq!(err.job_id.as_deref(), Some("01JD3XQ6Z8M5V9K2T4W7Y1B0CE"));
+
+        let body = br#"{"job_id":"01JD3XQ6Z8M5V9K2T4W7Y1B0CE","inputs":[{"role":7}]}"#;
+        let err = decode_job(body, &ContentType::Json).unwrap_err();
+        assert!(err.message.contains("inputs[0].role"), "{}", err.message);
+
+        let err = decode_job(b"{not json", &ContentType::Json).unwrap_err();
+        assert!(err.message.starts_with("body is not valid job JSON"), "{}", err.message);
+        assert_eq!(err.job_id, None);
+    }
+
+    #[test]
+    fn protobuf_round_trip() {
+        let job = v1::Job {
+            job_id: "01JD3XQ6Z8M5V9K2T4W7Y1B0CE".into(),
+            kind: v1::JobKind::Upscale as i32,
+            ..Default::default()
+        };
+        let bytes = job.encode_to_vec();
+        assert_eq!(decode_job(&bytes, &ContentType::Protobuf).unwrap(), job);
+        assert!(decode_job(&[0xff, 0xff, 0xff], &ContentType::Protobuf).is_err());
+    }
+
+    #[test]
+    fn oversized_is_rejected_before_parsing() {
+        let body = vec![b' '; crate::MAX_MESSAGE_BYTES + 1];
+        let err = decode_job(&body, &ContentType::Json).unwrap_err();
+        assert!(err.message.contains("byte limit"));
+    }
+}

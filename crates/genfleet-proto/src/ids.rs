@@ -1,0 +1,94 @@
+//! Identifier syntax: job ids (ULID or UUID) and tenant ids (routing-key safe).
+
+/// A job id is a ULID (26 Crockford base32 characters) or a UUID in its
+/// canonical 8-4-4-4-12 hex form. Anything else could not have come from a
+/// well-behaved publisher and is not used as an idempotency key.
+pub fn is_valid_job_id(id: &str) -> bool {
+    is_ulid(id) || is_uuid(id)
+}
+
+fn is_ulid(id: &str) -> bool {
+    const CROCKFORD: &[u8] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZabcdefghjkmnpqrstvwxyz";
+    // The first character encodes the top 3 bits of a 128-bit value, so it
+    // cannot exceed '7'.
+    id.len() == 26
+        && id.as_bytes().first().is_some_and(|c| (b'0'..=b'7').contains(c))
+        && id.bytes().all(|c| CROCKFORD.contains(&c))
+}
+
+fn is_uuid(id: &str) -> bool {
+    let groups: Vec<&str> = id.split('-').collect();
+    let lengths = [8, 4, 4, 4, 12];
+    groups.len() == lengths.len()
+        && groups
+            .iter()
+            .zip(lengths)
+            .all(|(g, n)| g.len() == n && g.bytes().all(|c| c.is_ascii_hexdigit()))
+}
+
+/// Tenant ids go into routing keys and storage paths, so they are limited to
+/// `[A-Za-z0-9_-]{1,64}`: no dots (routing-key separators), no slashes, no
+/// wildcards.
+pub fn is_valid_tenant_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_ids() {
+        for ok in [
+            "01JD3XQ6Z8M5V9K2T4W7Y1B0CE",
+            "0190f3b2-7c1e-7a4b-9f00-1234567890ab",
+        ] {
+            assert!(is_valid_job_id(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "job-1",
+            "81JD3XQ6Z8M5V9K2T4W7Y1B0CE",
+            "01JD3XQ6Z8M5V9K2T4W7Y1B0CU",
+            "0190f3b2-7c1e-7a4b-9f00-1234567890a",
+            "../../etc/passwd",
+        ] {
+            assert!(!is_valid_job_id(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn tenant_ids() {
+        assert!(is_valid_tenant_id("acme"));
+        assert!(is_valid_tenant_id("shop-1_A"));
+        for bad in ["", "a.b", "a/b", "*", "#", &"x".repeat(65)] {
+            assert!(!is_valid_tenant_id(bad), "{bad}");
+        }
+    }
+}
+
+/// Formats a ULID from its parts: 48 bits of Unix milliseconds and 80 random
+/// bits (the caller brings the randomness; this crate has no RNG).
+pub fn format_ulid(unix_ms: u64, random: u128) -> String {
+    const ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+    let value: u128 = (u128::from(unix_ms & 0xFFFF_FFFF_FFFF) << 80) | (random & ((1u128 << 80) - 1));
+    (0..26)
+        .rev()
+        .map(|i| char::from(ALPHABET[((value >> (i * 5)) & 0x1F) as usize]))
+        .collect()
+}
+
+#[cfg(test)]
+mod ulid_tests {
+    #[test]
+    fn formatted_ulids_are_valid_and_sort_by_time() {
+        let a = super::format_ulid(1_700_000_000_000, 0xFFFF_FFFF_FFFF_FFFF_FFFF);
+        let b = super::format_ulid(1_700_000_000_001, 0);
+        assert!(super::is_valid_job_id(&a) && super::is_valid_job_id(&b), "{a} {b}");
+        assert!(a < b);
+        assert_eq!(super::format_ulid(0, 0), "00000000000000000000000000");
+    }
+}

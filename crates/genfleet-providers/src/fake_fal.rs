@@ -1,0 +1,622 @@
+//! A fake fal queue API: a real HTTP server on 127.0.0.1, shaped like
+//! `queue.fal.run` (see `shared/PROVIDERS.md`), failure modes included.
+//!
+//! Used by this crate's tests and, through the `fake` feature, by the
+//! workspace's end-to-end tests. The model path picks the behaviour:
+//!
+//! | model               | behaviour                                                   |
+//! |---------------------|-------------------------------------------------------------|
+//! | `test/ok`           | one IN_PROGRESS poll, then COMPLETED; 256x256 PNGs          |
+//! | `test/flaky`        | per prompt+seed: 429 (Retry-After 1), then 503, then ok     |
+//! | `test/nsfw`         | completes with `has_nsfw_concepts: [true]`                  |
+//! | `test/reject`       | submit answers 422 with a validation `detail` list          |
+//! | `test/down`         | submit always answers 503                                   |
+//! | `test/failed-result`| reads COMPLETED, result answers 500 (fal's FAILED trap)     |
+//! | `test/stuck`        | IN_PROGRESS forever                                         |
+//! | `test/malformed`    | result body is truncated JSON                               |
+//! | `test/video`        | completes with a small MP4 `video`                          |
+//! | other `test/*`      | 404, as fal answers for an unknown app                      |
+//! | any other owner     | like `test/ok`, so production model names work unchanged    |
+//!
+//! Every route but `/files/*` needs an `Authorization: Key ...` header, and
+//! `/files/*` (the stand-in for fal's CDN) is served without one, as the
+//! real file host is. It keeps everything in memory and is not meant to be
+//! fast or long-lived.
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use serde_json::{json, Value};
+use tokio::sync::oneshot;
+use url::Url;
+
+/// Side of the square PNGs served for image outputs.
+const IMAGE_SIDE: u32 = 256;
+/// Upper bound on `num_images`, so a bad test cannot make the fake allocate
+/// without limit.
+const MAX_IMAGES: u64 = 16;
+
+/// A running fake; the server stops when this is dropped.
+pub struct FakeFal {
+    /// Root to put in `FalConfig::base_url`, with a trailing slash.
+    pub base_url: Url,
+    shared: Arc<Shared>,
+    shutdown: Option<oneshot::Sender<()>>,
+}
+
+impl std::fmt::Debug for FakeFal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FakeFal")
+            .field("base_url", &self.base_url.as_str())
+            .finish_non_exhaustive()
+    }
+}
+
+impl FakeFal {
+    /// Binds 127.0.0.1 on a free port and serves until dropped.
+    ///
+    /// # Errors
+    ///
+    /// When the listener cannot be bound.
+    pub async fn start() -> std::io::Result<FakeFal> {
+        let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+        let address = listener.local_addr()?;
+        let base_url = Url::parse(&format!("http://{address}/")).map_err(std::io::Error::other)?;
+        let shared = Arc::new(Shared {
+            origin: format!("http://{address}"),
+            next_id: AtomicU64::new(1),
+            state: Mutex::new(FakeState::default()),
+        });
+        let router = Router::new()
+            .fallback(handle)
+            .with_state(Arc::clone(&shared));
+        let (shutdown, stopped) = oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let served = axum::serve(listener, router)
+                .with_graceful_shutdown(async {
+                    // A dropped sender also means stop.
+                    let _ = stopped.await;
+                })
+                .await;
+            if let Err(err) = served {
+                tracing::warn!(error = %err, "fake fal server stopped with an error");
+            }
+        });
+        Ok(FakeFal {
+            base_url,
+            shared,
+            shutdown: Some(shutdown),
+        })
+    }
+
+    /// Authorized submit requests received, whatever they were answered.
+    pub fn submissions(&self) -> u64 {
+        self.shared.lock().submissions.values().sum()
+    }
+
+    /// Authorized submit requests received for `model` (`owner/app`; a
+    /// sub-path is ignored, as fal ignores it for queue bookkeeping).
+    pub fn submissions_for(&self, model: &str) -> u64 {
+        let app = app_of(model);
+        self.shared
+            .lock()
+            .submissions
+            .get(&app)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Cancel requests received for known requests.
+    pub fn cancellations(&self) -> u64 {
+        self.shared.lock().cancellations
+    }
+}
+
+impl Drop for FakeFal {
+    fn drop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+    }
+}
+
+struct Shared {
+    /// `http://127.0.0.1:port`, for the absolute URLs fal hands out.
+    origin: String,
+    next_id: AtomicU64,
+    state: Mutex<FakeState>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, FakeState> {
+        // A test that panicked while holding the lock leaves counters that
+        // are still meaningful to the tests that follow.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[derive(Default)]
+struct FakeState {
+    /// Submits per `owner/app`.
+    submissions: HashMap<String, u64>,
+    /// `test/flaky` submits per prompt+seed.
+    flaky: HashMap<String, u32>,
+    requests: HashMap<String, FakeRequest>,
+    cancellations: u64,
+}
+
+struct FakeRequest {
+    app: String,
+    behaviour: Behaviour,
+    polls: u32,
+    num_images: u64,
+    seed: Option<u64>,
+}
+
+impl FakeRequest {
+    fn completed(&self) -> bool {
+        // The first poll sees IN_PROGRESS, so clients must really poll.
+        self.behaviour != Behaviour::Stuck && self.polls >= 2
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Behaviour {
+    Ok,
+    Flaky,
+    Nsfw,
+    Reject,
+    Down,
+    FailedResult,
+    Stuck,
+    Malformed,
+    Video,
+}
+
+impl Behaviour {
+    fn for_app(owner: &str, app: &str) -> Option<Behaviour> {
+        if owner != "test" {
+            return Some(Behaviour::Ok);
+        }
+        Some(match app {
+            "ok" => Behaviour::Ok,
+            "flaky" => Behaviour::Flaky,
+            "nsfw" => Behaviour::Nsfw,
+            "reject" => Behaviour::Reject,
+            "down" => Behaviour::Down,
+            "failed-result" => Behaviour::FailedResult,
+            "stuck" => Behaviour::Stuck,
+            "malformed" => Behaviour::Malformed,
+            "video" => Behaviour::Video,
+            _ => return None,
+        })
+    }
+}
+
+fn app_of(model: &str) -> String {
+    model
+        .trim_matches('/')
+        .split('/')
+        .take(2)
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// One handler for every route: fal's paths overlap (`/{owner}/{app}`
+/// with optional sub-paths), which is clearer matched by hand than by a
+/// router.
+async fn handle(
+    State(shared): State<Arc<Shared>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let segments: Vec<&str> = uri.path().trim_matches('/').split('/').collect();
+    if method == Method::GET {
+        if let ["files", name] = segments.as_slice() {
+            return file(&shared, name);
+        }
+    }
+    let authorized = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Key "))
+        .is_some_and(|key| !key.trim().is_empty());
+    if !authorized {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            json!({"detail": "Missing or invalid Authorization header"}),
+        );
+    }
+    match (method, segments.as_slice()) {
+        (Method::GET, [owner, app, "requests", id, "status"]) => status(&shared, owner, app, id),
+        (Method::GET, [owner, app, "requests", id]) => result(&shared, owner, app, id),
+        (Method::PUT, [owner, app, "requests", id, "cancel"]) => cancel(&shared, owner, app, id),
+        (Method::POST, [owner, app, ..]) if !owner.is_empty() && !app.is_empty() => {
+            submit(&shared, owner, app, &body)
+        }
+        _ => error(StatusCode::NOT_FOUND, json!({"detail": "Not Found"})),
+    }
+}
+
+fn submit(shared: &Shared, owner: &str, app: &str, body: &[u8]) -> Response {
+    let model = format!("{owner}/{app}");
+    let mut state = shared.lock();
+    *state.submissions.entry(model.clone()).or_default() += 1;
+    let Some(behaviour) = Behaviour::for_app(owner, app) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            json!({"detail": format!("Application '{app}' not found")}),
+        );
+    };
+    let input: serde_json::Map<String, Value> = match serde_json::from_slice(body) {
+        Ok(input) => input,
+        Err(_) => {
+            return error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                json!({"detail": [{"loc": ["body"], "msg": "Input should be a valid dictionary", "type": "dict_type"}]}),
+            )
+        }
+    };
+    let seed = input.get("seed").and_then(Value::as_u64);
+    match behaviour {
+        Behaviour::Reject => {
+            return error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                json!({"detail": [{"loc": ["body", "prompt"], "msg": "prompt is too long", "type": "value_error"}]}),
+            )
+        }
+        Behaviour::Down => {
+            return infrastructure_error("runner_scheduling_failure", "no runners are available")
+        }
+        Behaviour::Flaky => {
+            let prompt = input
+                .get("prompt")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            let seen = state
+                .flaky
+                .entry(format!("{prompt}\u{0}{seed:?}"))
+                .or_default();
+            *seen += 1;
+            match *seen {
+                1 => {
+                    let mut response = error(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        json!({"detail": "Rate limit exceeded"}),
+                    );
+                    response
+                        .headers_mut()
+                        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                    return response;
+                }
+                2 => {
+                    return infrastructure_error(
+                        "runner_scheduling_failure",
+                        "no runner could be scheduled",
+                    )
+                }
+                _ => {}
+            }
+        }
+        _ => {}
+    }
+    let id = format!("req{:08}", shared.next_id.fetch_add(1, Ordering::Relaxed));
+    let num_images = input
+        .get("num_images")
+        .and_then(Value::as_u64)
+        .unwrap_or(1)
+        .clamp(1, MAX_IMAGES);
+    state.requests.insert(
+        id.clone(),
+        FakeRequest {
+            app: model.clone(),
+            behaviour,
+            polls: 0,
+            num_images,
+            seed,
+        },
+    );
+    let base = format!("{}/{model}/requests/{id}", shared.origin);
+    let answer = json!({
+        "request_id": id,
+        "response_url": base,
+        "status_url": format!("{base}/status"),
+        "cancel_url": format!("{base}/cancel"),
+        "queue_position": 0,
+    });
+    (StatusCode::OK, axum::Json(answer)).into_response()
+}
+
+fn status(shared: &Shared, owner: &str, app: &str, id: &str) -> Response {
+    let mut state = shared.lock();
+    let Some(request) = known_request(&mut state, owner, app, id) else {
+        return not_found();
+    };
+    request.polls = request.polls.saturating_add(1);
+    let (code, status) = if request.completed() {
+        (StatusCode::OK, "COMPLETED")
+    } else {
+        (StatusCode::ACCEPTED, "IN_PROGRESS")
+    };
+    let answer = json!({
+        "status": status,
+        "queue_position": 0,
+        "response_url": format!("{}/{}/requests/{id}", shared.origin, request.app),
+        "logs": [],
+    });
+    (code, axum::Json(answer)).into_response()
+}
+
+fn result(shared: &Shared, owner: &str, app: &str, id: &str) -> Response {
+    let mut state = shared.lock();
+    let Some(request) = known_request(&mut state, owner, app, id) else {
+        return not_found();
+    };
+    if !request.completed() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            json!({"detail": "Request is still in progress"}),
+        );
+    }
+    let files = format!("{}/files", shared.origin);
+    let images = || -> Vec<Value> {
+        (0..request.num_images)
+            .map(|i| {
+                json!({
+                    "url": format!("{files}/{id}_{i}.png"),
+                    "content_type": "image/png",
+                    "width": IMAGE_SIDE,
+                    "height": IMAGE_SIDE,
+                })
+            })
+            .collect()
+    };
+    let flags = |flag: bool| vec![Value::Bool(flag); images().len()];
+    let seed = request.seed.unwrap_or(42);
+    let answer = match request.behaviour {
+        Behaviour::Ok | Behaviour::Flaky => {
+            json!({"images": images(), "has_nsfw_concepts": flags(false), "seed": seed})
+        }
+        Behaviour::Nsfw => {
+            json!({"images": images(), "has_nsfw_concepts": flags(true), "seed": seed})
+        }
+        Behaviour::FailedResult => {
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                json!({"detail": "runner crashed"}),
+            )
+        }
+        Behaviour::Malformed => {
+            return (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "application/json")],
+                r#"{"images": ["#,
+            )
+                .into_response()
+        }
+        Behaviour::Video => json!({
+            "video": {
+                "url": format!("{files}/{id}.mp4"),
+                "content_type": "video/mp4",
+                "file_name": format!("{id}.mp4"),
+                "file_size": mp4().len(),
+            },
+            "seed": seed,
+        }),
+        // Never completed, never reaches here; answer as fal would.
+        Behaviour::Stuck | Behaviour::Reject | Behaviour::Down => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                json!({"detail": "Request is still in progress"}),
+            )
+        }
+    };
+    (StatusCode::OK, axum::Json(answer)).into_response()
+}
+
+fn cancel(shared: &Shared, owner: &str, app: &str, id: &str) -> Response {
+    let mut state = shared.lock();
+    let Some(request) = known_request(&mut state, owner, app, id) else {
+        return (
+            StatusCode::NOT_FOUND,
+            axum::Json(json!({"status": "NOT_FOUND"})),
+        )
+            .into_response();
+    };
+    let status = if request.completed() {
+        "ALREADY_COMPLETED"
+    } else {
+        "CANCELLATION_REQUESTED"
+    };
+    state.cancellations += 1;
+    (StatusCode::ACCEPTED, axum::Json(json!({"status": status}))).into_response()
+}
+
+/// The request `id`, if it was submitted to `owner/app`.
+fn known_request<'a>(
+    state: &'a mut FakeState,
+    owner: &str,
+    app: &str,
+    id: &str,
+) -> Option<&'a mut FakeRequest> {
+    let model = format!("{owner}/{app}");
+    state
+        .requests
+        .get_mut(id)
+        .filter(|request| request.app == model)
+}
+
+/// `/files/{id}_{i}.png` or `/files/{id}.mp4`, for known requests only, so a
+/// made-up URL answers 404 like an expired one.
+fn file(shared: &Shared, name: &str) -> Response {
+    let state = shared.lock();
+    let (stem, extension) = name.rsplit_once('.').unwrap_or((name, ""));
+    let (id, index) = stem.split_once('_').unwrap_or((stem, "0"));
+    if !state.requests.contains_key(id) {
+        return not_found();
+    }
+    match extension {
+        "png" => {
+            let variant = index.parse::<u32>().unwrap_or(0);
+            (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "image/png")],
+                gradient_png(IMAGE_SIDE, IMAGE_SIDE, variant),
+            )
+                .into_response()
+        }
+        "mp4" => (StatusCode::OK, [(header::CONTENT_TYPE, "video/mp4")], mp4()).into_response(),
+        _ => not_found(),
+    }
+}
+
+fn error(code: StatusCode, body: Value) -> Response {
+    (code, axum::Json(body)).into_response()
+}
+
+fn not_found() -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        json!({"detail": "Request not found"}),
+    )
+}
+
+/// fal's infrastructure failure: 503, the type in body and header.
+fn infrastructure_error(error_type: &'static str, detail: &str) -> Response {
+    let mut response = error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        json!({"detail": detail, "error_type": error_type}),
+    );
+    response.headers_mut().insert(
+        HeaderName::from_static("x-fal-error-type"),
+        HeaderValue::from_static(error_type),
+    );
+    response
+}
+
+/// A valid RGB PNG with a gradient; `variant` shifts the blue channel so
+/// several outputs of one request differ.
+///
+/// Written by hand because this crate has no image encoder: the zlib stream
+/// uses stored (uncompressed) deflate blocks, so only CRC-32 and Adler-32
+/// are needed.
+pub fn gradient_png(width: u32, height: u32, variant: u32) -> Vec<u8> {
+    let mut raw = Vec::with_capacity(((width * 3 + 1) * height) as usize);
+    for y in 0..height {
+        raw.push(0); // filter type: none
+        for x in 0..width {
+            raw.push((x * 255 / width.max(1)) as u8);
+            raw.push((y * 255 / height.max(1)) as u8);
+            raw.push(((x + y + variant * 64) % 256) as u8);
+        }
+    }
+
+    let mut zlib = vec![0x78, 0x01];
+    let mut blocks = raw.chunks(usize::from(u16::MAX)).peekable();
+    while let Some(block) = blocks.next() {
+        let last = blocks.peek().is_none();
+        zlib.push(u8::from(last)); // BFINAL, BTYPE=00 (stored)
+        let len = block.len() as u16;
+        zlib.extend_from_slice(&len.to_le_bytes());
+        zlib.extend_from_slice(&(!len).to_le_bytes());
+        zlib.extend_from_slice(block);
+    }
+    zlib.extend_from_slice(&adler32(&raw).to_be_bytes());
+
+    let mut ihdr = Vec::with_capacity(13);
+    ihdr.extend_from_slice(&width.to_be_bytes());
+    ihdr.extend_from_slice(&height.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]); // 8-bit, RGB, deflate, adaptive filters, no interlace
+
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    for (kind, data) in [
+        (b"IHDR", &ihdr[..]),
+        (b"IDAT", &zlib[..]),
+        (b"IEND", &[][..]),
+    ] {
+        png.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        let start = png.len();
+        png.extend_from_slice(kind);
+        png.extend_from_slice(data);
+        let crc = crc32(&png[start..]);
+        png.extend_from_slice(&crc.to_be_bytes());
+    }
+    png
+}
+
+/// A small blob that starts with a valid MP4 `ftyp` box, followed by a
+/// `free` box of padding: enough for content sniffing, not a playable video.
+pub fn mp4() -> Vec<u8> {
+    const PADDING: u32 = 2048;
+    let mut bytes = Vec::with_capacity(24 + 8 + PADDING as usize);
+    bytes.extend_from_slice(&24u32.to_be_bytes());
+    bytes.extend_from_slice(b"ftypisom");
+    bytes.extend_from_slice(&0x200u32.to_be_bytes()); // minor version
+    bytes.extend_from_slice(b"isomiso2");
+    bytes.extend_from_slice(&(8 + PADDING).to_be_bytes());
+    bytes.extend_from_slice(b"free");
+    bytes.extend(std::iter::repeat_n(0u8, PADDING as usize));
+    bytes
+}
+
+/// CRC-32 (ISO-HDLC, as PNG uses), bitwise: slow, but fine for test images.
+fn crc32(data: &[u8]) -> u32 {
+    let mut crc = 0xFFFF_FFFFu32;
+    for &byte in data {
+        crc ^= u32::from(byte);
+        for _ in 0..8 {
+            let mask = (crc & 1).wrapping_neg();
+            crc = (crc >> 1) ^ (0xEDB8_8320 & mask);
+        }
+    }
+    !crc
+}
+
+fn adler32(data: &[u8]) -> u32 {
+    const MOD: u32 = 65_521;
+    let (mut a, mut b) = (1u32, 0u32);
+    for &byte in data {
+        a = (a + u32::from(byte)) % MOD;
+        b = (b + a) % MOD;
+    }
+    (b << 16) | a
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checksums_match_known_values() {
+        assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
+        assert_eq!(adler32(b"Wikipedia"), 0x11E6_0398);
+    }
+
+    #[test]
+    fn png_is_well_formed() {
+        let png = gradient_png(256, 256, 1);
+        assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"));
+        assert_eq!(&png[12..16], b"IHDR");
+        assert_eq!(u32::from_be_bytes(png[16..20].try_into().unwrap()), 256);
+        assert!(png.ends_with(&[0, 0, 0, 0, b'I', b'E', b'N', b'D', 0xAE, 0x42, 0x60, 0x82]));
+        // Header + 2 bytes + 4 stored blocks of 5 header bytes + data + adler.
+        let raw = (256 * 3 + 1) * 256;
+        assert_eq!(png.len(), 8 + 25 + 12 + 2 + 5 * 4 + raw + 4 + 12);
+    }
+
+    #[test]
+    fn mp4_starts_with_ftyp() {
+        let mp4 = mp4();
+        assert_eq!(&mp4[..8], &[0, 0, 0, 0x18, b'f', b't', b'y', b'p']);
+        assert_eq!(mp4.len(), 24 + 8 + 2048);
+    }
+}

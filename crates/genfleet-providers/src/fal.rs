@@ -1,0 +1,1059 @@
+//! fal's queue API: submit, poll the status URL, fetch the result, copy the
+//! output files out of fal's short-lived URLs.
+//!
+//! One [`FalProvider::generate`] call is one attempt; it never resubmits
+//! (fal has no idempotency key, so a resubmit may be billed twice). It does
+//! ride out a few transient failures while *polling*, because giving up
+//! there would make the caller resubmit a request that is still running.
+//!
+//! Each HTTP answer is classified here, where its meaning is known: see
+//! [`status_error`]. The key goes only to URLs on the configured base URL's
+//! origin, never to the file host. Logs carry the provider, request id and
+//! status codes only: never the key, prompt, bytes or URLs.
+
+use std::fmt;
+use std::time::{Duration, SystemTime};
+
+use base64::Engine as _;
+use bytes::{Bytes, BytesMut};
+use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
+use reqwest::{Method, RequestBuilder, Response, StatusCode};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use tokio::time::Instant;
+use url::Url;
+
+use crate::retry::parse_retry_after;
+use crate::{
+    Artifact, GenerationOutput, GenerationRequest, InputImage, InputRole, JobKind, Provider,
+    ProviderError,
+};
+
+/// Error bodies are small JSON documents; anything longer is not worth
+/// reading into memory just to build a message.
+const ERROR_BODY_LIMIT: u64 = 64 * 1024;
+/// Submit and status answers are a few hundred bytes.
+const CONTROL_BODY_LIMIT: u64 = 1024 * 1024;
+/// Longest provider detail kept in an error message.
+const DETAIL_CHARS: usize = 500;
+/// Consecutive failed status polls tolerated before the attempt fails. A
+/// blip while polling should not turn into a (billed) resubmit.
+const STATUS_POLL_FAILURE_LIMIT: u32 = 3;
+/// The cancel after a missed deadline is best-effort; don't hold the worker.
+const CANCEL_TIMEOUT: Duration = Duration::from_secs(2);
+/// Above this an `x-ratelimit-reset` value is a Unix time, not seconds.
+const UNIX_TIME_THRESHOLD: u64 = 1_000_000_000;
+
+/// Connection settings for fal.
+#[derive(Clone)]
+pub struct FalConfig {
+    /// Queue API root; `https://queue.fal.run` in production.
+    pub base_url: Url,
+    /// API key, sent as `Authorization: Key <key>`. Never logged; `Debug`
+    /// prints `[redacted]`.
+    pub key: String,
+    /// Upper bound on any single HTTP exchange (submit, one status poll,
+    /// result, one download), body included. The job deadline may cut it
+    /// shorter.
+    pub request_timeout: Duration,
+    /// Wait between status polls.
+    pub poll_interval: Duration,
+    /// Largest output file accepted; bigger ones fail the attempt rather
+    /// than exhaust worker memory.
+    pub max_output_bytes: u64,
+}
+
+impl FalConfig {
+    /// fal's production queue endpoint.
+    pub const DEFAULT_BASE_URL: &'static str = "https://queue.fal.run";
+}
+
+impl Default for FalConfig {
+    /// Production endpoint, no key, 60 s per exchange (result bodies and
+    /// video downloads can be tens of MB), a 500 ms poll (image models finish
+    /// in seconds, and the status endpoint is not billed) and a 200 MB output
+    /// cap (short videos fit, a runaway body does not).
+    fn default() -> Self {
+        Self {
+            base_url: Url::parse(Self::DEFAULT_BASE_URL)
+                .expect("the default fal base URL is a valid URL literal"),
+            key: String::new(),
+            request_timeout: Duration::from_secs(60),
+            poll_interval: Duration::from_millis(500),
+            max_output_bytes: 200 * 1024 * 1024,
+        }
+    }
+}
+
+impl fmt::Debug for FalConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FalConfig")
+            .field("base_url", &self.base_url.as_str())
+            .field("key", &"[redacted]")
+            .field("request_timeout", &self.request_timeout)
+            .field("poll_interval", &self.poll_interval)
+            .field("max_output_bytes", &self.max_output_bytes)
+            .finish()
+    }
+}
+
+/// A [`Provider`] for models hosted on fal, through its queue API.
+pub struct FalProvider {
+    config: FalConfig,
+    client: reqwest::Client,
+    /// Built once; an unusable key is reported on every call rather than
+    /// panicking at start-up, since `new` cannot fail.
+    authorization: Result<HeaderValue, String>,
+}
+
+impl fmt::Debug for FalProvider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FalProvider")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FalProvider {
+    /// `client` should be the process-wide client (connection pooling);
+    /// per-exchange timeouts come from `config`.
+    pub fn new(config: FalConfig, client: reqwest::Client) -> Self {
+        let authorization = HeaderValue::from_str(&format!("Key {}", config.key))
+            .map(|mut value| {
+                // Keeps the value out of hyper's and reqwest's debug output.
+                value.set_sensitive(true);
+                value
+            })
+            .map_err(|_| {
+                "the configured fal key contains characters not allowed in an HTTP header"
+                    .to_owned()
+            });
+        Self {
+            config,
+            client,
+            authorization,
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Provider for FalProvider {
+    fn name(&self) -> &str {
+        "fal"
+    }
+
+    async fn generate(
+        &self,
+        request: &GenerationRequest,
+    ) -> Result<GenerationOutput, ProviderError> {
+        self.generate_once(request).await
+    }
+}
+
+/// `POST {base}/{model}` answer.
+#[derive(Debug, Deserialize)]
+struct Submitted {
+    request_id: String,
+    status_url: String,
+    response_url: String,
+    #[serde(default)]
+    cancel_url: Option<String>,
+}
+
+/// `GET .../requests/{id}/status` answer.
+#[derive(Debug, Deserialize)]
+struct QueueStatus {
+    status: String,
+    #[serde(default)]
+    response_url: Option<String>,
+}
+
+/// The parts of a model's output this crate understands.
+#[derive(Debug, Deserialize)]
+struct ModelOutput {
+    #[serde(default)]
+    images: Vec<OutputFile>,
+    #[serde(default)]
+    image: Option<OutputFile>,
+    #[serde(default)]
+    video: Option<OutputFile>,
+    /// One flag per image; values other than booleans are ignored.
+    #[serde(default)]
+    has_nsfw_concepts: Vec<Value>,
+    /// The older Stable Diffusion apps' spelling of the same flags.
+    #[serde(default)]
+    nsfw_content_detected: Vec<Value>,
+}
+
+#[derive(Debug, Deserialize)]
+struct OutputFile {
+    url: String,
+    #[serde(default)]
+    content_type: Option<String>,
+}
+
+impl FalProvider {
+    #[tracing::instrument(
+        name = "fal_generate",
+        skip_all,
+        fields(provider = "fal", job_id = %request.job_id, request_id = tracing::field::Empty)
+    )]
+    async fn generate_once(
+        &self,
+        request: &GenerationRequest,
+    ) -> Result<GenerationOutput, ProviderError> {
+        let authorization = self
+            .authorization
+            .clone()
+            .map_err(|message| ProviderError::Unauthorized { message })?;
+        let input = build_input(request)?;
+        let submit_url = self.submit_url(&request.model)?;
+        let deadline = request.deadline;
+
+        let submitted = self
+            .submit(submit_url, &authorization, input, deadline)
+            .await?;
+        tracing::Span::current().record("request_id", submitted.request_id.as_str());
+        tracing::debug!(request_id = %submitted.request_id, "submitted to the fal queue");
+
+        let response_url = self
+            .wait_until_completed(&submitted, &authorization, deadline)
+            .await?;
+        let output = self
+            .fetch_result(&response_url, &authorization, request.count, deadline)
+            .await?;
+        let files = output_files(output)?;
+
+        let mut artifacts = Vec::with_capacity(files.len());
+        for file in files {
+            artifacts.push(self.download(file, deadline).await?);
+        }
+        tracing::debug!(
+            request_id = %submitted.request_id,
+            artifacts = artifacts.len(),
+            "fal request completed"
+        );
+        Ok(GenerationOutput {
+            artifacts,
+            attempts: 1,
+            request_id: Some(submitted.request_id),
+        })
+    }
+
+    /// `{base}/{model}` after checking that `model` is an `owner/app[/path]`
+    /// path, so a model name cannot point the key elsewhere.
+    fn submit_url(&self, model: &str) -> Result<Url, ProviderError> {
+        let valid_segment = |segment: &str| {
+            !segment.is_empty()
+                && segment != "."
+                && segment != ".."
+                && segment
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        };
+        let segments: Vec<&str> = model.split('/').collect();
+        if segments.len() < 2 || !segments.iter().all(|s| valid_segment(s)) {
+            return Err(ProviderError::Unsupported {
+                message: format!("model {model:?} is not a fal model path (owner/app[/path])"),
+            });
+        }
+        let base = self.config.base_url.as_str().trim_end_matches('/');
+        Url::parse(&format!("{base}/{model}")).map_err(|_| ProviderError::Unsupported {
+            message: format!("model {model:?} does not form a valid URL with the fal base URL"),
+        })
+    }
+
+    /// Parses a URL fal handed back and refuses one off the base URL's
+    /// origin: the key is attached to it.
+    fn queue_url(&self, raw: &str, what: &str) -> Result<Url, ProviderError> {
+        let url = Url::parse(raw).map_err(|_| ProviderError::Malformed {
+            message: format!("{what} is not a valid URL"),
+        })?;
+        if url.origin() != self.config.base_url.origin() {
+            return Err(ProviderError::Malformed {
+                message: format!("{what} points outside the configured fal base URL"),
+            });
+        }
+        Ok(url)
+    }
+
+    async fn submit(
+        &self,
+        url: Url,
+        authorization: &HeaderValue,
+        input: Map<String, Value>,
+        deadline: Option<Instant>,
+    ) -> Result<Submitted, ProviderError> {
+        let mut builder = self
+            .client
+            .post(url)
+            .header(AUTHORIZATION, authorization.clone())
+            .json(&Value::Object(input));
+        if let Some(deadline) = deadline {
+            // Lets fal drop the request itself if no runner picks it up in
+            // time (answering 504 with the `user` timeout type), instead of
+            // running and billing a result nobody will collect.
+            let seconds = deadline
+                .saturating_duration_since(Instant::now())
+                .as_secs_f64()
+                .ceil()
+                .max(1.0);
+            builder = builder.header("X-Fal-Request-Timeout", format!("{seconds:.0}"));
+        }
+        let response = self.send(builder, deadline).await?;
+        let response = check_status(response, "submit").await?;
+        let body = read_body(
+            response,
+            CONTROL_BODY_LIMIT,
+            deadline,
+            oversized("submit answer", CONTROL_BODY_LIMIT),
+        )
+        .await?;
+        serde_json::from_slice(&body).map_err(|err| ProviderError::Malformed {
+            message: format!("submit answer is not the expected JSON: {err}"),
+        })
+    }
+
+    /// Polls the status URL until fal reports the request finished, and
+    /// returns the URL of its result.
+    ///
+    /// # Errors
+    ///
+    /// [`ProviderError::DeadlineExceeded`] (after a best-effort cancel) when
+    /// the deadline passes first; the poll's own error after
+    /// [`STATUS_POLL_FAILURE_LIMIT`] consecutive retryable failures, or at
+    /// once for a permanent one.
+    async fn wait_until_completed(
+        &self,
+        submitted: &Submitted,
+        authorization: &HeaderValue,
+        deadline: Option<Instant>,
+    ) -> Result<Url, ProviderError> {
+        let status_url = self.queue_url(&submitted.status_url, "status_url")?;
+        let mut failures = 0;
+        loop {
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                self.cancel(submitted, authorization).await;
+                return Err(ProviderError::DeadlineExceeded);
+            }
+            match self.poll_status(&status_url, authorization, deadline).await {
+                Ok(status) if matches!(status.status.as_str(), "IN_QUEUE" | "IN_PROGRESS") => {
+                    failures = 0;
+                }
+                // COMPLETED, or a status this client does not know: either
+                // way the result URL says what happened (fal never reports
+                // FAILED; a failed request reads COMPLETED).
+                Ok(status) => {
+                    if status.status != "COMPLETED" {
+                        tracing::warn!(
+                            request_id = %submitted.request_id,
+                            status = %status.status,
+                            "unknown fal queue status, fetching the result"
+                        );
+                    }
+                    let raw = status
+                        .response_url
+                        .as_deref()
+                        .unwrap_or(&submitted.response_url);
+                    return self.queue_url(raw, "response_url");
+                }
+                Err(ProviderError::DeadlineExceeded) => {
+                    self.cancel(submitted, authorization).await;
+                    return Err(ProviderError::DeadlineExceeded);
+                }
+                Err(err) if err.is_retryable() && failures + 1 < STATUS_POLL_FAILURE_LIMIT => {
+                    failures += 1;
+                    tracing::warn!(
+                        request_id = %submitted.request_id,
+                        code = err.code(),
+                        error = %err,
+                        "fal status poll failed, polling again"
+                    );
+                }
+                Err(err) => return Err(err),
+            }
+            let wake = Instant::now() + self.config.poll_interval;
+            tokio::time::sleep_until(deadline.map_or(wake, |d| wake.min(d))).await;
+        }
+    }
+
+    async fn poll_status(
+        &self,
+        url: &Url,
+        authorization: &HeaderValue,
+        deadline: Option<Instant>,
+    ) -> Result<QueueStatus, ProviderError> {
+        let builder = self
+            .client
+            .get(url.clone())
+            .header(AUTHORIZATION, authorization.clone());
+        let response = self.send(builder, deadline).await?;
+        // 202 while queued or running, 200 once completed: both are answers.
+        let response = check_status(response, "status").await?;
+        let body = read_body(
+            response,
+            CONTROL_BODY_LIMIT,
+            deadline,
+            oversized("status answer", CONTROL_BODY_LIMIT),
+        )
+        .await?;
+        serde_json::from_slice(&body).map_err(|err| ProviderError::Malformed {
+            message: format!("status answer is not the expected JSON: {err}"),
+        })
+    }
+
+    /// Asks fal to drop a request we no longer wait for, so it is not run
+    /// and billed for nothing. Failures are logged and otherwise ignored.
+    async fn cancel(&self, submitted: &Submitted, authorization: &HeaderValue) {
+        let Some(raw) = submitted.cancel_url.as_deref() else {
+            return;
+        };
+        let url = match self.queue_url(raw, "cancel_url") {
+            Ok(url) => url,
+            Err(err) => {
+                tracing::warn!(request_id = %submitted.request_id, error = %err, "not cancelling the fal request");
+                return;
+            }
+        };
+        let timeout = self.config.request_timeout.min(CANCEL_TIMEOUT);
+        let sent = self
+            .client
+            .request(Method::PUT, url)
+            .header(AUTHORIZATION, authorization.clone())
+            .timeout(timeout)
+            .send()
+            .await;
+        match sent {
+            Ok(response) => tracing::info!(
+                request_id = %submitted.request_id,
+                status = response.status().as_u16(),
+                "asked fal to cancel a request past its deadline"
+            ),
+            Err(err) => tracing::warn!(
+                request_id = %submitted.request_id,
+                error = %describe_transport(err),
+                "could not cancel a fal request past its deadline"
+            ),
+        }
+    }
+
+    async fn fetch_result(
+        &self,
+        url: &Url,
+        authorization: &HeaderValue,
+        count: u32,
+        deadline: Option<Instant>,
+    ) -> Result<ModelOutput, ProviderError> {
+        let builder = self
+            .client
+            .get(url.clone())
+            .header(AUTHORIZATION, authorization.clone());
+        let response = self.send(builder, deadline).await?;
+        // The trap: a failed request reads COMPLETED, and only this status
+        // code tells that it failed.
+        let response = check_status(response, "result").await?;
+        // Outputs may come inline as base64 data URIs (4 bytes per 3), one
+        // per requested output; twice the cap per output leaves room for the
+        // JSON around them.
+        let limit = self
+            .config
+            .max_output_bytes
+            .saturating_mul(u64::from(count.max(1)))
+            .saturating_mul(2)
+            .max(CONTROL_BODY_LIMIT);
+        let body = read_body(response, limit, deadline, oversized("result", limit)).await?;
+        serde_json::from_slice(&body).map_err(|err| ProviderError::Malformed {
+            message: format!("result is not the expected JSON: {err}"),
+        })
+    }
+
+    /// Copies one output out of fal's short-lived URL (or data URI).
+    async fn download(
+        &self,
+        file: OutputFile,
+        deadline: Option<Instant>,
+    ) -> Result<Artifact, ProviderError> {
+        let limit = self.config.max_output_bytes;
+        if let Some(rest) = file.url.strip_prefix("data:") {
+            let (mime, bytes) = decode_data_uri(rest)?;
+            check_size(bytes.len() as u64, limit)?;
+            let content_type = file.content_type.unwrap_or(mime);
+            return Ok(Artifact {
+                content_type,
+                bytes,
+            });
+        }
+        let url = Url::parse(&file.url).map_err(|_| ProviderError::Malformed {
+            message: "an output URL is not a valid URL".into(),
+        })?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(ProviderError::Malformed {
+                message: format!(
+                    "an output URL has the unsupported scheme {:?}",
+                    url.scheme()
+                ),
+            });
+        }
+        // No Authorization header: the file host is not the queue API and
+        // must never see the key.
+        let response = self.send(self.client.get(url), deadline).await?;
+        let status = response.status();
+        if !status.is_success() {
+            // Whatever the code (404 for an expired file included), a new
+            // attempt produces a new file; nothing here is a policy decision.
+            let retry_after = retry_after(response.headers());
+            return Err(ProviderError::Unavailable {
+                message: format!("output download answered HTTP {}", status.as_u16()),
+                retry_after,
+            });
+        }
+        let header_type = response
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned);
+        let bytes = read_body(response, limit, deadline, || too_large_output(limit)).await?;
+        let content_type = file
+            .content_type
+            .or(header_type)
+            .unwrap_or_else(|| "application/octet-stream".to_owned());
+        Ok(Artifact {
+            content_type,
+            bytes,
+        })
+    }
+
+    /// Sends with a timeout of `request_timeout`, cut short by the deadline.
+    async fn send(
+        &self,
+        builder: RequestBuilder,
+        deadline: Option<Instant>,
+    ) -> Result<Response, ProviderError> {
+        let timeout = match deadline {
+            Some(deadline) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(ProviderError::DeadlineExceeded);
+                }
+                self.config.request_timeout.min(left)
+            }
+            None => self.config.request_timeout,
+        };
+        builder
+            .timeout(timeout)
+            .send()
+            .await
+            .map_err(|err| transport_error(err, deadline))
+    }
+}
+
+/// Builds the model input JSON for `request`.
+///
+/// # Errors
+///
+/// [`ProviderError::Unsupported`] when the job kind needs an input image
+/// the request lacks.
+pub(crate) fn build_input(
+    request: &GenerationRequest,
+) -> Result<Map<String, Value>, ProviderError> {
+    let mut input = Map::new();
+    input.insert("prompt".into(), request.prompt.clone().into());
+    if !request.negative_prompt.is_empty() {
+        input.insert(
+            "negative_prompt".into(),
+            request.negative_prompt.clone().into(),
+        );
+    }
+    if let Some(seed) = request.seed {
+        input.insert("seed".into(), seed.into());
+    }
+    // fal models reject num_images 0 with a 422; a count of 0 means "the default".
+    input.insert("num_images".into(), request.count.max(1).into());
+    if !request.aspect_ratio.is_empty() {
+        input.insert("aspect_ratio".into(), request.aspect_ratio.clone().into());
+    }
+
+    let first = |role: InputRole| request.inputs.iter().find(|input| input.role == role);
+    let missing = |what: &str| ProviderError::Unsupported {
+        message: format!(
+            "a {kind:?} job needs {what}, and the request has none",
+            kind = request.kind
+        ),
+    };
+    if request.kind == JobKind::VirtualTryOn {
+        let person = first(InputRole::Person).ok_or_else(|| missing("a person image"))?;
+        let garment = first(InputRole::Garment).ok_or_else(|| missing("a garment image"))?;
+        input.insert("human_image_url".into(), data_uri(person).into());
+        input.insert("garment_image_url".into(), data_uri(garment).into());
+    } else {
+        let pictures: Vec<&InputImage> = request
+            .inputs
+            .iter()
+            .filter(|input| {
+                matches!(
+                    input.role,
+                    InputRole::Product | InputRole::Person | InputRole::Reference
+                )
+            })
+            .collect();
+        let primary = pictures
+            .iter()
+            .find(|input| matches!(input.role, InputRole::Product | InputRole::Person))
+            .or_else(|| pictures.first());
+        let needs_image = !matches!(request.kind, JobKind::ProductPhoto);
+        match primary {
+            Some(primary) => {
+                input.insert("image_url".into(), data_uri(primary).into());
+            }
+            None if needs_image => return Err(missing("an input image")),
+            None => {}
+        }
+        // Multi-image edit models take the whole set as `image_urls`.
+        if pictures.len() > 1 {
+            let urls = pictures
+                .iter()
+                .map(|input| Value::from(data_uri(input)))
+                .collect();
+            input.insert("image_urls".into(), Value::Array(urls));
+        }
+        if request.kind == JobKind::Inpaint {
+            let mask = first(InputRole::Mask).ok_or_else(|| missing("a mask image"))?;
+            input.insert("mask_url".into(), data_uri(mask).into());
+        }
+    }
+
+    // Model-specific knobs win over the generic fields above.
+    for (key, value) in &request.parameters {
+        input.insert(key.clone(), value.clone());
+    }
+    Ok(input)
+}
+
+fn data_uri(image: &InputImage) -> String {
+    let content_type = if image.content_type.is_empty() {
+        "application/octet-stream"
+    } else {
+        image.content_type.as_str()
+    };
+    let encoded = base64::engine::general_purpose::STANDARD.encode(&image.bytes);
+    format!("data:{content_type};base64,{encoded}")
+}
+
+/// Decodes the part of a `data:` URI after the scheme.
+fn decode_data_uri(rest: &str) -> Result<(String, Bytes), ProviderError> {
+    let malformed = |message: &str| ProviderError::Malformed {
+        message: message.to_owned(),
+    };
+    let (meta, data) = rest
+        .split_once(',')
+        .ok_or_else(|| malformed("an output data URI has no ','"))?;
+    let mime = meta
+        .strip_suffix(";base64")
+        .ok_or_else(|| malformed("an output data URI is not base64-encoded"))?;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(data)
+        .map_err(|_| malformed("an output data URI holds invalid base64"))?;
+    let mime = if mime.is_empty() {
+        "application/octet-stream"
+    } else {
+        mime
+    };
+    Ok((mime.to_owned(), bytes.into()))
+}
+
+/// The files a model output names, in order, or why there are none to take.
+fn output_files(output: ModelOutput) -> Result<Vec<OutputFile>, ProviderError> {
+    let flagged = output
+        .has_nsfw_concepts
+        .iter()
+        .chain(&output.nsfw_content_detected)
+        .any(|flag| flag == &Value::Bool(true));
+    if flagged {
+        // A safety outcome, not a failure: retrying the same prompt would
+        // be billed and likely flagged again.
+        return Err(ProviderError::Rejected {
+            message: "provider flagged the output as unsafe".into(),
+        });
+    }
+    let mut files = output.images;
+    files.extend(output.image);
+    files.extend(output.video);
+    if files.is_empty() {
+        return Err(ProviderError::Malformed {
+            message: "result has no images, image or video".into(),
+        });
+    }
+    Ok(files)
+}
+
+fn check_size(len: u64, limit: u64) -> Result<(), ProviderError> {
+    if len > limit {
+        return Err(too_large_output(limit));
+    }
+    Ok(())
+}
+
+/// Permanent: the same request would produce an output as large.
+fn too_large_output(limit: u64) -> ProviderError {
+    ProviderError::Rejected {
+        message: format!("an output is larger than the {limit} byte limit"),
+    }
+}
+
+/// Reads a body in chunks, failing as soon as it passes `limit` instead of
+/// buffering whatever the server sends.
+async fn read_body(
+    mut response: Response,
+    limit: u64,
+    deadline: Option<Instant>,
+    too_large: impl FnOnce() -> ProviderError,
+) -> Result<Bytes, ProviderError> {
+    if response.content_length().is_some_and(|len| len > limit) {
+        return Err(too_large());
+    }
+    let mut body = BytesMut::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|err| transport_error(err, deadline))?
+    {
+        if (body.len() + chunk.len()) as u64 > limit {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
+/// A control-plane body over its limit: not what the API documents.
+fn oversized(what: &'static str, limit: u64) -> impl FnOnce() -> ProviderError {
+    move || ProviderError::Malformed {
+        message: format!("{what} is larger than {limit} bytes"),
+    }
+}
+
+/// Passes 2xx answers through and turns any other into its error.
+async fn check_status(response: Response, stage: &str) -> Result<Response, ProviderError> {
+    let status = response.status();
+    if status.is_success() {
+        return Ok(response);
+    }
+    let headers = response.headers().clone();
+    // The body only adds detail to the message; an unreadable one still
+    // leaves the status code to classify by.
+    let body = read_body(
+        response,
+        ERROR_BODY_LIMIT,
+        None,
+        oversized("error body", ERROR_BODY_LIMIT),
+    )
+    .await
+    .unwrap_or_default();
+    Err(status_error(stage, status, &headers, &body))
+}
+
+/// Classifies a non-2xx answer from the queue API.
+fn status_error(
+    stage: &str,
+    status: StatusCode,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> ProviderError {
+    let code = status.as_u16();
+    let (detail, error_type) = error_detail(body, headers);
+    let mut message = format!("{stage} answered HTTP {code}");
+    if let Some(error_type) = &error_type {
+        message.push_str(&format!(" ({error_type})"));
+    }
+    if let Some(detail) = &detail {
+        message.push_str(": ");
+        message.push_str(detail);
+    }
+    let header = |name: &str| headers.get(name).and_then(|value| value.to_str().ok());
+    match code {
+        401 | 403 => ProviderError::Unauthorized { message },
+        // The timeout we asked for with X-Fal-Request-Timeout expired: our
+        // own deadline, not fal's fault, and retrying cannot beat it.
+        504 if header("x-fal-request-timeout-type")
+            .is_some_and(|v| v.eq_ignore_ascii_case("user")) =>
+        {
+            ProviderError::DeadlineExceeded
+        }
+        408 | 429 | 500..=599 => ProviderError::Unavailable {
+            message,
+            retry_after: retry_after(headers),
+        },
+        400..=499 => ProviderError::Rejected { message },
+        // 1xx/3xx reach here only if redirects are disabled on the client.
+        _ => ProviderError::Malformed { message },
+    }
+}
+
+/// The wait a rate-limited or overloaded answer asks for: `Retry-After`,
+/// else fal's `x-ratelimit-reset` (seconds, or a Unix time when large).
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let header = |name: &str| headers.get(name).and_then(|value| value.to_str().ok());
+    let now = SystemTime::now();
+    if let Some(delay) = header("retry-after").and_then(|value| parse_retry_after(value, now)) {
+        return Some(delay);
+    }
+    let reset: u64 = header("x-ratelimit-reset")?.trim().parse().ok()?;
+    if reset < UNIX_TIME_THRESHOLD {
+        return Some(Duration::from_secs(reset));
+    }
+    let at = SystemTime::UNIX_EPOCH + Duration::from_secs(reset);
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+/// fal's `detail` (a string, or validation errors as `[{loc, msg, type}]`)
+/// and `error_type` (body, else the `X-Fal-Error-Type` header). Only these
+/// fields are used: validation errors may also echo the input, which can
+/// hold the prompt.
+fn error_detail(body: &[u8], headers: &HeaderMap) -> (Option<String>, Option<String>) {
+    let json: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let detail = match json.get("detail") {
+        Some(Value::String(text)) => Some(text.clone()),
+        Some(Value::Array(items)) => {
+            let messages: Vec<String> = items.iter().filter_map(validation_message).collect();
+            (!messages.is_empty()).then(|| messages.join("; "))
+        }
+        _ => None,
+    };
+    let error_type = json
+        .get("error_type")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .or_else(|| {
+            headers
+                .get("x-fal-error-type")
+                .and_then(|value| value.to_str().ok())
+                .map(str::to_owned)
+        });
+    (
+        detail.map(|d| truncate(&d, DETAIL_CHARS)),
+        error_type.map(|t| truncate(&t, 64)),
+    )
+}
+
+/// `"prompt: prompt is too long"` from `{loc: ["body", "prompt"], msg, ..}`.
+fn validation_message(item: &Value) -> Option<String> {
+    let msg = item.get("msg")?.as_str()?;
+    let location: Vec<String> = item
+        .get("loc")
+        .and_then(Value::as_array)
+        .map(|loc| {
+            loc.iter()
+                .filter(|part| part.as_str() != Some("body"))
+                .map(|part| match part {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if location.is_empty() {
+        Some(msg.to_owned())
+    } else {
+        Some(format!("{}: {msg}", location.join(".")))
+    }
+}
+
+fn truncate(text: &str, max_chars: usize) -> String {
+    match text.char_indices().nth(max_chars) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.to_owned(),
+    }
+}
+
+/// Classifies a failure to get an answer at all. Every such failure
+/// (refused or reset connection, timeout, broken body) is worth retrying,
+/// except a timeout that the job deadline itself imposed.
+fn transport_error(err: reqwest::Error, deadline: Option<Instant>) -> ProviderError {
+    if err.is_timeout() && deadline.is_some_and(|d| Instant::now() >= d) {
+        return ProviderError::DeadlineExceeded;
+    }
+    let kind = if err.is_timeout() {
+        "timed out"
+    } else if err.is_connect() {
+        "could not connect"
+    } else if err.is_body() || err.is_decode() {
+        "failed while reading the body"
+    } else {
+        "failed"
+    };
+    ProviderError::Unavailable {
+        message: format!("request {kind}: {}", describe_transport(err)),
+        retry_after: None,
+    }
+}
+
+/// The error and its causes, without the URL (which may carry a signed
+/// query string).
+fn describe_transport(err: reqwest::Error) -> String {
+    let err = err.without_url();
+    let mut text = err.to_string();
+    let mut source = std::error::Error::source(&err);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client() -> reqwest::Client {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        reqwest::Client::new()
+    }
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.insert(*name, HeaderValue::from_str(value).unwrap());
+        }
+        map
+    }
+
+    #[test]
+    fn classifies_status_codes() {
+        let none = HeaderMap::new();
+        let check = |code: u16, headers: &HeaderMap, body: &str, expected: &str| {
+            let err = status_error(
+                "submit",
+                StatusCode::from_u16(code).unwrap(),
+                headers,
+                body.as_bytes(),
+            );
+            assert_eq!(
+                format!("{err:?}").split([' ', '{']).next().unwrap(),
+                expected,
+                "{code}: {err}"
+            );
+        };
+        check(401, &none, "", "Unauthorized");
+        check(403, &none, "", "Unauthorized");
+        check(408, &none, "", "Unavailable");
+        check(429, &none, "", "Unavailable");
+        check(500, &none, "", "Unavailable");
+        check(
+            503,
+            &none,
+            r#"{"detail":"x","error_type":"runner_scheduling_failure"}"#,
+            "Unavailable",
+        );
+        check(504, &none, "", "Unavailable");
+        check(
+            504,
+            &headers(&[("x-fal-request-timeout-type", "user")]),
+            "",
+            "DeadlineExceeded",
+        );
+        check(400, &none, "", "Rejected");
+        check(404, &none, "", "Rejected");
+        check(422, &none, "", "Rejected");
+    }
+
+    #[test]
+    fn builds_messages_from_fal_details() {
+        let body = r#"{"detail":[{"loc":["body","prompt"],"msg":"prompt is too long","type":"value_error"},
+                      {"loc":["body","image_size",0],"msg":"bad size","input":"SECRET PROMPT"}]}"#;
+        let err = status_error(
+            "submit",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &HeaderMap::new(),
+            body.as_bytes(),
+        );
+        assert_eq!(
+            err.to_string(),
+            "provider rejected the request: submit answered HTTP 422: prompt: prompt is too long; image_size.0: bad size"
+        );
+        let err = status_error(
+            "result",
+            StatusCode::SERVICE_UNAVAILABLE,
+            &headers(&[("x-fal-error-type", "runner_disconnected")]),
+            br#"{"detail":"runner went away"}"#,
+        );
+        assert_eq!(
+            err.to_string(),
+            "provider unavailable: result answered HTTP 503 (runner_disconnected): runner went away"
+        );
+        let err = status_error(
+            "result",
+            StatusCode::BAD_GATEWAY,
+            &HeaderMap::new(),
+            b"<html>oops</html>",
+        );
+        assert_eq!(
+            err.to_string(),
+            "provider unavailable: result answered HTTP 502"
+        );
+    }
+
+    #[test]
+    fn reads_rate_limit_hints() {
+        assert_eq!(
+            retry_after(&headers(&[("retry-after", "7")])),
+            Some(Duration::from_secs(7))
+        );
+        assert_eq!(
+            retry_after(&headers(&[("x-ratelimit-reset", "12")])),
+            Some(Duration::from_secs(12))
+        );
+        assert_eq!(
+            retry_after(&headers(&[("x-ratelimit-reset", "1000000000")])),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(retry_after(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn debug_redacts_the_key() {
+        let config = FalConfig {
+            key: "fal-secret-key-123".into(),
+            ..FalConfig::default()
+        };
+        let provider = FalProvider::new(config.clone(), client());
+        for text in [format!("{config:?}"), format!("{provider:?}")] {
+            assert!(!text.contains("fal-secret-key-123"), "{text}");
+            assert!(text.contains("[redacted]"), "{text}");
+        }
+    }
+
+    #[test]
+    fn rejects_model_paths_that_leave_the_queue() {
+        let provider = FalProvider::new(FalConfig::default(), client());
+        assert_eq!(
+            provider.submit_url("fal-ai/flux/dev").unwrap().as_str(),
+            "https://queue.fal.run/fal-ai/flux/dev"
+        );
+        for bad in [
+            "flux",
+            "fal-ai/../x",
+            "fal-ai//dev",
+            "//evil.example/x",
+            "a/b?c=d",
+            "a/b#x",
+            "",
+        ] {
+            assert!(
+                matches!(
+                    provider.submit_url(bad),
+                    Err(ProviderError::Unsupported { .. })
+                ),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn decodes_data_uris() {
+        let (mime, bytes) = decode_data_uri("image/png;base64,AAEC").unwrap();
+        assert_eq!((mime.as_str(), &bytes[..]), ("image/png", &[0u8, 1, 2][..]));
+        assert!(decode_data_uri("image/png,AAEC").is_err());
+        assert!(decode_data_uri("image/png;base64,@@").is_err());
+    }
+}

@@ -1,0 +1,436 @@
+//! [`FalProvider`] through [`generate_with_retries`] against the fake fal
+//! server over real loopback HTTP: one test per fake behaviour, plus the
+//! request shapes and redaction rules.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio::time::Instant;
+
+use crate::fake_fal::FakeFal;
+use crate::{
+    generate_with_retries, FalConfig, FalProvider, GenerationRequest, InputImage, InputRole,
+    JobKind, ProviderError, RetryPolicy,
+};
+
+const PNG_SIGNATURE: &[u8] = b"\x89PNG\r\n\x1a\n";
+
+fn client() -> reqwest::Client {
+    // reqwest is built without a crypto provider; the binary installs ring.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+}
+
+fn config(fake: &FakeFal) -> FalConfig {
+    FalConfig {
+        base_url: fake.base_url.clone(),
+        key: "test-key-0123".into(),
+        request_timeout: Duration::from_secs(5),
+        poll_interval: Duration::from_millis(10),
+        max_output_bytes: 10 * 1024 * 1024,
+    }
+}
+
+fn provider(fake: &FakeFal) -> FalProvider {
+    FalProvider::new(config(fake), client())
+}
+
+fn request(model: &str) -> GenerationRequest {
+    GenerationRequest {
+        job_id: "job-7".into(),
+        kind: JobKind::ProductPhoto,
+        model: model.into(),
+        prompt: "a red sneaker on marble".into(),
+        negative_prompt: String::new(),
+        seed: Some(7),
+        count: 1,
+        aspect_ratio: String::new(),
+        parameters: serde_json::Map::new(),
+        inputs: Vec::new(),
+        deadline: None,
+    }
+}
+
+fn policy() -> RetryPolicy {
+    RetryPolicy {
+        max_attempts: 4,
+        initial_delay: Duration::from_millis(10),
+        // Also caps the fake's `Retry-After: 1`, keeping the tests fast.
+        max_delay: Duration::from_millis(50),
+    }
+}
+
+fn image(role: InputRole, bytes: &'static [u8]) -> InputImage {
+    InputImage {
+        role,
+        content_type: "image/png".into(),
+        bytes: bytes::Bytes::from_static(bytes),
+    }
+}
+
+#[tokio::test]
+async fn ok_returns_the_generated_png() {
+    let fake = FakeFal::start().await.unwrap();
+    let output = generate_with_retries(&provider(&fake), &request("test/ok"), &policy())
+        .await
+        .unwrap();
+    assert_eq!(output.attempts, 1);
+    assert!(output.request_id.is_some());
+    assert_eq!(output.artifacts.len(), 1);
+    let artifact = &output.artifacts[0];
+    assert_eq!(artifact.content_type, "image/png");
+    assert!(artifact.bytes.starts_with(PNG_SIGNATURE));
+    assert_eq!(fake.submissions_for("test/ok"), 1);
+    assert_eq!(fake.submissions(), 1);
+}
+
+#[tokio::test]
+async fn ok_returns_one_artifact_per_requested_image() {
+    let fake = FakeFal::start().await.unwrap();
+    let mut request = request("test/ok");
+    request.count = 3;
+    let output = generate_with_retries(&provider(&fake), &request, &policy())
+        .await
+        .unwrap();
+    assert_eq!(output.artifacts.len(), 3);
+    assert_ne!(output.artifacts[0].bytes, output.artifacts[1].bytes);
+}
+
+#[tokio::test]
+async fn production_model_names_with_sub_paths_work() {
+    let fake = FakeFal::start().await.unwrap();
+    let output = generate_with_retries(&provider(&fake), &request("fal-ai/flux/dev"), &policy())
+        .await
+        .unwrap();
+    assert_eq!(output.artifacts.len(), 1);
+    assert_eq!(fake.submissions_for("fal-ai/flux/dev"), 1);
+}
+
+#[tokio::test]
+async fn flaky_succeeds_on_the_third_attempt() {
+    let fake = FakeFal::start().await.unwrap();
+    let output = generate_with_retries(&provider(&fake), &request("test/flaky"), &policy())
+        .await
+        .unwrap();
+    assert_eq!(output.attempts, 3);
+    assert_eq!(output.artifacts.len(), 1);
+    assert_eq!(fake.submissions_for("test/flaky"), 3);
+}
+
+#[tokio::test]
+async fn flaky_answers_carry_their_retry_hints() {
+    let fake = FakeFal::start().await.unwrap();
+    let provider = provider(&fake);
+    let request = request("test/flaky");
+    let first = crate::Provider::generate(&provider, &request)
+        .await
+        .unwrap_err();
+    assert!(first.is_retryable());
+    assert_eq!(first.retry_after(), Some(Duration::from_secs(1)));
+    let second = crate::Provider::generate(&provider, &request)
+        .await
+        .unwrap_err();
+    assert!(
+        second
+            .to_string()
+            .contains("HTTP 503 (runner_scheduling_failure)"),
+        "{second}"
+    );
+    assert_eq!(second.retry_after(), None);
+}
+
+#[tokio::test]
+async fn nsfw_is_a_rejection() {
+    let fake = FakeFal::start().await.unwrap();
+    let failed = generate_with_retries(&provider(&fake), &request("test/nsfw"), &policy())
+        .await
+        .unwrap_err();
+    assert_eq!(failed.attempts, 1);
+    assert!(
+        matches!(&failed.error, ProviderError::Rejected { message } if message == "provider flagged the output as unsafe"),
+        "{failed}"
+    );
+    assert_eq!(failed.error.code(), "provider_rejected");
+}
+
+#[tokio::test]
+async fn validation_errors_are_rejections_with_fal_detail() {
+    let fake = FakeFal::start().await.unwrap();
+    let failed = generate_with_retries(&provider(&fake), &request("test/reject"), &policy())
+        .await
+        .unwrap_err();
+    assert_eq!(failed.attempts, 1);
+    assert_eq!(
+        failed.error.to_string(),
+        "provider rejected the request: submit answered HTTP 422: prompt: prompt is too long"
+    );
+}
+
+#[tokio::test]
+async fn down_is_retried_up_to_max_attempts() {
+    let fake = FakeFal::start().await.unwrap();
+    let failed = generate_with_retries(&provider(&fake), &request("test/down"), &policy())
+        .await
+        .unwrap_err();
+    assert_eq!(failed.attempts, 4);
+    assert!(
+        matches!(failed.error, ProviderError::Unavailable { .. }),
+        "{failed}"
+    );
+    assert_eq!(fake.submissions_for("test/down"), 4);
+}
+
+#[tokio::test]
+async fn a_completed_request_whose_result_fails_is_an_error() {
+    let fake = FakeFal::start().await.unwrap();
+    let policy = RetryPolicy {
+        max_attempts: 2,
+        ..policy()
+    };
+    let failed = generate_with_retries(&provider(&fake), &request("test/failed-result"), &policy)
+        .await
+        .unwrap_err();
+    assert_eq!(failed.attempts, 2);
+    assert_eq!(
+        failed.error.to_string(),
+        "provider unavailable: result answered HTTP 500: runner crashed"
+    );
+}
+
+#[tokio::test]
+async fn stuck_requests_end_at_the_deadline_and_are_cancelled() {
+    let fake = FakeFal::start().await.unwrap();
+    let mut request = request("test/stuck");
+    let start = Instant::now();
+    request.deadline = Some(start + Duration::from_millis(300));
+    let failed = generate_with_retries(&provider(&fake), &request, &policy())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(failed.error, ProviderError::DeadlineExceeded),
+        "{failed}"
+    );
+    assert_eq!(failed.error.code(), "deadline_exceeded");
+    assert_eq!(failed.attempts, 1);
+    let elapsed = start.elapsed();
+    assert!(elapsed >= Duration::from_millis(300), "{elapsed:?}");
+    assert!(elapsed < Duration::from_secs(2), "{elapsed:?}");
+    assert_eq!(fake.cancellations(), 1);
+}
+
+#[tokio::test]
+async fn malformed_results_are_retried_once() {
+    let fake = FakeFal::start().await.unwrap();
+    let failed = generate_with_retries(&provider(&fake), &request("test/malformed"), &policy())
+        .await
+        .unwrap_err();
+    assert_eq!(failed.attempts, 2);
+    assert!(
+        matches!(failed.error, ProviderError::Malformed { .. }),
+        "{failed}"
+    );
+}
+
+#[tokio::test]
+async fn video_outputs_are_downloaded() {
+    let fake = FakeFal::start().await.unwrap();
+    let mut request = request("test/video");
+    request.kind = JobKind::ImageToVideo;
+    request.inputs = vec![image(InputRole::Product, b"fake png")];
+    let output = generate_with_retries(&provider(&fake), &request, &policy())
+        .await
+        .unwrap();
+    assert_eq!(output.artifacts.len(), 1);
+    let video = &output.artifacts[0];
+    assert_eq!(video.content_type, "video/mp4");
+    assert_eq!(&video.bytes[4..8], b"ftyp");
+}
+
+#[tokio::test]
+async fn a_missing_key_is_unauthorized() {
+    let fake = FakeFal::start().await.unwrap();
+    let provider = FalProvider::new(
+        FalConfig {
+            key: String::new(),
+            ..config(&fake)
+        },
+        client(),
+    );
+    let failed = generate_with_retries(&provider, &request("test/ok"), &policy())
+        .await
+        .unwrap_err();
+    assert_eq!(failed.attempts, 1);
+    assert!(
+        matches!(failed.error, ProviderError::Unauthorized { .. }),
+        "{failed}"
+    );
+    assert!(!failed.error.is_retryable());
+}
+
+#[tokio::test]
+async fn a_key_unfit_for_a_header_is_unauthorized_without_a_call() {
+    let fake = FakeFal::start().await.unwrap();
+    let config = FalConfig {
+        key: "bad\nkey".into(),
+        ..config(&fake)
+    };
+    let provider = FalProvider::new(config, client());
+    let failed = generate_with_retries(&provider, &request("test/ok"), &policy())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(failed.error, ProviderError::Unauthorized { .. }),
+        "{failed}"
+    );
+    assert!(!failed.error.to_string().contains("bad"), "{failed}");
+    assert_eq!(fake.submissions(), 0);
+}
+
+#[tokio::test]
+async fn outputs_over_the_size_cap_are_refused() {
+    let fake = FakeFal::start().await.unwrap();
+    let provider = FalProvider::new(
+        FalConfig {
+            max_output_bytes: 1000,
+            ..config(&fake)
+        },
+        client(),
+    );
+    let failed = generate_with_retries(&provider, &request("test/ok"), &policy())
+        .await
+        .unwrap_err();
+    assert_eq!(failed.attempts, 1);
+    assert!(
+        matches!(failed.error, ProviderError::Rejected { .. }),
+        "{failed}"
+    );
+}
+
+#[tokio::test]
+async fn a_refused_connection_is_unavailable() {
+    // A port that was free a moment ago, with nothing listening.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    let config = FalConfig {
+        base_url: format!("http://127.0.0.1:{port}/").parse().unwrap(),
+        key: "k".into(),
+        request_timeout: Duration::from_secs(2),
+        poll_interval: Duration::from_millis(10),
+        max_output_bytes: 1024,
+    };
+    let provider = FalProvider::new(config, client());
+    let policy = RetryPolicy {
+        max_attempts: 2,
+        ..policy()
+    };
+    let failed = generate_with_retries(&provider, &request("test/ok"), &policy)
+        .await
+        .unwrap_err();
+    assert_eq!(failed.attempts, 2);
+    let message = failed.error.to_string();
+    assert!(
+        message.starts_with("provider unavailable: request could not connect"),
+        "{message}"
+    );
+    assert!(!message.contains("127.0.0.1"), "URL leaked into {message}");
+}
+
+#[tokio::test]
+async fn missing_inputs_fail_before_submitting() {
+    let fake = FakeFal::start().await.unwrap();
+    let mut request = request("test/ok");
+    request.kind = JobKind::VirtualTryOn;
+    request.inputs = vec![image(InputRole::Person, b"person")];
+    let failed = generate_with_retries(&provider(&fake), &request, &policy())
+        .await
+        .unwrap_err();
+    assert_eq!(failed.attempts, 1);
+    assert_eq!(failed.error.code(), "invalid_input");
+    assert_eq!(fake.submissions(), 0);
+}
+
+#[test]
+fn builds_the_model_input() {
+    let mut request = request("fal-ai/flux/dev");
+    request.negative_prompt = "blurry".into();
+    request.count = 2;
+    request.aspect_ratio = "16:9".into();
+    request
+        .parameters
+        .insert("num_inference_steps".into(), json!(28));
+    request.parameters.insert("seed".into(), json!(99));
+    let input = crate::fal::build_input(&request).unwrap();
+    assert_eq!(
+        Value::Object(input),
+        json!({
+            "prompt": "a red sneaker on marble",
+            "negative_prompt": "blurry",
+            "seed": 99,
+            "num_images": 2,
+            "aspect_ratio": "16:9",
+            "num_inference_steps": 28,
+        })
+    );
+}
+
+#[test]
+fn routes_images_by_role() {
+    let mut request = request("fal-ai/some-try-on");
+    request.kind = JobKind::VirtualTryOn;
+    request.inputs = vec![
+        image(InputRole::Garment, b"g"),
+        image(InputRole::Person, b"p"),
+    ];
+    let input = crate::fal::build_input(&request).unwrap();
+    assert_eq!(input["human_image_url"], "data:image/png;base64,cA==");
+    assert_eq!(input["garment_image_url"], "data:image/png;base64,Zw==");
+    assert!(!input.contains_key("image_url"));
+
+    request.kind = JobKind::Inpaint;
+    request.inputs = vec![
+        image(InputRole::Mask, b"m"),
+        image(InputRole::Product, b"p"),
+    ];
+    let input = crate::fal::build_input(&request).unwrap();
+    assert_eq!(input["image_url"], "data:image/png;base64,cA==");
+    assert_eq!(input["mask_url"], "data:image/png;base64,bQ==");
+    assert!(!input.contains_key("image_urls"));
+
+    request.kind = JobKind::BatchEdit;
+    request.inputs = vec![
+        image(InputRole::Reference, b"r"),
+        image(InputRole::Product, b"p"),
+    ];
+    let input = crate::fal::build_input(&request).unwrap();
+    assert_eq!(input["image_url"], "data:image/png;base64,cA==");
+    assert_eq!(
+        input["image_urls"],
+        json!(["data:image/png;base64,cg==", "data:image/png;base64,cA=="])
+    );
+
+    request.kind = JobKind::Upscale;
+    request.inputs.clear();
+    assert!(matches!(
+        crate::fal::build_input(&request),
+        Err(ProviderError::Unsupported { .. })
+    ));
+}
+
+#[test]
+fn debug_output_hides_secrets_and_content() {
+    let mut request = request("test/ok");
+    request.prompt = "SECRET-PROMPT-TEXT".into();
+    request.inputs = vec![image(InputRole::Product, b"SECRET-BYTES")];
+    let text = format!("{request:?}");
+    assert!(!text.contains("SECRET"), "{text}");
+    assert!(text.contains("prompt_len: 18"), "{text}");
+    assert!(text.contains("len: 12"), "{text}");
+
+    let config = FalConfig {
+        key: "SECRET-KEY".into(),
+        ..FalConfig::default()
+    };
+    let text = format!("{config:?}");
+    assert!(!text.contains("SECRET"), "{text}");
+}

@@ -1,0 +1,163 @@
+//! AI provider clients behind one [`Provider`] trait, plus the retry policy
+//! that wraps them.
+//!
+//! This crate owns the providers' HTTP shapes: request bodies, status
+//! polling, error bodies and the mapping of each failure to a
+//! [`ProviderError`] class where it is born. It deliberately knows nothing of
+//! the broker, billing or storage: a caller hands in a [`GenerationRequest`]
+//! and gets back artifact bytes or a classified error.
+//!
+//! A [`Provider::generate`] call makes exactly one attempt; retries, backoff
+//! and Retry-After handling live in [`generate_with_retries`] so that every
+//! provider gets the same policy.
+//!
+//! With the `fake` feature, [`fake_fal`] serves a real loopback HTTP server
+//! shaped like fal's queue API, including its failure modes.
+
+mod error;
+mod fal;
+mod retry;
+
+#[cfg(any(test, feature = "fake"))]
+pub mod fake_fal;
+#[cfg(test)]
+mod fal_tests;
+
+use std::fmt;
+
+pub use error::{Failed, ProviderError};
+pub use fal::{FalConfig, FalProvider};
+pub use retry::{generate_with_retries, parse_retry_after, RetryPolicy};
+
+/// What a job asks the provider to produce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobKind {
+    ProductPhoto,
+    BackgroundRemoval,
+    Upscale,
+    Inpaint,
+    VirtualTryOn,
+    ImageToVideo,
+    BatchEdit,
+}
+
+/// The part an input image plays in a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InputRole {
+    Product,
+    Person,
+    Garment,
+    Mask,
+    Reference,
+}
+
+/// One input image, already fetched and validated by the caller.
+#[derive(Clone)]
+pub struct InputImage {
+    pub role: InputRole,
+    pub content_type: String,
+    pub bytes: bytes::Bytes,
+}
+
+// Image bytes are never printed: they are large and may be customer content.
+impl fmt::Debug for InputImage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InputImage")
+            .field("role", &self.role)
+            .field("content_type", &self.content_type)
+            .field("len", &self.bytes.len())
+            .finish()
+    }
+}
+
+/// One generation job, in provider-neutral terms.
+#[derive(Clone)]
+pub struct GenerationRequest {
+    pub job_id: String,
+    pub kind: JobKind,
+    /// Provider model path, for fal `owner/app[/path]` such as `fal-ai/flux/dev`.
+    pub model: String,
+    pub prompt: String,
+    /// Sent only when non-empty.
+    pub negative_prompt: String,
+    pub seed: Option<u64>,
+    /// Number of outputs to ask for.
+    pub count: u32,
+    /// Sent only when non-empty, e.g. `16:9`.
+    pub aspect_ratio: String,
+    /// Model-specific input fields, merged over the fields built here.
+    pub parameters: serde_json::Map<String, serde_json::Value>,
+    pub inputs: Vec<InputImage>,
+    /// No provider call or retry sleep runs past this instant.
+    pub deadline: Option<tokio::time::Instant>,
+}
+
+// Prompts are customer content and parameter values may be too, so Debug
+// shows only their sizes and keys.
+impl fmt::Debug for GenerationRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let parameter_keys: Vec<&str> = self.parameters.keys().map(String::as_str).collect();
+        f.debug_struct("GenerationRequest")
+            .field("job_id", &self.job_id)
+            .field("kind", &self.kind)
+            .field("model", &self.model)
+            .field("prompt_len", &self.prompt.len())
+            .field("negative_prompt_len", &self.negative_prompt.len())
+            .field("seed", &self.seed)
+            .field("count", &self.count)
+            .field("aspect_ratio", &self.aspect_ratio)
+            .field("parameter_keys", &parameter_keys)
+            .field("inputs", &self.inputs)
+            .field("deadline", &self.deadline)
+            .finish()
+    }
+}
+
+/// One produced file, already copied out of the provider's short-lived URL.
+#[derive(Clone)]
+pub struct Artifact {
+    pub content_type: String,
+    pub bytes: bytes::Bytes,
+}
+
+impl fmt::Debug for Artifact {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Artifact")
+            .field("content_type", &self.content_type)
+            .field("len", &self.bytes.len())
+            .finish()
+    }
+}
+
+/// A successful generation.
+#[derive(Debug)]
+pub struct GenerationOutput {
+    pub artifacts: Vec<Artifact>,
+    /// Provider calls made, counting the successful one.
+    pub attempts: u32,
+    /// The provider's id for the successful request, for support tickets.
+    pub request_id: Option<String>,
+}
+
+/// One AI provider.
+#[async_trait::async_trait]
+pub trait Provider: Send + Sync {
+    /// Stable, low-cardinality name used in logs and metric labels.
+    fn name(&self) -> &str;
+
+    /// Makes one attempt at `request` and returns its artifacts.
+    ///
+    /// # Errors
+    ///
+    /// A [`ProviderError`] classified where it was born: see
+    /// [`ProviderError::is_retryable`] and [`ProviderError::code`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future abandons the attempt; work already submitted to
+    /// the provider may still run (and be billed) there.
+    async fn generate(
+        &self,
+        request: &GenerationRequest,
+    ) -> Result<GenerationOutput, ProviderError>;
+}

@@ -1,0 +1,180 @@
+//! `genfleet batch`: the worker's validate / sanitise / pre-process / encode
+//! pipeline over a folder of local files, with no broker, database or
+//! network. The embedded default: what a user runs first, and a way to
+//! process a folder of product photos on a laptop.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use genfleet_imaging::{Encoding, Limits};
+use genfleet_proto::ErrorCode;
+
+use crate::failure::JobFailure;
+use crate::pipeline::{self, RenderSpec, Step, PRESETS};
+
+#[derive(Debug, Clone)]
+pub struct BatchOptions {
+    /// Fit every image inside this long side; never enlarges.
+    pub long_side: u32,
+    pub encoding: Encoding,
+    pub watermark: bool,
+    pub limits: Limits,
+    /// Worker threads; 0 means one per CPU.
+    pub threads: usize,
+}
+
+impl Default for BatchOptions {
+    fn default() -> Self {
+        BatchOptions {
+            long_side: 2048,
+            encoding: Encoding::Jpeg { quality: 85 },
+            watermark: false,
+            limits: Limits::default(),
+            threads: 0,
+        }
+    }
+}
+
+/// What happened to one file.
+#[derive(Debug, Clone)]
+pub struct BatchItem {
+    /// Path relative to the input folder.
+    pub input: PathBuf,
+    pub outcome: Result<Converted, JobFailure>,
+    pub elapsed: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Converted {
+    pub output: PathBuf,
+    pub width: u32,
+    pub height: u32,
+    pub bytes: u64,
+}
+
+/// Every regular file under `dir`, recursively, sorted, hidden files skipped.
+///
+/// # Errors
+/// The folder cannot be read.
+pub fn list_inputs(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(folder) = pending.pop() {
+        for entry in std::fs::read_dir(&folder)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            if name.to_string_lossy().starts_with('.') {
+                continue;
+            }
+            let kind = entry.file_type()?;
+            if kind.is_dir() {
+                pending.push(entry.path());
+            } else if kind.is_file() {
+                found.push(entry.path());
+            }
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// Converts every file of `input_dir` into `output_dir`, keeping the folder
+/// structure; `on_item` is called after each file (from worker threads).
+///
+/// # Errors
+/// The input folder cannot be listed or the output folder created;
+/// problems with single files are reported per item instead.
+pub fn run(
+    input_dir: &Path,
+    output_dir: &Path,
+    options: &BatchOptions,
+    on_item: &(dyn Fn(&BatchItem) + Sync),
+) -> std::io::Result<Vec<BatchItem>> {
+    let inputs = list_inputs(input_dir)?;
+    std::fs::create_dir_all(output_dir)?;
+    let threads = if options.threads == 0 {
+        std::thread::available_parallelism().map_or(2, usize::from)
+    } else {
+        options.threads
+    };
+    let next = AtomicUsize::new(0);
+    let spec = RenderSpec {
+        presets: vec![PRESETS[0].clone()],
+        encodings: vec![options.encoding],
+        watermark: options.watermark,
+    };
+    let mut items: Vec<BatchItem> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads.min(inputs.len()).max(1))
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut done = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(path) = inputs.get(i) else { break };
+                        let started = Instant::now();
+                        let relative = path.strip_prefix(input_dir).unwrap_or(path).to_path_buf();
+                        let outcome = convert(path, &relative, output_dir, options, &spec);
+                        let item = BatchItem {
+                            input: relative,
+                            outcome,
+                            elapsed: started.elapsed(),
+                        };
+                        on_item(&item);
+                        done.push(item);
+                    }
+                    done
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap_or_default())
+            .collect()
+    });
+    items.sort_by(|a, b| a.input.cmp(&b.input));
+    Ok(items)
+}
+
+fn convert(
+    path: &Path,
+    relative: &Path,
+    output_dir: &Path,
+    options: &BatchOptions,
+    spec: &RenderSpec,
+) -> Result<Converted, JobFailure> {
+    let io_failure = |e: std::io::Error| JobFailure::new(ErrorCode::Internal, format!("{e}"));
+    let size = std::fs::metadata(path).map_err(io_failure)?.len();
+    if size > options.limits.max_bytes {
+        return Err(JobFailure::new(
+            ErrorCode::TooLarge,
+            format!(
+                "input is {size} bytes, above the {} byte limit",
+                options.limits.max_bytes
+            ),
+        ));
+    }
+    let bytes = std::fs::read(path).map_err(io_failure)?;
+    let prepared = pipeline::prepare(&bytes, &options.limits, &[Step::Resize(options.long_side)])?;
+    let rendered = pipeline::render(&prepared.image, 0, spec)?;
+    let Some(first) = rendered.into_iter().next() else {
+        return Err(JobFailure::new(ErrorCode::Internal, "nothing was rendered"));
+    };
+    let output = output_dir
+        .join(relative)
+        .with_extension(options.encoding.extension());
+    if let Some(parent) = output.parent() {
+        std::fs::create_dir_all(parent).map_err(io_failure)?;
+    }
+    // Write then rename: an interrupted batch never leaves half a file under
+    // the final name.
+    let partial = output.with_extension(format!("{}.partial", options.encoding.extension()));
+    std::fs::write(&partial, &first.bytes).map_err(io_failure)?;
+    std::fs::rename(&partial, &output).map_err(io_failure)?;
+    Ok(Converted {
+        output,
+        width: first.width,
+        height: first.height,
+        bytes: first.bytes.len() as u64,
+    })
+}

@@ -1,0 +1,443 @@
+//! Worker configuration: compiled defaults, then an optional TOML file, then
+//! `GENFLEET__SECTION__KEY` environment variables (e.g.
+//! `GENFLEET__BROKER__URL`), then CLI flags. Validated once at start-up with
+//! an error that names the key.
+//!
+//! Every field's doc comment is the configuration reference (README.md,
+//! "Configuration").
+
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+/// A value that must never reach logs: `Debug` prints `[redacted]`.
+#[derive(Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub worker: WorkerSection,
+    pub broker: BrokerSection,
+    pub database: DatabaseSection,
+    pub storage: StorageSection,
+    pub limits: LimitsSection,
+    pub http: HttpSection,
+    pub providers: ProvidersSection,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkerSection {
+    /// Name reported in results and the broker's connection list; empty means
+    /// `<hostname>-<pid>`.
+    pub name: String,
+    /// Jobs run at once; also the consumer prefetch, so the broker never
+    /// hands this worker more than it can start.
+    pub concurrency: u16,
+    /// Job classes to consume: any of "cpu", "gpu", "remote".
+    pub classes: Vec<String>,
+    /// Seconds in-flight jobs get to finish after SIGTERM before the worker
+    /// exits anyway (their deliveries then return to the queue).
+    pub grace_period_seconds: u64,
+    /// Image decode/resize/encode tasks run at once; 0 means one per CPU.
+    pub imaging_threads: usize,
+}
+
+impl Default for WorkerSection {
+    fn default() -> Self {
+        WorkerSection {
+            name: String::new(),
+            concurrency: 8,
+            classes: vec!["cpu".into(), "remote".into()],
+            grace_period_seconds: 30,
+            imaging_threads: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrokerSection {
+    /// AMQP URL, `amqp://user:password@host:5672/vhost` (`%2f` is the default
+    /// vhost). Treated as a secret: it may hold a password.
+    pub url: Secret,
+    /// Deliveries after which a job queue dead-letters a message that keeps
+    /// crashing workers. Must be the same on every worker.
+    pub delivery_limit: u32,
+    /// Longest pause between reconnect attempts, in seconds.
+    pub reconnect_max_delay_seconds: u64,
+}
+
+impl Default for BrokerSection {
+    fn default() -> Self {
+        BrokerSection {
+            url: Secret::new("amqp://guest:guest@127.0.0.1:5672/%2f"),
+            delivery_limit: 5,
+            reconnect_max_delay_seconds: 30,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseSection {
+    /// PostgreSQL URL of the credit ledger. Treated as a secret.
+    pub url: Secret,
+    /// Schema holding the ledger tables ([a-z0-9_]).
+    pub schema: String,
+    /// Connections in the pool.
+    pub pool_size: usize,
+    /// Run the ledger migrations when the worker starts.
+    pub migrate_on_start: bool,
+}
+
+impl Default for DatabaseSection {
+    fn default() -> Self {
+        DatabaseSection {
+            url: Secret::new("postgres://postgres@127.0.0.1:5432/test"),
+            schema: "genfleet".into(),
+            pool_size: 8,
+            migrate_on_start: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageSection {
+    /// Directory backing the local object store.
+    pub root: PathBuf,
+    /// Bucket name the store answers to in `s3://<bucket>/<key>` URIs.
+    pub bucket: String,
+    /// Base URL under which outputs are served; empty means results carry no
+    /// signed URL.
+    pub public_base_url: String,
+    /// HMAC key for signed URLs (required with `public_base_url`).
+    pub signing_key: Secret,
+    /// File holding the signing key (a mounted secret); wins over `signing_key`.
+    pub signing_key_file: Option<PathBuf>,
+    /// Lifetime of signed URLs, in seconds.
+    pub signed_url_ttl_seconds: u64,
+}
+
+impl Default for StorageSection {
+    fn default() -> Self {
+        StorageSection {
+            root: PathBuf::from("./genfleet-data/store"),
+            bucket: "genfleet".into(),
+            public_base_url: String::new(),
+            signing_key: Secret::default(),
+            signing_key_file: None,
+            signed_url_ttl_seconds: 3600,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsSection {
+    /// Largest input accepted, in bytes (checked before reading it).
+    pub max_input_bytes: u64,
+    /// Widest image accepted, in pixels (checked from the header).
+    pub max_width: u32,
+    /// Tallest image accepted, in pixels (checked from the header).
+    pub max_height: u32,
+    /// Most pixels accepted (width x height), checked from the header.
+    pub max_pixels: u64,
+    /// Largest provider output downloaded, in bytes.
+    pub max_output_bytes: u64,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        LimitsSection {
+            max_input_bytes: 50 * 1024 * 1024,
+            max_width: 16384,
+            max_height: 16384,
+            max_pixels: 50_000_000,
+            max_output_bytes: 200 * 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSection {
+    /// Address of the /metrics, /healthz and /readyz listener.
+    pub listen: String,
+}
+
+impl Default for HttpSection {
+    fn default() -> Self {
+        HttpSection {
+            listen: "0.0.0.0:9090".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProvidersSection {
+    pub fal: FalSection,
+    pub retry: RetrySection,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FalSection {
+    /// fal queue API base URL.
+    pub base_url: String,
+    /// fal API key (`Authorization: Key ...`). Also read from `FAL_KEY`.
+    pub key: Secret,
+    /// File holding the key (a mounted secret); wins over `key`.
+    pub key_file: Option<PathBuf>,
+    /// Timeout of one HTTP request to fal, in seconds.
+    pub request_timeout_seconds: u64,
+    /// Pause between status polls, in milliseconds.
+    pub poll_interval_ms: u64,
+    /// Longest a job may wait on fal when it has no deadline, in seconds.
+    pub max_wait_seconds: u64,
+    /// Default fal model per job kind, when the job names none.
+    pub models: FalModels,
+}
+
+impl Default for FalSection {
+    fn default() -> Self {
+        FalSection {
+            base_url: "https://queue.fal.run".into(),
+            key: Secret::default(),
+            key_file: None,
+            request_timeout_seconds: 60,
+            poll_interval_ms: 500,
+            max_wait_seconds: 600,
+            models: FalModels::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FalModels {
+    pub product_photo: String,
+    pub background_removal: String,
+    pub upscale: String,
+    pub inpaint: String,
+    pub virtual_try_on: String,
+    pub image_to_video: String,
+    pub batch_edit: String,
+}
+
+impl Default for FalModels {
+    fn default() -> Self {
+        FalModels {
+            product_photo: "fal-ai/flux-pro/kontext".into(),
+            background_removal: "fal-ai/birefnet/v2".into(),
+            upscale: "fal-ai/clarity-upscaler".into(),
+            inpaint: "fal-ai/flux-pro/v1/fill".into(),
+            virtual_try_on: "fal-ai/kling/v1-5/kolors-virtual-try-on".into(),
+            image_to_video: "fal-ai/kling-video/v2.1/standard/image-to-video".into(),
+            batch_edit: "fal-ai/flux-pro/kontext".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetrySection {
+    /// Calls to one provider for one job, first included.
+    pub max_attempts: u32,
+    /// First backoff delay, in milliseconds; doubles per attempt, with full jitter.
+    pub initial_delay_ms: u64,
+    /// Cap of one backoff delay (and of a provider's Retry-After), in milliseconds.
+    pub max_delay_ms: u64,
+}
+
+impl Default for RetrySection {
+    fn default() -> Self {
+        RetrySection {
+            max_attempts: 4,
+            initial_delay_ms: 500,
+            max_delay_ms: 30_000,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Defaults, then `file` (if given), then `GENFLEET__*` variables.
+    ///
+    /// # Errors
+    /// An unreadable file, an unknown key, a value of the wrong type, or a
+    /// value out of range; the message names the key.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = file {
+            if !file.exists() {
+                return Err(ConfigError::Invalid(format!(
+                    "config file {} does not exist",
+                    file.display()
+                )));
+            }
+            figment = figment.merge(Toml::file(file));
+        }
+        figment = figment.merge(Env::prefixed("GENFLEET__").split("__"));
+        let mut config: Config = figment
+            .extract()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        if config.providers.fal.key.is_empty() {
+            if let Ok(key) = std::env::var("FAL_KEY") {
+                config.providers.fal.key = Secret::new(key);
+            }
+        }
+        config.read_secret_files()?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn read_secret_files(&mut self) -> Result<(), ConfigError> {
+        let read = |path: &Path, key: &str| -> Result<Secret, ConfigError> {
+            std::fs::read_to_string(path)
+                .map(|s| Secret::new(s.trim()))
+                .map_err(|e| ConfigError::Invalid(format!("{key}: cannot read {}: {e}", path.display())))
+        };
+        if let Some(path) = &self.providers.fal.key_file {
+            self.providers.fal.key = read(path, "providers.fal.key_file")?;
+        }
+        if let Some(path) = &self.storage.signing_key_file {
+            self.storage.signing_key = read(path, "storage.signing_key_file")?;
+        }
+        Ok(())
+    }
+
+    /// # Errors
+    /// The first key whose value is out of range.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let fail = |msg: String| Err(ConfigError::Invalid(msg));
+        if self.worker.concurrency == 0 {
+            return fail("worker.concurrency must be at least 1".into());
+        }
+        if self.worker.classes.is_empty() {
+            return fail("worker.classes must name at least one of cpu, gpu, remote".into());
+        }
+        for class in &self.worker.classes {
+            if genfleet_broker::JobClass::parse(class).is_none() {
+                return fail(format!(
+                    "worker.classes: {class:?} is not a job class, expected cpu, gpu or remote"
+                ));
+            }
+        }
+        if self.broker.delivery_limit == 0 {
+            return fail("broker.delivery_limit must be at least 1".into());
+        }
+        if self.database.pool_size == 0 {
+            return fail("database.pool_size must be at least 1".into());
+        }
+        if !self.storage.public_base_url.is_empty() {
+            if url::Url::parse(&self.storage.public_base_url).is_err() {
+                return fail(format!(
+                    "storage.public_base_url: {:?} is not a URL",
+                    self.storage.public_base_url
+                ));
+            }
+            if self.storage.signing_key.is_empty() {
+                return fail("storage.signing_key is required when storage.public_base_url is set".into());
+            }
+        }
+        if url::Url::parse(&self.providers.fal.base_url).is_err() {
+            return fail(format!(
+                "providers.fal.base_url: {:?} is not a URL",
+                self.providers.fal.base_url
+            ));
+        }
+        if self.providers.retry.max_attempts == 0 {
+            return fail("providers.retry.max_attempts must be at least 1".into());
+        }
+        if self.limits.max_pixels == 0 || self.limits.max_input_bytes == 0 {
+            return fail("limits.max_pixels and limits.max_input_bytes must be above 0".into());
+        }
+        Ok(())
+    }
+
+    pub fn worker_name(&self) -> String {
+        if !self.worker.name.is_empty() {
+            return self.worker.name.clone();
+        }
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "worker".into());
+        format!("{host}-{}", std::process::id())
+    }
+
+    pub fn imaging_limits(&self) -> genfleet_imaging::Limits {
+        genfleet_imaging::Limits {
+            max_bytes: self.limits.max_input_bytes,
+            max_width: self.limits.max_width,
+            max_height: self.limits.max_height,
+            max_pixels: self.limits.max_pixels,
+            ..genfleet_imaging::Limits::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_secrets_are_redacted() {
+        let config = Config::default();
+        config.validate().unwrap();
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("guest:guest"), "{debug}");
+        assert!(debug.contains("[redacted]"));
+    }
+
+    #[test]
+    fn file_and_errors_name_the_key() {
+        let dir = std::env::temp_dir().join(format!("genfleet-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let good = dir.join("good.toml");
+        std::fs::write(&good, "[worker]\nconcurrency = 3\nclasses = [\"gpu\"]\n").unwrap();
+        let config = Config::load(Some(&good)).unwrap();
+        assert_eq!(config.worker.concurrency, 3);
+        assert_eq!(config.worker.classes, vec!["gpu".to_string()]);
+
+        let unknown = dir.join("unknown.toml");
+        std::fs::write(&unknown, "[worker]\nconcurency = 3\n").unwrap();
+        let err = Config::load(Some(&unknown)).unwrap_err().to_string();
+        assert!(err.contains("concurency"), "{err}");
+
+        let bad = dir.join("bad.toml");
+        std::fs::write(&bad, "[worker]\nclasses = [\"fpga\"]\n").unwrap();
+        let err = Config::load(Some(&bad)).unwrap_err().to_string();
+        assert!(err.contains("worker.classes"), "{err}");
+        std::fs::remove_dir_all(dir).ok();
+    }
+}

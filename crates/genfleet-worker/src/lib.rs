@@ -1,0 +1,65 @@
+//! The genfleet worker: the job lifecycle of DESIGN.md, wiring the broker,
+//! providers, credits, storage and imaging crates; concurrency, shutdown,
+//! metrics and the health/metrics listener. Also the local `batch` pipeline.
+//!
+//! Architecture invariant: this is the only crate that knows all the others;
+//! contract types are converted to domain calls here, once, and nowhere
+//! else.
+
+pub mod batch;
+pub mod config;
+mod failure;
+pub mod http;
+pub mod lifecycle;
+mod local_provider;
+pub mod metrics;
+pub mod pipeline;
+pub mod runner;
+pub mod services;
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+pub use config::{Config, Secret};
+pub use failure::JobFailure;
+pub use lifecycle::{default_class, default_provider};
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("start-up failed: {0}")]
+    Startup(String),
+    #[error("broker: {0}")]
+    Broker(String),
+}
+
+impl From<genfleet_broker::BrokerError> for WorkerError {
+    fn from(error: genfleet_broker::BrokerError) -> Self {
+        WorkerError::Broker(error.to_string())
+    }
+}
+
+/// Builds the services, starts the health/metrics listener, and runs the
+/// consumer until `shutdown` is cancelled and in-flight jobs are drained.
+///
+/// # Errors
+/// Start-up failures (ledger, store, listener); broker outages are retried.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), WorkerError> {
+    let metrics = metrics::Metrics::new();
+    let listen = config.http.listen.clone();
+    let services = Arc::new(services::Services::build(config, metrics.clone()).await?);
+    let readiness = Arc::new(runner::Readiness::default());
+    let http_shutdown = CancellationToken::new();
+    let addr = http::serve(
+        &listen,
+        metrics,
+        readiness.clone(),
+        services.ledger.clone(),
+        http_shutdown.clone(),
+    )
+    .await?;
+    tracing::info!(%addr, worker = %services.worker_name, "health and metrics listener up");
+    let outcome = runner::run(services, readiness, shutdown).await;
+    http_shutdown.cancel();
+    outcome
+}

@@ -1,0 +1,833 @@
+//! One delivery, start to finish: decode and check the message, fetch and
+//! sanitise inputs, pre-process, reserve credits, generate, post-process,
+//! store, settle credits, publish the result. The caller acks only when this
+//! returns [`Disposition::Ack`], which happens only after the result (or the
+//! dead letter) is confirmed by the broker.
+//!
+//! Every side effect before the ack is idempotent on `job_id`: the credit
+//! hold (`ON CONFLICT`), the output keys (deterministic names), the settled
+//! outcome (stored with the settlement, republished on redelivery), and the
+//! result's message id (`<job_id>.result`).
+
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use genfleet_broker::{Incoming, Outgoing, Publisher};
+use genfleet_credits::Settlement;
+use genfleet_imaging::Encoding;
+use genfleet_proto::pbjson_types;
+use genfleet_proto::{v1, ContentType, ErrorCode, ValidJob};
+use genfleet_providers::{GenerationRequest, InputImage, InputRole, JobKind};
+use tracing::{debug, info, warn, Instrument};
+
+use crate::failure::{JobFailure, Stop};
+use crate::pipeline::{self, RenderSpec, Step};
+use crate::services::Services;
+
+/// What the consumer does with the delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposition {
+    Ack,
+    /// Hand back to the queue: our infrastructure failed, not the job.
+    Requeue(&'static str),
+}
+
+/// Handles one delivery.
+pub async fn handle(services: &Services, publisher: &Publisher, incoming: &Incoming) -> Disposition {
+    let started = Instant::now();
+    let content_type = ContentType::from_header(incoming.content_type());
+    let decoded = genfleet_proto::decode_job(incoming.body(), &content_type);
+    let (job, tenant) = match decoded {
+        Ok(job) => {
+            let tenant = job.tenant.clone();
+            (genfleet_proto::validate_job(job, incoming.message_id()), tenant)
+        }
+        Err(e) => (Err(e), None),
+    };
+    let job = match job {
+        Ok(job) => job,
+        Err(error) => return reject_message(services, publisher, incoming, error, tenant).await,
+    };
+
+    let span = tracing::info_span!(
+        "job",
+        job_id = %job.job_id(),
+        kind = job.kind().label(),
+        redelivered = incoming.redelivered(),
+        delivery_count = incoming.delivery_count(),
+    );
+    run_valid(services, publisher, incoming, &job, started)
+        .instrument(span)
+        .await
+}
+
+async fn run_valid(
+    services: &Services,
+    publisher: &Publisher,
+    incoming: &Incoming,
+    job: &ValidJob,
+    started: Instant,
+) -> Disposition {
+    // A redelivery of a job that was already settled: its result was stored
+    // with the settlement, so publish it again instead of doing (and
+    // charging for) the work twice.
+    match services.ledger.outcome(job.job_id()).await {
+        Ok(Some(stored)) => {
+            info!("job already settled, republishing its stored result");
+            return match serde_json::from_slice::<v1::JobResult>(&stored) {
+                Ok(result) => publish_result(services, publisher, incoming, &result).await,
+                Err(e) => {
+                    warn!(error = %e, "stored outcome is unreadable; processing again");
+                    process(services, publisher, incoming, job, started).await
+                }
+            };
+        }
+        Ok(None) => {}
+        Err(e) => {
+            warn!(error = %e, "ledger unavailable while checking for a stored outcome");
+            return Disposition::Requeue("ledger_unavailable");
+        }
+    }
+    process(services, publisher, incoming, job, started).await
+}
+
+async fn process(
+    services: &Services,
+    publisher: &Publisher,
+    incoming: &Incoming,
+    job: &ValidJob,
+    started: Instant,
+) -> Disposition {
+    services.metrics.jobs_in_flight.inc();
+    let mut tracker = Tracker::new(services, publisher, job);
+    let outcome = execute(services, job, &mut tracker).await;
+    tracker.finish();
+    services.metrics.jobs_in_flight.dec();
+
+    let kind = job.kind().label();
+    let result = match outcome {
+        Ok(mut result) => {
+            result.timings = tracker.timings;
+            result
+        }
+        Err(Stop::Requeue { reason, detail }) => {
+            warn!(reason, %detail, "infrastructure failure; returning the job to its queue");
+            services.metrics.requeues_total.with_label_values(&[reason]).inc();
+            return Disposition::Requeue(reason);
+        }
+        Err(Stop::Fail(failure)) => {
+            // Failures after the reservation were settled inside execute();
+            // these are failures before any credit was held.
+            let mut result = failed_result(services, job.job_id(), Some(job.tenant()), &failure);
+            result.timings = tracker.timings;
+            result
+        }
+    };
+    let status = v1::JobStatus::try_from(result.status).unwrap_or(v1::JobStatus::Unspecified);
+    if let Some(error) = &result.error {
+        services.metrics.job_errors_total.with_label_values(&[&error.code]).inc();
+        info!(status = status.label(), code = %error.code, "job failed");
+    } else {
+        info!(outputs = result.outputs.len(), "job succeeded");
+    }
+    let disposition = publish_result(services, publisher, incoming, &result).await;
+    services
+        .metrics
+        .job_duration_seconds
+        .with_label_values(&[kind, status.label()])
+        .observe(started.elapsed().as_secs_f64());
+    disposition
+}
+
+/// The work itself. Returns the finished result, or a failure that happened
+/// before credits were reserved, or a requeue.
+async fn execute(
+    services: &Services,
+    job: &ValidJob,
+    tracker: &mut Tracker<'_>,
+) -> Result<v1::JobResult, Stop> {
+    let contract = job.job();
+    let deadline = contract.deadline.as_ref().map(timestamp_to_system_time);
+    if deadline.is_some_and(|d| d <= SystemTime::now()) {
+        return Err(Stop::Fail(JobFailure::new(
+            ErrorCode::DeadlineExceeded,
+            "the job's deadline passed before a worker could start it",
+        )));
+    }
+    let render_spec = RenderSpec::from_contract(contract.outputs.as_ref())?;
+    let providers = provider_chain(services, job)?;
+
+    tracker.begin(v1::Stage::Fetch, 0.05).await;
+    let mut raw_inputs = Vec::with_capacity(contract.inputs.len());
+    for (i, input) in contract.inputs.iter().enumerate() {
+        let bytes = services
+            .store
+            .fetch(&input.uri, services.input_limits.max_bytes)
+            .await?;
+        if !input.sha256.is_empty() {
+            use sha2::Digest as _;
+            let actual = hex::encode(sha2::Sha256::digest(&bytes));
+            if !actual.eq_ignore_ascii_case(&input.sha256) {
+                return Err(Stop::Fail(JobFailure::new(
+                    ErrorCode::InvalidInput,
+                    format!("inputs[{i}]: sha256 of the fetched bytes does not match the job's sha256"),
+                )));
+            }
+        }
+        raw_inputs.push((role_of(input), bytes));
+    }
+
+    tracker.begin(v1::Stage::Validate, 0.15).await;
+    // Every input is validated and sanitised; only the primary one (the
+    // first) goes through the pre-processing steps.
+    let steps = Step::from_contract(&contract.preprocess);
+    let mut provider_inputs = Vec::with_capacity(raw_inputs.len());
+    for (i, (role, bytes)) in raw_inputs.into_iter().enumerate() {
+        let limits = services.input_limits.clone();
+        let steps = if i == 0 { steps.clone() } else { Vec::new() };
+        if i == 0 && !steps.is_empty() {
+            tracker.begin(v1::Stage::Preprocess, 0.25).await;
+        }
+        let (content_type, encoded) = services
+            .cpu_bound(move || {
+                let prepared = pipeline::prepare(&bytes, &limits, &steps)
+                    .map_err(|f| prefix_failure(f, i))?;
+                // Masks and cut-outs keep their alpha losslessly; photos go
+                // to the provider as high-quality JPEG (a fraction of the
+                // upload size of PNG).
+                let encoding = if role == InputRole::Mask || prepared.image.color().has_alpha() {
+                    Encoding::Png
+                } else {
+                    Encoding::Jpeg { quality: 92 }
+                };
+                let bytes = genfleet_imaging::encode(&prepared.image, encoding)?;
+                Ok((encoding.mime().to_string(), bytes))
+            })
+            .await?;
+        provider_inputs.push(InputImage {
+            role,
+            content_type,
+            bytes: Bytes::from(encoded),
+        });
+    }
+
+    // Credits are held only once the inputs are known to be usable, so a bad
+    // upload never touches the customer's balance.
+    tracker.begin(v1::Stage::Reserve, 0.3).await;
+    let amount = job.credit_amount();
+    if amount > 0 {
+        let ttl = contract
+            .credits
+            .as_ref()
+            .and_then(|c| c.hold_ttl.as_ref())
+            .map_or(Duration::from_secs(3600), |d| {
+                Duration::new(d.seconds.max(0) as u64, d.nanos.max(0) as u32)
+            });
+        services
+            .ledger
+            .reserve(job.job_id(), &job.credit_account(), amount, ttl)
+            .await?;
+    }
+
+    let generated = generate_and_store(services, job, tracker, &providers, provider_inputs, &render_spec, deadline).await;
+    let (mut result, settlement) = match generated {
+        Ok((outputs, provider, attempts)) => {
+            let mut result = base_result(services, job.job_id(), Some(job.tenant()), v1::JobStatus::Succeeded);
+            result.outputs = outputs;
+            result.provider = provider;
+            result.attempts = attempts;
+            result.credits = Some(v1::CreditSummary {
+                held: amount,
+                captured: amount,
+                released: 0,
+            });
+            (result, Settlement::Capture { amount })
+        }
+        Err(GenStop::Fail(failure)) => {
+            let mut result = failed_result(services, job.job_id(), Some(job.tenant()), &failure.failure);
+            result.provider = failure.provider;
+            result.attempts = failure.attempts;
+            result.credits = Some(v1::CreditSummary {
+                held: amount,
+                captured: 0,
+                released: amount,
+            });
+            (result, Settlement::Release)
+        }
+        Err(GenStop::Requeue { reason, detail }) => return Err(Stop::Requeue { reason, detail }),
+    };
+
+    tracker.begin(v1::Stage::Settle, 0.95).await;
+    result.finished_at = Some(system_time_to_timestamp(SystemTime::now()));
+    let stored = genfleet_proto::encode_json(&result);
+    let hold = services
+        .ledger
+        .settle(job.job_id(), settlement, &stored)
+        .await?;
+    if let Some(hold) = hold {
+        let kind = job.kind().label();
+        services
+            .metrics
+            .credits_captured_total
+            .with_label_values(&[kind])
+            .inc_by(u64::try_from(hold.captured).unwrap_or(0));
+        services
+            .metrics
+            .credits_released_total
+            .with_label_values(&[kind])
+            .inc_by(u64::try_from(hold.released).unwrap_or(0));
+        result.credits = Some(v1::CreditSummary {
+            held: hold.amount,
+            captured: hold.captured,
+            released: hold.released,
+        });
+    }
+    Ok(result)
+}
+
+/// A failure after credits were reserved, with what the provider chain did.
+struct GenerationFailure {
+    failure: JobFailure,
+    provider: String,
+    attempts: u32,
+}
+
+impl From<JobFailure> for GenerationFailure {
+    fn from(failure: JobFailure) -> Self {
+        GenerationFailure {
+            failure,
+            provider: String::new(),
+            attempts: 0,
+        }
+    }
+}
+
+/// How generation and storing stop once credits are held: a failure is
+/// settled (credits released), a requeue keeps the hold for the redelivery.
+enum GenStop {
+    Fail(GenerationFailure),
+    Requeue { reason: &'static str, detail: String },
+}
+
+impl From<Stop> for GenStop {
+    fn from(stop: Stop) -> Self {
+        match stop {
+            Stop::Fail(f) => GenStop::Fail(f.into()),
+            Stop::Requeue { reason, detail } => GenStop::Requeue { reason, detail },
+        }
+    }
+}
+
+impl From<JobFailure> for GenStop {
+    fn from(failure: JobFailure) -> Self {
+        GenStop::Fail(failure.into())
+    }
+}
+
+async fn generate_and_store(
+    services: &Services,
+    job: &ValidJob,
+    tracker: &mut Tracker<'_>,
+    providers: &[String],
+    inputs: Vec<InputImage>,
+    render_spec: &RenderSpec,
+    deadline: Option<SystemTime>,
+) -> Result<(Vec<v1::Output>, String, u32), GenStop> {
+    tracker.begin(v1::Stage::Generate, 0.4).await;
+    let contract = job.job();
+    let generation = contract.generation.clone().unwrap_or_default();
+    let max_wait = Duration::from_secs(services.config.providers.fal.max_wait_seconds);
+    let provider_deadline = tokio::time::Instant::now()
+        + deadline
+            .map(|d| d.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO))
+            .map_or(max_wait, |left| left.min(max_wait));
+    let mut request = GenerationRequest {
+        job_id: job.job_id().to_string(),
+        kind: kind_of(job.kind()),
+        model: String::new(),
+        prompt: generation.prompt.clone(),
+        negative_prompt: generation.negative_prompt.clone(),
+        seed: (generation.seed != 0).then_some(generation.seed),
+        count: generation.count.max(1),
+        aspect_ratio: generation.aspect_ratio.clone(),
+        parameters: generation
+            .parameters
+            .as_ref()
+            .map(struct_to_json)
+            .unwrap_or_default(),
+        inputs,
+        deadline: Some(provider_deadline),
+    };
+
+    let mut attempts = 0u32;
+    let mut last: Option<(String, JobFailure)> = None;
+    let mut output = None;
+    for name in providers {
+        let Some(provider) = services.providers.get(name) else {
+            continue;
+        };
+        request.model = if generation.model.is_empty() {
+            default_model(services, job.kind())
+        } else {
+            generation.model.clone()
+        };
+        let span = tracing::info_span!("generate", provider = %name);
+        match genfleet_providers::generate_with_retries(provider.as_ref(), &request, &services.retry)
+            .instrument(span)
+            .await
+        {
+            Ok(out) => {
+                attempts += out.attempts;
+                services
+                    .metrics
+                    .provider_attempts_total
+                    .with_label_values(&[name, "ok"])
+                    .inc();
+                output = Some((name.clone(), out));
+                break;
+            }
+            Err(failed) => {
+                attempts += failed.attempts;
+                let failure = JobFailure::from(failed.error);
+                services
+                    .metrics
+                    .provider_attempts_total
+                    .with_label_values(&[name, failure.code.as_str()])
+                    .inc_by(u64::from(failed.attempts.max(1)));
+                let failover = failure.retryable;
+                last = Some((name.clone(), failure));
+                // Permanent answers (safety rejection, bad request) would be
+                // the same elsewhere; only unavailability fails over.
+                if !failover {
+                    break;
+                }
+            }
+        }
+    }
+    let Some((provider_name, output)) = output else {
+        let (provider, failure) = last.unwrap_or_else(|| {
+            (
+                String::new(),
+                JobFailure::new(ErrorCode::InvalidInput, "no usable provider for this job"),
+            )
+        });
+        return Err(GenStop::Fail(GenerationFailure {
+            failure,
+            provider,
+            attempts,
+        }));
+    };
+    let fail_with = |failure: JobFailure| {
+        GenStop::Fail(GenerationFailure {
+            failure,
+            provider: provider_name.clone(),
+            attempts,
+        })
+    };
+
+    tracker.begin(v1::Stage::Postprocess, 0.7).await;
+    let mut rendered = Vec::new();
+    for (index, artifact) in output.artifacts.into_iter().enumerate() {
+        if is_mp4(&artifact.bytes) {
+            rendered.push(pipeline::Rendered {
+                name: format!("{index}-video.mp4"),
+                preset: "original",
+                content_type: "video/mp4",
+                width: 0,
+                height: 0,
+                bytes: artifact.bytes.to_vec(),
+            });
+            continue;
+        }
+        let limits = services.output_limits.clone();
+        let spec = render_spec.clone();
+        let bytes = artifact.bytes;
+        let outputs = services
+            .cpu_bound(move || {
+                // Provider outputs are untrusted input as well: same sniffing,
+                // limits and re-encoding.
+                let prepared = pipeline::prepare(&bytes, &limits, &[]).map_err(|f| {
+                    JobFailure::new(
+                        ErrorCode::ProviderUnavailable,
+                        format!("provider returned an unusable image: {}", f.message),
+                    )
+                })?;
+                pipeline::render(&prepared.image, index, &spec)
+            })
+            .await
+            .map_err(fail_with)?;
+        rendered.extend(outputs);
+    }
+    if rendered.is_empty() {
+        return Err(fail_with(JobFailure::new(
+            ErrorCode::ProviderUnavailable,
+            "provider returned no outputs",
+        )));
+    }
+
+    tracker.begin(v1::Stage::Store, 0.85).await;
+    let tenant = job.tenant();
+    let mut outputs = Vec::with_capacity(rendered.len());
+    for item in rendered {
+        let stored = services
+            .store
+            .put_output(&tenant.org, &tenant.workspace, job.job_id(), &item.name, Bytes::from(item.bytes))
+            .await;
+        let stored = match stored {
+            Ok(stored) => stored,
+            Err(e) => {
+                // Nothing half-stored: remove what this attempt wrote.
+                for done in &outputs {
+                    let done: &v1::Output = done;
+                    let _ = services.store.delete(&done.uri).await;
+                }
+                return Err(GenStop::from(Stop::from(e)));
+            }
+        };
+        let (signed_url, expires) = services
+            .signer
+            .as_ref()
+            .and_then(|s| s.sign(&stored.key))
+            .map_or((String::new(), None), |(url, exp)| (url, Some(exp)));
+        outputs.push(v1::Output {
+            uri: stored.uri,
+            signed_url,
+            signed_url_expires_at: expires.map(|e| pbjson_types::Timestamp {
+                seconds: i64::try_from(e).unwrap_or(i64::MAX),
+                nanos: 0,
+            }),
+            width: item.width,
+            height: item.height,
+            bytes: stored.size,
+            sha256: stored.sha256,
+            content_type: item.content_type.to_string(),
+            preset: item.preset.to_string(),
+        });
+    }
+    if contract.delete_sources_after {
+        for input in &contract.inputs {
+            if let Err(e) = services.store.delete(&input.uri).await {
+                warn!(error = %e, "could not delete a source after storing the outputs");
+            }
+        }
+    }
+    Ok((outputs, provider_name, attempts))
+}
+
+fn prefix_failure(mut failure: JobFailure, index: usize) -> JobFailure {
+    failure.message = format!("inputs[{index}]: {}", failure.message);
+    failure
+}
+
+fn is_mp4(bytes: &[u8]) -> bool {
+    bytes.len() >= 12 && &bytes[4..8] == b"ftyp"
+}
+
+fn provider_chain(services: &Services, job: &ValidJob) -> Result<Vec<String>, JobFailure> {
+    let requested = job
+        .job()
+        .generation
+        .as_ref()
+        .map(|g| g.providers.clone())
+        .unwrap_or_default();
+    let chain = if requested.is_empty() {
+        vec![default_provider(job.kind()).to_string()]
+    } else {
+        requested
+    };
+    for name in &chain {
+        if !services.providers.contains_key(name) {
+            let mut known: Vec<&str> = services.providers.keys().map(String::as_str).collect();
+            known.sort_unstable();
+            return Err(JobFailure::new(
+                ErrorCode::InvalidInput,
+                format!(
+                    "field `generation.providers`: unknown provider {name:?}, this worker has {}",
+                    known.join(", ")
+                ),
+            ));
+        }
+    }
+    Ok(chain)
+}
+
+/// Kinds the worker can do itself go to `local`; the rest to fal.
+pub fn default_provider(kind: v1::JobKind) -> &'static str {
+    match kind {
+        v1::JobKind::Upscale | v1::JobKind::BatchEdit => "local",
+        _ => "fal",
+    }
+}
+
+/// Queue class of a job kind: local CPU work or provider-bound.
+pub fn default_class(kind: v1::JobKind) -> genfleet_broker::JobClass {
+    match default_provider(kind) {
+        "local" => genfleet_broker::JobClass::Cpu,
+        _ => genfleet_broker::JobClass::Remote,
+    }
+}
+
+fn default_model(services: &Services, kind: v1::JobKind) -> String {
+    let models = &services.config.providers.fal.models;
+    match kind {
+        v1::JobKind::ProductPhoto | v1::JobKind::Unspecified => models.product_photo.clone(),
+        v1::JobKind::BackgroundRemoval => models.background_removal.clone(),
+        v1::JobKind::Upscale => models.upscale.clone(),
+        v1::JobKind::Inpaint => models.inpaint.clone(),
+        v1::JobKind::VirtualTryOn => models.virtual_try_on.clone(),
+        v1::JobKind::ImageToVideo => models.image_to_video.clone(),
+        v1::JobKind::BatchEdit => models.batch_edit.clone(),
+    }
+}
+
+fn kind_of(kind: v1::JobKind) -> JobKind {
+    match kind {
+        v1::JobKind::ProductPhoto | v1::JobKind::Unspecified => JobKind::ProductPhoto,
+        v1::JobKind::BackgroundRemoval => JobKind::BackgroundRemoval,
+        v1::JobKind::Upscale => JobKind::Upscale,
+        v1::JobKind::Inpaint => JobKind::Inpaint,
+        v1::JobKind::VirtualTryOn => JobKind::VirtualTryOn,
+        v1::JobKind::ImageToVideo => JobKind::ImageToVideo,
+        v1::JobKind::BatchEdit => JobKind::BatchEdit,
+    }
+}
+
+fn role_of(input: &v1::Input) -> InputRole {
+    match v1::InputRole::try_from(input.role) {
+        Ok(v1::InputRole::Person) => InputRole::Person,
+        Ok(v1::InputRole::Garment) => InputRole::Garment,
+        Ok(v1::InputRole::Mask) => InputRole::Mask,
+        Ok(v1::InputRole::Reference) => InputRole::Reference,
+        _ => InputRole::Product,
+    }
+}
+
+fn struct_to_json(value: &pbjson_types::Struct) -> serde_json::Map<String, serde_json::Value> {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::Object(map)) => map,
+        _ => serde_json::Map::new(),
+    }
+}
+
+fn base_result(
+    services: &Services,
+    job_id: &str,
+    tenant: Option<&v1::Tenant>,
+    status: v1::JobStatus,
+) -> v1::JobResult {
+    v1::JobResult {
+        job_id: job_id.to_string(),
+        status: status as i32,
+        outputs: Vec::new(),
+        error: None,
+        credits: Some(v1::CreditSummary::default()),
+        timings: Vec::new(),
+        provider: String::new(),
+        attempts: 0,
+        worker: services.worker_name.clone(),
+        tenant: tenant.cloned(),
+        finished_at: Some(system_time_to_timestamp(SystemTime::now())),
+    }
+}
+
+/// A failed (or expired) result; `deadline_exceeded` ends as EXPIRED, as the
+/// contract says.
+fn failed_result(
+    services: &Services,
+    job_id: &str,
+    tenant: Option<&v1::Tenant>,
+    failure: &JobFailure,
+) -> v1::JobResult {
+    let status = match failure.code {
+        ErrorCode::DeadlineExceeded => v1::JobStatus::Expired,
+        ErrorCode::Cancelled => v1::JobStatus::Cancelled,
+        _ => v1::JobStatus::Failed,
+    };
+    let mut result = base_result(services, job_id, tenant, status);
+    result.error = Some(v1::Error {
+        code: failure.code.as_str().to_string(),
+        message: failure.message.clone(),
+        retryable: failure.retryable,
+    });
+    result
+}
+
+/// Publishes the result to `genfleet.results` and, when asked, to the
+/// job's `reply_to` queue; both confirmed before the job may be acked.
+async fn publish_result(
+    services: &Services,
+    publisher: &Publisher,
+    incoming: &Incoming,
+    result: &v1::JobResult,
+) -> Disposition {
+    let status = v1::JobStatus::try_from(result.status).unwrap_or(v1::JobStatus::Unspecified);
+    let body = genfleet_proto::encode_json(result);
+    let outgoing = Outgoing {
+        content_type: Some("application/json".into()),
+        message_id: Some(format!("{}.result", result.job_id)),
+        correlation_id: Some(result.job_id.clone()),
+        persistent: true,
+        ..Default::default()
+    };
+    let key = genfleet_proto::result_routing_key(result.tenant.as_ref(), status);
+    if let Err(e) = publisher
+        .publish(genfleet_broker::RESULTS_EXCHANGE, &key, &body, &outgoing)
+        .await
+    {
+        warn!(error = %e, "result publish not confirmed; the job will be redelivered");
+        services.metrics.requeues_total.with_label_values(&["publish_failed"]).inc();
+        return Disposition::Requeue("publish_failed");
+    }
+    if let Some(reply_to) = incoming.reply_to() {
+        if let Err(e) = publisher.publish("", reply_to, &body, &outgoing).await {
+            warn!(error = %e, "reply_to publish not confirmed; the job will be redelivered");
+            return Disposition::Requeue("publish_failed");
+        }
+    }
+    Disposition::Ack
+}
+
+/// A message that is not a valid job: a failed result when its id is known,
+/// then the message itself to the dead-letter exchange with the reason.
+async fn reject_message(
+    services: &Services,
+    publisher: &Publisher,
+    incoming: &Incoming,
+    error: genfleet_proto::DecodeError,
+    tenant: Option<v1::Tenant>,
+) -> Disposition {
+    let code = ErrorCode::InvalidInput;
+    warn!(
+        job_id = error.job_id.as_deref().unwrap_or(""),
+        reason = %error.message,
+        "message is not a valid job; dead-lettering it"
+    );
+    if let Some(job_id) = &error.job_id {
+        let tenant = tenant.filter(|t| {
+            genfleet_proto::is_valid_tenant_id(&t.org) && genfleet_proto::is_valid_tenant_id(&t.workspace)
+        });
+        let failure = JobFailure::new(code, format!("invalid job message: {}", error.message));
+        let result = failed_result(services, job_id, tenant.as_ref(), &failure);
+        services.metrics.job_errors_total.with_label_values(&[code.as_str()]).inc();
+        if publish_result(services, publisher, incoming, &result).await != Disposition::Ack {
+            return Disposition::Requeue("publish_failed");
+        }
+    }
+    let mut headers = vec![
+        (genfleet_broker::HEADER_ERROR.to_string(), code.as_str().to_string()),
+        (genfleet_broker::HEADER_REASON.to_string(), error.message.clone()),
+    ];
+    if let Some(id) = &error.job_id {
+        headers.push(("x-genfleet-job-id".into(), id.clone()));
+    }
+    let outgoing = Outgoing {
+        content_type: incoming.content_type().map(str::to_string),
+        message_id: incoming.message_id().map(str::to_string),
+        headers,
+        persistent: true,
+        ..Default::default()
+    };
+    match publisher
+        .publish(
+            genfleet_broker::DEAD_LETTER_EXCHANGE,
+            incoming.routing_key(),
+            incoming.body(),
+            &outgoing,
+        )
+        .await
+    {
+        Ok(()) => {
+            services.metrics.dead_letters_total.with_label_values(&[code.as_str()]).inc();
+            Disposition::Ack
+        }
+        Err(e) => {
+            warn!(error = %e, "dead letter not confirmed; the message will be redelivered");
+            Disposition::Requeue("publish_failed")
+        }
+    }
+}
+
+/// Stage boundaries: timings for the result, progress events for whoever
+/// listens, stage histograms for Prometheus.
+struct Tracker<'a> {
+    services: &'a Services,
+    publisher: &'a Publisher,
+    job_id: String,
+    tenant: v1::Tenant,
+    current: Option<(v1::Stage, Instant)>,
+    timings: Vec<v1::StageTiming>,
+}
+
+impl<'a> Tracker<'a> {
+    fn new(services: &'a Services, publisher: &'a Publisher, job: &ValidJob) -> Tracker<'a> {
+        Tracker {
+            services,
+            publisher,
+            job_id: job.job_id().to_string(),
+            tenant: job.tenant().clone(),
+            current: None,
+            timings: Vec::new(),
+        }
+    }
+
+    async fn begin(&mut self, stage: v1::Stage, progress: f32) {
+        self.finish();
+        self.current = Some((stage, Instant::now()));
+        let event = v1::JobEvent {
+            job_id: self.job_id.clone(),
+            stage: stage as i32,
+            progress,
+            time: Some(system_time_to_timestamp(SystemTime::now())),
+        };
+        let body = genfleet_proto::encode_json(&event);
+        let outgoing = Outgoing {
+            content_type: Some("application/json".into()),
+            message_id: Some(format!("{}.{}", self.job_id, stage.label())),
+            ..Default::default()
+        };
+        let key = genfleet_proto::event_routing_key(Some(&self.tenant), stage);
+        // Events are advisory: a lost one must not fail or delay the job.
+        if let Err(e) = self
+            .publisher
+            .publish(genfleet_broker::EVENTS_EXCHANGE, &key, &body, &outgoing)
+            .await
+        {
+            debug!(error = %e, "progress event not published");
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some((stage, since)) = self.current.take() {
+            let elapsed = since.elapsed();
+            self.services
+                .metrics
+                .stage_duration_seconds
+                .with_label_values(&[stage.label()])
+                .observe(elapsed.as_secs_f64());
+            self.timings.push(v1::StageTiming {
+                stage: stage.label().to_string(),
+                duration: Some(pbjson_types::Duration {
+                    seconds: i64::try_from(elapsed.as_secs()).unwrap_or(i64::MAX),
+                    nanos: i32::try_from(elapsed.subsec_nanos()).unwrap_or(0),
+                }),
+            });
+        }
+    }
+}
+
+pub(crate) fn system_time_to_timestamp(t: SystemTime) -> pbjson_types::Timestamp {
+    let since = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or(Duration::ZERO);
+    pbjson_types::Timestamp {
+        seconds: i64::try_from(since.as_secs()).unwrap_or(i64::MAX),
+        nanos: i32::try_from(since.subsec_nanos()).unwrap_or(0),
+    }
+}
+
+fn timestamp_to_system_time(t: &pbjson_types::Timestamp) -> SystemTime {
+    let nanos = u32::try_from(t.nanos).unwrap_or(0);
+    if t.seconds >= 0 {
+        SystemTime::UNIX_EPOCH + Duration::new(t.seconds as u64, nanos)
+    } else {
+        SystemTime::UNIX_EPOCH
+    }
+}

@@ -1,0 +1,96 @@
+//! The `local` provider: generation done by this worker's CPU with
+//! `genfleet-imaging`, no remote call. Serves `upscale` (Lanczos3, factor
+//! from `parameters.factor`, default 2) and `batch_edit` (the edit is the
+//! pre-processing and output presets; generation passes the image through).
+//! Model-based upscaling and background removal arrive with the inference
+//! crate behind the same trait.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use genfleet_imaging::{Encoding, Limits};
+use genfleet_providers::{
+    Artifact, GenerationOutput, GenerationRequest, JobKind, Provider, ProviderError,
+};
+use tokio::sync::Semaphore;
+
+pub struct LocalProvider {
+    limits: Limits,
+    /// Shared with the rest of the worker's image work, so local generation
+    /// cannot starve decoding of other jobs' uploads or vice versa.
+    cpu: Arc<Semaphore>,
+}
+
+impl LocalProvider {
+    pub fn new(limits: Limits, cpu: Arc<Semaphore>) -> LocalProvider {
+        LocalProvider { limits, cpu }
+    }
+}
+
+#[async_trait]
+impl Provider for LocalProvider {
+    fn name(&self) -> &str {
+        "local"
+    }
+
+    async fn generate(&self, request: &GenerationRequest) -> Result<GenerationOutput, ProviderError> {
+        let factor = match request.kind {
+            JobKind::Upscale => match request.parameters.get("factor") {
+                None => 2,
+                Some(v) => match v.as_u64() {
+                    Some(f @ (2 | 4)) => f as u32,
+                    _ => {
+                        return Err(ProviderError::Unsupported {
+                            message: "parameters.factor: expected 2 or 4".into(),
+                        })
+                    }
+                },
+            },
+            JobKind::BatchEdit => 1,
+            other => {
+                return Err(ProviderError::Unsupported {
+                    message: format!("the local provider cannot run {other:?} jobs"),
+                })
+            }
+        };
+        let Some(input) = request.inputs.first() else {
+            return Err(ProviderError::Unsupported {
+                message: "the local provider needs an input image".into(),
+            });
+        };
+        let bytes = input.bytes.clone();
+        let limits = self.limits.clone();
+        let _permit = self.cpu.acquire().await.map_err(|_| ProviderError::Unavailable {
+            message: "worker is shutting down".into(),
+            retry_after: None,
+        })?;
+        let encoded = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, String> {
+            let image = genfleet_imaging::decode_sanitised(&bytes, &limits)
+                .map_err(|e| e.to_string())?
+                .image;
+            let image = if factor > 1 {
+                genfleet_imaging::upscale(&image, factor, &limits).map_err(|e| e.to_string())?
+            } else {
+                image
+            };
+            // PNG: lossless hand-over to post-processing, which encodes the
+            // formats the job asked for.
+            genfleet_imaging::encode(&image, Encoding::Png).map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| ProviderError::Unavailable {
+            message: format!("local generation task failed: {e}"),
+            retry_after: None,
+        })?
+        .map_err(|message| ProviderError::Rejected { message })?;
+        Ok(GenerationOutput {
+            artifacts: vec![Artifact {
+                content_type: "image/png".into(),
+                bytes: Bytes::from(encoded),
+            }],
+            attempts: 1,
+            request_id: None,
+        })
+    }
+}

@@ -1,0 +1,150 @@
+//! Everything a job needs from the outside, built once at start-up and
+//! shared by all jobs: store, ledger, providers, limits, metrics.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use genfleet_credits::Ledger;
+use genfleet_imaging::Limits;
+use genfleet_providers::{FalConfig, FalProvider, Provider, RetryPolicy};
+use genfleet_storage::{Store, StoreConfig, UrlSigner};
+use tokio::sync::Semaphore;
+
+use crate::config::Config;
+use crate::local_provider::LocalProvider;
+use crate::metrics::Metrics;
+use crate::WorkerError;
+
+pub struct Services {
+    pub config: Config,
+    pub worker_name: String,
+    pub store: Store,
+    pub signer: Option<UrlSigner>,
+    pub ledger: Ledger,
+    pub providers: HashMap<String, Arc<dyn Provider>>,
+    pub retry: RetryPolicy,
+    pub metrics: Metrics,
+    /// Bounds CPU-heavy image work (decode, resize, encode) to the cores we
+    /// have, whatever the job concurrency.
+    pub cpu: Arc<Semaphore>,
+    pub input_limits: Limits,
+    /// Provider outputs are untrusted too; same pixel limits, own byte cap.
+    pub output_limits: Limits,
+}
+
+impl Services {
+    /// # Errors
+    /// The ledger or the store cannot be opened, or migrations fail.
+    pub async fn build(config: Config, metrics: Metrics) -> Result<Services, WorkerError> {
+        let ledger = Ledger::connect(
+            config.database.url.expose(),
+            &config.database.schema,
+            config.database.pool_size,
+        )
+        .await
+        .map_err(|e| WorkerError::Startup(format!("ledger: {e}")))?;
+        if config.database.migrate_on_start {
+            ledger
+                .migrate()
+                .await
+                .map_err(|e| WorkerError::Startup(format!("ledger migrations: {e}")))?;
+        }
+        let store = Store::open_local(StoreConfig {
+            root: config.storage.root.clone(),
+            bucket: config.storage.bucket.clone(),
+        })
+        .map_err(|e| WorkerError::Startup(format!("storage: {e}")))?;
+        let signer = if config.storage.public_base_url.is_empty() {
+            None
+        } else {
+            let base = url::Url::parse(&config.storage.public_base_url)
+                .map_err(|e| WorkerError::Startup(format!("storage.public_base_url: {e}")))?;
+            Some(UrlSigner::new(
+                base,
+                config.storage.signing_key.expose().as_bytes(),
+                Duration::from_secs(config.storage.signed_url_ttl_seconds),
+            ))
+        };
+
+        let threads = if config.worker.imaging_threads == 0 {
+            std::thread::available_parallelism().map_or(2, usize::from)
+        } else {
+            config.worker.imaging_threads
+        };
+        let cpu = Arc::new(Semaphore::new(threads));
+        let input_limits = config.imaging_limits();
+        let output_limits = Limits {
+            max_bytes: config.limits.max_output_bytes,
+            ..input_limits.clone()
+        };
+
+        let http = reqwest_client()?;
+        let fal = FalProvider::new(
+            FalConfig {
+                base_url: url::Url::parse(&config.providers.fal.base_url)
+                    .map_err(|e| WorkerError::Startup(format!("providers.fal.base_url: {e}")))?,
+                key: config.providers.fal.key.expose().to_string(),
+                request_timeout: Duration::from_secs(config.providers.fal.request_timeout_seconds),
+                poll_interval: Duration::from_millis(config.providers.fal.poll_interval_ms),
+                max_output_bytes: config.limits.max_output_bytes,
+            },
+            http,
+        );
+        let mut providers: HashMap<String, Arc<dyn Provider>> = HashMap::new();
+        providers.insert("fal".into(), Arc::new(fal));
+        providers.insert(
+            "local".into(),
+            Arc::new(LocalProvider::new(input_limits.clone(), cpu.clone())),
+        );
+        let retry = RetryPolicy {
+            max_attempts: config.providers.retry.max_attempts,
+            initial_delay: Duration::from_millis(config.providers.retry.initial_delay_ms),
+            max_delay: Duration::from_millis(config.providers.retry.max_delay_ms),
+        };
+        Ok(Services {
+            worker_name: config.worker_name(),
+            config,
+            store,
+            signer,
+            ledger,
+            providers,
+            retry,
+            metrics,
+            cpu,
+            input_limits,
+            output_limits,
+        })
+    }
+
+    /// Runs CPU-bound work on the blocking pool, at most one task per core.
+    pub async fn cpu_bound<T, F>(&self, work: F) -> Result<T, crate::failure::JobFailure>
+    where
+        F: FnOnce() -> Result<T, crate::failure::JobFailure> + Send + 'static,
+        T: Send + 'static,
+    {
+        let _permit = self.cpu.acquire().await.map_err(|_| {
+            crate::failure::JobFailure::new(
+                genfleet_proto::ErrorCode::Internal,
+                "worker is shutting down",
+            )
+        })?;
+        tokio::task::spawn_blocking(work).await.map_err(|e| {
+            crate::failure::JobFailure::new(
+                genfleet_proto::ErrorCode::Internal,
+                format!("image task failed: {e}"),
+            )
+        })?
+    }
+}
+
+/// One HTTP client per process (connection pools, TLS sessions). TLS via
+/// rustls with the ring provider: no C toolchain beyond cc, no cmake.
+fn reqwest_client() -> Result<reqwest::Client, WorkerError> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .pool_idle_timeout(Duration::from_secs(90))
+        .build()
+        .map_err(|e| WorkerError::Startup(format!("http client: {e}")))
+}

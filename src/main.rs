@@ -1,0 +1,422 @@
+//! The `genfleet` command: parse, load configuration, call a crate.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use genfleet_broker::{Broker, JobClass, Outgoing, Topology};
+use genfleet_imaging::Encoding;
+use genfleet_proto::{v1, ContentType};
+use genfleet_worker::batch::{self, BatchOptions};
+use genfleet_worker::Config;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(name = "genfleet", version, about = "Workers for AI image and video generation jobs")]
+struct Cli {
+    /// TOML configuration file; `GENFLEET__SECTION__KEY` variables override it.
+    #[arg(long, global = true, env = "GENFLEET_CONFIG")]
+    config: Option<PathBuf>,
+    /// Log format: text or json.
+    #[arg(long, global = true, env = "GENFLEET_LOG_FORMAT", default_value = "text")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Consume jobs from RabbitMQ and run them until SIGTERM.
+    Worker,
+    /// Publish jobs to RabbitMQ: JSON job files, or generated jobs.
+    Enqueue {
+        /// Job JSON files (proto3 JSON of genfleet.v1.Job).
+        files: Vec<PathBuf>,
+        /// Generate this many jobs instead of reading files.
+        #[arg(long)]
+        generate: Option<u32>,
+        /// Input URI of generated jobs.
+        #[arg(long, default_value = "s3://genfleet/uploads/example.jpg")]
+        input: String,
+        /// Kind of generated jobs, e.g. upscale, batch_edit, product_photo.
+        #[arg(long, default_value = "batch_edit")]
+        kind: String,
+        /// org/workspace of generated jobs.
+        #[arg(long, default_value = "acme/shop-1")]
+        tenant: String,
+        /// Credits each generated job holds.
+        #[arg(long, default_value_t = 0)]
+        credits: i64,
+    },
+    /// Validate, sanitise and resize a folder of images locally (no broker,
+    /// database or network).
+    Batch {
+        /// Folder of input images (searched recursively).
+        input: PathBuf,
+        /// Folder for the outputs.
+        #[arg(long)]
+        out: PathBuf,
+        /// Long side of the outputs in pixels; smaller images are not enlarged.
+        #[arg(long, default_value_t = 2048)]
+        long_side: u32,
+        #[arg(long, value_enum, default_value = "jpeg")]
+        format: OutputFormat,
+        /// JPEG quality 1..=100.
+        #[arg(long, default_value_t = 85)]
+        quality: u8,
+        /// Overlay the free-tier watermark.
+        #[arg(long)]
+        watermark: bool,
+        /// Threads; 0 means one per CPU.
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
+    },
+    /// Check a job JSON file against the contract, or an image against the
+    /// upload checks; prints what a worker would decide.
+    Validate { file: PathBuf },
+    /// Run the credit ledger's database migrations.
+    Migrate,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum OutputFormat {
+    Jpeg,
+    Png,
+    Webp,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,lapin=warn,amq_protocol=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Batch {
+            input,
+            out,
+            long_side,
+            format,
+            quality,
+            watermark,
+            threads,
+        } => {
+            let encoding = match format {
+                OutputFormat::Jpeg => Encoding::Jpeg { quality: quality.clamp(1, 100) },
+                OutputFormat::Png => Encoding::Png,
+                OutputFormat::Webp => Encoding::WebpLossless,
+            };
+            let options = BatchOptions {
+                long_side,
+                encoding,
+                watermark,
+                threads,
+                ..BatchOptions::default()
+            };
+            run_batch(&input, &out, &options)
+        }
+        Command::Validate { file } => validate(&file),
+        command => {
+            let config = Config::load(cli.config.as_deref())?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            runtime.block_on(async move {
+                match command {
+                    Command::Worker => run_worker(config).await,
+                    Command::Migrate => migrate(config).await,
+                    Command::Enqueue {
+                        files,
+                        generate,
+                        input,
+                        kind,
+                        tenant,
+                        credits,
+                    } => {
+                        let jobs = match generate {
+                            Some(n) => generated_jobs(n, &input, &kind, &tenant, credits)?,
+                            None => read_jobs(&files)?,
+                        };
+                        enqueue(config, jobs).await
+                    }
+                    Command::Batch { .. } | Command::Validate { .. } => Ok(ExitCode::SUCCESS),
+                }
+            })
+        }
+    }
+}
+
+async fn run_worker(config: Config) -> Result<ExitCode> {
+    let shutdown = CancellationToken::new();
+    let signals = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutdown requested: no new jobs, finishing in-flight ones");
+        signals.cancel();
+    });
+    genfleet_worker::run(config, shutdown).await?;
+    tracing::info!("worker stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+async fn migrate(config: Config) -> Result<ExitCode> {
+    let ledger = genfleet_credits::Ledger::connect(
+        config.database.url.expose(),
+        &config.database.schema,
+        1,
+    )
+    .await?;
+    ledger.migrate().await?;
+    println!("ledger schema {} is up to date", config.database.schema);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A job to publish: its raw body (published as given) and what routing needs.
+struct Enqueued {
+    body: Vec<u8>,
+    job_id: String,
+    class: JobClass,
+}
+
+fn read_jobs(files: &[PathBuf]) -> Result<Vec<Enqueued>> {
+    if files.is_empty() {
+        bail!("give job JSON files, or --generate N");
+    }
+    files
+        .iter()
+        .map(|file| {
+            let body = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+            let job = genfleet_proto::decode_job(&body, &ContentType::Json)
+                .and_then(|job| genfleet_proto::validate_job(job, None))
+                .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            Ok(Enqueued {
+                job_id: job.job_id().to_string(),
+                class: genfleet_worker::default_class(job.kind()),
+                body,
+            })
+        })
+        .collect()
+}
+
+fn generated_jobs(n: u32, input: &str, kind: &str, tenant: &str, credits: i64) -> Result<Vec<Enqueued>> {
+    let kind = v1::JobKind::from_str_name(&format!("JOB_KIND_{}", kind.to_ascii_uppercase()))
+        .filter(|k| *k != v1::JobKind::Unspecified)
+        .with_context(|| format!("--kind {kind:?} is not a job kind"))?;
+    let (org, workspace) = tenant
+        .split_once('/')
+        .context("--tenant must be org/workspace")?;
+    (0..n)
+        .map(|_| {
+            let job = v1::Job {
+                job_id: new_job_id(),
+                tenant: Some(v1::Tenant {
+                    org: org.into(),
+                    workspace: workspace.into(),
+                    user: String::new(),
+                }),
+                kind: kind as i32,
+                inputs: vec![v1::Input {
+                    role: v1::InputRole::Product as i32,
+                    uri: input.into(),
+                    ..Default::default()
+                }],
+                credits: Some(v1::CreditRequest {
+                    amount: credits,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            let valid = genfleet_proto::validate_job(job, None)?;
+            Ok(Enqueued {
+                job_id: valid.job_id().to_string(),
+                class: genfleet_worker::default_class(valid.kind()),
+                body: genfleet_proto::encode_json(valid.job()),
+            })
+        })
+        .collect()
+}
+
+fn new_job_id() -> String {
+    let ms = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_millis();
+    genfleet_proto::format_ulid(u64::try_from(ms).unwrap_or(0), fastrand::u128(..))
+}
+
+async fn enqueue(config: Config, jobs: Vec<Enqueued>) -> Result<ExitCode> {
+    let broker = Broker::connect(config.broker.url.expose(), "genfleet-enqueue").await?;
+    broker
+        .declare(&Topology {
+            delivery_limit: config.broker.delivery_limit,
+            ..Topology::default()
+        })
+        .await?;
+    let publisher = broker.publisher().await?;
+    for job in &jobs {
+        let outgoing = Outgoing {
+            content_type: Some("application/json".into()),
+            message_id: Some(job.job_id.clone()),
+            persistent: true,
+            ..Default::default()
+        };
+        publisher
+            .publish(genfleet_broker::JOBS_EXCHANGE, job.class.routing_key(), &job.body, &outgoing)
+            .await?;
+        println!("{} -> {}", job.job_id, job.class.queue());
+    }
+    broker.close().await;
+    eprintln!("published {} job(s), all confirmed by the broker", jobs.len());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_batch(input: &Path, out: &Path, options: &BatchOptions) -> Result<ExitCode> {
+    let total = batch::list_inputs(input)
+        .with_context(|| format!("reading {}", input.display()))?
+        .len() as u64;
+    let bar = indicatif::ProgressBar::new(total);
+    if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} {elapsed_precise} {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+    } else {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let items = batch::run(input, out, options, &|item| {
+        bar.set_message(item.input.display().to_string());
+        bar.inc(1);
+    })?;
+    bar.finish_and_clear();
+
+    let mut rejected = Vec::new();
+    let mut converted = 0usize;
+    let mut elapsed = Duration::ZERO;
+    for item in &items {
+        elapsed += item.elapsed;
+        match &item.outcome {
+            Ok(done) => {
+                converted += 1;
+                println!(
+                    "ok        {:<48} -> {} ({}x{}, {} bytes, {} ms)",
+                    item.input.display(),
+                    done.output.display(),
+                    done.width,
+                    done.height,
+                    done.bytes,
+                    item.elapsed.as_millis()
+                );
+            }
+            Err(failure) => rejected.push((item, failure)),
+        }
+    }
+    for (item, failure) in &rejected {
+        println!(
+            "rejected  {:<48} {}: {}",
+            item.input.display(),
+            failure.code,
+            failure.message
+        );
+    }
+    println!(
+        "\n{} file(s): {} converted, {} rejected; {} ms of image work",
+        items.len(),
+        converted,
+        rejected.len(),
+        elapsed.as_millis()
+    );
+    Ok(if converted == 0 && !items.is_empty() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn validate(file: &Path) -> Result<ExitCode> {
+    let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let looks_like_json = bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+    if looks_like_json {
+        return match genfleet_proto::decode_job(&bytes, &ContentType::Json)
+            .and_then(|job| genfleet_proto::validate_job(job, None))
+        {
+            Ok(job) => {
+                println!(
+                    "valid job {} ({}), queue {}",
+                    job.job_id(),
+                    job.kind().label(),
+                    genfleet_worker::default_class(job.kind()).queue()
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => {
+                println!("invalid_input: {e}");
+                Ok(ExitCode::FAILURE)
+            }
+        };
+    }
+    match genfleet_worker::pipeline::prepare(&bytes, &genfleet_imaging::Limits::default(), &[]) {
+        Ok(prepared) => {
+            println!(
+                "accepted {} image, {}x{} stored, {}x{} upright",
+                prepared.source.format.name(),
+                prepared.source.width,
+                prepared.source.height,
+                prepared.image.width(),
+                prepared.image.height()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(failure) => {
+            println!("{}: {}", failure.code, failure.message);
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
