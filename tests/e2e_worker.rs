@@ -1,0 +1,474 @@
+//! End to end: the real `genfleet worker` binary against the real RabbitMQ
+//! and PostgreSQL of this machine, with a fake fal server (a real HTTP server
+//! in this process). 200 jobs of every kind, good and bad, go in; the test
+//! checks every result, every credit, every output, and that no job is left
+//! in the queues. Then SIGTERM: the worker must exit 0.
+
+mod support;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use genfleet_credits::{HoldState, Ledger};
+use genfleet_proto::v1;
+use genfleet_providers::fake_fal::FakeFal;
+use genfleet_storage::{Store, StoreConfig};
+use prost::Message as _;
+use support::*;
+
+/// What one job must end as.
+#[derive(Clone, Debug)]
+struct Expect {
+    status: v1::JobStatus,
+    code: &'static str,
+    /// Whether credits are held before the failure (so they must be
+    /// released) or captured on success.
+    reserved: bool,
+    amount: i64,
+    account: &'static str,
+    outputs: usize,
+    attempts: Option<u32>,
+}
+
+fn ok(amount: i64, outputs: usize) -> Expect {
+    Expect {
+        status: v1::JobStatus::Succeeded,
+        code: "",
+        reserved: true,
+        amount,
+        account: "acme/shop-1",
+        outputs,
+        attempts: None,
+    }
+}
+
+fn fail(code: &'static str, reserved: bool, amount: i64) -> Expect {
+    Expect {
+        status: v1::JobStatus::Failed,
+        code,
+        reserved,
+        amount,
+        account: "acme/shop-1",
+        outputs: 0,
+        attempts: None,
+    }
+}
+
+fn tenant(org: &str, workspace: &str) -> Option<v1::Tenant> {
+    Some(v1::Tenant {
+        org: org.into(),
+        workspace: workspace.into(),
+        user: "e2e".into(),
+    })
+}
+
+fn input(role: v1::InputRole, key: &str) -> v1::Input {
+    v1::Input {
+        role: role as i32,
+        uri: format!("s3://genfleet/uploads/{key}"),
+        ..Default::default()
+    }
+}
+
+fn job(kind: v1::JobKind, inputs: Vec<v1::Input>, amount: i64) -> v1::Job {
+    v1::Job {
+        job_id: new_job_id(),
+        tenant: tenant("acme", "shop-1"),
+        kind: kind as i32,
+        inputs,
+        credits: Some(v1::CreditRequest {
+            amount,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn fal(model: &str, seed: u64, count: u32) -> Option<v1::Generation> {
+    Some(v1::Generation {
+        providers: vec!["fal".into()],
+        model: model.into(),
+        prompt: format!("e2e prompt {seed}"),
+        seed,
+        count,
+        ..Default::default()
+    })
+}
+
+/// Hostile uploads and what each must end as (one row a file).
+const HOSTILE: &[(&str, &str)] = &[
+    ("eicar.jpg", "unsupported_type"),
+    ("h01_truncated.jpg", "invalid_input"),
+    ("h02_bomb_60000x60000.png", "too_large"),
+    ("h02b_bomb_header_only_60000x60000_rgba.png", "too_large"),
+    // Valid JPEG with HTML and ZIP after its end: re-encoded from pixels.
+    ("h03_polyglot_html_zip.jpg", ""),
+    // A real GIF with a .jpg name: the type comes from the bytes.
+    ("h04_gif_named_jpg.jpg", ""),
+    ("h05_script.svg", "unsupported_type"),
+    ("h06_empty.jpg", "invalid_input"),
+    ("h08_jpeg_header_65500x65500.jpg", "too_large"),
+    ("h09_html_named_jpg.jpg", "unsupported_type"),
+];
+
+fn stage_uploads(root: &std::path::Path) {
+    let uploads = root.join("uploads");
+    std::fs::create_dir_all(uploads.join("hostile")).unwrap();
+    for (name, target) in [
+        ("examples/photos/dandelions_1024.jpg", "photo.jpg"),
+        ("examples/photos/dogs_portrait_1024.jpg", "person.jpg"),
+        ("examples/photos/strawberry_alpha.webp", "garment.webp"),
+    ] {
+        std::fs::copy(repo_path(name), uploads.join(target)).unwrap();
+    }
+    // A small input for upscaling, made by our own pipeline.
+    let photo = std::fs::read(repo_path("examples/photos/fig_plate_1024.jpg")).unwrap();
+    let small = genfleet_imaging::decode_sanitised(&photo, &Default::default()).unwrap();
+    let small = genfleet_imaging::resize_to_fit(&small.image, 240).unwrap();
+    let png = genfleet_imaging::encode(&small, genfleet_imaging::Encoding::Png).unwrap();
+    std::fs::write(uploads.join("small.png"), png).unwrap();
+    for (file, _) in HOSTILE {
+        std::fs::copy(repo_path(&format!("tests/fixtures/hostile/{file}")), uploads.join("hostile").join(file)).unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_mixed_jobs_end_to_end() {
+    let vhost = Vhost::create();
+    let schema = Schema::new();
+    let dir = TempDir::new("genfleet-e2e");
+    let root = dir.0.join("store");
+    stage_uploads(&root);
+    let fake = FakeFal::start().await.unwrap();
+
+    // Ledger: migrate and grant before the worker starts.
+    let ledger = Ledger::connect(PG_URL, &schema.name, 2).await.unwrap();
+    ledger.migrate().await.unwrap();
+    ledger.grant("acme/shop-1", 10_000, "e2e").await.unwrap();
+    ledger.grant("modehaus", 1_000, "e2e").await.unwrap();
+
+    let (conn, results_queue) = results_queue(&vhost.url()).await;
+    let replies = conn.create_channel().await.unwrap();
+    replies
+        .queue_declare("e2e.replies".into(), Default::default(), Default::default())
+        .await
+        .unwrap();
+
+    // The jobs, each with what it must end as.
+    let mut jobs: Vec<(v1::Job, Expect, &str)> = Vec::new();
+    for i in 0..70 {
+        let mut j = job(v1::JobKind::BatchEdit, vec![input(v1::InputRole::Product, "photo.jpg")], 1);
+        j.preprocess = vec![v1::PreprocessStep {
+            step: Some(v1::preprocess_step::Step::Resize(v1::Resize { long_side: 512 })),
+        }];
+        j.outputs = Some(v1::OutputSpec {
+            formats: vec![v1::OutputFormat::Jpeg as i32, v1::OutputFormat::Webp as i32],
+            presets: vec!["original".into(), "thumbnail-256".into()],
+            watermark: i % 10 == 0,
+            quality: 80,
+        });
+        jobs.push((j, ok(1, 4), "cpu"));
+    }
+    for _ in 0..25 {
+        let mut j = job(v1::JobKind::Upscale, vec![input(v1::InputRole::Product, "small.png")], 2);
+        j.generation = Some(v1::Generation {
+            providers: vec!["local".into()],
+            ..Default::default()
+        });
+        jobs.push((j, ok(2, 1), "cpu"));
+    }
+    for i in 0..30 {
+        let mut j = job(v1::JobKind::ProductPhoto, vec![input(v1::InputRole::Product, "photo.jpg")], 3);
+        j.generation = fal("test/ok", 1000 + i, 2);
+        jobs.push((j, Expect { attempts: Some(1), ..ok(3, 2) }, "remote"));
+    }
+    for i in 0..10 {
+        let mut j = job(v1::JobKind::ProductPhoto, vec![input(v1::InputRole::Product, "photo.jpg")], 3);
+        // First answer 429 with Retry-After, then 503, then success.
+        j.generation = fal("test/flaky", 2000 + i, 1);
+        jobs.push((j, Expect { attempts: Some(3), ..ok(3, 1) }, "remote"));
+    }
+    for i in 0..10 {
+        let mut j = job(v1::JobKind::BackgroundRemoval, vec![input(v1::InputRole::Product, "photo.jpg")], 2);
+        j.generation = fal("test/nsfw", 3000 + i, 1);
+        jobs.push((j, fail("provider_rejected", true, 2), "remote"));
+    }
+    for i in 0..5 {
+        let mut j = job(v1::JobKind::ImageToVideo, vec![input(v1::InputRole::Product, "photo.jpg")], 5);
+        j.generation = fal("test/video", 4000 + i, 1);
+        jobs.push((j, ok(5, 1), "remote"));
+    }
+    for i in 0..5 {
+        let mut j = job(
+            v1::JobKind::Inpaint,
+            vec![input(v1::InputRole::Product, "photo.jpg"), input(v1::InputRole::Mask, "garment.webp")],
+            2,
+        );
+        j.generation = fal("test/reject", 5000 + i, 1);
+        jobs.push((j, fail("provider_rejected", true, 2), "remote"));
+    }
+    for i in 0..5 {
+        let mut j = job(
+            v1::JobKind::VirtualTryOn,
+            vec![input(v1::InputRole::Person, "person.jpg"), input(v1::InputRole::Garment, "garment.webp")],
+            6,
+        );
+        j.tenant = tenant("modehaus", "eu-store");
+        j.credits = Some(v1::CreditRequest {
+            account: "modehaus".into(),
+            amount: 6,
+            ..Default::default()
+        });
+        j.generation = fal("test/ok", 6000 + i, 1);
+        jobs.push((j, Expect { account: "modehaus", ..ok(6, 1) }, "remote"));
+    }
+    for i in 0..5 {
+        let mut j = job(v1::JobKind::ProductPhoto, vec![input(v1::InputRole::Product, "photo.jpg")], 3);
+        j.generation = fal("test/down", 7000 + i, 1);
+        jobs.push((j, Expect { attempts: Some(3), ..fail("provider_unavailable", true, 3) }, "remote"));
+    }
+    for (file, code) in HOSTILE {
+        let j = job(v1::JobKind::BatchEdit, vec![input(v1::InputRole::Product, &format!("hostile/{file}"))], 1);
+        let expect = if code.is_empty() { ok(1, 1) } else { fail(code, false, 1) };
+        jobs.push((j, expect, "cpu"));
+    }
+    for _ in 0..5 {
+        let mut j = job(v1::JobKind::BatchEdit, vec![input(v1::InputRole::Product, "photo.jpg")], 5);
+        j.tenant = tenant("poor", "ws");
+        jobs.push((j, Expect { account: "poor/ws", ..fail("insufficient_credits", false, 5) }, "cpu"));
+    }
+    for _ in 0..5 {
+        let j = job(v1::JobKind::BatchEdit, vec![input(v1::InputRole::Product, "missing.jpg")], 1);
+        jobs.push((j, fail("invalid_input", false, 1), "cpu"));
+    }
+    for _ in 0..5 {
+        // Valid JSON with a job id but no kind: a failed result and a dead letter.
+        let mut j = job(v1::JobKind::Unspecified, vec![input(v1::InputRole::Product, "photo.jpg")], 1);
+        j.kind = 0;
+        jobs.push((j, fail("invalid_input", false, 1), "cpu"));
+    }
+    for _ in 0..5 {
+        let mut j = job(v1::JobKind::BatchEdit, vec![input(v1::InputRole::Product, "photo.jpg")], 1);
+        j.deadline = Some(genfleet_proto::pbjson_types::Timestamp { seconds: 1_577_836_800, nanos: 0 });
+        jobs.push((
+            j,
+            Expect {
+                status: v1::JobStatus::Expired,
+                ..fail("deadline_exceeded", false, 1)
+            },
+            "cpu",
+        ));
+    }
+    // Protobuf binary instead of JSON.
+    let protobuf_from = jobs.len();
+    for _ in 0..5 {
+        let j = job(v1::JobKind::BatchEdit, vec![input(v1::InputRole::Product, "photo.jpg")], 1);
+        jobs.push((j, ok(1, 1), "cpu"));
+    }
+    assert_eq!(jobs.len(), 200);
+
+    // Publish everything before the worker starts: it must drain a backlog.
+    let broker = genfleet_broker::Broker::connect(&vhost.url(), "e2e-publisher").await.unwrap();
+    let publisher = broker.publisher().await.unwrap();
+    for (i, (j, _, class)) in jobs.iter().enumerate() {
+        if i >= protobuf_from {
+            let outgoing = genfleet_broker::Outgoing {
+                content_type: Some("application/x-protobuf".into()),
+                message_id: Some(j.job_id.clone()),
+                persistent: true,
+                ..Default::default()
+            };
+            publisher
+                .publish(genfleet_broker::JOBS_EXCHANGE, class, &j.encode_to_vec(), &outgoing)
+                .await
+                .unwrap();
+        } else if j.kind == v1::JobKind::Upscale as i32 {
+            let outgoing = genfleet_broker::Outgoing {
+                content_type: Some("application/json".into()),
+                message_id: Some(j.job_id.clone()),
+                reply_to: Some("e2e.replies".into()),
+                persistent: true,
+                ..Default::default()
+            };
+            publisher
+                .publish(genfleet_broker::JOBS_EXCHANGE, class, &genfleet_proto::encode_json(j), &outgoing)
+                .await
+                .unwrap();
+        } else {
+            publish_job(&publisher, class, &genfleet_proto::encode_json(j), Some(&j.job_id)).await;
+        }
+    }
+    // Two messages no job id can be read from: dead letters only.
+    publish_job(&publisher, "cpu", b"this is not json", None).await;
+    publish_job(&publisher, "remote", br#"{"kind": "JOB_KIND_UPSCALE"}"#, Some("not-a-valid-id")).await;
+
+    let port = free_port();
+    let fal_url = fake.base_url.to_string();
+    let config = write_config(
+        &dir.0,
+        &WorkerSettings {
+            amqp_url: vhost.url(),
+            schema: &schema.name,
+            storage_root: &root,
+            fal_base_url: &fal_url,
+            concurrency: 8,
+            grace_seconds: 20,
+            http_port: port,
+        },
+    );
+    let mut worker = WorkerProcess::start(&config, dir.0.join("worker.log"));
+    wait_ready(&mut worker, port, Duration::from_secs(60)).await;
+
+    let collected = collect_results(&conn, &results_queue, jobs.len(), Duration::from_secs(240)).await;
+    assert_eq!(
+        collected.results.len(),
+        jobs.len(),
+        "results for every job; worker log:\n{}",
+        worker.log_tail()
+    );
+
+    let store = Store::open_local(StoreConfig {
+        root: root.clone(),
+        bucket: "genfleet".into(),
+    })
+    .unwrap();
+    let mut captured: HashMap<&str, i64> = HashMap::new();
+    for (j, expect, _) in &jobs {
+        let (result, routing_key) = &collected.results[&j.job_id];
+        let label = format!("job {} ({:?}, expect {:?})", j.job_id, v1::JobKind::try_from(j.kind), expect);
+        assert_eq!(result.status, expect.status as i32, "{label}: {result:?}");
+        let tenant = j.tenant.as_ref().unwrap();
+        let status = v1::JobStatus::try_from(result.status).unwrap();
+        assert_eq!(routing_key, &format!("result.{}.{}.{}", tenant.org, tenant.workspace, status.label()));
+        match &result.error {
+            None => assert_eq!(expect.code, "", "{label}"),
+            Some(error) => {
+                assert_eq!(error.code, expect.code, "{label}: {}", error.message);
+                assert!(!error.message.is_empty());
+            }
+        }
+        if let Some(attempts) = expect.attempts {
+            assert_eq!(result.attempts, attempts, "{label}");
+        }
+        assert_eq!(result.outputs.len(), expect.outputs, "{label}");
+        assert_eq!(result.worker, "e2e-worker");
+
+        // Credits: captured on success, released after a failure that
+        // happened once they were held, never touched before.
+        let hold = ledger.hold(&j.job_id).await.unwrap();
+        let credits = result.credits.clone().unwrap_or_default();
+        match (expect.status, expect.reserved) {
+            (v1::JobStatus::Succeeded, _) => {
+                let hold = hold.unwrap_or_else(|| panic!("{label}: no hold"));
+                assert_eq!(hold.state, HoldState::Captured, "{label}");
+                assert_eq!((hold.captured, hold.released), (expect.amount, 0), "{label}");
+                assert_eq!((credits.held, credits.captured, credits.released), (expect.amount, expect.amount, 0));
+                *captured.entry(expect.account).or_default() += expect.amount;
+            }
+            (_, true) => {
+                let hold = hold.unwrap_or_else(|| panic!("{label}: no hold"));
+                assert_eq!(hold.state, HoldState::Released, "{label}");
+                assert_eq!((hold.captured, hold.released), (0, expect.amount), "{label}");
+                assert_eq!((credits.captured, credits.released), (0, expect.amount));
+            }
+            (_, false) => {
+                assert!(hold.is_none(), "{label}: credits were held for a job rejected before reservation");
+                assert_eq!(credits.captured, 0);
+            }
+        }
+
+        // Outputs are stored where the result says, with the bytes it says.
+        for output in &result.outputs {
+            let bytes = store.fetch(&output.uri, u64::MAX).await.unwrap();
+            assert_eq!(bytes.len() as u64, output.bytes, "{label}");
+            let prefix = format!("s3://genfleet/{}/{}/{}/", tenant.org, tenant.workspace, j.job_id);
+            assert!(output.uri.starts_with(&prefix), "{}", output.uri);
+            assert!(output.signed_url.starts_with("https://cdn.example.test/files/"), "{label}");
+            assert!(output.signed_url.contains("signature="));
+            assert_eq!(output.sha256.len(), 64);
+            if output.content_type == "video/mp4" {
+                assert_eq!(&bytes[4..8], b"ftyp");
+            } else {
+                let image = genfleet_imaging::decode_sanitised(&bytes, &Default::default()).unwrap();
+                assert_eq!((image.image.width(), image.image.height()), (output.width, output.height));
+            }
+        }
+        if j.kind == v1::JobKind::BatchEdit as i32 && expect.outputs == 4 {
+            let mut sizes: Vec<(String, u32)> = result
+                .outputs
+                .iter()
+                .map(|o| (o.preset.clone(), o.width.max(o.height)))
+                .collect();
+            sizes.sort();
+            assert_eq!(
+                sizes,
+                vec![
+                    ("original".into(), 512),
+                    ("original".into(), 512),
+                    ("thumbnail-256".into(), 256),
+                    ("thumbnail-256".into(), 256)
+                ]
+            );
+        }
+    }
+
+    // Every account is conserved: granted = available + captured, nothing held.
+    for (account, granted) in [("acme/shop-1", 10_000i64), ("modehaus", 1_000)] {
+        let balance = ledger.balance(account).await.unwrap().unwrap();
+        let spent = captured.get(account).copied().unwrap_or(0);
+        assert_eq!(balance.held, 0, "{account}");
+        assert_eq!(balance.captured, spent, "{account}");
+        assert_eq!(balance.available, granted - spent, "{account}");
+    }
+
+    // reply_to: every upscale job also answered on its reply queue.
+    let mut replies_seen = 0;
+    while let Ok(Some(message)) = replies
+        .basic_get("e2e.replies".into(), lapin::options::BasicGetOptions { no_ack: true })
+        .await
+    {
+        let correlation = message.delivery.properties.correlation_id().clone().unwrap();
+        assert!(collected.results.contains_key(correlation.as_str()));
+        replies_seen += 1;
+    }
+    assert_eq!(replies_seen, 25);
+
+    // Invalid messages: 5 with a job id (they also got results) + 2 without.
+    let dead = drain_dead_letters(&conn).await;
+    assert_eq!(dead.len(), 7, "{dead:?}");
+    assert!(dead.iter().all(|(code, reason)| code == "invalid_input" && !reason.is_empty()));
+    assert!(dead.iter().any(|(_, reason)| reason.contains("`kind`")), "{dead:?}");
+
+    // Metrics carry what happened, by closed labels.
+    let (status, metrics) = http_get(port, "/metrics").await.unwrap();
+    assert_eq!(status, 200);
+    for line in [
+        "genfleet_job_duration_seconds_count{kind=\"batch_edit\",status=\"succeeded\"}",
+        "genfleet_job_errors_total{code=\"provider_rejected\"} 15",
+        "genfleet_job_errors_total{code=\"too_large\"} 3",
+        "genfleet_dead_letters_total{code=\"invalid_input\"} 7",
+        "genfleet_broker_connected 1",
+    ] {
+        assert!(metrics.contains(line), "missing {line} in metrics:\n{metrics}");
+    }
+    assert!(!metrics.contains("acme"), "tenant ids must not be metric labels");
+
+    // Shutdown: SIGTERM, exit 0, nothing left in the job queues.
+    let status = worker.terminate(Duration::from_secs(30)).expect("worker exits after SIGTERM");
+    assert!(status.success(), "exit status {status}:\n{}", worker.log_tail());
+    for class in ["cpu", "remote"] {
+        let depth = broker.queue_depth(&format!("genfleet.jobs.{class}")).await.unwrap();
+        assert_eq!(depth, 0, "genfleet.jobs.{class} still holds jobs");
+    }
+    let log = std::fs::read_to_string(&worker.log).unwrap();
+    assert!(!log.contains("e2e prompt"), "prompts must never be logged");
+    assert!(!log.contains("fal-test-key"), "keys must never be logged");
+    assert!(!log.contains("signature="), "signed URLs must never be logged");
+    println!(
+        "e2e: {} jobs, {} duplicate results, fal submissions {}",
+        jobs.len(),
+        collected.duplicates,
+        fake.submissions()
+    );
+    broker.close().await;
+}

@@ -1,0 +1,393 @@
+//! Shared plumbing of the end-to-end tests: an isolated RabbitMQ vhost and
+//! PostgreSQL schema per test, a storage root with fixtures, the real
+//! `genfleet` binary as a child process, and a results collector.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+use futures_util::StreamExt as _;
+use genfleet_proto::v1;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{Connection, ConnectionProperties};
+
+pub const AMQP_BASE: &str = "amqp://guest:guest@127.0.0.1:5672";
+pub const PG_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+pub fn unique(prefix: &str) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("{prefix}_{}_{}", std::process::id(), nanos % 1_000_000_000_000)
+}
+
+pub fn new_job_id() -> String {
+    let ms = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    genfleet_proto::format_ulid(ms, fastrand_u128())
+}
+
+fn fastrand_u128() -> u128 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(1);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let seed = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    (seed << 20) ^ u128::from(n) ^ (u128::from(std::process::id()) << 64)
+}
+
+/// A RabbitMQ vhost of our own, deleted on drop.
+pub struct Vhost {
+    pub name: String,
+}
+
+impl Vhost {
+    pub fn create() -> Vhost {
+        let name = unique("genfleet-test");
+        rabbitmqctl(&["add_vhost", &name]);
+        rabbitmqctl(&["set_permissions", "-p", &name, "guest", ".*", ".*", ".*"]);
+        Vhost { name }
+    }
+
+    pub fn url(&self) -> String {
+        format!("{AMQP_BASE}/{}", self.name)
+    }
+}
+
+impl Drop for Vhost {
+    fn drop(&mut self) {
+        let _ = Command::new("rabbitmqctl")
+            .args(["-q", "delete_vhost", &self.name])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+fn rabbitmqctl(args: &[&str]) {
+    let out = Command::new("rabbitmqctl")
+        .arg("-q")
+        .args(args)
+        .output()
+        .expect("rabbitmqctl runs");
+    assert!(
+        out.status.success(),
+        "rabbitmqctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A PostgreSQL schema of our own, dropped on drop.
+pub struct Schema {
+    pub name: String,
+}
+
+impl Schema {
+    pub fn new() -> Schema {
+        Schema {
+            name: unique("e2e").to_lowercase(),
+        }
+    }
+}
+
+impl Drop for Schema {
+    fn drop(&mut self) {
+        let _ = Command::new("psql")
+            .args([
+                PG_URL,
+                "-q",
+                "-c",
+                &format!("DROP SCHEMA IF EXISTS {} CASCADE", self.name),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// A temporary folder, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(prefix: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(unique(prefix));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if std::env::var_os("GENFLEET_KEEP_TEST_DIRS").is_none() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+pub fn repo_path(relative: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+pub struct WorkerSettings<'a> {
+    pub amqp_url: String,
+    pub schema: &'a str,
+    pub storage_root: &'a Path,
+    pub fal_base_url: &'a str,
+    pub concurrency: u16,
+    pub grace_seconds: u64,
+    pub http_port: u16,
+}
+
+/// Writes the worker's TOML configuration.
+pub fn write_config(dir: &Path, s: &WorkerSettings) -> PathBuf {
+    let path = dir.join("worker.toml");
+    let toml = format!(
+        r#"[worker]
+name = "e2e-worker"
+concurrency = {concurrency}
+classes = ["cpu", "remote"]
+grace_period_seconds = {grace}
+
+[broker]
+url = "{amqp}"
+
+[database]
+url = "{pg}"
+schema = "{schema}"
+pool_size = 4
+
+[storage]
+root = "{root}"
+bucket = "genfleet"
+public_base_url = "https://cdn.example.test/files"
+signing_key = "e2e-signing-key"
+
+[http]
+listen = "127.0.0.1:{port}"
+
+[providers.fal]
+base_url = "{fal}"
+key = "fal-test-key"
+poll_interval_ms = 20
+request_timeout_seconds = 10
+max_wait_seconds = 30
+
+[providers.retry]
+max_attempts = 3
+initial_delay_ms = 20
+max_delay_ms = 300
+"#,
+        concurrency = s.concurrency,
+        grace = s.grace_seconds,
+        amqp = s.amqp_url,
+        pg = PG_URL,
+        schema = s.schema,
+        root = s.storage_root.display(),
+        port = s.http_port,
+        fal = s.fal_base_url.trim_end_matches('/'),
+    );
+    std::fs::write(&path, toml).expect("config written");
+    path
+}
+
+/// The real `genfleet worker` as a child process, killed on drop.
+pub struct WorkerProcess {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl WorkerProcess {
+    pub fn start(config: &Path, log: PathBuf) -> WorkerProcess {
+        let log_file = std::fs::File::create(&log).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_genfleet"))
+            .args(["--config", &config.display().to_string(), "worker"])
+            .env("RUST_LOG", "info,lapin=warn")
+            .env_remove("GENFLEET_CONFIG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log_file))
+            .spawn()
+            .expect("worker starts");
+        WorkerProcess { child, log }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status();
+        let started = Instant::now();
+        while started.elapsed() < within {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.ok()?;
+    let text = String::from_utf8_lossy(&response).to_string();
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Some((status, body))
+}
+
+/// Waits until /readyz answers 200.
+pub async fn wait_ready(worker: &mut WorkerProcess, port: u16, within: Duration) {
+    let started = Instant::now();
+    while started.elapsed() < within {
+        if let Ok(Some(status)) = worker.child.try_wait() {
+            panic!("worker exited early with {status}:\n{}", worker.log_tail());
+        }
+        if let Some((200, _)) = http_get(port, "/readyz").await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("worker not ready after {within:?}:\n{}", worker.log_tail());
+}
+
+/// Declares the topology (as the worker will) and a capture queue bound to
+/// every result, so that no result published before the test listens is lost.
+pub async fn results_queue(amqp_url: &str) -> (Connection, String) {
+    let broker = genfleet_broker::Broker::connect(amqp_url, "e2e-setup").await.expect("broker");
+    broker
+        .declare(&genfleet_broker::Topology::default())
+        .await
+        .expect("topology");
+    broker.close().await;
+    let conn = Connection::connect(amqp_url, ConnectionProperties::default())
+        .await
+        .expect("lapin connect");
+    let channel = conn.create_channel().await.expect("channel");
+    let queue = "e2e.results".to_string();
+    channel
+        .queue_declare(queue.as_str().into(), QueueDeclareOptions::default(), FieldTable::default())
+        .await
+        .expect("declare");
+    channel
+        .queue_bind(
+            queue.as_str().into(),
+            genfleet_broker::RESULTS_EXCHANGE.into(),
+            "result.#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("bind");
+    (conn, queue)
+}
+
+/// Collects results until `expected` distinct jobs have one, deduplicating
+/// by message id as the contract tells consumers to.
+pub struct Collected {
+    pub results: HashMap<String, (v1::JobResult, String)>,
+    pub duplicates: usize,
+}
+
+pub async fn collect_results(
+    conn: &Connection,
+    queue: &str,
+    expected: usize,
+    within: Duration,
+) -> Collected {
+    let channel = conn.create_channel().await.expect("channel");
+    let mut consumer = channel
+        .basic_consume(queue.into(), "e2e-collector".into(), BasicConsumeOptions::default(), FieldTable::default())
+        .await
+        .expect("consume");
+    let mut collected = Collected {
+        results: HashMap::new(),
+        duplicates: 0,
+    };
+    let deadline = tokio::time::Instant::now() + within;
+    while collected.results.len() < expected {
+        let next = tokio::time::timeout_at(deadline, consumer.next()).await;
+        let Ok(Some(Ok(delivery))) = next else { break };
+        let message_id = delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|m| m.as_str().to_string())
+            .unwrap_or_default();
+        let result: v1::JobResult = serde_json::from_slice(&delivery.data).expect("result JSON");
+        assert_eq!(message_id, format!("{}.result", result.job_id));
+        let key = delivery.routing_key.as_str().to_string();
+        if collected.results.insert(result.job_id.clone(), (result, key)).is_some() {
+            collected.duplicates += 1;
+        }
+        delivery.acker.ack(BasicAckOptions::default()).await.expect("ack");
+    }
+    collected
+}
+
+/// Reads every message in the dead-letter queue: (x-genfleet-error, x-genfleet-reason).
+pub async fn drain_dead_letters(conn: &Connection) -> Vec<(String, String)> {
+    let channel = conn.create_channel().await.expect("channel");
+    let mut found = Vec::new();
+    while let Ok(Some(message)) = channel
+        .basic_get(genfleet_broker::DEAD_QUEUE.into(), lapin::options::BasicGetOptions { no_ack: true })
+        .await
+    {
+        let headers = message.delivery.properties.headers().clone().unwrap_or_default();
+        let get = |k: &str| match headers.inner().get(k) {
+            Some(AMQPValue::LongString(s)) => s.to_string(),
+            _ => String::new(),
+        };
+        found.push((get(genfleet_broker::HEADER_ERROR), get(genfleet_broker::HEADER_REASON)));
+    }
+    found
+}
+
+pub async fn publish_job(publisher: &genfleet_broker::Publisher, class: &str, body: &[u8], message_id: Option<&str>) {
+    let outgoing = genfleet_broker::Outgoing {
+        content_type: None, // like Node's amqplib: no content type means JSON
+        message_id: message_id.map(str::to_string),
+        persistent: true,
+        ..Default::default()
+    };
+    publisher
+        .publish(genfleet_broker::JOBS_EXCHANGE, class, body, &outgoing)
+        .await
+        .expect("job published");
+}
