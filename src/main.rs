@@ -14,13 +14,22 @@ use genfleet_worker::Config;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(name = "genfleet", version, about = "Workers for AI image and video generation jobs")]
+#[command(
+    name = "genfleet",
+    version,
+    about = "Workers for AI image and video generation jobs"
+)]
 struct Cli {
     /// TOML configuration file; `GENFLEET__SECTION__KEY` variables override it.
     #[arg(long, global = true, env = "GENFLEET_CONFIG")]
     config: Option<PathBuf>,
     /// Log format: text or json.
-    #[arg(long, global = true, env = "GENFLEET_LOG_FORMAT", default_value = "text")]
+    #[arg(
+        long,
+        global = true,
+        env = "GENFLEET_LOG_FORMAT",
+        default_value = "text"
+    )]
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
@@ -84,6 +93,25 @@ enum Command {
     Validate { file: PathBuf },
     /// Run the credit ledger's database migrations.
     Migrate,
+    /// Credit accounts: grant credits, read a balance.
+    Credits {
+        #[command(subcommand)]
+        command: CreditsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CreditsCommand {
+    /// Add credits to an account (created if new), e.g. `acme/shop-1 500`.
+    Grant {
+        account: String,
+        amount: i64,
+        /// Why, for the ledger entry.
+        #[arg(long, default_value = "operator grant")]
+        reason: String,
+    },
+    /// Show an account's available, held and captured credits.
+    Balance { account: String },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -106,9 +134,12 @@ fn main() -> ExitCode {
 }
 
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,lapin=warn,amq_protocol=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,lapin=warn,amq_protocol=warn,tokio_postgres=warn")
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
@@ -127,7 +158,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             threads,
         } => {
             let encoding = match format {
-                OutputFormat::Jpeg => Encoding::Jpeg { quality: quality.clamp(1, 100) },
+                OutputFormat::Jpeg => Encoding::Jpeg {
+                    quality: quality.clamp(1, 100),
+                },
                 OutputFormat::Png => Encoding::Png,
                 OutputFormat::Webp => Encoding::WebpLossless,
             };
@@ -151,6 +184,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 match command {
                     Command::Worker => run_worker(config).await,
                     Command::Migrate => migrate(config).await,
+                    Command::Credits { command } => credits(config, command).await,
                     Command::Enqueue {
                         files,
                         generate,
@@ -208,14 +242,39 @@ async fn wait_for_signal() {
 }
 
 async fn migrate(config: Config) -> Result<ExitCode> {
-    let ledger = genfleet_credits::Ledger::connect(
-        config.database.url.expose(),
-        &config.database.schema,
-        1,
-    )
-    .await?;
+    let ledger =
+        genfleet_credits::Ledger::connect(config.database.url.expose(), &config.database.schema, 1)
+            .await?;
     ledger.migrate().await?;
     println!("ledger schema {} is up to date", config.database.schema);
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn credits(config: Config, command: CreditsCommand) -> Result<ExitCode> {
+    let ledger =
+        genfleet_credits::Ledger::connect(config.database.url.expose(), &config.database.schema, 1)
+            .await?;
+    ledger.migrate().await?;
+    match command {
+        CreditsCommand::Grant {
+            account,
+            amount,
+            reason,
+        } => {
+            let available = ledger.grant(&account, amount, &reason).await?;
+            println!("{account}: granted {amount}, {available} available");
+        }
+        CreditsCommand::Balance { account } => match ledger.balance(&account).await? {
+            Some(b) => println!(
+                "{account}: {} available, {} held, {} captured",
+                b.available, b.held, b.captured
+            ),
+            None => {
+                println!("{account}: no such account");
+                return Ok(ExitCode::FAILURE);
+            }
+        },
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -233,7 +292,8 @@ fn read_jobs(files: &[PathBuf]) -> Result<Vec<Enqueued>> {
     files
         .iter()
         .map(|file| {
-            let body = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+            let body =
+                std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
             let job = genfleet_proto::decode_job(&body, &ContentType::Json)
                 .and_then(|job| genfleet_proto::validate_job(job, None))
                 .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
@@ -246,7 +306,13 @@ fn read_jobs(files: &[PathBuf]) -> Result<Vec<Enqueued>> {
         .collect()
 }
 
-fn generated_jobs(n: u32, input: &str, kind: &str, tenant: &str, credits: i64) -> Result<Vec<Enqueued>> {
+fn generated_jobs(
+    n: u32,
+    input: &str,
+    kind: &str,
+    tenant: &str,
+    credits: i64,
+) -> Result<Vec<Enqueued>> {
     let kind = v1::JobKind::from_str_name(&format!("JOB_KIND_{}", kind.to_ascii_uppercase()))
         .filter(|k| *k != v1::JobKind::Unspecified)
         .with_context(|| format!("--kind {kind:?} is not a job kind"))?;
@@ -309,12 +375,20 @@ async fn enqueue(config: Config, jobs: Vec<Enqueued>) -> Result<ExitCode> {
             ..Default::default()
         };
         publisher
-            .publish(genfleet_broker::JOBS_EXCHANGE, job.class.routing_key(), &job.body, &outgoing)
+            .publish(
+                genfleet_broker::JOBS_EXCHANGE,
+                job.class.routing_key(),
+                &job.body,
+                &outgoing,
+            )
             .await?;
         println!("{} -> {}", job.job_id, job.class.queue());
     }
     broker.close().await;
-    eprintln!("published {} job(s), all confirmed by the broker", jobs.len());
+    eprintln!(
+        "published {} job(s), all confirmed by the broker",
+        jobs.len()
+    );
     Ok(ExitCode::SUCCESS)
 }
 

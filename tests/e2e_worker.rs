@@ -128,7 +128,11 @@ fn stage_uploads(root: &std::path::Path) {
     let png = genfleet_imaging::encode(&small, genfleet_imaging::Encoding::Png).unwrap();
     std::fs::write(uploads.join("small.png"), png).unwrap();
     for (file, _) in HOSTILE {
-        std::fs::copy(repo_path(&format!("tests/fixtures/hostile/{file}")), uploads.join("hostile").join(file)).unwrap();
+        std::fs::copy(
+            repo_path(&format!("tests/fixtures/hostile/{file}")),
+            uploads.join("hostile").join(file),
+        )
+        .unwrap();
     }
 }
 
@@ -157,9 +161,15 @@ async fn two_hundred_mixed_jobs_end_to_end() {
     // The jobs, each with what it must end as.
     let mut jobs: Vec<(v1::Job, Expect, &str)> = Vec::new();
     for i in 0..70 {
-        let mut j = job(v1::JobKind::BatchEdit, vec![input(v1::InputRole::Product, "photo.jpg")], 1);
+        let mut j = job(
+            v1::JobKind::BatchEdit,
+            vec![input(v1::InputRole::Product, "photo.jpg")],
+            1,
+        );
         j.preprocess = vec![v1::PreprocessStep {
-            step: Some(v1::preprocess_step::Step::Resize(v1::Resize { long_side: 512 })),
+            step: Some(v1::preprocess_step::Step::Resize(v1::Resize {
+                long_side: 512,
+            })),
         }];
         j.outputs = Some(v1::OutputSpec {
             formats: vec![v1::OutputFormat::Jpeg as i32, v1::OutputFormat::Webp as i32],
@@ -170,7 +180,11 @@ async fn two_hundred_mixed_jobs_end_to_end() {
         jobs.push((j, ok(1, 4), "cpu"));
     }
     for _ in 0..25 {
-        let mut j = job(v1::JobKind::Upscale, vec![input(v1::InputRole::Product, "small.png")], 2);
+        let mut j = job(
+            v1::JobKind::Upscale,
+            vec![input(v1::InputRole::Product, "small.png")],
+            2,
+        );
         j.generation = Some(v1::Generation {
             providers: vec!["local".into()],
             ..Default::default()
@@ -178,30 +192,63 @@ async fn two_hundred_mixed_jobs_end_to_end() {
         jobs.push((j, ok(2, 1), "cpu"));
     }
     for i in 0..30 {
-        let mut j = job(v1::JobKind::ProductPhoto, vec![input(v1::InputRole::Product, "photo.jpg")], 3);
+        let mut j = job(
+            v1::JobKind::ProductPhoto,
+            vec![input(v1::InputRole::Product, "photo.jpg")],
+            3,
+        );
         j.generation = fal("test/ok", 1000 + i, 2);
-        jobs.push((j, Expect { attempts: Some(1), ..ok(3, 2) }, "remote"));
+        jobs.push((
+            j,
+            Expect {
+                attempts: Some(1),
+                ..ok(3, 2)
+            },
+            "remote",
+        ));
     }
     for i in 0..10 {
-        let mut j = job(v1::JobKind::ProductPhoto, vec![input(v1::InputRole::Product, "photo.jpg")], 3);
+        let mut j = job(
+            v1::JobKind::ProductPhoto,
+            vec![input(v1::InputRole::Product, "photo.jpg")],
+            3,
+        );
         // First answer 429 with Retry-After, then 503, then success.
         j.generation = fal("test/flaky", 2000 + i, 1);
-        jobs.push((j, Expect { attempts: Some(3), ..ok(3, 1) }, "remote"));
+        jobs.push((
+            j,
+            Expect {
+                attempts: Some(3),
+                ..ok(3, 1)
+            },
+            "remote",
+        ));
     }
     for i in 0..10 {
-        let mut j = job(v1::JobKind::BackgroundRemoval, vec![input(v1::InputRole::Product, "photo.jpg")], 2);
+        let mut j = job(
+            v1::JobKind::BackgroundRemoval,
+            vec![input(v1::InputRole::Product, "photo.jpg")],
+            2,
+        );
         j.generation = fal("test/nsfw", 3000 + i, 1);
         jobs.push((j, fail("provider_rejected", true, 2), "remote"));
     }
     for i in 0..5 {
-        let mut j = job(v1::JobKind::ImageToVideo, vec![input(v1::InputRole::Product, "photo.jpg")], 5);
+        let mut j = job(
+            v1::JobKind::ImageToVideo,
+            vec![input(v1::InputRole::Product, "photo.jpg")],
+            5,
+        );
         j.generation = fal("test/video", 4000 + i, 1);
         jobs.push((j, ok(5, 1), "remote"));
     }
     for i in 0..5 {
         let mut j = job(
             v1::JobKind::Inpaint,
-            vec![input(v1::InputRole::Product, "photo.jpg"), input(v1::InputRole::Mask, "garment.webp")],
+            vec![
+                input(v1::InputRole::Product, "photo.jpg"),
+                input(v1::InputRole::Mask, "garment.webp"),
+            ],
             2,
         );
         j.generation = fal("test/reject", 5000 + i, 1);
@@ -210,7 +257,10 @@ async fn two_hundred_mixed_jobs_end_to_end() {
     for i in 0..5 {
         let mut j = job(
             v1::JobKind::VirtualTryOn,
-            vec![input(v1::InputRole::Person, "person.jpg"), input(v1::InputRole::Garment, "garment.webp")],
+            vec![
+                input(v1::InputRole::Person, "person.jpg"),
+                input(v1::InputRole::Garment, "garment.webp"),
+            ],
             6,
         );
         j.tenant = tenant("modehaus", "eu-store");
@@ -220,36 +270,88 @@ async fn two_hundred_mixed_jobs_end_to_end() {
             ..Default::default()
         });
         j.generation = fal("test/ok", 6000 + i, 1);
-        jobs.push((j, Expect { account: "modehaus", ..ok(6, 1) }, "remote"));
+        jobs.push((
+            j,
+            Expect {
+                account: "modehaus",
+                ..ok(6, 1)
+            },
+            "remote",
+        ));
     }
     for i in 0..5 {
-        let mut j = job(v1::JobKind::ProductPhoto, vec![input(v1::InputRole::Product, "photo.jpg")], 3);
+        let mut j = job(
+            v1::JobKind::ProductPhoto,
+            vec![input(v1::InputRole::Product, "photo.jpg")],
+            3,
+        );
         j.generation = fal("test/down", 7000 + i, 1);
-        jobs.push((j, Expect { attempts: Some(3), ..fail("provider_unavailable", true, 3) }, "remote"));
+        jobs.push((
+            j,
+            Expect {
+                attempts: Some(3),
+                ..fail("provider_unavailable", true, 3)
+            },
+            "remote",
+        ));
     }
     for (file, code) in HOSTILE {
-        let j = job(v1::JobKind::BatchEdit, vec![input(v1::InputRole::Product, &format!("hostile/{file}"))], 1);
-        let expect = if code.is_empty() { ok(1, 1) } else { fail(code, false, 1) };
+        let j = job(
+            v1::JobKind::BatchEdit,
+            vec![input(v1::InputRole::Product, &format!("hostile/{file}"))],
+            1,
+        );
+        let expect = if code.is_empty() {
+            ok(1, 1)
+        } else {
+            fail(code, false, 1)
+        };
         jobs.push((j, expect, "cpu"));
     }
     for _ in 0..5 {
-        let mut j = job(v1::JobKind::BatchEdit, vec![input(v1::InputRole::Product, "photo.jpg")], 5);
+        let mut j = job(
+            v1::JobKind::BatchEdit,
+            vec![input(v1::InputRole::Product, "photo.jpg")],
+            5,
+        );
         j.tenant = tenant("poor", "ws");
-        jobs.push((j, Expect { account: "poor/ws", ..fail("insufficient_credits", false, 5) }, "cpu"));
+        jobs.push((
+            j,
+            Expect {
+                account: "poor/ws",
+                ..fail("insufficient_credits", false, 5)
+            },
+            "cpu",
+        ));
     }
     for _ in 0..5 {
-        let j = job(v1::JobKind::BatchEdit, vec![input(v1::InputRole::Product, "missing.jpg")], 1);
+        let j = job(
+            v1::JobKind::BatchEdit,
+            vec![input(v1::InputRole::Product, "missing.jpg")],
+            1,
+        );
         jobs.push((j, fail("invalid_input", false, 1), "cpu"));
     }
     for _ in 0..5 {
         // Valid JSON with a job id but no kind: a failed result and a dead letter.
-        let mut j = job(v1::JobKind::Unspecified, vec![input(v1::InputRole::Product, "photo.jpg")], 1);
+        let mut j = job(
+            v1::JobKind::Unspecified,
+            vec![input(v1::InputRole::Product, "photo.jpg")],
+            1,
+        );
         j.kind = 0;
         jobs.push((j, fail("invalid_input", false, 1), "cpu"));
     }
     for _ in 0..5 {
-        let mut j = job(v1::JobKind::BatchEdit, vec![input(v1::InputRole::Product, "photo.jpg")], 1);
-        j.deadline = Some(genfleet_proto::pbjson_types::Timestamp { seconds: 1_577_836_800, nanos: 0 });
+        let mut j = job(
+            v1::JobKind::BatchEdit,
+            vec![input(v1::InputRole::Product, "photo.jpg")],
+            1,
+        );
+        j.deadline = Some(genfleet_proto::pbjson_types::Timestamp {
+            seconds: 1_577_836_800,
+            nanos: 0,
+        });
         jobs.push((
             j,
             Expect {
@@ -262,13 +364,19 @@ async fn two_hundred_mixed_jobs_end_to_end() {
     // Protobuf binary instead of JSON.
     let protobuf_from = jobs.len();
     for _ in 0..5 {
-        let j = job(v1::JobKind::BatchEdit, vec![input(v1::InputRole::Product, "photo.jpg")], 1);
+        let j = job(
+            v1::JobKind::BatchEdit,
+            vec![input(v1::InputRole::Product, "photo.jpg")],
+            1,
+        );
         jobs.push((j, ok(1, 1), "cpu"));
     }
     assert_eq!(jobs.len(), 200);
 
     // Publish everything before the worker starts: it must drain a backlog.
-    let broker = genfleet_broker::Broker::connect(&vhost.url(), "e2e-publisher").await.unwrap();
+    let broker = genfleet_broker::Broker::connect(&vhost.url(), "e2e-publisher")
+        .await
+        .unwrap();
     let publisher = broker.publisher().await.unwrap();
     for (i, (j, _, class)) in jobs.iter().enumerate() {
         if i >= protobuf_from {
@@ -279,7 +387,12 @@ async fn two_hundred_mixed_jobs_end_to_end() {
                 ..Default::default()
             };
             publisher
-                .publish(genfleet_broker::JOBS_EXCHANGE, class, &j.encode_to_vec(), &outgoing)
+                .publish(
+                    genfleet_broker::JOBS_EXCHANGE,
+                    class,
+                    &j.encode_to_vec(),
+                    &outgoing,
+                )
                 .await
                 .unwrap();
         } else if j.kind == v1::JobKind::Upscale as i32 {
@@ -291,16 +404,33 @@ async fn two_hundred_mixed_jobs_end_to_end() {
                 ..Default::default()
             };
             publisher
-                .publish(genfleet_broker::JOBS_EXCHANGE, class, &genfleet_proto::encode_json(j), &outgoing)
+                .publish(
+                    genfleet_broker::JOBS_EXCHANGE,
+                    class,
+                    &genfleet_proto::encode_json(j),
+                    &outgoing,
+                )
                 .await
                 .unwrap();
         } else {
-            publish_job(&publisher, class, &genfleet_proto::encode_json(j), Some(&j.job_id)).await;
+            publish_job(
+                &publisher,
+                class,
+                &genfleet_proto::encode_json(j),
+                Some(&j.job_id),
+            )
+            .await;
         }
     }
     // Two messages no job id can be read from: dead letters only.
     publish_job(&publisher, "cpu", b"this is not json", None).await;
-    publish_job(&publisher, "remote", br#"{"kind": "JOB_KIND_UPSCALE"}"#, Some("not-a-valid-id")).await;
+    publish_job(
+        &publisher,
+        "remote",
+        br#"{"kind": "JOB_KIND_UPSCALE"}"#,
+        Some("not-a-valid-id"),
+    )
+    .await;
 
     let port = free_port();
     let fal_url = fake.base_url.to_string();
@@ -314,12 +444,14 @@ async fn two_hundred_mixed_jobs_end_to_end() {
             concurrency: 8,
             grace_seconds: 20,
             http_port: port,
+            fal_poll_ms: 20,
         },
     );
     let mut worker = WorkerProcess::start(&config, dir.0.join("worker.log"));
     wait_ready(&mut worker, port, Duration::from_secs(60)).await;
 
-    let collected = collect_results(&conn, &results_queue, jobs.len(), Duration::from_secs(240)).await;
+    let collected =
+        collect_results(&conn, &results_queue, jobs.len(), Duration::from_secs(240)).await;
     assert_eq!(
         collected.results.len(),
         jobs.len(),
@@ -335,11 +467,24 @@ async fn two_hundred_mixed_jobs_end_to_end() {
     let mut captured: HashMap<&str, i64> = HashMap::new();
     for (j, expect, _) in &jobs {
         let (result, routing_key) = &collected.results[&j.job_id];
-        let label = format!("job {} ({:?}, expect {:?})", j.job_id, v1::JobKind::try_from(j.kind), expect);
+        let label = format!(
+            "job {} ({:?}, expect {:?})",
+            j.job_id,
+            v1::JobKind::try_from(j.kind),
+            expect
+        );
         assert_eq!(result.status, expect.status as i32, "{label}: {result:?}");
         let tenant = j.tenant.as_ref().unwrap();
         let status = v1::JobStatus::try_from(result.status).unwrap();
-        assert_eq!(routing_key, &format!("result.{}.{}.{}", tenant.org, tenant.workspace, status.label()));
+        assert_eq!(
+            routing_key,
+            &format!(
+                "result.{}.{}.{}",
+                tenant.org,
+                tenant.workspace,
+                status.label()
+            )
+        );
         match &result.error {
             None => assert_eq!(expect.code, "", "{label}"),
             Some(error) => {
@@ -356,23 +501,37 @@ async fn two_hundred_mixed_jobs_end_to_end() {
         // Credits: captured on success, released after a failure that
         // happened once they were held, never touched before.
         let hold = ledger.hold(&j.job_id).await.unwrap();
-        let credits = result.credits.clone().unwrap_or_default();
+        let credits = result.credits.unwrap_or_default();
         match (expect.status, expect.reserved) {
             (v1::JobStatus::Succeeded, _) => {
                 let hold = hold.unwrap_or_else(|| panic!("{label}: no hold"));
                 assert_eq!(hold.state, HoldState::Captured, "{label}");
-                assert_eq!((hold.captured, hold.released), (expect.amount, 0), "{label}");
-                assert_eq!((credits.held, credits.captured, credits.released), (expect.amount, expect.amount, 0));
+                assert_eq!(
+                    (hold.captured, hold.released),
+                    (expect.amount, 0),
+                    "{label}"
+                );
+                assert_eq!(
+                    (credits.held, credits.captured, credits.released),
+                    (expect.amount, expect.amount, 0)
+                );
                 *captured.entry(expect.account).or_default() += expect.amount;
             }
             (_, true) => {
                 let hold = hold.unwrap_or_else(|| panic!("{label}: no hold"));
                 assert_eq!(hold.state, HoldState::Released, "{label}");
-                assert_eq!((hold.captured, hold.released), (0, expect.amount), "{label}");
+                assert_eq!(
+                    (hold.captured, hold.released),
+                    (0, expect.amount),
+                    "{label}"
+                );
                 assert_eq!((credits.captured, credits.released), (0, expect.amount));
             }
             (_, false) => {
-                assert!(hold.is_none(), "{label}: credits were held for a job rejected before reservation");
+                assert!(
+                    hold.is_none(),
+                    "{label}: credits were held for a job rejected before reservation"
+                );
                 assert_eq!(credits.captured, 0);
             }
         }
@@ -381,16 +540,28 @@ async fn two_hundred_mixed_jobs_end_to_end() {
         for output in &result.outputs {
             let bytes = store.fetch(&output.uri, u64::MAX).await.unwrap();
             assert_eq!(bytes.len() as u64, output.bytes, "{label}");
-            let prefix = format!("s3://genfleet/{}/{}/{}/", tenant.org, tenant.workspace, j.job_id);
+            let prefix = format!(
+                "s3://genfleet/{}/{}/{}/",
+                tenant.org, tenant.workspace, j.job_id
+            );
             assert!(output.uri.starts_with(&prefix), "{}", output.uri);
-            assert!(output.signed_url.starts_with("https://cdn.example.test/files/"), "{label}");
+            assert!(
+                output
+                    .signed_url
+                    .starts_with("https://cdn.example.test/files/"),
+                "{label}"
+            );
             assert!(output.signed_url.contains("signature="));
             assert_eq!(output.sha256.len(), 64);
             if output.content_type == "video/mp4" {
                 assert_eq!(&bytes[4..8], b"ftyp");
             } else {
-                let image = genfleet_imaging::decode_sanitised(&bytes, &Default::default()).unwrap();
-                assert_eq!((image.image.width(), image.image.height()), (output.width, output.height));
+                let image =
+                    genfleet_imaging::decode_sanitised(&bytes, &Default::default()).unwrap();
+                assert_eq!(
+                    (image.image.width(), image.image.height()),
+                    (output.width, output.height)
+                );
             }
         }
         if j.kind == v1::JobKind::BatchEdit as i32 && expect.outputs == 4 {
@@ -424,10 +595,18 @@ async fn two_hundred_mixed_jobs_end_to_end() {
     // reply_to: every upscale job also answered on its reply queue.
     let mut replies_seen = 0;
     while let Ok(Some(message)) = replies
-        .basic_get("e2e.replies".into(), lapin::options::BasicGetOptions { no_ack: true })
+        .basic_get(
+            "e2e.replies".into(),
+            lapin::options::BasicGetOptions { no_ack: true },
+        )
         .await
     {
-        let correlation = message.delivery.properties.correlation_id().clone().unwrap();
+        let correlation = message
+            .delivery
+            .properties
+            .correlation_id()
+            .clone()
+            .unwrap();
         assert!(collected.results.contains_key(correlation.as_str()));
         replies_seen += 1;
     }
@@ -436,8 +615,13 @@ async fn two_hundred_mixed_jobs_end_to_end() {
     // Invalid messages: 5 with a job id (they also got results) + 2 without.
     let dead = drain_dead_letters(&conn).await;
     assert_eq!(dead.len(), 7, "{dead:?}");
-    assert!(dead.iter().all(|(code, reason)| code == "invalid_input" && !reason.is_empty()));
-    assert!(dead.iter().any(|(_, reason)| reason.contains("`kind`")), "{dead:?}");
+    assert!(dead
+        .iter()
+        .all(|(code, reason)| code == "invalid_input" && !reason.is_empty()));
+    assert!(
+        dead.iter().any(|(_, reason)| reason.contains("`kind`")),
+        "{dead:?}"
+    );
 
     // Metrics carry what happened, by closed labels.
     let (status, metrics) = http_get(port, "/metrics").await.unwrap();
@@ -449,21 +633,39 @@ async fn two_hundred_mixed_jobs_end_to_end() {
         "genfleet_dead_letters_total{code=\"invalid_input\"} 7",
         "genfleet_broker_connected 1",
     ] {
-        assert!(metrics.contains(line), "missing {line} in metrics:\n{metrics}");
+        assert!(
+            metrics.contains(line),
+            "missing {line} in metrics:\n{metrics}"
+        );
     }
-    assert!(!metrics.contains("acme"), "tenant ids must not be metric labels");
+    assert!(
+        !metrics.contains("acme"),
+        "tenant ids must not be metric labels"
+    );
 
     // Shutdown: SIGTERM, exit 0, nothing left in the job queues.
-    let status = worker.terminate(Duration::from_secs(30)).expect("worker exits after SIGTERM");
-    assert!(status.success(), "exit status {status}:\n{}", worker.log_tail());
+    let status = worker
+        .terminate(Duration::from_secs(30))
+        .expect("worker exits after SIGTERM");
+    assert!(
+        status.success(),
+        "exit status {status}:\n{}",
+        worker.log_tail()
+    );
     for class in ["cpu", "remote"] {
-        let depth = broker.queue_depth(&format!("genfleet.jobs.{class}")).await.unwrap();
+        let depth = broker
+            .queue_depth(&format!("genfleet.jobs.{class}"))
+            .await
+            .unwrap();
         assert_eq!(depth, 0, "genfleet.jobs.{class} still holds jobs");
     }
     let log = std::fs::read_to_string(&worker.log).unwrap();
     assert!(!log.contains("e2e prompt"), "prompts must never be logged");
     assert!(!log.contains("fal-test-key"), "keys must never be logged");
-    assert!(!log.contains("signature="), "signed URLs must never be logged");
+    assert!(
+        !log.contains("signature="),
+        "signed URLs must never be logged"
+    );
     println!(
         "e2e: {} jobs, {} duplicate results, fal submissions {}",
         jobs.len(),

@@ -9,7 +9,11 @@ use prost::Message as _;
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?);
     let proto_root = manifest.join("../../proto");
-    let files = ["genfleet/v1/job.proto", "genfleet/v1/result.proto", "genfleet/v1/event.proto"];
+    let files = [
+        "genfleet/v1/job.proto",
+        "genfleet/v1/result.proto",
+        "genfleet/v1/event.proto",
+    ];
     for file in &files {
         println!("cargo:rerun-if-changed={}", proto_root.join(file).display());
     }

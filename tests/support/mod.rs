@@ -23,7 +23,11 @@ pub fn unique(prefix: &str) -> String {
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_nanos())
         .unwrap_or(0);
-    format!("{prefix}_{}_{}", std::process::id(), nanos % 1_000_000_000_000)
+    format!(
+        "{prefix}_{}_{}",
+        std::process::id(),
+        nanos % 1_000_000_000_000
+    )
 }
 
 pub fn new_job_id() -> String {
@@ -152,6 +156,8 @@ pub struct WorkerSettings<'a> {
     pub concurrency: u16,
     pub grace_seconds: u64,
     pub http_port: u16,
+    /// Pause between fal status polls: sets how long a fal job takes.
+    pub fal_poll_ms: u64,
 }
 
 /// Writes the worker's TOML configuration.
@@ -184,7 +190,7 @@ listen = "127.0.0.1:{port}"
 [providers.fal]
 base_url = "{fal}"
 key = "fal-test-key"
-poll_interval_ms = 20
+poll_interval_ms = {poll}
 request_timeout_seconds = 10
 max_wait_seconds = 30
 
@@ -201,6 +207,7 @@ max_delay_ms = 300
         root = s.storage_root.display(),
         port = s.http_port,
         fal = s.fal_base_url.trim_end_matches('/'),
+        poll = s.fal_poll_ms,
     );
     std::fs::write(&path, toml).expect("config written");
     path
@@ -261,14 +268,19 @@ impl Drop for WorkerProcess {
 
 pub async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
     let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await.ok()?;
     let mut response = Vec::new();
     stream.read_to_end(&mut response).await.ok()?;
     let text = String::from_utf8_lossy(&response).to_string();
     let status = text.split_whitespace().nth(1)?.parse().ok()?;
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     Some((status, body))
 }
 
@@ -290,7 +302,9 @@ pub async fn wait_ready(worker: &mut WorkerProcess, port: u16, within: Duration)
 /// Declares the topology (as the worker will) and a capture queue bound to
 /// every result, so that no result published before the test listens is lost.
 pub async fn results_queue(amqp_url: &str) -> (Connection, String) {
-    let broker = genfleet_broker::Broker::connect(amqp_url, "e2e-setup").await.expect("broker");
+    let broker = genfleet_broker::Broker::connect(amqp_url, "e2e-setup")
+        .await
+        .expect("broker");
     broker
         .declare(&genfleet_broker::Topology::default())
         .await
@@ -302,7 +316,11 @@ pub async fn results_queue(amqp_url: &str) -> (Connection, String) {
     let channel = conn.create_channel().await.expect("channel");
     let queue = "e2e.results".to_string();
     channel
-        .queue_declare(queue.as_str().into(), QueueDeclareOptions::default(), FieldTable::default())
+        .queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
         .await
         .expect("declare");
     channel
@@ -333,7 +351,12 @@ pub async fn collect_results(
 ) -> Collected {
     let channel = conn.create_channel().await.expect("channel");
     let mut consumer = channel
-        .basic_consume(queue.into(), "e2e-collector".into(), BasicConsumeOptions::default(), FieldTable::default())
+        .basic_consume(
+            queue.into(),
+            "e2e-collector".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
         .await
         .expect("consume");
     let mut collected = Collected {
@@ -353,10 +376,18 @@ pub async fn collect_results(
         let result: v1::JobResult = serde_json::from_slice(&delivery.data).expect("result JSON");
         assert_eq!(message_id, format!("{}.result", result.job_id));
         let key = delivery.routing_key.as_str().to_string();
-        if collected.results.insert(result.job_id.clone(), (result, key)).is_some() {
+        if collected
+            .results
+            .insert(result.job_id.clone(), (result, key))
+            .is_some()
+        {
             collected.duplicates += 1;
         }
-        delivery.acker.ack(BasicAckOptions::default()).await.expect("ack");
+        delivery
+            .acker
+            .ack(BasicAckOptions::default())
+            .await
+            .expect("ack");
     }
     collected
 }
@@ -366,20 +397,36 @@ pub async fn drain_dead_letters(conn: &Connection) -> Vec<(String, String)> {
     let channel = conn.create_channel().await.expect("channel");
     let mut found = Vec::new();
     while let Ok(Some(message)) = channel
-        .basic_get(genfleet_broker::DEAD_QUEUE.into(), lapin::options::BasicGetOptions { no_ack: true })
+        .basic_get(
+            genfleet_broker::DEAD_QUEUE.into(),
+            lapin::options::BasicGetOptions { no_ack: true },
+        )
         .await
     {
-        let headers = message.delivery.properties.headers().clone().unwrap_or_default();
+        let headers = message
+            .delivery
+            .properties
+            .headers()
+            .clone()
+            .unwrap_or_default();
         let get = |k: &str| match headers.inner().get(k) {
             Some(AMQPValue::LongString(s)) => s.to_string(),
             _ => String::new(),
         };
-        found.push((get(genfleet_broker::HEADER_ERROR), get(genfleet_broker::HEADER_REASON)));
+        found.push((
+            get(genfleet_broker::HEADER_ERROR),
+            get(genfleet_broker::HEADER_REASON),
+        ));
     }
     found
 }
 
-pub async fn publish_job(publisher: &genfleet_broker::Publisher, class: &str, body: &[u8], message_id: Option<&str>) {
+pub async fn publish_job(
+    publisher: &genfleet_broker::Publisher,
+    class: &str,
+    body: &[u8],
+    message_id: Option<&str>,
+) {
     let outgoing = genfleet_broker::Outgoing {
         content_type: None, // like Node's amqplib: no content type means JSON
         message_id: message_id.map(str::to_string),

@@ -151,8 +151,8 @@ impl Incoming {
             .acker
             .ack(BasicAckOptions::default())
             .await
-            .map(|_| ())
             .map_err(BrokerError::from)
+            .and_then(settled)
     }
 
     /// Returns the message to its queue (`requeue`) or to the dead-letter
@@ -168,7 +168,19 @@ impl Incoming {
                 ..Default::default()
             })
             .await
-            .map(|_| ())
             .map_err(BrokerError::from)
+            .and_then(settled)
+    }
+}
+
+/// lapin answers `Ok(false)` when the delivery's channel is gone (or it was
+/// settled already): the broker will redeliver, which the caller must know.
+fn settled(sent: bool) -> Result<(), BrokerError> {
+    if sent {
+        Ok(())
+    } else {
+        Err(BrokerError::Channel(
+            "delivery can no longer be settled: its channel is closed".into(),
+        ))
     }
 }

@@ -128,6 +128,9 @@ impl Broker {
 
     /// Closes the connection; unacked deliveries go back to their queues.
     pub async fn close(&self) {
-        let _ = self.connection.close(200, "worker shutting down".into()).await;
+        let _ = self
+            .connection
+            .close(200, "worker shutting down".into())
+            .await;
     }
 }

@@ -7,7 +7,9 @@ use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptio
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, ExchangeKind};
 
-use crate::{BrokerError, DEAD_LETTER_EXCHANGE, DEAD_QUEUE, EVENTS_EXCHANGE, JOBS_EXCHANGE, RESULTS_EXCHANGE};
+use crate::{
+    BrokerError, DEAD_LETTER_EXCHANGE, DEAD_QUEUE, EVENTS_EXCHANGE, JOBS_EXCHANGE, RESULTS_EXCHANGE,
+};
 
 /// Resource class of a job queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -104,7 +106,10 @@ pub async fn declare(channel: &Channel, topology: &Topology) -> Result<(), Broke
     }
 
     let mut dead_args = FieldTable::default();
-    dead_args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+    dead_args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
     channel
         .queue_declare(DEAD_QUEUE.into(), durable_queue(), dead_args)
         .await?;
@@ -122,7 +127,10 @@ pub async fn declare(channel: &Channel, topology: &Topology) -> Result<(), Broke
         let mut args = FieldTable::default();
         // Quorum queues: replicated, and they count deliveries, which is
         // what lets x-delivery-limit stop poison messages.
-        args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+        args.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("quorum".into()),
+        );
         args.insert(
             "x-delivery-limit".into(),
             AMQPValue::LongLongInt(i64::from(topology.delivery_limit)),
@@ -158,7 +166,11 @@ pub async fn declare(channel: &Channel, topology: &Topology) -> Result<(), Broke
             AMQPValue::LongString(JOBS_EXCHANGE.into()),
         );
         channel
-            .queue_declare(Topology::retry_queue(*delay).as_str().into(), durable_queue(), args)
+            .queue_declare(
+                Topology::retry_queue(*delay).as_str().into(),
+                durable_queue(),
+                args,
+            )
             .await?;
     }
     Ok(())
@@ -173,6 +185,9 @@ mod tests {
         assert_eq!(JobClass::Remote.queue(), "genfleet.jobs.remote");
         assert_eq!(JobClass::parse("gpu"), Some(JobClass::Gpu));
         assert_eq!(JobClass::parse("GPU"), None);
-        assert_eq!(Topology::retry_queue(Duration::from_secs(30)), "genfleet.retry.30s");
+        assert_eq!(
+            Topology::retry_queue(Duration::from_secs(30)),
+            "genfleet.retry.30s"
+        );
     }
 }

@@ -258,34 +258,34 @@ mod tests {
         use Want::Ok;
         let cases = [
             (
-                "photos/p08_dogs_portrait_orient6_4000x2667.jpg",
+                "photos/p08_dogs_portrait_orient6_1000x667.jpg",
                 ImageFormat::Jpeg,
-                2667,
-                4000,
+                667,
+                1000,
                 true,
                 ColorType::Rgb8,
             ),
             (
-                "photos/p09_interior_still_life_orient8_4000x3000.jpg",
+                "photos/p09_interior_still_life_orient8_1000x750.jpg",
                 ImageFormat::Jpeg,
-                3000,
-                4000,
+                750,
+                1000,
                 true,
                 ColorType::Rgb8,
             ),
             (
-                "photos/p10_fig_plate_orient3_4000x2706.jpg",
+                "photos/p10_fig_plate_orient3_1000x677.jpg",
                 ImageFormat::Jpeg,
-                4000,
-                2706,
+                1000,
+                677,
                 true,
                 ColorType::Rgb8,
             ),
             (
-                "photos/p01_foliage_sky_4000x3000.jpg",
+                "photos/p01_foliage_sky_1000x750.jpg",
                 ImageFormat::Jpeg,
-                4000,
-                3000,
+                1000,
+                750,
                 false,
                 ColorType::Rgb8,
             ),
@@ -306,10 +306,10 @@ mod tests {
                 ColorType::Rgba8,
             ),
             (
-                "formats/f02_cups_exif_gps_2048x1280.png",
+                "formats/f02_cups_exif_gps_512x320.png",
                 ImageFormat::Png,
-                2048,
-                1280,
+                512,
+                320,
                 false,
                 ColorType::Rgb8,
             ),
@@ -346,7 +346,7 @@ mod tests {
 
     #[test]
     fn reencoded_photo_has_no_exif_or_gps() {
-        let input = read(CORPUS, "photos/p01_foliage_sky_4000x3000.jpg");
+        let input = read(CORPUS, "photos/p01_foliage_sky_1000x750.jpg");
         let s = decode_sanitised(&input, &Limits::default()).unwrap();
         let out = encode(&s.image, Encoding::Jpeg { quality: 85 }).unwrap();
         assert!(!contains(&out, b"Exif"), "output has an Exif APP1 segment");
@@ -412,7 +412,7 @@ mod tests {
 
     #[test]
     fn decoder_alloc_limit_applies() {
-        let input = read(CORPUS, "photos/p01_foliage_sky_4000x3000.jpg");
+        let input = read(CORPUS, "photos/p01_foliage_sky_1000x750.jpg");
         let limits = Limits {
             max_decode_alloc_bytes: 1024 * 1024,
             ..Limits::default()

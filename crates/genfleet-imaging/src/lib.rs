@@ -39,8 +39,10 @@ pub use watermark::apply_watermark;
 pub(crate) mod test_paths {
     /// Hostile inputs checked into the repository.
     pub const HOSTILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/hostile/");
-    /// The read-only photo corpus beside the repository (`../shared/corpus`).
-    pub const CORPUS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/corpus/");
+    /// Small copies of the photo corpus checked into the repository: the big
+    /// photos are downscaled 4x with their metadata kept, HEIC and AVIF are
+    /// their first 4 KiB (see `tests/fixtures/corpus/README.md`).
+    pub const CORPUS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/corpus/");
 
     pub fn read(dir: &str, name: &str) -> Vec<u8> {
         let path = format!("{dir}{name}");

@@ -182,16 +182,16 @@ mod tests {
         // p08 is displayed portrait, but inspect reports the stored landscape size.
         let cases = [
             (
-                "photos/p08_dogs_portrait_orient6_4000x2667.jpg",
+                "photos/p08_dogs_portrait_orient6_1000x667.jpg",
                 ImageFormat::Jpeg,
-                4000,
-                2667,
+                1000,
+                667,
             ),
             (
-                "formats/f02_cups_exif_gps_2048x1280.png",
+                "formats/f02_cups_exif_gps_512x320.png",
                 ImageFormat::Png,
-                2048,
-                1280,
+                512,
+                320,
             ),
             (
                 "formats/f08_clock_cmyk_1440x1080.jpg",
@@ -216,7 +216,7 @@ mod tests {
 
     #[test]
     fn each_limit_is_enforced() {
-        let photo = read(CORPUS, "photos/p01_foliage_sky_4000x3000.jpg");
+        let photo = read(CORPUS, "photos/p01_foliage_sky_1000x750.jpg");
         let base = Limits::default();
         let cases = [
             (
@@ -224,28 +224,28 @@ mod tests {
                     max_bytes: 1000,
                     ..base.clone()
                 },
-                "input is 1736481 bytes, above the 1000 byte limit",
+                "input is 172009 bytes, above the 1000 byte limit",
             ),
             (
                 Limits {
-                    max_width: 3999,
+                    max_width: 999,
                     ..base.clone()
                 },
-                "image is 4000x3000 pixels, above the 3999 pixel width limit",
+                "image is 1000x750 pixels, above the 999 pixel width limit",
             ),
             (
                 Limits {
-                    max_height: 2999,
+                    max_height: 749,
                     ..base.clone()
                 },
-                "image is 4000x3000 pixels, above the 2999 pixel height limit",
+                "image is 1000x750 pixels, above the 749 pixel height limit",
             ),
             (
                 Limits {
-                    max_pixels: 10_000_000,
+                    max_pixels: 600_000,
                     ..base.clone()
                 },
-                "image is 4000x3000 pixels (12.0 megapixels), above the 10.0 megapixel limit",
+                "image is 1000x750 pixels (0.8 megapixels), above the 0.6 megapixel limit",
             ),
         ];
         for (limits, message) in cases {

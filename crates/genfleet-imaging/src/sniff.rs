@@ -303,12 +303,12 @@ mod tests {
             ),
             (
                 CORPUS,
-                "formats/f05_mountain_iphone_4032x3024.heic",
+                "formats/f05_mountain_iphone_4032x3024_head.heic",
                 Sniffed::Other("heic"),
             ),
             (
                 CORPUS,
-                "formats/f06_forest_path_2560x1600.avif",
+                "formats/f06_forest_path_2560x1600_head.avif",
                 Sniffed::Other("avif"),
             ),
             (

@@ -30,9 +30,9 @@ impl ContentType {
             .to_ascii_lowercase();
         match essence.as_str() {
             "" | "application/json" | "text/json" => ContentType::Json,
-            "application/x-protobuf" | "application/protobuf" | "application/vnd.google.protobuf" => {
-                ContentType::Protobuf
-            }
+            "application/x-protobuf"
+            | "application/protobuf"
+            | "application/vnd.google.protobuf" => ContentType::Protobuf,
             _ => ContentType::Other(essence),
         }
     }
@@ -93,7 +93,10 @@ fn decode_json(body: &[u8]) -> Result<v1::Job, DecodeError> {
     match serde_path_to_error::deserialize::<_, v1::Job>(&mut deserializer) {
         Ok(job) => {
             deserializer.end().map_err(|e| {
-                DecodeError::new(format!("trailing data after the job JSON: {e}"), job_id_hint(body))
+                DecodeError::new(
+                    format!("trailing data after the job JSON: {e}"),
+                    job_id_hint(body),
+                )
             })?;
             Ok(job)
         }
@@ -162,7 +165,11 @@ mod tests {
         assert!(err.message.contains("inputs[0].role"), "{}", err.message);
 
         let err = decode_job(b"{not json", &ContentType::Json).unwrap_err();
-        assert!(err.message.starts_with("body is not valid job JSON"), "{}", err.message);
+        assert!(
+            err.message.starts_with("body is not valid job JSON"),
+            "{}",
+            err.message
+        );
         assert_eq!(err.job_id, None);
     }
 

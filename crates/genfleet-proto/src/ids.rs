@@ -12,7 +12,10 @@ fn is_ulid(id: &str) -> bool {
     // The first character encodes the top 3 bits of a 128-bit value, so it
     // cannot exceed '7'.
     id.len() == 26
-        && id.as_bytes().first().is_some_and(|c| (b'0'..=b'7').contains(c))
+        && id
+            .as_bytes()
+            .first()
+            .is_some_and(|c| (b'0'..=b'7').contains(c))
         && id.bytes().all(|c| CROCKFORD.contains(&c))
 }
 
@@ -74,7 +77,8 @@ mod tests {
 /// bits (the caller brings the randomness; this crate has no RNG).
 pub fn format_ulid(unix_ms: u64, random: u128) -> String {
     const ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
-    let value: u128 = (u128::from(unix_ms & 0xFFFF_FFFF_FFFF) << 80) | (random & ((1u128 << 80) - 1));
+    let value: u128 =
+        (u128::from(unix_ms & 0xFFFF_FFFF_FFFF) << 80) | (random & ((1u128 << 80) - 1));
     (0..26)
         .rev()
         .map(|i| char::from(ALPHABET[((value >> (i * 5)) & 0x1F) as usize]))
@@ -87,7 +91,10 @@ mod ulid_tests {
     fn formatted_ulids_are_valid_and_sort_by_time() {
         let a = super::format_ulid(1_700_000_000_000, 0xFFFF_FFFF_FFFF_FFFF_FFFF);
         let b = super::format_ulid(1_700_000_000_001, 0);
-        assert!(super::is_valid_job_id(&a) && super::is_valid_job_id(&b), "{a} {b}");
+        assert!(
+            super::is_valid_job_id(&a) && super::is_valid_job_id(&b),
+            "{a} {b}"
+        );
         assert!(a < b);
         assert_eq!(super::format_ulid(0, 0), "00000000000000000000000000");
     }

@@ -16,9 +16,9 @@ pub mod v1 {
     include!(concat!(env!("OUT_DIR"), "/genfleet.v1.serde.rs"));
 }
 
-pub use pbjson_types;
 pub use codec::{decode_job, encode_json, ContentType, DecodeError};
 pub use ids::{format_ulid, is_valid_job_id, is_valid_tenant_id};
+pub use pbjson_types;
 pub use validate::{validate_job, ValidJob};
 
 /// The major contract version this build reads and writes.
@@ -192,9 +192,6 @@ mod tests {
             result_routing_key(Some(&hostile), v1::JobStatus::Failed),
             "result._.ws.failed"
         );
-        assert_eq!(
-            event_routing_key(None, v1::Stage::Fetch),
-            "event._._.fetch"
-        );
+        assert_eq!(event_routing_key(None, v1::Stage::Fetch), "event._._.fetch");
     }
 }

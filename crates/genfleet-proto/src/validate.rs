@@ -94,7 +94,10 @@ fn check(job: &v1::Job) -> Result<(), String> {
         .tenant
         .as_ref()
         .ok_or("missing required field `tenant`")?;
-    for (name, value) in [("tenant.org", &tenant.org), ("tenant.workspace", &tenant.workspace)] {
+    for (name, value) in [
+        ("tenant.org", &tenant.org),
+        ("tenant.workspace", &tenant.workspace),
+    ] {
         if value.is_empty() {
             return Err(format!("missing required field `{name}`"));
         }
@@ -107,7 +110,9 @@ fn check(job: &v1::Job) -> Result<(), String> {
     let kind = specified::<v1::JobKind>(job.kind, "kind", v1::JobKind::Unspecified as i32)?;
 
     if job.inputs.is_empty() {
-        return Err("missing required field `inputs`: every job kind needs at least one input".into());
+        return Err(
+            "missing required field `inputs`: every job kind needs at least one input".into(),
+        );
     }
     if job.inputs.len() > MAX_INPUTS {
         return Err(format!(
@@ -126,9 +131,9 @@ fn check(job: &v1::Job) -> Result<(), String> {
         if input.uri.is_empty() {
             return Err(format!("missing required field `inputs[{i}].uri`"));
         }
-        if !input.sha256.is_empty()
-            && !(input.sha256.len() == 64 && input.sha256.bytes().all(|c| c.is_ascii_hexdigit()))
-        {
+        let sha256_ok = input.sha256.is_empty()
+            || (input.sha256.len() == 64 && input.sha256.bytes().all(|c| c.is_ascii_hexdigit()));
+        if !sha256_ok {
             return Err(format!(
                 "field `inputs[{i}].sha256`: expected 64 hex characters"
             ));
@@ -139,7 +144,10 @@ fn check(job: &v1::Job) -> Result<(), String> {
             if !roles.contains(&needed) {
                 return Err(format!(
                     "field `inputs`: a virtual try-on needs a {} input",
-                    needed.as_str_name().trim_start_matches("INPUT_ROLE_").to_lowercase()
+                    needed
+                        .as_str_name()
+                        .trim_start_matches("INPUT_ROLE_")
+                        .to_lowercase()
                 ));
             }
         }
@@ -261,7 +269,8 @@ mod tests {
     fn job_id_falls_back_to_message_id() {
         let mut job = minimal();
         job.job_id.clear();
-        let valid = validate_job(job.clone(), Some("0190f3b2-7c1e-7a4b-9f00-1234567890ab")).unwrap();
+        let valid =
+            validate_job(job.clone(), Some("0190f3b2-7c1e-7a4b-9f00-1234567890ab")).unwrap();
         assert_eq!(valid.job_id(), "0190f3b2-7c1e-7a4b-9f00-1234567890ab");
         let err = validate_job(job, Some("not-an-id")).unwrap_err();
         assert_eq!(err.job_id, None);
@@ -292,7 +301,9 @@ mod tests {
         check_err(j, "person");
         let mut j = minimal();
         j.preprocess.push(v1::PreprocessStep {
-            step: Some(v1::preprocess_step::Step::Upscale(v1::Upscale { factor: 3 })),
+            step: Some(v1::preprocess_step::Step::Upscale(v1::Upscale {
+                factor: 3,
+            })),
         });
         check_err(j, "upscale.factor");
         let mut j = minimal();

@@ -17,7 +17,10 @@ fn read(name: &str) -> Vec<u8> {
 fn every_job_kind_has_a_valid_example() {
     let cases = [
         ("job_product_photo.json", v1::JobKind::ProductPhoto),
-        ("job_background_removal.json", v1::JobKind::BackgroundRemoval),
+        (
+            "job_background_removal.json",
+            v1::JobKind::BackgroundRemoval,
+        ),
         ("job_upscale.json", v1::JobKind::Upscale),
         ("job_inpaint.json", v1::JobKind::Inpaint),
         ("job_virtual_try_on.json", v1::JobKind::VirtualTryOn),
@@ -25,7 +28,8 @@ fn every_job_kind_has_a_valid_example() {
         ("job_batch_edit.json", v1::JobKind::BatchEdit),
     ];
     for (file, kind) in cases {
-        let job = decode_job(&read(file), &ContentType::Json).unwrap_or_else(|e| panic!("{file}: {e}"));
+        let job =
+            decode_job(&read(file), &ContentType::Json).unwrap_or_else(|e| panic!("{file}: {e}"));
         let valid = validate_job(job, None).unwrap_or_else(|e| panic!("{file}: {e}"));
         assert_eq!(valid.kind(), kind, "{file}");
     }
@@ -37,7 +41,16 @@ fn canonical_json_details() {
     // int64/uint64 as strings, Duration as "3600s", Timestamp as RFC 3339.
     assert_eq!(job.generation.as_ref().unwrap().seed, 42);
     assert_eq!(job.credits.as_ref().unwrap().amount, 4);
-    assert_eq!(job.credits.as_ref().unwrap().hold_ttl.as_ref().unwrap().seconds, 3600);
+    assert_eq!(
+        job.credits
+            .as_ref()
+            .unwrap()
+            .hold_ttl
+            .as_ref()
+            .unwrap()
+            .seconds,
+        3600
+    );
     assert_eq!(job.deadline.as_ref().unwrap().seconds, 1_893_456_000);
     assert_eq!(job.priority, v1::Priority::High as i32);
 
@@ -56,12 +69,21 @@ fn every_result_status_has_an_example_that_round_trips() {
         ("result_expired.json", v1::JobStatus::Expired),
     ];
     for (file, status) in cases {
-        let result: v1::JobResult = serde_json::from_slice(&read(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+        let result: v1::JobResult =
+            serde_json::from_slice(&read(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
         assert_eq!(result.status, status as i32, "{file}");
         // error present iff not succeeded
-        assert_eq!(result.error.is_some(), status != v1::JobStatus::Succeeded, "{file}");
+        assert_eq!(
+            result.error.is_some(),
+            status != v1::JobStatus::Succeeded,
+            "{file}"
+        );
         if let Some(error) = &result.error {
-            assert!(genfleet_proto::ErrorCode::parse(&error.code).is_some(), "{file}: {}", error.code);
+            assert!(
+                genfleet_proto::ErrorCode::parse(&error.code).is_some(),
+                "{file}: {}",
+                error.code
+            );
         }
         let again: v1::JobResult = serde_json::from_slice(&encode_json(&result)).unwrap();
         assert_eq!(again, result, "{file}");
@@ -97,13 +119,19 @@ fn broken_examples_are_rejected_naming_the_field() {
         ("truncated.json", "not valid job JSON"),
         ("try_on_without_garment.json", "garment"),
     ];
-    let listed = std::fs::read_dir(examples_dir().join("invalid")).unwrap().count();
+    let listed = std::fs::read_dir(examples_dir().join("invalid"))
+        .unwrap()
+        .count();
     assert_eq!(listed, cases.len(), "every invalid example has a row here");
     for (file, expected) in cases {
         let body = read(&format!("invalid/{file}"));
         let err = decode_job(&body, &ContentType::Json)
             .and_then(|job| validate_job(job, None))
             .expect_err(file);
-        assert!(err.message.contains(expected), "{file}: {expected:?} not in {:?}", err.message);
+        assert!(
+            err.message.contains(expected),
+            "{file}: {expected:?} not in {:?}",
+            err.message
+        );
     }
 }

@@ -73,7 +73,9 @@ pub struct Store {
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("config", &self.config).finish()
+        f.debug_struct("Store")
+            .field("config", &self.config)
+            .finish()
     }
 }
 
@@ -113,7 +115,11 @@ impl Store {
     /// [`StorageError::TooLarge`], or [`StorageError::Unavailable`].
     pub async fn fetch(&self, uri: &str, max_bytes: u64) -> Result<Bytes, StorageError> {
         let path = self.resolve(uri)?;
-        let meta = self.inner.head(&path).await.map_err(|e| map_read_error(e, uri))?;
+        let meta = self
+            .inner
+            .head(&path)
+            .await
+            .map_err(|e| map_read_error(e, uri))?;
         if meta.size > max_bytes {
             return Err(StorageError::TooLarge {
                 uri: uri.to_string(),
@@ -211,7 +217,10 @@ impl Store {
             .try_collect()
             .await
             .map_err(|e| StorageError::Unavailable(e.to_string()))?;
-        let mut keys: Vec<String> = objects.into_iter().map(|m| m.location.to_string()).collect();
+        let mut keys: Vec<String> = objects
+            .into_iter()
+            .map(|m| m.location.to_string())
+            .collect();
         keys.sort();
         Ok(keys)
     }
@@ -251,16 +260,16 @@ impl Store {
             _ => StorageError::Unavailable(e.to_string()),
         })?;
         let relative = real.strip_prefix(&self.root).map_err(|_| {
-            StorageError::InvalidUri(format!(
-                "input {uri} is outside the worker's storage root"
-            ))
+            StorageError::InvalidUri(format!("input {uri} is outside the worker's storage root"))
         })?;
         // Built from components: `Path::from_filesystem_path` would resolve a
         // relative path against the process's working directory.
-        let parts: Option<Vec<&str>> = relative.components().map(|c| c.as_os_str().to_str()).collect();
-        let parts = parts.ok_or_else(|| {
-            StorageError::InvalidUri(format!("input {uri} is not valid UTF-8"))
-        })?;
+        let parts: Option<Vec<&str>> = relative
+            .components()
+            .map(|c| c.as_os_str().to_str())
+            .collect();
+        let parts = parts
+            .ok_or_else(|| StorageError::InvalidUri(format!("input {uri} is not valid UTF-8")))?;
         Path::parse(parts.join("/"))
             .map_err(|e| StorageError::InvalidUri(format!("input {uri} is not valid: {e}")))
     }
@@ -320,7 +329,13 @@ mod tests {
     async fn put_fetch_list_delete() {
         let (store, dir) = temp_store();
         let stored = store
-            .put_output("acme", "shop-1", "job1", "0.jpg", Bytes::from_static(b"abc"))
+            .put_output(
+                "acme",
+                "shop-1",
+                "job1",
+                "0.jpg",
+                Bytes::from_static(b"abc"),
+            )
             .await
             .unwrap();
         assert_eq!(stored.uri, "s3://uploads/acme/shop-1/job1/0.jpg");
@@ -329,11 +344,20 @@ mod tests {
             stored.sha256,
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
-        assert_eq!(store.fetch(&stored.uri, 10).await.unwrap(), Bytes::from_static(b"abc"));
-        let file_uri = format!("file://{}/acme/shop-1/job1/0.jpg", dir.canonicalize().unwrap().display());
+        assert_eq!(
+            store.fetch(&stored.uri, 10).await.unwrap(),
+            Bytes::from_static(b"abc")
+        );
+        let file_uri = format!(
+            "file://{}/acme/shop-1/job1/0.jpg",
+            dir.canonicalize().unwrap().display()
+        );
         assert_eq!(store.fetch(&file_uri, 10).await.unwrap().len(), 3);
         assert_eq!(
-            store.list_job_outputs("acme", "shop-1", "job1").await.unwrap(),
+            store
+                .list_job_outputs("acme", "shop-1", "job1")
+                .await
+                .unwrap(),
             vec!["acme/shop-1/job1/0.jpg".to_string()]
         );
         store.delete(&stored.uri).await.unwrap();

@@ -325,7 +325,9 @@ impl Config {
         let read = |path: &Path, key: &str| -> Result<Secret, ConfigError> {
             std::fs::read_to_string(path)
                 .map(|s| Secret::new(s.trim()))
-                .map_err(|e| ConfigError::Invalid(format!("{key}: cannot read {}: {e}", path.display())))
+                .map_err(|e| {
+                    ConfigError::Invalid(format!("{key}: cannot read {}: {e}", path.display()))
+                })
         };
         if let Some(path) = &self.providers.fal.key_file {
             self.providers.fal.key = read(path, "providers.fal.key_file")?;
@@ -367,7 +369,9 @@ impl Config {
                 ));
             }
             if self.storage.signing_key.is_empty() {
-                return fail("storage.signing_key is required when storage.public_base_url is set".into());
+                return fail(
+                    "storage.signing_key is required when storage.public_base_url is set".into(),
+                );
             }
         }
         if url::Url::parse(&self.providers.fal.base_url).is_err() {

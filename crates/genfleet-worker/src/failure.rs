@@ -34,7 +34,10 @@ impl JobFailure {
 pub enum Stop {
     Fail(JobFailure),
     /// Return the delivery to the queue; the reason is for logs and metrics.
-    Requeue { reason: &'static str, detail: String },
+    Requeue {
+        reason: &'static str,
+        detail: String,
+    },
 }
 
 impl From<JobFailure> for Stop {
@@ -62,7 +65,9 @@ impl From<genfleet_storage::StorageError> for Stop {
             E::InvalidUri(_) | E::NotFound(_) => {
                 Stop::Fail(JobFailure::new(ErrorCode::InvalidInput, error.to_string()))
             }
-            E::TooLarge { .. } => Stop::Fail(JobFailure::new(ErrorCode::TooLarge, error.to_string())),
+            E::TooLarge { .. } => {
+                Stop::Fail(JobFailure::new(ErrorCode::TooLarge, error.to_string()))
+            }
             E::Unavailable(_) => Stop::Requeue {
                 reason: "storage_unavailable",
                 detail: error.to_string(),
@@ -79,7 +84,9 @@ impl From<genfleet_credits::CreditsError> for Stop {
                 ErrorCode::InsufficientCredits,
                 error.to_string(),
             )),
-            E::Invalid(_) => Stop::Fail(JobFailure::new(ErrorCode::InvalidInput, error.to_string())),
+            E::Invalid(_) => {
+                Stop::Fail(JobFailure::new(ErrorCode::InvalidInput, error.to_string()))
+            }
             E::Unavailable(_) | E::Database(_) => Stop::Requeue {
                 reason: "ledger_unavailable",
                 detail: error.to_string(),

@@ -62,7 +62,10 @@ pub async fn serve(
 
 async fn metrics_handler(State(state): State<AppState>) -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         state.metrics.render(),
     )
 }
@@ -73,6 +76,9 @@ async fn ready_handler(State(state): State<AppState>) -> impl IntoResponse {
     }
     match tokio::time::timeout(Duration::from_secs(2), state.ledger.ping()).await {
         Ok(Ok(())) => (StatusCode::OK, "ready\n"),
-        _ => (StatusCode::SERVICE_UNAVAILABLE, "ledger database not reachable\n"),
+        _ => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ledger database not reachable\n",
+        ),
     }
 }

@@ -33,14 +33,21 @@ pub enum Disposition {
 }
 
 /// Handles one delivery.
-pub async fn handle(services: &Services, publisher: &Publisher, incoming: &Incoming) -> Disposition {
+pub async fn handle(
+    services: &Services,
+    publisher: &Publisher,
+    incoming: &Incoming,
+) -> Disposition {
     let started = Instant::now();
     let content_type = ContentType::from_header(incoming.content_type());
     let decoded = genfleet_proto::decode_job(incoming.body(), &content_type);
     let (job, tenant) = match decoded {
         Ok(job) => {
             let tenant = job.tenant.clone();
-            (genfleet_proto::validate_job(job, incoming.message_id()), tenant)
+            (
+                genfleet_proto::validate_job(job, incoming.message_id()),
+                tenant,
+            )
         }
         Err(e) => (Err(e), None),
     };
@@ -112,7 +119,11 @@ async fn process(
         }
         Err(Stop::Requeue { reason, detail }) => {
             warn!(reason, %detail, "infrastructure failure; returning the job to its queue");
-            services.metrics.requeues_total.with_label_values(&[reason]).inc();
+            services
+                .metrics
+                .requeues_total
+                .with_label_values(&[reason])
+                .inc();
             return Disposition::Requeue(reason);
         }
         Err(Stop::Fail(failure)) => {
@@ -125,7 +136,11 @@ async fn process(
     };
     let status = v1::JobStatus::try_from(result.status).unwrap_or(v1::JobStatus::Unspecified);
     if let Some(error) = &result.error {
-        services.metrics.job_errors_total.with_label_values(&[&error.code]).inc();
+        services
+            .metrics
+            .job_errors_total
+            .with_label_values(&[&error.code])
+            .inc();
         info!(status = status.label(), code = %error.code, "job failed");
     } else {
         info!(outputs = result.outputs.len(), "job succeeded");
@@ -170,7 +185,9 @@ async fn execute(
             if !actual.eq_ignore_ascii_case(&input.sha256) {
                 return Err(Stop::Fail(JobFailure::new(
                     ErrorCode::InvalidInput,
-                    format!("inputs[{i}]: sha256 of the fetched bytes does not match the job's sha256"),
+                    format!(
+                        "inputs[{i}]: sha256 of the fetched bytes does not match the job's sha256"
+                    ),
                 )));
             }
         }
@@ -190,8 +207,8 @@ async fn execute(
         }
         let (content_type, encoded) = services
             .cpu_bound(move || {
-                let prepared = pipeline::prepare(&bytes, &limits, &steps)
-                    .map_err(|f| prefix_failure(f, i))?;
+                let prepared =
+                    pipeline::prepare(&bytes, &limits, &steps).map_err(|f| prefix_failure(f, i))?;
                 // Masks and cut-outs keep their alpha losslessly; photos go
                 // to the provider as high-quality JPEG (a fraction of the
                 // upload size of PNG).
@@ -229,10 +246,24 @@ async fn execute(
             .await?;
     }
 
-    let generated = generate_and_store(services, job, tracker, &providers, provider_inputs, &render_spec, deadline).await;
+    let generated = generate_and_store(
+        services,
+        job,
+        tracker,
+        &providers,
+        provider_inputs,
+        &render_spec,
+        deadline,
+    )
+    .await;
     let (mut result, settlement) = match generated {
         Ok((outputs, provider, attempts)) => {
-            let mut result = base_result(services, job.job_id(), Some(job.tenant()), v1::JobStatus::Succeeded);
+            let mut result = base_result(
+                services,
+                job.job_id(),
+                Some(job.tenant()),
+                v1::JobStatus::Succeeded,
+            );
             result.outputs = outputs;
             result.provider = provider;
             result.attempts = attempts;
@@ -244,7 +275,8 @@ async fn execute(
             (result, Settlement::Capture { amount })
         }
         Err(GenStop::Fail(failure)) => {
-            let mut result = failed_result(services, job.job_id(), Some(job.tenant()), &failure.failure);
+            let mut result =
+                failed_result(services, job.job_id(), Some(job.tenant()), &failure.failure);
             result.provider = failure.provider;
             result.attempts = failure.attempts;
             result.credits = Some(v1::CreditSummary {
@@ -306,7 +338,10 @@ impl From<JobFailure> for GenerationFailure {
 /// settled (credits released), a requeue keeps the hold for the redelivery.
 enum GenStop {
     Fail(GenerationFailure),
-    Requeue { reason: &'static str, detail: String },
+    Requeue {
+        reason: &'static str,
+        detail: String,
+    },
 }
 
 impl From<Stop> for GenStop {
@@ -339,7 +374,10 @@ async fn generate_and_store(
     let max_wait = Duration::from_secs(services.config.providers.fal.max_wait_seconds);
     let provider_deadline = tokio::time::Instant::now()
         + deadline
-            .map(|d| d.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO))
+            .map(|d| {
+                d.duration_since(SystemTime::now())
+                    .unwrap_or(Duration::ZERO)
+            })
             .map_or(max_wait, |left| left.min(max_wait));
     let mut request = GenerationRequest {
         job_id: job.job_id().to_string(),
@@ -372,9 +410,13 @@ async fn generate_and_store(
             generation.model.clone()
         };
         let span = tracing::info_span!("generate", provider = %name);
-        match genfleet_providers::generate_with_retries(provider.as_ref(), &request, &services.retry)
-            .instrument(span)
-            .await
+        match genfleet_providers::generate_with_retries(
+            provider.as_ref(),
+            &request,
+            &services.retry,
+        )
+        .instrument(span)
+        .await
         {
             Ok(out) => {
                 attempts += out.attempts;
@@ -471,7 +513,13 @@ async fn generate_and_store(
     for item in rendered {
         let stored = services
             .store
-            .put_output(&tenant.org, &tenant.workspace, job.job_id(), &item.name, Bytes::from(item.bytes))
+            .put_output(
+                &tenant.org,
+                &tenant.workspace,
+                job.job_id(),
+                &item.name,
+                Bytes::from(item.bytes),
+            )
             .await;
         let stored = match stored {
             Ok(stored) => stored,
@@ -675,7 +723,11 @@ async fn publish_result(
         .await
     {
         warn!(error = %e, "result publish not confirmed; the job will be redelivered");
-        services.metrics.requeues_total.with_label_values(&["publish_failed"]).inc();
+        services
+            .metrics
+            .requeues_total
+            .with_label_values(&["publish_failed"])
+            .inc();
         return Disposition::Requeue("publish_failed");
     }
     if let Some(reply_to) = incoming.reply_to() {
@@ -704,18 +756,29 @@ async fn reject_message(
     );
     if let Some(job_id) = &error.job_id {
         let tenant = tenant.filter(|t| {
-            genfleet_proto::is_valid_tenant_id(&t.org) && genfleet_proto::is_valid_tenant_id(&t.workspace)
+            genfleet_proto::is_valid_tenant_id(&t.org)
+                && genfleet_proto::is_valid_tenant_id(&t.workspace)
         });
         let failure = JobFailure::new(code, format!("invalid job message: {}", error.message));
         let result = failed_result(services, job_id, tenant.as_ref(), &failure);
-        services.metrics.job_errors_total.with_label_values(&[code.as_str()]).inc();
+        services
+            .metrics
+            .job_errors_total
+            .with_label_values(&[code.as_str()])
+            .inc();
         if publish_result(services, publisher, incoming, &result).await != Disposition::Ack {
             return Disposition::Requeue("publish_failed");
         }
     }
     let mut headers = vec![
-        (genfleet_broker::HEADER_ERROR.to_string(), code.as_str().to_string()),
-        (genfleet_broker::HEADER_REASON.to_string(), error.message.clone()),
+        (
+            genfleet_broker::HEADER_ERROR.to_string(),
+            code.as_str().to_string(),
+        ),
+        (
+            genfleet_broker::HEADER_REASON.to_string(),
+            error.message.clone(),
+        ),
     ];
     if let Some(id) = &error.job_id {
         headers.push(("x-genfleet-job-id".into(), id.clone()));
@@ -737,7 +800,11 @@ async fn reject_message(
         .await
     {
         Ok(()) => {
-            services.metrics.dead_letters_total.with_label_values(&[code.as_str()]).inc();
+            services
+                .metrics
+                .dead_letters_total
+                .with_label_values(&[code.as_str()])
+                .inc();
             Disposition::Ack
         }
         Err(e) => {
@@ -816,7 +883,9 @@ impl<'a> Tracker<'a> {
 }
 
 pub(crate) fn system_time_to_timestamp(t: SystemTime) -> pbjson_types::Timestamp {
-    let since = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or(Duration::ZERO);
+    let since = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO);
     pbjson_types::Timestamp {
         seconds: i64::try_from(since.as_secs()).unwrap_or(i64::MAX),
         nanos: i32::try_from(since.subsec_nanos()).unwrap_or(0),

@@ -34,7 +34,10 @@ impl Provider for LocalProvider {
         "local"
     }
 
-    async fn generate(&self, request: &GenerationRequest) -> Result<GenerationOutput, ProviderError> {
+    async fn generate(
+        &self,
+        request: &GenerationRequest,
+    ) -> Result<GenerationOutput, ProviderError> {
         let factor = match request.kind {
             JobKind::Upscale => match request.parameters.get("factor") {
                 None => 2,
@@ -61,10 +64,14 @@ impl Provider for LocalProvider {
         };
         let bytes = input.bytes.clone();
         let limits = self.limits.clone();
-        let _permit = self.cpu.acquire().await.map_err(|_| ProviderError::Unavailable {
-            message: "worker is shutting down".into(),
-            retry_after: None,
-        })?;
+        let _permit = self
+            .cpu
+            .acquire()
+            .await
+            .map_err(|_| ProviderError::Unavailable {
+                message: "worker is shutting down".into(),
+                retry_after: None,
+            })?;
         let encoded = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, String> {
             let image = genfleet_imaging::decode_sanitised(&bytes, &limits)
                 .map_err(|e| e.to_string())?

@@ -125,7 +125,10 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut buffer = Vec::new();
         let encoder = TextEncoder::new();
-        if encoder.encode(&self.registry.gather(), &mut buffer).is_err() {
+        if encoder
+            .encode(&self.registry.gather(), &mut buffer)
+            .is_err()
+        {
             return String::new();
         }
         String::from_utf8(buffer).unwrap_or_default()
@@ -151,8 +154,7 @@ mod tests {
             .observe(0.2);
         let text = m.render();
         assert!(text.contains("genfleet_job_errors_total{code=\"too_large\"} 1"));
-        assert!(text.contains(
-            "genfleet_job_duration_seconds_count{kind=\"upscale\",status=\"failed\"} 1"
-        ));
+        assert!(text
+            .contains("genfleet_job_duration_seconds_count{kind=\"upscale\",status=\"failed\"} 1"));
     }
 }

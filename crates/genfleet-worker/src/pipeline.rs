@@ -156,7 +156,11 @@ pub struct Rendered {
 ///
 /// # Errors
 /// An encoder failure (`internal`).
-pub fn render(image: &DynamicImage, index: usize, spec: &RenderSpec) -> Result<Vec<Rendered>, JobFailure> {
+pub fn render(
+    image: &DynamicImage,
+    index: usize,
+    spec: &RenderSpec,
+) -> Result<Vec<Rendered>, JobFailure> {
     let mut out = Vec::with_capacity(spec.presets.len() * spec.encodings.len());
     for preset in &spec.presets {
         let mut sized = match preset.long_side {
@@ -219,8 +223,10 @@ mod tests {
             watermark: false,
         };
         let out = render(&image, 2, &spec).unwrap();
-        let summary: Vec<(String, u32, u32)> =
-            out.iter().map(|r| (r.name.clone(), r.width, r.height)).collect();
+        let summary: Vec<(String, u32, u32)> = out
+            .iter()
+            .map(|r| (r.name.clone(), r.width, r.height))
+            .collect();
         assert_eq!(
             summary,
             vec![

@@ -56,7 +56,11 @@ pub async fn run(
 
     let mut delay = Duration::from_millis(200);
     while !shutdown.is_cancelled() {
-        match session(&services, &readiness, &topology, &classes, &slots, &jobs, &shutdown).await {
+        match session(
+            &services, &readiness, &topology, &classes, &slots, &jobs, &shutdown,
+        )
+        .await
+        {
             Ok(()) => break,
             Err(e) => {
                 readiness.broker_connected.store(false, Ordering::SeqCst);
@@ -71,7 +75,11 @@ pub async fn run(
         }
     }
 
-    info!(in_flight = jobs.len(), grace_s = grace.as_secs(), "draining in-flight jobs");
+    info!(
+        in_flight = jobs.len(),
+        grace_s = grace.as_secs(),
+        "draining in-flight jobs"
+    );
     jobs.close();
     if tokio::time::timeout(grace, jobs.wait()).await.is_err() {
         warn!(
@@ -116,17 +124,19 @@ async fn session(
         let slots = slots.clone();
         let jobs = jobs.clone();
         let done = session_done.clone();
+        // The loop hands its consumer back: its channel must outlive the
+        // in-flight jobs, whose acks travel on it (dropping it closes it).
         loops.spawn(async move {
-            loop {
+            let outcome = loop {
                 tokio::select! {
                     () = done.cancelled() => {
                         consumer.cancel().await;
-                        return Ok(());
+                        break Ok(());
                     }
                     next = consumer.next() => match next {
                         Some(Ok(incoming)) => {
                             let Ok(permit) = slots.clone().acquire_owned().await else {
-                                return Ok(());
+                                break Ok(());
                             };
                             let services = services.clone();
                             let publisher = publisher.clone();
@@ -135,23 +145,32 @@ async fn session(
                                 drop(permit);
                             });
                         }
-                        Some(Err(e)) => return Err(WorkerError::from(e)),
-                        None => return Err(WorkerError::Broker("consumer stream ended".into())),
+                        Some(Err(e)) => break Err(WorkerError::from(e)),
+                        None => break Err(WorkerError::Broker("consumer stream ended".into())),
                     }
                 }
-            }
+            };
+            (consumer, outcome)
         });
     }
 
     // The first consumer loop to end decides: shutdown or connection loss.
     let first = loops.join_next().await;
     session_done.cancel();
-    while loops.join_next().await.is_some() {}
+    let mut stopped = Vec::new();
     let outcome = match first {
-        Some(Ok(Ok(()))) | None => Ok(()),
-        Some(Ok(Err(e))) => Err(e),
+        Some(Ok((consumer, outcome))) => {
+            stopped.push(consumer);
+            outcome
+        }
         Some(Err(e)) => Err(WorkerError::Broker(format!("consumer task failed: {e}"))),
+        None => Ok(()),
     };
+    while let Some(joined) = loops.join_next().await {
+        if let Ok((consumer, _)) = joined {
+            stopped.push(consumer);
+        }
+    }
     if outcome.is_ok() && shutdown.is_cancelled() {
         // Keep the connection while in-flight jobs finish: their results and
         // acks need it. The caller waits for them, then we close.
@@ -159,6 +178,9 @@ async fn session(
         let grace = Duration::from_secs(config.worker.grace_period_seconds);
         jobs_wait.close();
         let _ = tokio::time::timeout(grace, jobs_wait.wait()).await;
+        for consumer in &stopped {
+            consumer.close().await;
+        }
         publisher.close().await;
         broker.close().await;
     }
@@ -180,7 +202,11 @@ async fn run_delivery(services: Arc<Services>, publisher: Arc<Publisher>, incomi
         Ok(d) => d,
         Err(e) => {
             error!(error = %e, "job task panicked; returning the delivery to its queue");
-            services.metrics.requeues_total.with_label_values(&["panic"]).inc();
+            services
+                .metrics
+                .requeues_total
+                .with_label_values(&["panic"])
+                .inc();
             Disposition::Requeue("panic")
         }
     };

@@ -1,0 +1,142 @@
+//! Graceful shutdown of the real worker binary: SIGTERM while jobs are in
+//! flight. The worker stops taking jobs, finishes those it holds within the
+//! grace period, exits 0, and leaves every other job in its queue: results
+//! plus queued jobs always add up to what was enqueued.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use genfleet_credits::Ledger;
+use genfleet_proto::v1;
+use genfleet_providers::fake_fal::FakeFal;
+use support::*;
+
+const JOBS: usize = 40;
+const CONCURRENCY: u16 = 4;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_in_flight_jobs_and_loses_none() {
+    let vhost = Vhost::create();
+    let schema = Schema::new();
+    let dir = TempDir::new("genfleet-shutdown");
+    let root = dir.0.join("store");
+    std::fs::create_dir_all(root.join("uploads")).unwrap();
+    std::fs::copy(
+        repo_path("examples/photos/dandelions_1024.jpg"),
+        root.join("uploads/photo.jpg"),
+    )
+    .unwrap();
+    let fake = FakeFal::start().await.unwrap();
+    let ledger = Ledger::connect(PG_URL, &schema.name, 2).await.unwrap();
+    ledger.migrate().await.unwrap();
+    ledger
+        .grant("acme/shop-1", 1_000, "shutdown test")
+        .await
+        .unwrap();
+
+    let (conn, results_queue) = results_queue(&vhost.url()).await;
+    let broker = genfleet_broker::Broker::connect(&vhost.url(), "shutdown-publisher")
+        .await
+        .unwrap();
+    let publisher = broker.publisher().await.unwrap();
+    for i in 0..JOBS {
+        let job = v1::Job {
+            job_id: new_job_id(),
+            tenant: Some(v1::Tenant {
+                org: "acme".into(),
+                workspace: "shop-1".into(),
+                user: String::new(),
+            }),
+            kind: v1::JobKind::ProductPhoto as i32,
+            inputs: vec![v1::Input {
+                role: v1::InputRole::Product as i32,
+                uri: "s3://genfleet/uploads/photo.jpg".into(),
+                ..Default::default()
+            }],
+            generation: Some(v1::Generation {
+                model: "test/ok".into(),
+                prompt: format!("slow job {i}"),
+                ..Default::default()
+            }),
+            credits: Some(v1::CreditRequest {
+                amount: 1,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        publish_job(
+            &publisher,
+            "remote",
+            &genfleet_proto::encode_json(&job),
+            Some(&job.job_id),
+        )
+        .await;
+    }
+
+    let port = free_port();
+    let fal_url = fake.base_url.to_string();
+    let config = write_config(
+        &dir.0,
+        &WorkerSettings {
+            amqp_url: vhost.url(),
+            schema: &schema.name,
+            storage_root: &root,
+            fal_base_url: &fal_url,
+            concurrency: CONCURRENCY,
+            grace_seconds: 20,
+            http_port: port,
+            // Each job polls fal once before it completes: ~0.8 s a job.
+            fal_poll_ms: 800,
+        },
+    );
+    let mut worker = WorkerProcess::start(&config, dir.0.join("worker.log"));
+    wait_ready(&mut worker, port, Duration::from_secs(60)).await;
+
+    // Let a few jobs finish, then ask the worker to stop while it holds more.
+    let first = collect_results(&conn, &results_queue, 2, Duration::from_secs(60)).await;
+    assert_eq!(first.results.len(), 2, "{}", worker.log_tail());
+    let signalled = Instant::now();
+    let status = tokio::task::spawn_blocking(move || {
+        let status = worker.terminate(Duration::from_secs(30));
+        (status, worker)
+    })
+    .await
+    .unwrap();
+    let (status, worker) = status;
+    let stopped_after = signalled.elapsed();
+    let status = status.expect("worker exits within the grace period");
+    assert!(
+        status.success(),
+        "exit status {status}:\n{}",
+        worker.log_tail()
+    );
+
+    let rest = collect_results(&conn, &results_queue, JOBS, Duration::from_secs(2)).await;
+    let finished = first.results.len() + rest.results.len();
+    let queued = broker.queue_depth("genfleet.jobs.remote").await.unwrap() as usize;
+    println!(
+        "shutdown: {finished} finished ({} after SIGTERM), {queued} still queued, exited after {:?}",
+        rest.results.len(),
+        stopped_after
+    );
+    for (result, _) in first.results.values().chain(rest.results.values()) {
+        assert_eq!(result.status, v1::JobStatus::Succeeded as i32, "{result:?}");
+    }
+    // Only jobs already held when SIGTERM came may finish after it.
+    assert!(
+        rest.results.len() <= usize::from(CONCURRENCY) + 1,
+        "{} jobs finished after SIGTERM: the worker kept consuming",
+        rest.results.len()
+    );
+    assert!(
+        queued > 0,
+        "the test needs jobs left over to prove they stay queued"
+    );
+    assert_eq!(finished + queued, JOBS, "a job was lost or duplicated");
+    // Jobs left in the queue never had credits held.
+    let balance = ledger.balance("acme/shop-1").await.unwrap().unwrap();
+    assert_eq!(balance.held, 0);
+    assert_eq!(balance.captured, finished as i64);
+    broker.close().await;
+}
