@@ -127,6 +127,13 @@ fn stage_uploads(root: &std::path::Path) {
     let small = genfleet_imaging::resize_to_fit(&small.image, 240).unwrap();
     let png = genfleet_imaging::encode(&small, genfleet_imaging::Encoding::Png).unwrap();
     std::fs::write(uploads.join("small.png"), png).unwrap();
+    for i in 0..3 {
+        std::fs::copy(
+            repo_path("examples/photos/dandelions_1024.jpg"),
+            uploads.join(format!("delete-me-{i}.jpg")),
+        )
+        .unwrap();
+    }
     for (file, _) in HOSTILE {
         std::fs::copy(
             repo_path(&format!("tests/fixtures/hostile/{file}")),
@@ -160,7 +167,7 @@ async fn two_hundred_mixed_jobs_end_to_end() {
 
     // The jobs, each with what it must end as.
     let mut jobs: Vec<(v1::Job, Expect, &str)> = Vec::new();
-    for i in 0..70 {
+    for i in 0..67 {
         let mut j = job(
             v1::JobKind::BatchEdit,
             vec![input(v1::InputRole::Product, "photo.jpg")],
@@ -360,6 +367,16 @@ async fn two_hundred_mixed_jobs_end_to_end() {
             },
             "cpu",
         ));
+    }
+    // Sources deleted once the outputs are stored and the job is settled.
+    for i in 0..3 {
+        let mut j = job(
+            v1::JobKind::BatchEdit,
+            vec![input(v1::InputRole::Product, &format!("delete-me-{i}.jpg"))],
+            1,
+        );
+        j.delete_sources_after = true;
+        jobs.push((j, ok(1, 1), "cpu"));
     }
     // Protobuf binary instead of JSON.
     let protobuf_from = jobs.len();
@@ -582,6 +599,17 @@ async fn two_hundred_mixed_jobs_end_to_end() {
             );
         }
     }
+
+    for i in 0..3 {
+        assert!(
+            !root.join(format!("uploads/delete-me-{i}.jpg")).exists(),
+            "source {i} was not deleted"
+        );
+    }
+    assert!(
+        root.join("uploads/photo.jpg").exists(),
+        "sources of other jobs stay"
+    );
 
     // Every account is conserved: granted = available + captured, nothing held.
     for (account, granted) in [("acme/shop-1", 10_000i64), ("modehaus", 1_000)] {

@@ -59,7 +59,28 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Work
     )
     .await?;
     tracing::info!(%addr, worker = %services.worker_name, "health and metrics listener up");
+    let sweeper = tokio::spawn(sweep_expired_holds(services.clone(), http_shutdown.clone()));
     let outcome = runner::run(services, readiness, shutdown).await;
     http_shutdown.cancel();
+    let _ = sweeper.await;
     outcome
+}
+
+/// Returns the credits of holds whose worker died before settling them (the
+/// hold's TTL passed). Every worker runs it; the ledger's `SKIP LOCKED` keeps
+/// concurrent sweepers from colliding.
+async fn sweep_expired_holds(services: Arc<services::Services>, stop: CancellationToken) {
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(30));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        match services.ledger.expire_overdue().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(expired = n, "returned the credits of overdue holds"),
+            Err(e) => tracing::warn!(error = %e, "hold sweeper could not reach the ledger"),
+        }
+    }
 }

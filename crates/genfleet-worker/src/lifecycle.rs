@@ -82,7 +82,13 @@ async fn run_valid(
         Ok(Some(stored)) => {
             info!("job already settled, republishing its stored result");
             return match serde_json::from_slice::<v1::JobResult>(&stored) {
-                Ok(result) => publish_result(services, publisher, incoming, &result).await,
+                Ok(result) => {
+                    // The earlier delivery may have died before deleting them.
+                    if result.status == v1::JobStatus::Succeeded as i32 {
+                        delete_sources(services, job).await;
+                    }
+                    publish_result(services, publisher, incoming, &result).await
+                }
                 Err(e) => {
                     warn!(error = %e, "stored outcome is unreadable; processing again");
                     process(services, publisher, incoming, job, started).await
@@ -296,6 +302,12 @@ async fn execute(
         .ledger
         .settle(job.job_id(), settlement, &stored)
         .await?;
+    // Only now, with the outcome recorded, may the sources go: a redelivery
+    // before this point must still find them. A failed job keeps them, so the
+    // customer can try again.
+    if result.status == v1::JobStatus::Succeeded as i32 {
+        delete_sources(services, job).await;
+    }
     if let Some(hold) = hold {
         let kind = job.kind().label();
         services
@@ -552,14 +564,20 @@ async fn generate_and_store(
             preset: item.preset.to_string(),
         });
     }
-    if contract.delete_sources_after {
-        for input in &contract.inputs {
-            if let Err(e) = services.store.delete(&input.uri).await {
-                warn!(error = %e, "could not delete a source after storing the outputs");
-            }
+    Ok((outputs, provider_name, attempts))
+}
+
+/// Deletes the job's inputs when it asked for it. Idempotent: deleting a
+/// source that is already gone succeeds.
+async fn delete_sources(services: &Services, job: &ValidJob) {
+    if !job.job().delete_sources_after {
+        return;
+    }
+    for input in &job.job().inputs {
+        if let Err(e) = services.store.delete(&input.uri).await {
+            warn!(error = %e, "could not delete a source after the job was settled");
         }
     }
-    Ok((outputs, provider_name, attempts))
 }
 
 fn prefix_failure(mut failure: JobFailure, index: usize) -> JobFailure {

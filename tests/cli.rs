@@ -1,0 +1,197 @@
+//! The `genfleet` commands other than `worker`, run as a user would: the
+//! README's batch command, `validate` on jobs and uploads, `enqueue` against a
+//! real broker, and `credits` against the real database.
+
+mod support;
+
+use std::process::{Command, Output};
+
+use support::*;
+
+fn genfleet(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_genfleet"));
+    command
+        .args(args)
+        .env_remove("GENFLEET_CONFIG")
+        .env("RUST_LOG", "warn");
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    command.output().expect("genfleet runs")
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).to_string()
+}
+
+#[test]
+fn batch_converts_the_examples_and_reports_rejections() {
+    let out = TempDir::new("genfleet-cli-batch");
+    let examples = repo_path("examples/photos");
+    let output = genfleet(
+        &[
+            "batch",
+            &examples.display().to_string(),
+            "--out",
+            &out.0.display().to_string(),
+            "--long-side",
+            "512",
+        ],
+        &[],
+    );
+    let text = stdout(&output);
+    assert!(
+        output.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        text.contains("6 file(s): 5 converted, 1 rejected"),
+        "{text}"
+    );
+    assert!(
+        text.contains("not_an_image.svg") && text.contains("unsupported_type"),
+        "{text}"
+    );
+    // Orientation was applied when the example was made; the portrait stays portrait.
+    let dogs = std::fs::read(out.0.join("dogs_portrait_1024.jpg")).unwrap();
+    let image = genfleet_imaging::decode_sanitised(&dogs, &Default::default()).unwrap();
+    assert_eq!((image.image.width(), image.image.height()), (342, 512));
+    // The WebP with alpha became a JPEG (flattened) inside the long side.
+    let strawberry = std::fs::read(out.0.join("strawberry_alpha.jpg")).unwrap();
+    let info = genfleet_imaging::inspect(&strawberry, &Default::default()).unwrap();
+    assert_eq!(info.width.max(info.height), 512);
+    assert!(
+        !out.0.join("not_an_image.jpg").exists(),
+        "nothing is written for a rejected file"
+    );
+}
+
+#[test]
+fn validate_says_what_a_worker_would_decide() {
+    let cases: &[(&str, bool, &str)] = &[
+        (
+            "proto/examples/job_virtual_try_on.json",
+            true,
+            "valid job 01JD3XQ6Z8M5V9K2T4W7Y1B0A5 (virtual_try_on), queue genfleet.jobs.remote",
+        ),
+        (
+            "proto/examples/job_upscale.json",
+            true,
+            "queue genfleet.jobs.cpu",
+        ),
+        (
+            "proto/examples/invalid/unspecified_kind.json",
+            false,
+            "invalid_input: missing required field `kind`",
+        ),
+        (
+            "examples/photos/fig_plate_1024.jpg",
+            true,
+            "accepted jpeg image",
+        ),
+        (
+            "tests/fixtures/hostile/h02_bomb_60000x60000.png",
+            false,
+            "too_large: image is 60000x60000 pixels",
+        ),
+        (
+            "tests/fixtures/hostile/h09_html_named_jpg.jpg",
+            false,
+            "unsupported_type: unsupported image type: found html",
+        ),
+        (
+            "tests/fixtures/hostile/h01_truncated.jpg",
+            false,
+            "invalid_input",
+        ),
+    ];
+    for (file, accepted, expected) in cases {
+        let output = genfleet(&["validate", &repo_path(file).display().to_string()], &[]);
+        let text = stdout(&output);
+        assert_eq!(output.status.success(), *accepted, "{file}: {text}");
+        assert!(
+            text.contains(expected),
+            "{file}: expected {expected:?} in {text:?}"
+        );
+    }
+}
+
+#[test]
+fn enqueue_publishes_confirmed_jobs_to_their_class() {
+    let vhost = Vhost::create();
+    let url = vhost.url();
+    let env = [("GENFLEET__BROKER__URL", url.as_str())];
+    let file = repo_path("proto/examples/job_upscale.json")
+        .display()
+        .to_string();
+    let output = genfleet(&["enqueue", &file], &env);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout(&output).contains("01JD3XQ6Z8M5V9K2T4W7Y1B0A3 -> genfleet.jobs.cpu"));
+
+    let output = genfleet(
+        &[
+            "enqueue",
+            "--generate",
+            "3",
+            "--kind",
+            "product_photo",
+            "--credits",
+            "2",
+        ],
+        &env,
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        stdout(&output)
+            .lines()
+            .filter(|l| l.ends_with("genfleet.jobs.remote"))
+            .count(),
+        3
+    );
+
+    // A broken job file is refused before anything is published.
+    let broken = repo_path("proto/examples/invalid/no_inputs.json")
+        .display()
+        .to_string();
+    let output = genfleet(&["enqueue", &broken], &env);
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("`inputs`"));
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let broker = genfleet_broker::Broker::connect(&url, "cli-test")
+            .await
+            .unwrap();
+        assert_eq!(broker.queue_depth("genfleet.jobs.cpu").await.unwrap(), 1);
+        assert_eq!(broker.queue_depth("genfleet.jobs.remote").await.unwrap(), 3);
+        broker.close().await;
+    });
+}
+
+#[test]
+fn credits_grant_and_balance() {
+    let schema = Schema::new();
+    let env = [("GENFLEET__DATABASE__SCHEMA", schema.name.as_str())];
+    let output = genfleet(&["credits", "grant", "acme/shop-1", "250"], &env);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout(&output).contains("acme/shop-1: granted 250, 250 available"));
+    let output = genfleet(&["credits", "balance", "acme/shop-1"], &env);
+    assert!(stdout(&output).contains("250 available, 0 held, 0 captured"));
+    let output = genfleet(&["credits", "balance", "nobody/here"], &env);
+    assert!(!output.status.success());
+    let output = genfleet(&["credits", "grant", "acme/shop-1", "-5"], &env);
+    assert!(!output.status.success(), "negative grants are refused");
+}
