@@ -198,56 +198,61 @@ async fn two_hundred_mixed_jobs_end_to_end() {
         });
         jobs.push((j, ok(2, 1), "cpu"));
     }
-    for i in 0..30 {
-        let mut j = job(
+    // fal jobs on one product photo: (jobs, kind, fake model, images per
+    // job, expected end). The fake's behaviour is chosen by the model.
+    let fal_groups = [
+        (
+            30,
             v1::JobKind::ProductPhoto,
-            vec![input(v1::InputRole::Product, "photo.jpg")],
-            3,
-        );
-        j.generation = fal("test/ok", 1000 + i, 2);
-        jobs.push((
-            j,
+            "test/ok",
+            2,
             Expect {
                 attempts: Some(1),
                 ..ok(3, 2)
             },
-            "remote",
-        ));
-    }
-    for i in 0..10 {
-        let mut j = job(
-            v1::JobKind::ProductPhoto,
-            vec![input(v1::InputRole::Product, "photo.jpg")],
-            3,
-        );
+        ),
         // First answer 429 with Retry-After, then 503, then success.
-        j.generation = fal("test/flaky", 2000 + i, 1);
-        jobs.push((
-            j,
+        (
+            10,
+            v1::JobKind::ProductPhoto,
+            "test/flaky",
+            1,
             Expect {
                 attempts: Some(3),
                 ..ok(3, 1)
             },
-            "remote",
-        ));
-    }
-    for i in 0..10 {
-        let mut j = job(
+        ),
+        (
+            10,
             v1::JobKind::BackgroundRemoval,
-            vec![input(v1::InputRole::Product, "photo.jpg")],
-            2,
-        );
-        j.generation = fal("test/nsfw", 3000 + i, 1);
-        jobs.push((j, fail("provider_rejected", true, 2), "remote"));
-    }
-    for i in 0..5 {
-        let mut j = job(
-            v1::JobKind::ImageToVideo,
-            vec![input(v1::InputRole::Product, "photo.jpg")],
+            "test/nsfw",
+            1,
+            fail("provider_rejected", true, 2),
+        ),
+        (5, v1::JobKind::ImageToVideo, "test/video", 1, ok(5, 1)),
+        // 503 on every call: retries run out.
+        (
             5,
-        );
-        j.generation = fal("test/video", 4000 + i, 1);
-        jobs.push((j, ok(5, 1), "remote"));
+            v1::JobKind::ProductPhoto,
+            "test/down",
+            1,
+            Expect {
+                attempts: Some(3),
+                ..fail("provider_unavailable", true, 3)
+            },
+        ),
+    ];
+    for (group, (count, kind, model, images, expect)) in fal_groups.into_iter().enumerate() {
+        for i in 0..count {
+            let mut j = job(
+                kind,
+                vec![input(v1::InputRole::Product, "photo.jpg")],
+                expect.amount,
+            );
+            // Distinct seeds: the flaky fake misbehaves once per prompt+seed.
+            j.generation = fal(model, 1000 * (group as u64 + 1) + i, images);
+            jobs.push((j, expect.clone(), "remote"));
+        }
     }
     for i in 0..5 {
         let mut j = job(
@@ -282,22 +287,6 @@ async fn two_hundred_mixed_jobs_end_to_end() {
             Expect {
                 account: "modehaus",
                 ..ok(6, 1)
-            },
-            "remote",
-        ));
-    }
-    for i in 0..5 {
-        let mut j = job(
-            v1::JobKind::ProductPhoto,
-            vec![input(v1::InputRole::Product, "photo.jpg")],
-            3,
-        );
-        j.generation = fal("test/down", 7000 + i, 1);
-        jobs.push((
-            j,
-            Expect {
-                attempts: Some(3),
-                ..fail("provider_unavailable", true, 3)
             },
             "remote",
         ));
