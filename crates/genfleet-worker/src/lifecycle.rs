@@ -111,11 +111,11 @@ async fn process(
     job: &ValidJob,
     started: Instant,
 ) -> Disposition {
-    services.metrics.jobs_in_flight.inc();
+    let in_flight = InFlight::enter(&services.metrics.jobs_in_flight);
     let mut tracker = Tracker::new(services, publisher, job);
     let outcome = execute(services, job, &mut tracker).await;
     tracker.finish();
-    services.metrics.jobs_in_flight.dec();
+    drop(in_flight);
 
     let kind = job.kind().label();
     let result = match outcome {
@@ -829,6 +829,23 @@ async fn reject_message(
             warn!(error = %e, "dead letter not confirmed; the message will be redelivered");
             Disposition::Requeue("publish_failed")
         }
+    }
+}
+
+/// Counts a job in `genfleet_jobs_in_flight` until dropped, also when the
+/// job panics.
+struct InFlight<'a>(&'a prometheus::IntGauge);
+
+impl<'a> InFlight<'a> {
+    fn enter(gauge: &'a prometheus::IntGauge) -> InFlight<'a> {
+        gauge.inc();
+        InFlight(gauge)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 

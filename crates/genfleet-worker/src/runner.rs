@@ -135,7 +135,18 @@ async fn session(
                     }
                     next = consumer.next() => match next {
                         Some(Ok(incoming)) => {
-                            let Ok(permit) = slots.clone().acquire_owned().await else {
+                            // Wait for a free slot, but not past a shutdown:
+                            // a delivery not yet started goes straight back
+                            // to the queue for another worker.
+                            let permit = tokio::select! {
+                                permit = slots.clone().acquire_owned() => permit,
+                                () = done.cancelled() => {
+                                    let _ = incoming.nack(true).await;
+                                    consumer.cancel().await;
+                                    break Ok(());
+                                }
+                            };
+                            let Ok(permit) = permit else {
                                 break Ok(());
                             };
                             let services = services.clone();
