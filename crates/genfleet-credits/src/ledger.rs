@@ -30,7 +30,7 @@ const MAX_TTL: Duration = Duration::from_secs(366 * 24 * 60 * 60);
 const EXPIRE_BATCH: i64 = 500;
 
 /// Columns of `holds` in the order [`hold_from_row`] reads them.
-const HOLD_COLUMNS: &str = "job_id, account, amount, state, captured, released";
+pub(crate) const HOLD_COLUMNS: &str = "job_id, account, amount, state, captured, released";
 
 /// Where a hold is in its life. Only `Held` can change; the others are final.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -504,7 +504,7 @@ async fn select_hold<C: GenericClient>(
     row.as_ref().map(hold_from_row).transpose()
 }
 
-fn hold_from_row(row: &Row) -> Result<Hold, CreditsError> {
+pub(crate) fn hold_from_row(row: &Row) -> Result<Hold, CreditsError> {
     Ok(Hold {
         job_id: row.try_get(0)?,
         account: row.try_get(1)?,

@@ -18,6 +18,7 @@
 mod error;
 mod ledger;
 mod migrations;
+mod queries;
 #[cfg(test)]
 mod tests;
 
@@ -27,6 +28,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, 
 
 pub use crate::error::CreditsError;
 pub use crate::ledger::{Balance, Hold, HoldState, Settlement};
+pub use crate::queries::Entry;
 
 /// How long `ping` waits for `SELECT 1`, pool wait included: a health check
 /// that hangs is worse than one that says "unavailable".

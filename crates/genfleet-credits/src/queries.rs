@@ -138,7 +138,7 @@ impl Ledger {
         let mut violations = Vec::new();
         check_accounts(&tx, &mut violations).await?;
         check_holds(&tx, &mut violations).await?;
-        check_captures(&tx, &mut violations).await?;
+        check_entries(&tx, &mut violations).await?;
         tx.commit().await?;
         Ok(violations)
     }
@@ -302,15 +302,20 @@ async fn check_holds<C: GenericClient>(
         if entry_accounts > 1 {
             let _ = write!(line, ", spread over {entry_accounts} accounts");
         } else if entry_account.as_deref().is_some_and(|a| a != account) {
-            let _ = write!(line, ", written to account {}", entry_account.unwrap_or_default());
+            let _ = write!(
+                line,
+                ", written to account {}",
+                entry_account.unwrap_or_default()
+            );
         }
         violations.push(line);
     }
     Ok(())
 }
 
-/// A job is charged at most once: one `capture` entry per job id.
-async fn check_captures<C: GenericClient>(
+/// Entries on their own: positive amounts, a job id on every job entry and a
+/// hold row behind it, and a job charged at most once (one `capture` entry).
+async fn check_entries<C: GenericClient>(
     client: &C,
     violations: &mut Vec<String>,
 ) -> Result<(), CreditsError> {
@@ -330,6 +335,40 @@ async fn check_captures<C: GenericClient>(
         let total: i64 = row.try_get(2)?;
         violations.push(format!(
             "job {}: {count} capture entries for {total} credits, expected at most 1",
+            job_id.as_deref().unwrap_or("<none>")
+        ));
+    }
+
+    let rows = client
+        .query(
+            "SELECT e.id, e.account, e.job_id, e.kind, e.amount FROM ledger_entries e
+             WHERE e.amount <= 0
+                OR (e.kind = 'grant' AND e.job_id IS NOT NULL)
+                OR (e.kind <> 'grant' AND e.job_id IS NULL)
+                OR (e.job_id IS NOT NULL
+                    AND NOT EXISTS (SELECT 1 FROM holds h WHERE h.job_id = e.job_id))
+             ORDER BY e.id
+             LIMIT $1",
+            &[&MAX_VIOLATIONS_PER_CHECK],
+        )
+        .await?;
+    for row in &rows {
+        let id: i64 = row.try_get(0)?;
+        let account: String = row.try_get(1)?;
+        let job_id: Option<String> = row.try_get(2)?;
+        let kind: String = row.try_get(3)?;
+        let amount: i64 = row.try_get(4)?;
+        let expected = if amount <= 0 {
+            "expected a positive amount"
+        } else if kind == "grant" {
+            "expected no job id on a grant"
+        } else if job_id.is_none() {
+            "expected a job id"
+        } else {
+            "expected a hold row for its job"
+        };
+        violations.push(format!(
+            "ledger entry {id} of account {account}: {kind} of {amount} for job {}, {expected}",
             job_id.as_deref().unwrap_or("<none>")
         ));
     }

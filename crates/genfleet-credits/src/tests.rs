@@ -3,6 +3,14 @@
 //! Each test works in its own freshly named schema, dropped (with CASCADE)
 //! when the test ends, even when it panics, so parallel runs never see each
 //! other. Set `GENFLEET_TEST_DATABASE_URL` to point elsewhere.
+//!
+//! Submodules: `queries` (operator queries, invariant audit), `model` (a
+//! property test against an in-memory model), `stress` (many concurrent
+//! tasks on shared accounts).
+
+mod model;
+mod queries;
+mod stress;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
