@@ -112,6 +112,18 @@ enum CreditsCommand {
     },
     /// Show an account's available, held and captured credits.
     Balance { account: String },
+    /// An account's ledger entries, newest first.
+    Statement {
+        account: String,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+    },
+    /// An account's holds (open ones only unless --all).
+    Holds {
+        account: String,
+        #[arg(long)]
+        all: bool,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -274,6 +286,30 @@ async fn credits(config: Config, command: CreditsCommand) -> Result<ExitCode> {
                 return Ok(ExitCode::FAILURE);
             }
         },
+        CreditsCommand::Statement { account, limit } => {
+            for e in ledger.statement(&account, limit).await? {
+                println!(
+                    "{:>10} {:<8} {:>8} {:<26} {}",
+                    e.created_at_unix,
+                    e.kind,
+                    e.amount,
+                    e.job_id.as_deref().unwrap_or("-"),
+                    e.reason.as_deref().unwrap_or("")
+                );
+            }
+        }
+        CreditsCommand::Holds { account, all } => {
+            for h in ledger.holds(&account, !all).await? {
+                println!(
+                    "{:<26} {:<9} amount {:>6} captured {:>6} released {:>6}",
+                    h.job_id,
+                    h.state.as_str(),
+                    h.amount,
+                    h.captured,
+                    h.released
+                );
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

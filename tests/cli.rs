@@ -194,4 +194,14 @@ fn credits_grant_and_balance() {
     assert!(!output.status.success());
     let output = genfleet(&["credits", "grant", "acme/shop-1", "-5"], &env);
     assert!(!output.status.success(), "negative grants are refused");
+    let output = genfleet(&["credits", "statement", "acme/shop-1"], &env);
+    let text = stdout(&output);
+    assert!(output.status.success(), "{text}");
+    assert!(
+        text.contains("grant") && text.contains("250") && text.contains("operator grant"),
+        "{text}"
+    );
+    let output = genfleet(&["credits", "holds", "acme/shop-1", "--all"], &env);
+    assert!(output.status.success());
+    assert_eq!(stdout(&output), "", "no holds yet");
 }

@@ -1,7 +1,7 @@
 //! Synchronous CPU image code for genfleet: sniff the real type of untrusted
 //! bytes, check them against size limits before any pixel is decoded, decode
-//! with limits, apply EXIF orientation, resize, upscale, watermark and
-//! re-encode.
+//! with limits, apply EXIF orientation, resize, upscale, watermark, remove
+//! plain backdrops and re-encode.
 //!
 //! # Architecture invariant
 //!
@@ -19,6 +19,7 @@ mod decode;
 mod encode;
 mod error;
 mod limits;
+mod matte;
 mod resize;
 mod sniff;
 mod structure;
@@ -30,6 +31,7 @@ pub use error::ImagingError;
 /// The pixel buffer type every function here takes and returns.
 pub use image::DynamicImage;
 pub use limits::{inspect, ImageInfo, Limits};
+pub use matte::{alpha_iou, apply_matte, ClassicalMatte, Matte};
 pub use resize::{resize_to_fit, upscale};
 pub use sniff::{sniff, ImageFormat, Sniffed};
 pub use watermark::apply_watermark;
@@ -43,6 +45,13 @@ pub(crate) mod test_paths {
     /// photos are downscaled 4x with their metadata kept, HEIC and AVIF are
     /// their first 4 KiB (see `tests/fixtures/corpus/README.md`).
     pub const CORPUS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/corpus/");
+
+    /// Background-removal composites and their ground-truth masks (see
+    /// `tests/fixtures/composites/README.md`).
+    pub const COMPOSITES: &str = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/fixtures/composites/"
+    );
 
     pub fn read(dir: &str, name: &str) -> Vec<u8> {
         let path = format!("{dir}{name}");
