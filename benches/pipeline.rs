@@ -40,6 +40,7 @@ fn stages(c: &mut Criterion) {
     let spec = RenderSpec {
         presets: vec![PRESETS[0].clone()],
         encodings: vec![Encoding::Jpeg { quality: 85 }],
+        quality: 85,
         watermark: false,
     };
     let mut group = c.benchmark_group("batch pipeline");

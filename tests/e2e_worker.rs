@@ -111,6 +111,17 @@ const HOSTILE: &[(&str, &str)] = &[
     ("h09_html_named_jpg.jpg", "unsupported_type"),
 ];
 
+/// The alpha channel of a cut-out, or the grey level of a mask.
+fn image_alpha(image: &genfleet_imaging::DynamicImage) -> image::GrayImage {
+    let (w, h) = (image.width(), image.height());
+    if image.color().has_alpha() {
+        let rgba = image.to_rgba8();
+        image::GrayImage::from_fn(w, h, |x, y| image::Luma([rgba.get_pixel(x, y)[3]]))
+    } else {
+        image.to_luma8()
+    }
+}
+
 fn stage_uploads(root: &std::path::Path) {
     let uploads = root.join("uploads");
     std::fs::create_dir_all(uploads.join("hostile")).unwrap();
@@ -127,6 +138,11 @@ fn stage_uploads(root: &std::path::Path) {
     let small = genfleet_imaging::resize_to_fit(&small.image, 240).unwrap();
     let png = genfleet_imaging::encode(&small, genfleet_imaging::Encoding::Png).unwrap();
     std::fs::write(uploads.join("small.png"), png).unwrap();
+    std::fs::copy(
+        repo_path("tests/fixtures/composites/k02_boot_white_shadow.jpg"),
+        uploads.join("boot.jpg"),
+    )
+    .unwrap();
     for i in 0..3 {
         std::fs::copy(
             repo_path("examples/photos/dandelions_1024.jpg"),
@@ -167,7 +183,7 @@ async fn two_hundred_mixed_jobs_end_to_end() {
 
     // The jobs, each with what it must end as.
     let mut jobs: Vec<(v1::Job, Expect, &str)> = Vec::new();
-    for i in 0..67 {
+    for i in 0..62 {
         let mut j = job(
             v1::JobKind::BatchEdit,
             vec![input(v1::InputRole::Product, "photo.jpg")],
@@ -356,6 +372,20 @@ async fn two_hundred_mixed_jobs_end_to_end() {
             },
             "cpu",
         ));
+    }
+    // Background removal on this worker's CPU (classical matte): a cut-out
+    // PNG whose alpha is checked against the ground-truth mask below.
+    for _ in 0..5 {
+        let mut j = job(
+            v1::JobKind::BackgroundRemoval,
+            vec![input(v1::InputRole::Product, "boot.jpg")],
+            2,
+        );
+        j.generation = Some(v1::Generation {
+            providers: vec!["local".into()],
+            ..Default::default()
+        });
+        jobs.push((j, ok(2, 1), "cpu"));
     }
     // Sources deleted once the outputs are stored and the job is settled.
     for i in 0..3 {
@@ -568,6 +598,24 @@ async fn two_hundred_mixed_jobs_end_to_end() {
                     (image.image.width(), image.image.height()),
                     (output.width, output.height)
                 );
+                if j.kind == v1::JobKind::BackgroundRemoval as i32 {
+                    assert_eq!(
+                        output.content_type, "image/png",
+                        "a cut-out keeps its transparency"
+                    );
+                    let alpha = image_alpha(&image.image);
+                    let truth = std::fs::read(repo_path(
+                        "tests/fixtures/composites/k02_boot_white_shadow.mask.png",
+                    ))
+                    .unwrap();
+                    let truth = image_alpha(
+                        &genfleet_imaging::decode_sanitised(&truth, &Default::default())
+                            .unwrap()
+                            .image,
+                    );
+                    let iou = genfleet_imaging::alpha_iou(&alpha, &truth);
+                    assert!(iou > 0.95, "{label}: cut-out IoU {iou}");
+                }
             }
         }
         if j.kind == v1::JobKind::BatchEdit as i32 && expect.outputs == 4 {

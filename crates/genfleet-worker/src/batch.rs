@@ -102,6 +102,7 @@ pub fn run(
     let spec = RenderSpec {
         presets: vec![PRESETS[0].clone()],
         encodings: vec![options.encoding],
+        quality: 85,
         watermark: options.watermark,
     };
     let mut items: Vec<BatchItem> = std::thread::scope(|scope| {

@@ -1,15 +1,17 @@
 //! The `local` provider: generation done by this worker's CPU with
 //! `genfleet-imaging`, no remote call. Serves `upscale` (Lanczos3, factor
-//! from `parameters.factor`, default 2) and `batch_edit` (the edit is the
-//! pre-processing and output presets; generation passes the image through).
-//! Model-based upscaling and background removal arrive with the inference
-//! crate behind the same trait.
+//! from `parameters.factor`, default 2), `background_removal` (the classical
+//! matte: studio and product photos on plain or gradient backgrounds; a cut-out
+//! with transparency) and `batch_edit` (the edit is the pre-processing and
+//! output presets; generation passes the image through). Model-based
+//! upscaling and mattes arrive with the inference crate behind the same
+//! trait.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use genfleet_imaging::{Encoding, Limits};
+use genfleet_imaging::{ClassicalMatte, Encoding, Limits, Matte as _};
 use genfleet_providers::{
     Artifact, GenerationOutput, GenerationRequest, JobKind, Provider, ProviderError,
 };
@@ -38,6 +40,7 @@ impl Provider for LocalProvider {
         &self,
         request: &GenerationRequest,
     ) -> Result<GenerationOutput, ProviderError> {
+        let mut remove_background = false;
         let factor = match request.kind {
             JobKind::Upscale => match request.parameters.get("factor") {
                 None => 2,
@@ -51,6 +54,10 @@ impl Provider for LocalProvider {
                 },
             },
             JobKind::BatchEdit => 1,
+            JobKind::BackgroundRemoval => {
+                remove_background = true;
+                1
+            }
             other => {
                 return Err(ProviderError::Unsupported {
                     message: format!("the local provider cannot run {other:?} jobs"),
@@ -78,6 +85,14 @@ impl Provider for LocalProvider {
                 .image;
             let image = if factor > 1 {
                 genfleet_imaging::upscale(&image, factor, &limits).map_err(|e| e.to_string())?
+            } else {
+                image
+            };
+            let image = if remove_background {
+                let alpha = ClassicalMatte::default()
+                    .matte(&image)
+                    .map_err(|e| e.to_string())?;
+                genfleet_imaging::apply_matte(&image, &alpha).map_err(|e| e.to_string())?
             } else {
                 image
             };

@@ -57,7 +57,11 @@ pub const PRESETS: &[Preset] = &[
 #[derive(Debug, Clone, PartialEq)]
 pub struct RenderSpec {
     pub presets: Vec<Preset>,
+    /// Empty means "the default for the image": PNG when it has
+    /// transparency (a cut-out must keep it), JPEG otherwise.
     pub encodings: Vec<Encoding>,
+    /// Quality of the default JPEG.
+    pub quality: u8,
     pub watermark: bool,
 }
 
@@ -83,9 +87,6 @@ impl RenderSpec {
             })
             .collect();
         encodings.dedup();
-        if encodings.is_empty() {
-            encodings.push(Encoding::Jpeg { quality });
-        }
         let mut presets = Vec::new();
         for name in &spec.presets {
             let preset = PRESETS.iter().find(|p| p.name == name).ok_or_else(|| {
@@ -108,6 +109,7 @@ impl RenderSpec {
         Ok(RenderSpec {
             presets,
             encodings,
+            quality,
             watermark: spec.watermark,
         })
     }
@@ -161,7 +163,19 @@ pub fn render(
     index: usize,
     spec: &RenderSpec,
 ) -> Result<Vec<Rendered>, JobFailure> {
-    let mut out = Vec::with_capacity(spec.presets.len() * spec.encodings.len());
+    let default_encoding = [if image.color().has_alpha() {
+        Encoding::Png
+    } else {
+        Encoding::Jpeg {
+            quality: spec.quality,
+        }
+    }];
+    let encodings: &[Encoding] = if spec.encodings.is_empty() {
+        &default_encoding
+    } else {
+        &spec.encodings
+    };
+    let mut out = Vec::with_capacity(spec.presets.len() * encodings.len());
     for preset in &spec.presets {
         let mut sized = match preset.long_side {
             Some(side) => genfleet_imaging::resize_to_fit(image, side)?,
@@ -170,7 +184,7 @@ pub fn render(
         if spec.watermark {
             genfleet_imaging::apply_watermark(&mut sized);
         }
-        for encoding in &spec.encodings {
+        for encoding in encodings {
             let bytes = genfleet_imaging::encode(&sized, *encoding)?;
             out.push(Rendered {
                 name: format!("{index}-{}.{}", preset.name, encoding.extension()),
@@ -192,8 +206,14 @@ mod tests {
     #[test]
     fn render_spec_defaults_and_errors() {
         let spec = RenderSpec::from_contract(None).unwrap();
-        assert_eq!(spec.encodings, vec![Encoding::Jpeg { quality: 85 }]);
+        assert_eq!(spec.encodings, vec![]);
+        assert_eq!(spec.quality, 85);
         assert_eq!(spec.presets[0].name, "original");
+        // The default keeps transparency: PNG for a cut-out, JPEG otherwise.
+        let cut_out = render(&DynamicImage::new_rgba8(8, 8), 0, &spec).unwrap();
+        assert_eq!(cut_out[0].name, "0-original.png");
+        let photo = render(&DynamicImage::new_rgb8(8, 8), 0, &spec).unwrap();
+        assert_eq!(photo[0].name, "0-original.jpg");
 
         let contract = v1::OutputSpec {
             formats: vec![v1::OutputFormat::Webp as i32, v1::OutputFormat::Png as i32],
@@ -220,6 +240,7 @@ mod tests {
         let spec = RenderSpec {
             presets: PRESETS.to_vec(),
             encodings: vec![Encoding::Jpeg { quality: 80 }, Encoding::Png],
+            quality: 80,
             watermark: false,
         };
         let out = render(&image, 2, &spec).unwrap();
