@@ -11,22 +11,29 @@
 //! and Retry-After handling live in [`generate_with_retries`] so that every
 //! provider gets the same policy.
 //!
+//! [`Guarded`] wraps any provider in a circuit breaker, a concurrency limit
+//! and a per-process rate limit, and is itself a [`Provider`].
+//!
 //! With the `fake` feature, [`fake_fal`] serves a real loopback HTTP server
 //! shaped like fal's queue API, including its failure modes.
 
 mod error;
 mod fal;
+mod guard;
 mod retry;
 
 #[cfg(any(test, feature = "fake"))]
 pub mod fake_fal;
 #[cfg(test)]
 mod fal_tests;
+#[cfg(test)]
+mod guard_tests;
 
 use std::fmt;
 
 pub use error::{Failed, ProviderError};
 pub use fal::{FalConfig, FalProvider};
+pub use guard::{BreakerState, GuardConfig, GuardSnapshot, Guarded};
 pub use retry::{generate_with_retries, parse_retry_after, RetryPolicy};
 
 /// What a job asks the provider to produce.

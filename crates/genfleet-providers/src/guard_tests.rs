@@ -1,0 +1,525 @@
+//! [`Guarded`] over a scripted provider in paused time (breaker, limits,
+//! deadlines), plus one run against the fake fal server's `test/down` model
+//! through [`generate_with_retries`].
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::fake_fal::FakeFal;
+use crate::{
+    generate_with_retries, BreakerState, FalConfig, FalProvider, GenerationOutput,
+    GenerationRequest, GuardConfig, GuardSnapshot, Guarded, JobKind, Provider, ProviderError,
+    RetryPolicy,
+};
+
+/// Answers each call with the next scripted result (success once the script
+/// runs out), after `hold` of (paused) time, and counts calls and overlap.
+#[derive(Default)]
+struct Scripted {
+    answers: Mutex<VecDeque<Result<(), ProviderError>>>,
+    hold: Duration,
+    calls: AtomicU32,
+    running: AtomicUsize,
+    max_running: AtomicUsize,
+    call_times: Mutex<Vec<Instant>>,
+}
+
+impl Scripted {
+    fn new(answers: Vec<Result<(), ProviderError>>) -> Self {
+        Self {
+            answers: Mutex::new(answers.into()),
+            ..Self::default()
+        }
+    }
+
+    fn holding(hold: Duration) -> Self {
+        Self {
+            hold,
+            ..Self::default()
+        }
+    }
+
+    fn push(&self, answer: Result<(), ProviderError>) {
+        self.answers.lock().unwrap().push_back(answer);
+    }
+
+    fn calls(&self) -> u32 {
+        self.calls.load(Ordering::SeqCst)
+    }
+}
+
+#[async_trait::async_trait]
+impl Provider for Scripted {
+    fn name(&self) -> &str {
+        "scripted"
+    }
+
+    async fn generate(&self, _: &GenerationRequest) -> Result<GenerationOutput, ProviderError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        self.call_times.lock().unwrap().push(Instant::now());
+        let running = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max_running.fetch_max(running, Ordering::SeqCst);
+        if !self.hold.is_zero() {
+            tokio::time::sleep(self.hold).await;
+        }
+        self.running.fetch_sub(1, Ordering::SeqCst);
+        let answer = self.answers.lock().unwrap().pop_front().unwrap_or(Ok(()));
+        answer.map(|()| GenerationOutput {
+            artifacts: Vec::new(),
+            attempts: 1,
+            request_id: None,
+        })
+    }
+}
+
+fn request(deadline: Option<Instant>) -> GenerationRequest {
+    GenerationRequest {
+        job_id: "job-1".into(),
+        kind: JobKind::ProductPhoto,
+        model: "test/down".into(),
+        prompt: "a red shoe".into(),
+        negative_prompt: String::new(),
+        seed: None,
+        count: 1,
+        aspect_ratio: String::new(),
+        parameters: serde_json::Map::new(),
+        inputs: Vec::new(),
+        deadline,
+    }
+}
+
+const OPEN_FOR: Duration = Duration::from_secs(30);
+
+fn config() -> GuardConfig {
+    GuardConfig {
+        failure_threshold: 3,
+        open_for: OPEN_FOR,
+        ..GuardConfig::default()
+    }
+}
+
+fn unavailable() -> Result<(), ProviderError> {
+    Err(ProviderError::Unavailable {
+        message: "busy".into(),
+        retry_after: None,
+    })
+}
+
+fn malformed() -> Result<(), ProviderError> {
+    Err(ProviderError::Malformed {
+        message: "truncated".into(),
+    })
+}
+
+fn rejected() -> Result<(), ProviderError> {
+    Err(ProviderError::Rejected {
+        message: "nsfw".into(),
+    })
+}
+
+/// Calls `guarded` once per scripted answer, ignoring the results.
+async fn call_n(guarded: &Guarded<Scripted>, times: usize) {
+    for _ in 0..times {
+        let _ = guarded.generate(&request(None)).await;
+    }
+}
+
+/// A guard over a provider that has just failed `config().failure_threshold`
+/// times in a row.
+async fn tripped(hold: Duration) -> Guarded<Scripted> {
+    let provider = Scripted {
+        hold,
+        ..Scripted::new(vec![unavailable(), unavailable(), unavailable()])
+    };
+    let guarded = Guarded::new(provider, config());
+    call_n(&guarded, 3).await;
+    assert_eq!(guarded.state(), BreakerState::Open);
+    guarded
+}
+
+/// Asserts the breaker's refusal, and returns its retry hint.
+fn assert_open_error(result: Result<GenerationOutput, ProviderError>) -> Duration {
+    match result {
+        Err(ProviderError::Unavailable {
+            message,
+            retry_after: Some(retry_after),
+        }) => {
+            assert!(
+                message.starts_with("circuit open for scripted after "),
+                "{message}"
+            );
+            retry_after
+        }
+        other => panic!("expected the open-circuit error, got {other:?}"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn opens_after_threshold_retryable_failures() {
+    let guarded = Guarded::new(
+        Scripted::new(vec![unavailable(), malformed(), unavailable()]),
+        config(),
+    );
+    call_n(&guarded, 2).await;
+    assert_eq!(
+        guarded.snapshot(),
+        GuardSnapshot {
+            state: BreakerState::Closed,
+            in_flight: 0,
+            consecutive_failures: 2,
+        }
+    );
+    call_n(&guarded, 1).await;
+    assert_eq!(guarded.state(), BreakerState::Open);
+    assert_eq!(guarded.snapshot().consecutive_failures, 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn open_breaker_refuses_without_calling_the_provider() {
+    let guarded = tripped(Duration::ZERO).await;
+    let result = guarded.generate(&request(None)).await;
+    let message = result.as_ref().unwrap_err().to_string();
+    assert_eq!(
+        message,
+        "provider unavailable: circuit open for scripted after 3 consecutive failures"
+    );
+    assert_eq!(assert_open_error(result), OPEN_FOR);
+    tokio::time::advance(Duration::from_secs(10)).await;
+    for _ in 0..5 {
+        let retry_after = assert_open_error(guarded.generate(&request(None)).await);
+        assert_eq!(retry_after, Duration::from_secs(20));
+    }
+    assert_eq!(guarded.inner().calls(), 3);
+    assert_eq!(guarded.state(), BreakerState::Open);
+}
+
+#[tokio::test(start_paused = true)]
+async fn half_open_lets_exactly_one_probe_through_and_success_closes() {
+    let guarded = Arc::new(tripped(Duration::from_secs(1)).await);
+    tokio::time::advance(OPEN_FOR).await;
+    assert_eq!(guarded.state(), BreakerState::HalfOpen);
+
+    let calls: Vec<_> = (0..5)
+        .map(|_| {
+            let guarded = Arc::clone(&guarded);
+            tokio::spawn(async move { guarded.generate(&request(None)).await })
+        })
+        .collect();
+    let mut succeeded = 0;
+    for call in calls {
+        match call.await.unwrap() {
+            Ok(_) => succeeded += 1,
+            refused => {
+                // The probe's answer is unknown, so the hint is a full period.
+                assert_eq!(assert_open_error(refused), OPEN_FOR);
+            }
+        }
+    }
+    assert_eq!(succeeded, 1);
+    assert_eq!(guarded.inner().calls(), 4);
+    assert_eq!(guarded.inner().max_running.load(Ordering::SeqCst), 1);
+    assert_eq!(guarded.state(), BreakerState::Closed);
+    assert_eq!(guarded.snapshot().consecutive_failures, 0);
+    // Closed again: calls go through.
+    guarded.generate(&request(None)).await.unwrap();
+    assert_eq!(guarded.inner().calls(), 5);
+}
+
+#[tokio::test(start_paused = true)]
+async fn failed_probe_reopens_for_a_full_period() {
+    let guarded = tripped(Duration::ZERO).await;
+    tokio::time::advance(OPEN_FOR).await;
+    guarded.inner().push(malformed());
+    let probe = guarded.generate(&request(None)).await;
+    assert!(
+        matches!(probe, Err(ProviderError::Malformed { .. })),
+        "{probe:?}"
+    );
+    assert_eq!(guarded.state(), BreakerState::Open);
+    let retry_after = assert_open_error(guarded.generate(&request(None)).await);
+    assert_eq!(retry_after, OPEN_FOR);
+    assert_eq!(guarded.inner().calls(), 4);
+}
+
+#[tokio::test(start_paused = true)]
+async fn permanent_errors_neither_open_nor_reset() {
+    let guarded = Guarded::new(
+        Scripted::new(vec![
+            unavailable(),
+            unavailable(),
+            rejected(),
+            rejected(),
+            rejected(),
+            rejected(),
+            Err(ProviderError::Unauthorized {
+                message: "bad key".into(),
+            }),
+            Err(ProviderError::Unsupported {
+                message: "no video".into(),
+            }),
+            Err(ProviderError::DeadlineExceeded),
+        ]),
+        config(),
+    );
+    call_n(&guarded, 9).await;
+    assert_eq!(guarded.state(), BreakerState::Closed);
+    assert_eq!(guarded.snapshot().consecutive_failures, 2);
+    // The streak survived them: one more retryable failure opens it.
+    guarded.inner().push(unavailable());
+    call_n(&guarded, 1).await;
+    assert_eq!(guarded.state(), BreakerState::Open);
+}
+
+#[tokio::test(start_paused = true)]
+async fn success_resets_the_streak() {
+    let guarded = Guarded::new(
+        Scripted::new(vec![unavailable(), unavailable(), Ok(()), unavailable()]),
+        config(),
+    );
+    call_n(&guarded, 4).await;
+    assert_eq!(guarded.state(), BreakerState::Closed);
+    assert_eq!(guarded.snapshot().consecutive_failures, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn permanent_error_on_the_probe_leaves_it_half_open() {
+    let guarded = tripped(Duration::ZERO).await;
+    tokio::time::advance(OPEN_FOR).await;
+    guarded.inner().push(rejected());
+    let probe = guarded.generate(&request(None)).await;
+    assert!(
+        matches!(probe, Err(ProviderError::Rejected { .. })),
+        "{probe:?}"
+    );
+    assert_eq!(guarded.state(), BreakerState::HalfOpen);
+    // The next caller is the new probe.
+    guarded.generate(&request(None)).await.unwrap();
+    assert_eq!(guarded.state(), BreakerState::Closed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropped_probe_leaves_it_half_open() {
+    let guarded = tripped(Duration::from_secs(10)).await;
+    tokio::time::advance(OPEN_FOR).await;
+    let probe = request(None);
+    let dropped = tokio::time::timeout(Duration::from_secs(1), guarded.generate(&probe)).await;
+    assert!(dropped.is_err());
+    assert_eq!(guarded.state(), BreakerState::HalfOpen);
+    assert_eq!(guarded.snapshot().in_flight, 0);
+    guarded.generate(&request(None)).await.unwrap();
+    assert_eq!(guarded.state(), BreakerState::Closed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn concurrency_limit_caps_calls_in_flight() {
+    let guarded = Arc::new(Guarded::new(
+        Scripted::holding(Duration::from_secs(1)),
+        GuardConfig {
+            max_concurrent: 3,
+            ..config()
+        },
+    ));
+    let start = Instant::now();
+    let calls: Vec<_> = (0..10)
+        .map(|_| {
+            let guarded = Arc::clone(&guarded);
+            tokio::spawn(async move { guarded.generate(&request(None)).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(guarded.snapshot().in_flight, 3);
+    for call in calls {
+        call.await.unwrap().unwrap();
+    }
+    assert_eq!(guarded.inner().calls(), 10);
+    assert_eq!(guarded.inner().max_running.load(Ordering::SeqCst), 3);
+    // Four rounds of one second: 3 + 3 + 3 + 1.
+    assert_eq!(start.elapsed(), Duration::from_secs(4));
+    assert_eq!(guarded.snapshot().in_flight, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn rate_limit_spaces_calls() {
+    let guarded = Arc::new(Guarded::new(
+        Scripted::default(),
+        GuardConfig {
+            rate_per_second: 5.0,
+            burst: 1,
+            ..config()
+        },
+    ));
+    let start = Instant::now();
+    let calls: Vec<_> = (0..10)
+        .map(|_| {
+            let guarded = Arc::clone(&guarded);
+            tokio::spawn(async move { guarded.generate(&request(None)).await })
+        })
+        .collect();
+    for call in calls {
+        call.await.unwrap().unwrap();
+    }
+    let elapsed = start.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(1795) && elapsed <= Duration::from_millis(1805),
+        "{elapsed:?}"
+    );
+    let mut times = guarded.inner().call_times.lock().unwrap().clone();
+    times.sort();
+    assert_eq!(times[0], start);
+    for pair in times.windows(2) {
+        let gap = pair[1] - pair[0];
+        assert!(
+            gap >= Duration::from_millis(199) && gap <= Duration::from_millis(201),
+            "{gap:?}"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn burst_lets_calls_through_back_to_back() {
+    let guarded = Guarded::new(
+        Scripted::default(),
+        GuardConfig {
+            rate_per_second: 1.0,
+            burst: 3,
+            ..config()
+        },
+    );
+    let start = Instant::now();
+    call_n(&guarded, 4).await;
+    let times = guarded.inner().call_times.lock().unwrap().clone();
+    assert_eq!(times[..3], [start, start, start]);
+    assert_eq!(times[3] - start, Duration::from_secs(1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn deadline_bounds_the_wait_for_a_slot() {
+    let guarded = Arc::new(Guarded::new(
+        Scripted::holding(Duration::from_secs(10)),
+        GuardConfig {
+            max_concurrent: 1,
+            ..config()
+        },
+    ));
+    let holder = {
+        let guarded = Arc::clone(&guarded);
+        tokio::spawn(async move { guarded.generate(&request(None)).await })
+    };
+    tokio::task::yield_now().await;
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs(1);
+    let result = guarded.generate(&request(Some(deadline))).await;
+    assert!(
+        matches!(result, Err(ProviderError::DeadlineExceeded)),
+        "{result:?}"
+    );
+    assert_eq!(start.elapsed(), Duration::from_secs(1));
+    assert_eq!(guarded.inner().calls(), 1);
+    holder.await.unwrap().unwrap();
+    // A deadline error is not a provider failure.
+    assert_eq!(guarded.snapshot().consecutive_failures, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn deadline_bounds_the_wait_for_a_token() {
+    let guarded = Guarded::new(
+        Scripted::default(),
+        GuardConfig {
+            rate_per_second: 1.0,
+            burst: 1,
+            ..config()
+        },
+    );
+    let start = Instant::now();
+    guarded.generate(&request(None)).await.unwrap();
+    // The next token comes at 1 s: a 500 ms deadline fails at once.
+    let result = guarded
+        .generate(&request(Some(start + Duration::from_millis(500))))
+        .await;
+    assert!(
+        matches!(result, Err(ProviderError::DeadlineExceeded)),
+        "{result:?}"
+    );
+    assert_eq!(start.elapsed(), Duration::ZERO);
+    // ...and took no token: a later deadline still gets the 1 s one.
+    guarded
+        .generate(&request(Some(start + Duration::from_secs(2))))
+        .await
+        .unwrap();
+    assert_eq!(start.elapsed(), Duration::from_secs(1));
+    assert_eq!(guarded.inner().calls(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn passed_deadline_makes_no_call() {
+    let guarded = Guarded::new(Scripted::default(), config());
+    let deadline = Instant::now();
+    tokio::time::advance(Duration::from_millis(1)).await;
+    let result = guarded.generate(&request(Some(deadline))).await;
+    assert!(
+        matches!(result, Err(ProviderError::DeadlineExceeded)),
+        "{result:?}"
+    );
+    assert_eq!(guarded.inner().calls(), 0);
+}
+
+/// The real fal client against the fake's always-503 model: the breaker
+/// opens inside one `generate_with_retries`, and later calls are refused
+/// without reaching the server.
+#[tokio::test]
+async fn breaker_stops_calls_to_a_down_fal_model() {
+    let fake = FakeFal::start().await.unwrap();
+    // reqwest is built without a crypto provider; the binary installs ring.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let fal = FalProvider::new(
+        FalConfig {
+            base_url: fake.base_url.clone(),
+            key: "test-key-0123".into(),
+            request_timeout: Duration::from_secs(5),
+            poll_interval: Duration::from_millis(10),
+            max_output_bytes: 1024 * 1024,
+        },
+        reqwest::Client::new(),
+    );
+    let guarded = Guarded::new(
+        fal,
+        GuardConfig {
+            failure_threshold: 3,
+            open_for: Duration::from_secs(60),
+            ..GuardConfig::default()
+        },
+    );
+    let policy = RetryPolicy {
+        max_attempts: 4,
+        initial_delay: Duration::from_millis(10),
+        max_delay: Duration::from_millis(50),
+    };
+
+    let failed = generate_with_retries(&guarded, &request(None), &policy)
+        .await
+        .unwrap_err();
+    // Three 503s open the breaker; the fourth attempt is refused by it.
+    assert_eq!(failed.attempts, 4);
+    assert!(
+        failed
+            .error
+            .to_string()
+            .contains("circuit open for fal after 3 consecutive failures"),
+        "{failed}"
+    );
+    assert_eq!(fake.submissions_for("test/down"), 3);
+    assert_eq!(guarded.state(), BreakerState::Open);
+
+    // A later job is refused on every attempt without reaching the server.
+    let failed = generate_with_retries(&guarded, &request(None), &policy)
+        .await
+        .unwrap_err();
+    assert_eq!(failed.attempts, 4);
+    assert!(failed.error.is_retryable());
+    assert!(failed.error.retry_after().is_some());
+    assert_eq!(fake.submissions_for("test/down"), 3);
+}
