@@ -175,7 +175,7 @@ impl Incoming {
 
 /// lapin answers `Ok(false)` when the delivery's channel is gone (or it was
 /// settled already): the broker will redeliver, which the caller must know.
-fn settled(sent: bool) -> Result<(), BrokerError> {
+pub(crate) fn settled(sent: bool) -> Result<(), BrokerError> {
     if sent {
         Ok(())
     } else {

@@ -5,12 +5,14 @@
 //! not know the contract's message types, which the worker encodes.
 
 mod consumer;
+mod dlq;
 mod publisher;
 mod topology;
 
 use lapin::{Connection, ConnectionProperties};
 
 pub use consumer::{Incoming, JobConsumer};
+pub use dlq::{DeadLetter, PurgeReport, Refused, ReplayReport, Selector};
 pub use publisher::{Outgoing, Publisher};
 pub use topology::{declare, JobClass, Topology};
 
@@ -36,6 +38,11 @@ pub enum BrokerError {
     Channel(String),
     #[error("broker refused the publish to {exchange} (negative confirm)")]
     Nacked { exchange: String },
+    #[error("no queue is bound to {exchange} with routing key {routing_key:?}: the broker returned the message")]
+    Unroutable {
+        exchange: String,
+        routing_key: String,
+    },
 }
 
 impl From<lapin::Error> for BrokerError {

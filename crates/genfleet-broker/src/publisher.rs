@@ -79,12 +79,34 @@ impl Publisher {
             }
             properties = properties.with_headers(table);
         }
+        self.publish_properties(exchange, routing_key, body, properties, false)
+            .await
+    }
+
+    /// Publishes with properties as given and waits for the confirm. With
+    /// `mandatory`, a message that no queue would take comes back as
+    /// [`BrokerError::Unroutable`] instead of a silent positive confirm: a
+    /// replayed dead letter must land in a queue before it is deleted.
+    ///
+    /// # Errors
+    /// As [`Publisher::publish`], plus [`BrokerError::Unroutable`].
+    pub(crate) async fn publish_properties(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+        mandatory: bool,
+    ) -> Result<(), BrokerError> {
         let confirm = self
             .channel
             .basic_publish(
                 exchange.into(),
                 routing_key.into(),
-                BasicPublishOptions::default(),
+                BasicPublishOptions {
+                    mandatory,
+                    ..Default::default()
+                },
                 body,
                 properties,
             )
@@ -93,6 +115,12 @@ impl Publisher {
         if confirm.is_nack() {
             return Err(BrokerError::Nacked {
                 exchange: exchange.to_string(),
+            });
+        }
+        if confirm.take_message().is_some() {
+            return Err(BrokerError::Unroutable {
+                exchange: exchange.to_string(),
+                routing_key: routing_key.to_string(),
             });
         }
         Ok(())
