@@ -84,6 +84,20 @@ async fn depth(broker: &Broker, queue: &str) -> u32 {
     broker.queue_depth(queue).await.expect("queue depth")
 }
 
+/// Waits (up to 5 s) for `queue` to hold `expected` ready messages: messages
+/// a closed channel hands back become ready again asynchronously, so a single
+/// read right after a peek can race the broker.
+async fn settled_depth(broker: &Broker, queue: &str, expected: u32) -> u32 {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let now = depth(broker, queue).await;
+        if now == expected || tokio::time::Instant::now() >= deadline {
+            return now;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 /// Takes the next message off `queue` for good (auto-ack).
 async fn take(url: &str, queue: &str) -> lapin::message::Delivery {
     let conn = Connection::connect(url, ConnectionProperties::default())
@@ -130,7 +144,7 @@ async fn worker_dead_letters_list_show_replay_purge() {
     publish_dead_letter(&broker, &ids[1], "remote", "provider_timeout").await;
     publish_dead_letter(&broker, &ids[2], "remote", "invalid_output").await;
     publish_dead_letter(&broker, &ids[3], "bogus", "invalid_input").await;
-    assert_eq!(depth(&broker, DEAD_QUEUE).await, 4);
+    assert_eq!(settled_depth(&broker, DEAD_QUEUE, 4).await, 4);
 
     // list peeks: every one shown, none removed.
     let output = genfleet(&url, &["list"]);
@@ -144,10 +158,14 @@ async fn worker_dead_letters_list_show_replay_purge() {
         assert!(line.contains(error), "{line}");
     }
     assert!(text.contains("4 of 4 dead letter(s)"), "{text}");
-    assert_eq!(depth(&broker, DEAD_QUEUE).await, 4, "list removes nothing");
+    assert_eq!(
+        settled_depth(&broker, DEAD_QUEUE, 4).await,
+        4,
+        "list removes nothing"
+    );
     let output = genfleet(&url, &["list", "--limit", "2"]);
     assert!(stdout(&output).contains("2 of 4"), "{}", stdout(&output));
-    assert_eq!(depth(&broker, DEAD_QUEUE).await, 4);
+    assert_eq!(settled_depth(&broker, DEAD_QUEUE, 4).await, 4);
 
     // show: code, reason and job, but the prompt only with --body.
     let output = genfleet(&url, &["show", &ids[0]]);
@@ -167,16 +185,20 @@ async fn worker_dead_letters_list_show_replay_purge() {
     assert!(text.contains(PROMPT), "{text}");
     let output = genfleet(&url, &["show", "01NOSUCHJOB0000000000000000"]);
     assert!(!output.status.success());
-    assert_eq!(depth(&broker, DEAD_QUEUE).await, 4, "show removes nothing");
+    assert_eq!(
+        settled_depth(&broker, DEAD_QUEUE, 4).await,
+        4,
+        "show removes nothing"
+    );
 
     // replay <id>: exactly that one moves, stripped of its dead-letter headers.
     let output = genfleet(&url, &["replay", &ids[0]]);
     let text = stdout(&output);
     assert!(output.status.success(), "{text}");
     assert!(text.contains("replayed 1 dead letter(s)"), "{text}");
-    assert_eq!(depth(&broker, "genfleet.jobs.cpu").await, 1);
-    assert_eq!(depth(&broker, "genfleet.jobs.remote").await, 0);
-    assert_eq!(depth(&broker, DEAD_QUEUE).await, 3);
+    assert_eq!(settled_depth(&broker, "genfleet.jobs.cpu", 1).await, 1);
+    assert_eq!(settled_depth(&broker, "genfleet.jobs.remote", 0).await, 0);
+    assert_eq!(settled_depth(&broker, DEAD_QUEUE, 3).await, 3);
     let replayed = take(&url, "genfleet.jobs.cpu").await;
     assert_eq!(
         replayed
@@ -198,8 +220,8 @@ async fn worker_dead_letters_list_show_replay_purge() {
         text.contains(&format!("left {}", ids[3])) && text.contains("not a job class"),
         "{text}"
     );
-    assert_eq!(depth(&broker, "genfleet.jobs.remote").await, 2);
-    assert_eq!(depth(&broker, DEAD_QUEUE).await, 1);
+    assert_eq!(settled_depth(&broker, "genfleet.jobs.remote", 2).await, 2);
+    assert_eq!(settled_depth(&broker, DEAD_QUEUE, 1).await, 1);
 
     // purge without --yes deletes nothing and says what it would delete.
     let output = genfleet(&url, &["purge", "--all"]);
@@ -209,12 +231,12 @@ async fn worker_dead_letters_list_show_replay_purge() {
         text.contains(&format!("would delete {}", ids[3])) && text.contains("without --yes"),
         "{text}"
     );
-    assert_eq!(depth(&broker, DEAD_QUEUE).await, 1);
+    assert_eq!(settled_depth(&broker, DEAD_QUEUE, 1).await, 1);
     let output = genfleet(&url, &["purge", "--all", "--yes"]);
     assert!(stdout(&output).contains("deleted 1 dead letter(s)"));
-    assert_eq!(depth(&broker, DEAD_QUEUE).await, 0);
+    assert_eq!(settled_depth(&broker, DEAD_QUEUE, 0).await, 0);
     // The replayed jobs were not touched by the purge.
-    assert_eq!(depth(&broker, "genfleet.jobs.remote").await, 2);
+    assert_eq!(settled_depth(&broker, "genfleet.jobs.remote", 2).await, 2);
     broker.close().await;
 }
 
@@ -278,7 +300,7 @@ async fn a_job_rabbitmq_dead_lettered_is_listed_and_replayed() {
 
     let output = genfleet(&url, &["replay", &job_id]);
     assert!(output.status.success(), "{}", stdout(&output));
-    assert_eq!(depth(&broker, DEAD_QUEUE).await, 0);
+    assert_eq!(settled_depth(&broker, DEAD_QUEUE, 0).await, 0);
     let replayed = take(&url, "genfleet.jobs.cpu").await;
     assert!(
         !header_names(&replayed).iter().any(|h| h.starts_with("x-")),

@@ -194,6 +194,11 @@ poll_interval_ms = {poll}
 request_timeout_seconds = 10
 max_wait_seconds = 30
 
+# The flaky fake fails every job's first two calls, so ten flaky jobs at
+# once look like an outage of that model; here they test per-job retries,
+# not the breaker (tested in genfleet-providers, also against the fake).
+breaker_failure_threshold = 1000
+
 [providers.retry]
 max_attempts = 3
 initial_delay_ms = 20

@@ -57,6 +57,16 @@ fn is_transient_sqlstate(code: &str) -> bool {
         || matches!(code, "57P01" | "57P02" | "57P03" | "40001" | "40P01")
 }
 
+impl CreditsError {
+    /// The database rolled the transaction back to break a deadlock (40P01)
+    /// or a serialization conflict (40001): running it again is the cure.
+    /// The suffix is the one `From<tokio_postgres::Error>` below writes.
+    pub(crate) fn is_lock_conflict(&self) -> bool {
+        matches!(self, CreditsError::Unavailable(m)
+            if m.ends_with("(sqlstate 40P01)") || m.ends_with("(sqlstate 40001)"))
+    }
+}
+
 impl From<tokio_postgres::Error> for CreditsError {
     fn from(err: tokio_postgres::Error) -> Self {
         if let Some(db) = err.as_db_error() {
@@ -148,6 +158,27 @@ mod tests {
         }
         for code in ["23505", "42P01", "22003", "28P01"] {
             assert!(!is_transient_sqlstate(code), "{code}");
+        }
+    }
+
+    #[test]
+    fn lock_conflicts_are_recognised() {
+        for (error, conflict) in [
+            (
+                CreditsError::Unavailable("deadlock detected (sqlstate 40P01)".into()),
+                true,
+            ),
+            (
+                CreditsError::Unavailable("could not serialize access (sqlstate 40001)".into()),
+                true,
+            ),
+            (CreditsError::Unavailable("connection closed".into()), false),
+            (
+                CreditsError::Database("deadlock detected (sqlstate 40P01)".into()),
+                false,
+            ),
+        ] {
+            assert_eq!(error.is_lock_conflict(), conflict, "{error:?}");
         }
     }
 }

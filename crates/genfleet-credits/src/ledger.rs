@@ -115,6 +115,15 @@ impl Ledger {
         amount: i64,
         reason: &str,
     ) -> Result<i64, CreditsError> {
+        retry_conflicts(|| self.grant_once(account, amount, reason)).await
+    }
+
+    async fn grant_once(
+        &self,
+        account: &str,
+        amount: i64,
+        reason: &str,
+    ) -> Result<i64, CreditsError> {
         validate_id("account", account)?;
         validate_positive("grant amount", amount)?;
         let mut client = self.pool.get().await?;
@@ -171,6 +180,16 @@ impl Ledger {
     /// reservation), an id is empty or too long, or `ttl` is over a year.
     #[instrument(skip_all, fields(job_id = job_id, account = account, amount = amount))]
     pub async fn reserve(
+        &self,
+        job_id: &str,
+        account: &str,
+        amount: i64,
+        ttl: Duration,
+    ) -> Result<Hold, CreditsError> {
+        retry_conflicts(|| self.reserve_once(job_id, account, amount, ttl)).await
+    }
+
+    async fn reserve_once(
         &self,
         job_id: &str,
         account: &str,
@@ -288,6 +307,15 @@ impl Ledger {
         settlement: Settlement,
         outcome: &[u8],
     ) -> Result<Option<Hold>, CreditsError> {
+        retry_conflicts(|| self.settle_once(job_id, settlement, outcome)).await
+    }
+
+    async fn settle_once(
+        &self,
+        job_id: &str,
+        settlement: Settlement,
+        outcome: &[u8],
+    ) -> Result<Option<Hold>, CreditsError> {
         validate_id("job id", job_id)?;
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
@@ -350,7 +378,7 @@ impl Ledger {
     pub async fn expire_overdue(&self) -> Result<u64, CreditsError> {
         let mut total = 0u64;
         loop {
-            let expired = self.expire_batch().await?;
+            let expired = retry_conflicts(|| self.expire_batch()).await?;
             total += expired;
             if expired < EXPIRE_BATCH as u64 {
                 break;
@@ -561,4 +589,36 @@ fn validate_positive(what: &str, amount: i64) -> Result<(), CreditsError> {
         )));
     }
     Ok(())
+}
+
+/// Attempts of one ledger transaction that PostgreSQL rolled back to break a
+/// deadlock or a serialization conflict.
+const CONFLICT_ATTEMPTS: u32 = 5;
+
+/// Runs a ledger transaction again when PostgreSQL rolled it back to resolve
+/// a lock conflict (40P01, 40001), as PostgreSQL asks clients to. Sweepers
+/// lock holds before accounts while reserves lock accounts first, so a
+/// deadlock between them is possible under load; every operation here is one
+/// transaction and idempotent on its job id, so running it again is safe.
+/// After the last attempt the error is returned (retryable).
+async fn retry_conflicts<T, F, Fut>(mut op: F) -> Result<T, CreditsError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, CreditsError>>,
+{
+    let mut attempt = 1;
+    loop {
+        match op().await {
+            Err(e) if e.is_lock_conflict() && attempt < CONFLICT_ATTEMPTS => {
+                debug!(attempt, error = %e, "ledger transaction rolled back by a lock conflict; running it again");
+                // A short, varying pause so the two sides do not collide again.
+                let jitter = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| u64::from(d.subsec_nanos()) % 5);
+                tokio::time::sleep(Duration::from_millis(2 * u64::from(attempt) + jitter)).await;
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
 }

@@ -1,8 +1,8 @@
-//! [`Guarded`] over a scripted provider in paused time (breaker, limits,
-//! deadlines), plus one run against the fake fal server's `test/down` model
-//! through [`generate_with_retries`].
+//! [`Guarded`] over a scripted provider in paused time (per-model breakers,
+//! per-provider limits, deadlines), plus one run against the fake fal
+//! server's `test/down` model through [`generate_with_retries`].
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -10,6 +10,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::fake_fal::FakeFal;
+use crate::guard::MAX_TRACKED_MODELS;
 use crate::{
     generate_with_retries, BreakerState, FalConfig, FalProvider, GenerationOutput,
     GenerationRequest, GuardConfig, GuardSnapshot, Guarded, JobKind, Provider, ProviderError,
@@ -18,9 +19,12 @@ use crate::{
 
 /// Answers each call with the next scripted result (success once the script
 /// runs out), after `hold` of (paused) time, and counts calls and overlap.
+/// Calls for a model in `down` always fail retryably instead, like a
+/// custom fal app that always answers 503.
 #[derive(Default)]
 struct Scripted {
     answers: Mutex<VecDeque<Result<(), ProviderError>>>,
+    down: Mutex<HashSet<String>>,
     hold: Duration,
     calls: AtomicU32,
     running: AtomicUsize,
@@ -43,6 +47,10 @@ impl Scripted {
         }
     }
 
+    fn take_down(&self, model: &str) {
+        self.down.lock().unwrap().insert(model.to_owned());
+    }
+
     fn push(&self, answer: Result<(), ProviderError>) {
         self.answers.lock().unwrap().push_back(answer);
     }
@@ -58,7 +66,10 @@ impl Provider for Scripted {
         "scripted"
     }
 
-    async fn generate(&self, _: &GenerationRequest) -> Result<GenerationOutput, ProviderError> {
+    async fn generate(
+        &self,
+        request: &GenerationRequest,
+    ) -> Result<GenerationOutput, ProviderError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         self.call_times.lock().unwrap().push(Instant::now());
         let running = self.running.fetch_add(1, Ordering::SeqCst) + 1;
@@ -67,7 +78,11 @@ impl Provider for Scripted {
             tokio::time::sleep(self.hold).await;
         }
         self.running.fetch_sub(1, Ordering::SeqCst);
-        let answer = self.answers.lock().unwrap().pop_front().unwrap_or(Ok(()));
+        let answer = if self.down.lock().unwrap().contains(&request.model) {
+            unavailable()
+        } else {
+            self.answers.lock().unwrap().pop_front().unwrap_or(Ok(()))
+        };
         answer.map(|()| GenerationOutput {
             artifacts: Vec::new(),
             attempts: 1,
@@ -76,11 +91,18 @@ impl Provider for Scripted {
     }
 }
 
+/// The model most tests call.
+const MODEL: &str = "test/down";
+
 fn request(deadline: Option<Instant>) -> GenerationRequest {
+    request_for(MODEL, deadline)
+}
+
+fn request_for(model: &str, deadline: Option<Instant>) -> GenerationRequest {
     GenerationRequest {
         job_id: "job-1".into(),
         kind: JobKind::ProductPhoto,
-        model: "test/down".into(),
+        model: model.into(),
         prompt: "a red shoe".into(),
         negative_prompt: String::new(),
         seed: None,
@@ -137,7 +159,7 @@ async fn tripped(hold: Duration) -> Guarded<Scripted> {
     };
     let guarded = Guarded::new(provider, config());
     call_n(&guarded, 3).await;
-    assert_eq!(guarded.state(), BreakerState::Open);
+    assert_eq!(guarded.state(MODEL), BreakerState::Open);
     guarded
 }
 
@@ -149,7 +171,7 @@ fn assert_open_error(result: Result<GenerationOutput, ProviderError>) -> Duratio
             retry_after: Some(retry_after),
         }) => {
             assert!(
-                message.starts_with("circuit open for scripted after "),
+                message.starts_with("circuit open for scripted model test/down after "),
                 "{message}"
             );
             retry_after
@@ -166,7 +188,7 @@ async fn opens_after_threshold_retryable_failures() {
     );
     call_n(&guarded, 2).await;
     assert_eq!(
-        guarded.snapshot(),
+        guarded.snapshot(MODEL),
         GuardSnapshot {
             state: BreakerState::Closed,
             in_flight: 0,
@@ -174,8 +196,8 @@ async fn opens_after_threshold_retryable_failures() {
         }
     );
     call_n(&guarded, 1).await;
-    assert_eq!(guarded.state(), BreakerState::Open);
-    assert_eq!(guarded.snapshot().consecutive_failures, 3);
+    assert_eq!(guarded.state(MODEL), BreakerState::Open);
+    assert_eq!(guarded.snapshot(MODEL).consecutive_failures, 3);
 }
 
 #[tokio::test(start_paused = true)]
@@ -185,7 +207,7 @@ async fn open_breaker_refuses_without_calling_the_provider() {
     let message = result.as_ref().unwrap_err().to_string();
     assert_eq!(
         message,
-        "provider unavailable: circuit open for scripted after 3 consecutive failures"
+        "provider unavailable: circuit open for scripted model test/down after 3 consecutive failures"
     );
     assert_eq!(assert_open_error(result), OPEN_FOR);
     tokio::time::advance(Duration::from_secs(10)).await;
@@ -194,14 +216,14 @@ async fn open_breaker_refuses_without_calling_the_provider() {
         assert_eq!(retry_after, Duration::from_secs(20));
     }
     assert_eq!(guarded.inner().calls(), 3);
-    assert_eq!(guarded.state(), BreakerState::Open);
+    assert_eq!(guarded.state(MODEL), BreakerState::Open);
 }
 
 #[tokio::test(start_paused = true)]
 async fn half_open_lets_exactly_one_probe_through_and_success_closes() {
     let guarded = Arc::new(tripped(Duration::from_secs(1)).await);
     tokio::time::advance(OPEN_FOR).await;
-    assert_eq!(guarded.state(), BreakerState::HalfOpen);
+    assert_eq!(guarded.state(MODEL), BreakerState::HalfOpen);
 
     let calls: Vec<_> = (0..5)
         .map(|_| {
@@ -222,8 +244,8 @@ async fn half_open_lets_exactly_one_probe_through_and_success_closes() {
     assert_eq!(succeeded, 1);
     assert_eq!(guarded.inner().calls(), 4);
     assert_eq!(guarded.inner().max_running.load(Ordering::SeqCst), 1);
-    assert_eq!(guarded.state(), BreakerState::Closed);
-    assert_eq!(guarded.snapshot().consecutive_failures, 0);
+    assert_eq!(guarded.state(MODEL), BreakerState::Closed);
+    assert_eq!(guarded.snapshot(MODEL).consecutive_failures, 0);
     // Closed again: calls go through.
     guarded.generate(&request(None)).await.unwrap();
     assert_eq!(guarded.inner().calls(), 5);
@@ -239,7 +261,7 @@ async fn failed_probe_reopens_for_a_full_period() {
         matches!(probe, Err(ProviderError::Malformed { .. })),
         "{probe:?}"
     );
-    assert_eq!(guarded.state(), BreakerState::Open);
+    assert_eq!(guarded.state(MODEL), BreakerState::Open);
     let retry_after = assert_open_error(guarded.generate(&request(None)).await);
     assert_eq!(retry_after, OPEN_FOR);
     assert_eq!(guarded.inner().calls(), 4);
@@ -266,12 +288,12 @@ async fn permanent_errors_neither_open_nor_reset() {
         config(),
     );
     call_n(&guarded, 9).await;
-    assert_eq!(guarded.state(), BreakerState::Closed);
-    assert_eq!(guarded.snapshot().consecutive_failures, 2);
+    assert_eq!(guarded.state(MODEL), BreakerState::Closed);
+    assert_eq!(guarded.snapshot(MODEL).consecutive_failures, 2);
     // The streak survived them: one more retryable failure opens it.
     guarded.inner().push(unavailable());
     call_n(&guarded, 1).await;
-    assert_eq!(guarded.state(), BreakerState::Open);
+    assert_eq!(guarded.state(MODEL), BreakerState::Open);
 }
 
 #[tokio::test(start_paused = true)]
@@ -281,8 +303,8 @@ async fn success_resets_the_streak() {
         config(),
     );
     call_n(&guarded, 4).await;
-    assert_eq!(guarded.state(), BreakerState::Closed);
-    assert_eq!(guarded.snapshot().consecutive_failures, 1);
+    assert_eq!(guarded.state(MODEL), BreakerState::Closed);
+    assert_eq!(guarded.snapshot(MODEL).consecutive_failures, 1);
 }
 
 #[tokio::test(start_paused = true)]
@@ -295,10 +317,10 @@ async fn permanent_error_on_the_probe_leaves_it_half_open() {
         matches!(probe, Err(ProviderError::Rejected { .. })),
         "{probe:?}"
     );
-    assert_eq!(guarded.state(), BreakerState::HalfOpen);
+    assert_eq!(guarded.state(MODEL), BreakerState::HalfOpen);
     // The next caller is the new probe.
     guarded.generate(&request(None)).await.unwrap();
-    assert_eq!(guarded.state(), BreakerState::Closed);
+    assert_eq!(guarded.state(MODEL), BreakerState::Closed);
 }
 
 #[tokio::test(start_paused = true)]
@@ -308,10 +330,10 @@ async fn dropped_probe_leaves_it_half_open() {
     let probe = request(None);
     let dropped = tokio::time::timeout(Duration::from_secs(1), guarded.generate(&probe)).await;
     assert!(dropped.is_err());
-    assert_eq!(guarded.state(), BreakerState::HalfOpen);
-    assert_eq!(guarded.snapshot().in_flight, 0);
+    assert_eq!(guarded.state(MODEL), BreakerState::HalfOpen);
+    assert_eq!(guarded.snapshot(MODEL).in_flight, 0);
     guarded.generate(&request(None)).await.unwrap();
-    assert_eq!(guarded.state(), BreakerState::Closed);
+    assert_eq!(guarded.state(MODEL), BreakerState::Closed);
 }
 
 #[tokio::test(start_paused = true)]
@@ -331,7 +353,7 @@ async fn concurrency_limit_caps_calls_in_flight() {
         })
         .collect();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(guarded.snapshot().in_flight, 3);
+    assert_eq!(guarded.snapshot(MODEL).in_flight, 3);
     for call in calls {
         call.await.unwrap().unwrap();
     }
@@ -339,7 +361,7 @@ async fn concurrency_limit_caps_calls_in_flight() {
     assert_eq!(guarded.inner().max_running.load(Ordering::SeqCst), 3);
     // Four rounds of one second: 3 + 3 + 3 + 1.
     assert_eq!(start.elapsed(), Duration::from_secs(4));
-    assert_eq!(guarded.snapshot().in_flight, 0);
+    assert_eq!(guarded.snapshot(MODEL).in_flight, 0);
 }
 
 #[tokio::test(start_paused = true)]
@@ -421,7 +443,7 @@ async fn deadline_bounds_the_wait_for_a_slot() {
     assert_eq!(guarded.inner().calls(), 1);
     holder.await.unwrap().unwrap();
     // A deadline error is not a provider failure.
-    assert_eq!(guarded.snapshot().consecutive_failures, 0);
+    assert_eq!(guarded.snapshot(MODEL).consecutive_failures, 0);
 }
 
 #[tokio::test(start_paused = true)]
@@ -467,6 +489,201 @@ async fn passed_deadline_makes_no_call() {
     assert_eq!(guarded.inner().calls(), 0);
 }
 
+#[tokio::test(start_paused = true)]
+async fn failing_model_opens_only_its_own_breaker() {
+    let guarded = tripped(Duration::ZERO).await;
+    assert_open_error(guarded.generate(&request(None)).await);
+    assert_eq!(guarded.inner().calls(), 3);
+
+    // Another model on the same provider still reaches it.
+    for _ in 0..5 {
+        guarded
+            .generate(&request_for("acme/custom-app", None))
+            .await
+            .unwrap();
+    }
+    assert_eq!(guarded.inner().calls(), 8);
+    assert_eq!(guarded.state("acme/custom-app"), BreakerState::Closed);
+    assert_eq!(guarded.state(MODEL), BreakerState::Open);
+    assert_eq!(guarded.open_models(), [MODEL]);
+    // A model never called reads as closed.
+    assert_eq!(
+        guarded.snapshot("never/called"),
+        GuardSnapshot {
+            state: BreakerState::Closed,
+            in_flight: 0,
+            consecutive_failures: 0,
+        }
+    );
+    // Half-open still counts as open for `open_models`.
+    tokio::time::advance(OPEN_FOR).await;
+    assert_eq!(guarded.state(MODEL), BreakerState::HalfOpen);
+    assert_eq!(guarded.open_models(), [MODEL]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn failures_of_one_model_do_not_add_up_with_anothers() {
+    let guarded = Guarded::new(
+        Scripted::new(vec![
+            unavailable(),
+            unavailable(),
+            unavailable(),
+            unavailable(),
+        ]),
+        config(),
+    );
+    for model in ["a/one", "b/two", "a/one", "b/two"] {
+        let _ = guarded.generate(&request_for(model, None)).await;
+    }
+    assert_eq!(guarded.snapshot("a/one").consecutive_failures, 2);
+    assert_eq!(guarded.snapshot("b/two").consecutive_failures, 2);
+    assert!(guarded.open_models().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn empty_model_has_its_own_breaker() {
+    let guarded = Guarded::new(Scripted::default(), config());
+    guarded.inner().take_down("");
+    for _ in 0..3 {
+        let _ = guarded.generate(&request_for("", None)).await;
+    }
+    assert_eq!(guarded.state(""), BreakerState::Open);
+    assert_eq!(guarded.open_models(), [""]);
+    let refused = guarded.generate(&request_for("", None)).await;
+    assert_eq!(
+        refused.unwrap_err().to_string(),
+        "provider unavailable: circuit open for scripted model  after 3 consecutive failures"
+    );
+    guarded.generate(&request(None)).await.unwrap();
+    assert_eq!(guarded.state(MODEL), BreakerState::Closed);
+    assert_eq!(guarded.inner().calls(), 4);
+}
+
+#[tokio::test(start_paused = true)]
+async fn stale_success_does_not_close_a_freshly_opened_breaker() {
+    // Four calls let through together; the answers are handed out in the
+    // order the calls finish, and each is settled as it is handed out, so
+    // the third failure opens the breaker before the success is settled.
+    let guarded = Arc::new(Guarded::new(
+        Scripted {
+            hold: Duration::from_secs(1),
+            ..Scripted::new(vec![unavailable(), unavailable(), unavailable(), Ok(())])
+        },
+        config(),
+    ));
+    let calls: Vec<_> = (0..4)
+        .map(|_| {
+            let guarded = Arc::clone(&guarded);
+            tokio::spawn(async move { guarded.generate(&request(None)).await })
+        })
+        .collect();
+    let mut succeeded = 0;
+    for call in calls {
+        if call.await.unwrap().is_ok() {
+            succeeded += 1;
+        }
+    }
+    assert_eq!(succeeded, 1);
+    assert_eq!(guarded.inner().calls(), 4);
+    // The straggler's success was let through before the breaker opened.
+    assert_eq!(guarded.state(MODEL), BreakerState::Open);
+    assert_eq!(guarded.snapshot(MODEL).consecutive_failures, 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn cap_eviction_keeps_open_breakers() {
+    let guarded = tripped(Duration::ZERO).await;
+    // One model on a failure streak: state that must survive too.
+    guarded.inner().push(unavailable());
+    let _ = guarded.generate(&request_for("streak/model", None)).await;
+    // Fill the table with models that only succeeded.
+    for i in 0..MAX_TRACKED_MODELS - 2 {
+        guarded
+            .generate(&request_for(&format!("ok/{i}"), None))
+            .await
+            .unwrap();
+    }
+    assert_eq!(guarded.tracked_models(), MAX_TRACKED_MODELS);
+
+    // A new model drops the breakers that carry no state, and is tracked.
+    guarded.inner().push(unavailable());
+    let _ = guarded.generate(&request_for("new/model", None)).await;
+    assert_eq!(guarded.tracked_models(), 3);
+    assert_eq!(guarded.snapshot("new/model").consecutive_failures, 1);
+    assert_eq!(guarded.snapshot("streak/model").consecutive_failures, 1);
+    assert_eq!(guarded.state(MODEL), BreakerState::Open);
+    assert_eq!(guarded.open_models(), [MODEL]);
+    let calls = guarded.inner().calls();
+    assert_open_error(guarded.generate(&request(None)).await);
+    assert_eq!(guarded.inner().calls(), calls);
+}
+
+#[tokio::test(start_paused = true)]
+async fn new_models_go_untracked_while_the_table_is_full_of_state() {
+    let guarded = Guarded::new(Scripted::default(), config());
+    // Every tracked model is on a failure streak: nothing can be dropped.
+    for i in 0..MAX_TRACKED_MODELS {
+        guarded.inner().push(unavailable());
+        let _ = guarded
+            .generate(&request_for(&format!("bad/{i}"), None))
+            .await;
+    }
+    assert_eq!(guarded.tracked_models(), MAX_TRACKED_MODELS);
+
+    // A new model is treated as closed: its calls reach the provider and
+    // its failures are not recorded, so it never opens.
+    guarded.inner().take_down("extra/model");
+    for _ in 0..5 {
+        let result = guarded.generate(&request_for("extra/model", None)).await;
+        assert!(
+            matches!(&result, Err(ProviderError::Unavailable { message, .. }) if message == "busy"),
+            "{result:?}"
+        );
+    }
+    assert_eq!(guarded.inner().calls(), 1029);
+    assert_eq!(guarded.state("extra/model"), BreakerState::Closed);
+    assert_eq!(guarded.tracked_models(), MAX_TRACKED_MODELS);
+
+    // A success clears one streak, which makes room: the model is tracked
+    // from its next call on and opens like any other.
+    guarded.generate(&request_for("bad/0", None)).await.unwrap();
+    for _ in 0..3 {
+        let _ = guarded.generate(&request_for("extra/model", None)).await;
+    }
+    assert_eq!(guarded.state("extra/model"), BreakerState::Open);
+    assert_eq!(guarded.open_models(), ["extra/model"]);
+    assert_eq!(guarded.tracked_models(), MAX_TRACKED_MODELS);
+}
+
+#[tokio::test(start_paused = true)]
+async fn limits_are_shared_by_all_models() {
+    let guarded = Arc::new(Guarded::new(
+        Scripted::holding(Duration::from_secs(1)),
+        GuardConfig {
+            max_concurrent: 1,
+            rate_per_second: 10.0,
+            burst: 1,
+            ..config()
+        },
+    ));
+    let start = Instant::now();
+    let calls: Vec<_> = ["a/one", "b/two", "c/three", ""]
+        .into_iter()
+        .map(|model| {
+            let guarded = Arc::clone(&guarded);
+            tokio::spawn(async move { guarded.generate(&request_for(model, None)).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(guarded.snapshot("a/one").in_flight, 1);
+    assert_eq!(guarded.snapshot("b/two").in_flight, 1);
+    for call in calls {
+        call.await.unwrap().unwrap();
+    }
+    assert_eq!(guarded.inner().max_running.load(Ordering::SeqCst), 1);
+    assert_eq!(start.elapsed(), Duration::from_secs(4));
+}
+
 /// The real fal client against the fake's always-503 model: the breaker
 /// opens inside one `generate_with_retries`, and later calls are refused
 /// without reaching the server.
@@ -508,11 +725,11 @@ async fn breaker_stops_calls_to_a_down_fal_model() {
         failed
             .error
             .to_string()
-            .contains("circuit open for fal after 3 consecutive failures"),
+            .contains("circuit open for fal model test/down after 3 consecutive failures"),
         "{failed}"
     );
     assert_eq!(fake.submissions_for("test/down"), 3);
-    assert_eq!(guarded.state(), BreakerState::Open);
+    assert_eq!(guarded.state(MODEL), BreakerState::Open);
 
     // A later job is refused on every attempt without reaching the server.
     let failed = generate_with_retries(&guarded, &request(None), &policy)
@@ -522,4 +739,12 @@ async fn breaker_stops_calls_to_a_down_fal_model() {
     assert!(failed.error.is_retryable());
     assert!(failed.error.retry_after().is_some());
     assert_eq!(fake.submissions_for("test/down"), 3);
+
+    // Other models on the same provider are untouched by it.
+    generate_with_retries(&guarded, &request_for("test/ok", None), &policy)
+        .await
+        .unwrap();
+    assert_eq!(fake.submissions_for("test/ok"), 1);
+    assert_eq!(guarded.state("test/ok"), BreakerState::Closed);
+    assert_eq!(guarded.open_models(), ["test/down"]);
 }

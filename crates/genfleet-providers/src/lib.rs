@@ -11,8 +11,9 @@
 //! and Retry-After handling live in [`generate_with_retries`] so that every
 //! provider gets the same policy.
 //!
-//! [`Guarded`] wraps any provider in a circuit breaker, a concurrency limit
-//! and a per-process rate limit, and is itself a [`Provider`].
+//! [`Guarded`] wraps any provider in a circuit breaker per model, and a
+//! concurrency limit and a per-process rate limit per provider, and is
+//! itself a [`Provider`].
 //!
 //! With the `fake` feature, [`fake_fal`] serves a real loopback HTTP server
 //! shaped like fal's queue API, including its failure modes.

@@ -219,6 +219,18 @@ pub struct FalSection {
     pub poll_interval_ms: u64,
     /// Longest a job may wait on fal when it has no deadline, in seconds.
     pub max_wait_seconds: u64,
+    /// Calls to fal in flight at once from this worker.
+    pub max_concurrent: usize,
+    /// Calls per second from this worker; 0 means no limit. fal's account
+    /// limit is global: divide it by the number of workers.
+    pub rate_per_second: f64,
+    /// Calls allowed back to back before the rate applies.
+    pub burst: u32,
+    /// Consecutive retryable failures of one model that open its circuit
+    /// breaker (calls are then refused without reaching fal).
+    pub breaker_failure_threshold: u32,
+    /// Seconds an open breaker waits before letting one probe call through.
+    pub breaker_open_seconds: u64,
     /// Default fal model per job kind, when the job names none.
     pub models: FalModels,
 }
@@ -232,6 +244,11 @@ impl Default for FalSection {
             request_timeout_seconds: 60,
             poll_interval_ms: 500,
             max_wait_seconds: 600,
+            max_concurrent: 64,
+            rate_per_second: 0.0,
+            burst: 1,
+            breaker_failure_threshold: 5,
+            breaker_open_seconds: 30,
             models: FalModels::default(),
         }
     }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use genfleet_credits::Ledger;
 use genfleet_imaging::Limits;
-use genfleet_providers::{FalConfig, FalProvider, Provider, RetryPolicy};
+use genfleet_providers::{FalConfig, FalProvider, GuardConfig, Guarded, Provider, RetryPolicy};
 use genfleet_storage::{Store, StoreConfig, UrlSigner};
 use tokio::sync::Semaphore;
 
@@ -92,6 +92,18 @@ impl Services {
             http,
         );
         let mut providers: HashMap<String, Arc<dyn Provider>> = HashMap::new();
+        let fal_section = &config.providers.fal;
+        // Breaker per model, limits per provider account.
+        let fal = Guarded::new(
+            fal,
+            GuardConfig {
+                max_concurrent: fal_section.max_concurrent,
+                rate_per_second: fal_section.rate_per_second,
+                burst: fal_section.burst,
+                failure_threshold: fal_section.breaker_failure_threshold,
+                open_for: Duration::from_secs(fal_section.breaker_open_seconds),
+            },
+        );
         providers.insert("fal".into(), Arc::new(fal));
         providers.insert(
             "local".into(),
