@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -299,20 +299,24 @@ async fn wait_for_signal() {
     }
 }
 
-async fn migrate(config: Config) -> Result<ExitCode> {
+/// The ledger with its schema up to date: operator commands work on a fresh
+/// database too.
+async fn open_ledger(config: &Config) -> Result<genfleet_credits::Ledger> {
     let ledger =
         genfleet_credits::Ledger::connect(config.database.url.expose(), &config.database.schema, 1)
             .await?;
     ledger.migrate().await?;
+    Ok(ledger)
+}
+
+async fn migrate(config: Config) -> Result<ExitCode> {
+    open_ledger(&config).await?;
     println!("ledger schema {} is up to date", config.database.schema);
     Ok(ExitCode::SUCCESS)
 }
 
 async fn credits(config: Config, command: CreditsCommand) -> Result<ExitCode> {
-    let ledger =
-        genfleet_credits::Ledger::connect(config.database.url.expose(), &config.database.schema, 1)
-            .await?;
-    ledger.migrate().await?;
+    let ledger = open_ledger(&config).await?;
     match command {
         CreditsCommand::Grant {
             account,
@@ -404,7 +408,7 @@ fn generated_jobs(
     (0..n)
         .map(|_| {
             let job = v1::Job {
-                job_id: new_job_id(),
+                job_id: genfleet_proto::new_job_id(),
                 tenant: Some(v1::Tenant {
                     org: org.into(),
                     workspace: workspace.into(),
@@ -430,14 +434,6 @@ fn generated_jobs(
             })
         })
         .collect()
-}
-
-fn new_job_id() -> String {
-    let ms = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO)
-        .as_millis();
-    genfleet_proto::format_ulid(u64::try_from(ms).unwrap_or(0), fastrand::u128(..))
 }
 
 async fn enqueue(config: Config, jobs: Vec<Enqueued>) -> Result<ExitCode> {

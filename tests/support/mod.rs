@@ -30,24 +30,8 @@ pub fn unique(prefix: &str) -> String {
     )
 }
 
-pub fn new_job_id() -> String {
-    let ms = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
-    genfleet_proto::format_ulid(ms, fastrand_u128())
-}
-
-fn fastrand_u128() -> u128 {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static COUNTER: AtomicU64 = AtomicU64::new(1);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let seed = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    (seed << 20) ^ u128::from(n) ^ (u128::from(std::process::id()) << 64)
-}
+#[allow(unused_imports)] // not every test binary generates jobs
+pub use genfleet_proto::new_job_id;
 
 /// A RabbitMQ vhost of our own, deleted on drop.
 pub struct Vhost {

@@ -73,8 +73,16 @@ mod tests {
     }
 }
 
+/// A fresh job id: a ULID of the current time and 80 random bits.
+pub fn new_job_id() -> String {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    format_ulid(ms, fastrand::u128(..))
+}
+
 /// Formats a ULID from its parts: 48 bits of Unix milliseconds and 80 random
-/// bits (the caller brings the randomness; this crate has no RNG).
+/// bits.
 pub fn format_ulid(unix_ms: u64, random: u128) -> String {
     const ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
     let value: u128 =
@@ -97,5 +105,7 @@ mod ulid_tests {
         );
         assert!(a < b);
         assert_eq!(super::format_ulid(0, 0), "00000000000000000000000000");
+        let (a, b) = (super::new_job_id(), super::new_job_id());
+        assert!(super::is_valid_job_id(&a) && a != b);
     }
 }

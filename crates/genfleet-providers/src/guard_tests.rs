@@ -2,116 +2,25 @@
 //! per-provider limits, deadlines), plus one run against the fake fal
 //! server's `test/down` model through [`generate_with_retries`].
 
-use std::collections::{HashSet, VecDeque};
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use crate::fake_fal::FakeFal;
 use crate::guard::MAX_TRACKED_MODELS;
+use crate::scripted::{request_for, Scripted};
 use crate::{
     generate_with_retries, BreakerState, FalConfig, FalProvider, GenerationOutput,
-    GenerationRequest, GuardConfig, GuardSnapshot, Guarded, JobKind, Provider, ProviderError,
-    RetryPolicy,
+    GenerationRequest, GuardConfig, GuardSnapshot, Guarded, Provider, ProviderError, RetryPolicy,
 };
-
-/// Answers each call with the next scripted result (success once the script
-/// runs out), after `hold` of (paused) time, and counts calls and overlap.
-/// Calls for a model in `down` always fail retryably instead, like a
-/// custom fal app that always answers 503.
-#[derive(Default)]
-struct Scripted {
-    answers: Mutex<VecDeque<Result<(), ProviderError>>>,
-    down: Mutex<HashSet<String>>,
-    hold: Duration,
-    calls: AtomicU32,
-    running: AtomicUsize,
-    max_running: AtomicUsize,
-    call_times: Mutex<Vec<Instant>>,
-}
-
-impl Scripted {
-    fn new(answers: Vec<Result<(), ProviderError>>) -> Self {
-        Self {
-            answers: Mutex::new(answers.into()),
-            ..Self::default()
-        }
-    }
-
-    fn holding(hold: Duration) -> Self {
-        Self {
-            hold,
-            ..Self::default()
-        }
-    }
-
-    fn take_down(&self, model: &str) {
-        self.down.lock().unwrap().insert(model.to_owned());
-    }
-
-    fn push(&self, answer: Result<(), ProviderError>) {
-        self.answers.lock().unwrap().push_back(answer);
-    }
-
-    fn calls(&self) -> u32 {
-        self.calls.load(Ordering::SeqCst)
-    }
-}
-
-#[async_trait::async_trait]
-impl Provider for Scripted {
-    fn name(&self) -> &str {
-        "scripted"
-    }
-
-    async fn generate(
-        &self,
-        request: &GenerationRequest,
-    ) -> Result<GenerationOutput, ProviderError> {
-        self.calls.fetch_add(1, Ordering::SeqCst);
-        self.call_times.lock().unwrap().push(Instant::now());
-        let running = self.running.fetch_add(1, Ordering::SeqCst) + 1;
-        self.max_running.fetch_max(running, Ordering::SeqCst);
-        if !self.hold.is_zero() {
-            tokio::time::sleep(self.hold).await;
-        }
-        self.running.fetch_sub(1, Ordering::SeqCst);
-        let answer = if self.down.lock().unwrap().contains(&request.model) {
-            unavailable()
-        } else {
-            self.answers.lock().unwrap().pop_front().unwrap_or(Ok(()))
-        };
-        answer.map(|()| GenerationOutput {
-            artifacts: Vec::new(),
-            attempts: 1,
-            request_id: None,
-        })
-    }
-}
 
 /// The model most tests call.
 const MODEL: &str = "test/down";
 
 fn request(deadline: Option<Instant>) -> GenerationRequest {
     request_for(MODEL, deadline)
-}
-
-fn request_for(model: &str, deadline: Option<Instant>) -> GenerationRequest {
-    GenerationRequest {
-        job_id: "job-1".into(),
-        kind: JobKind::ProductPhoto,
-        model: model.into(),
-        prompt: "a red shoe".into(),
-        negative_prompt: String::new(),
-        seed: None,
-        count: 1,
-        aspect_ratio: String::new(),
-        parameters: serde_json::Map::new(),
-        inputs: Vec::new(),
-        deadline,
-    }
 }
 
 const OPEN_FOR: Duration = Duration::from_secs(30);
@@ -389,7 +298,7 @@ async fn rate_limit_spaces_calls() {
         elapsed >= Duration::from_millis(1795) && elapsed <= Duration::from_millis(1805),
         "{elapsed:?}"
     );
-    let mut times = guarded.inner().call_times.lock().unwrap().clone();
+    let mut times = guarded.inner().call_times();
     times.sort();
     assert_eq!(times[0], start);
     for pair in times.windows(2) {
@@ -413,7 +322,7 @@ async fn burst_lets_calls_through_back_to_back() {
     );
     let start = Instant::now();
     call_n(&guarded, 4).await;
-    let times = guarded.inner().call_times.lock().unwrap().clone();
+    let times = guarded.inner().call_times();
     assert_eq!(times[..3], [start, start, start]);
     assert_eq!(times[3] - start, Duration::from_secs(1));
 }

@@ -29,6 +29,8 @@ pub mod fake_fal;
 mod fal_tests;
 #[cfg(test)]
 mod guard_tests;
+#[cfg(test)]
+mod scripted;
 
 use std::fmt;
 

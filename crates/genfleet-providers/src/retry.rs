@@ -190,66 +190,12 @@ pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::VecDeque;
-    use std::sync::Mutex;
 
     use super::*;
-
-    /// Answers each call with the next scripted result.
-    struct Scripted {
-        answers: Mutex<VecDeque<Result<(), ProviderError>>>,
-        calls: Mutex<Vec<Instant>>,
-    }
-
-    impl Scripted {
-        fn new(answers: Vec<Result<(), ProviderError>>) -> Self {
-            Self {
-                answers: Mutex::new(answers.into()),
-                calls: Mutex::new(Vec::new()),
-            }
-        }
-
-        fn call_times(&self) -> Vec<Instant> {
-            self.calls.lock().unwrap().clone()
-        }
-    }
-
-    #[async_trait::async_trait]
-    impl Provider for Scripted {
-        fn name(&self) -> &str {
-            "scripted"
-        }
-
-        async fn generate(&self, _: &GenerationRequest) -> Result<GenerationOutput, ProviderError> {
-            self.calls.lock().unwrap().push(Instant::now());
-            let answer = self
-                .answers
-                .lock()
-                .unwrap()
-                .pop_front()
-                .expect("script ran out");
-            answer.map(|()| GenerationOutput {
-                artifacts: Vec::new(),
-                attempts: 1,
-                request_id: None,
-            })
-        }
-    }
+    use crate::scripted::{request_for, Scripted};
 
     fn request(deadline: Option<Instant>) -> GenerationRequest {
-        GenerationRequest {
-            job_id: "job-1".into(),
-            kind: crate::JobKind::ProductPhoto,
-            model: "test/ok".into(),
-            prompt: "a red shoe".into(),
-            negative_prompt: String::new(),
-            seed: None,
-            count: 1,
-            aspect_ratio: String::new(),
-            parameters: serde_json::Map::new(),
-            inputs: Vec::new(),
-            deadline,
-        }
+        request_for("test/ok", deadline)
     }
 
     fn policy() -> RetryPolicy {

@@ -8,6 +8,7 @@
 
 pub mod batch;
 pub mod config;
+pub mod cpu;
 mod failure;
 pub mod http;
 pub mod lifecycle;

@@ -365,12 +365,6 @@ impl From<Stop> for GenStop {
     }
 }
 
-impl From<JobFailure> for GenStop {
-    fn from(failure: JobFailure) -> Self {
-        GenStop::Fail(failure.into())
-    }
-}
-
 async fn generate_and_store(
     services: &Services,
     job: &ValidJob,

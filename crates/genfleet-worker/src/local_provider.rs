@@ -7,25 +7,23 @@
 //! upscaling and mattes arrive with the inference crate behind the same
 //! trait.
 
-use std::sync::Arc;
-
+use crate::cpu::CpuPool;
 use async_trait::async_trait;
 use bytes::Bytes;
 use genfleet_imaging::{ClassicalMatte, Encoding, Limits, Matte as _};
 use genfleet_providers::{
     Artifact, GenerationOutput, GenerationRequest, JobKind, Provider, ProviderError,
 };
-use tokio::sync::Semaphore;
 
 pub struct LocalProvider {
     limits: Limits,
     /// Shared with the rest of the worker's image work, so local generation
     /// cannot starve decoding of other jobs' uploads or vice versa.
-    cpu: Arc<Semaphore>,
+    cpu: CpuPool,
 }
 
 impl LocalProvider {
-    pub fn new(limits: Limits, cpu: Arc<Semaphore>) -> LocalProvider {
+    pub fn new(limits: Limits, cpu: CpuPool) -> LocalProvider {
         LocalProvider { limits, cpu }
     }
 }
@@ -71,41 +69,35 @@ impl Provider for LocalProvider {
         };
         let bytes = input.bytes.clone();
         let limits = self.limits.clone();
-        let _permit = self
+        let encoded = self
             .cpu
-            .acquire()
+            .run(move || -> Result<Vec<u8>, String> {
+                let image = genfleet_imaging::decode_sanitised(&bytes, &limits)
+                    .map_err(|e| e.to_string())?
+                    .image;
+                let image = if factor > 1 {
+                    genfleet_imaging::upscale(&image, factor, &limits).map_err(|e| e.to_string())?
+                } else {
+                    image
+                };
+                let image = if remove_background {
+                    let alpha = ClassicalMatte::default()
+                        .matte(&image)
+                        .map_err(|e| e.to_string())?;
+                    genfleet_imaging::apply_matte(&image, &alpha).map_err(|e| e.to_string())?
+                } else {
+                    image
+                };
+                // PNG: lossless hand-over to post-processing, which encodes the
+                // formats the job asked for.
+                genfleet_imaging::encode(&image, Encoding::Png).map_err(|e| e.to_string())
+            })
             .await
-            .map_err(|_| ProviderError::Unavailable {
-                message: "worker is shutting down".into(),
+            .map_err(|message| ProviderError::Unavailable {
+                message,
                 retry_after: None,
-            })?;
-        let encoded = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, String> {
-            let image = genfleet_imaging::decode_sanitised(&bytes, &limits)
-                .map_err(|e| e.to_string())?
-                .image;
-            let image = if factor > 1 {
-                genfleet_imaging::upscale(&image, factor, &limits).map_err(|e| e.to_string())?
-            } else {
-                image
-            };
-            let image = if remove_background {
-                let alpha = ClassicalMatte::default()
-                    .matte(&image)
-                    .map_err(|e| e.to_string())?;
-                genfleet_imaging::apply_matte(&image, &alpha).map_err(|e| e.to_string())?
-            } else {
-                image
-            };
-            // PNG: lossless hand-over to post-processing, which encodes the
-            // formats the job asked for.
-            genfleet_imaging::encode(&image, Encoding::Png).map_err(|e| e.to_string())
-        })
-        .await
-        .map_err(|e| ProviderError::Unavailable {
-            message: format!("local generation task failed: {e}"),
-            retry_after: None,
-        })?
-        .map_err(|message| ProviderError::Rejected { message })?;
+            })?
+            .map_err(|message| ProviderError::Rejected { message })?;
         Ok(GenerationOutput {
             artifacts: vec![Artifact {
                 content_type: "image/png".into(),

@@ -48,7 +48,6 @@ pub async fn run(
         delivery_limit: config.broker.delivery_limit,
         ..Topology::default()
     };
-    let grace = Duration::from_secs(config.worker.grace_period_seconds);
     let max_delay = Duration::from_secs(config.broker.reconnect_max_delay_seconds.max(1));
     // Bounds jobs in flight across all consumed classes.
     let slots = Arc::new(Semaphore::new(usize::from(config.worker.concurrency)));
@@ -75,6 +74,15 @@ pub async fn run(
         }
     }
 
+    // In-flight jobs were drained by the session that was up at shutdown.
+    // Jobs left from a session whose connection died cannot ack anyway:
+    // the broker redelivers them, so there is nothing to wait for.
+    Ok(())
+}
+
+/// Lets in-flight jobs finish, at most `grace`; what does not finish returns
+/// to the queue when the connection closes.
+async fn drain(jobs: &TaskTracker, grace: Duration) {
     info!(
         in_flight = jobs.len(),
         grace_s = grace.as_secs(),
@@ -87,7 +95,6 @@ pub async fn run(
             "grace period over; unfinished jobs return to the queue"
         );
     }
-    Ok(())
 }
 
 /// One broker connection's life. Returns Ok on shutdown, Err when the
@@ -183,12 +190,12 @@ async fn session(
         }
     }
     if outcome.is_ok() && shutdown.is_cancelled() {
-        // Keep the connection while in-flight jobs finish: their results and
-        // acks need it. The caller waits for them, then we close.
-        let jobs_wait = jobs.clone();
-        let grace = Duration::from_secs(config.worker.grace_period_seconds);
-        jobs_wait.close();
-        let _ = tokio::time::timeout(grace, jobs_wait.wait()).await;
+        // Drain while the connection is still up: results and acks need it.
+        drain(
+            jobs,
+            Duration::from_secs(config.worker.grace_period_seconds),
+        )
+        .await;
         for consumer in &stopped {
             consumer.close().await;
         }

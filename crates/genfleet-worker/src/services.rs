@@ -9,9 +9,9 @@ use genfleet_credits::Ledger;
 use genfleet_imaging::Limits;
 use genfleet_providers::{FalConfig, FalProvider, GuardConfig, Guarded, Provider, RetryPolicy};
 use genfleet_storage::{Store, StoreConfig, UrlSigner};
-use tokio::sync::Semaphore;
 
 use crate::config::Config;
+use crate::cpu::CpuPool;
 use crate::local_provider::LocalProvider;
 use crate::metrics::Metrics;
 use crate::WorkerError;
@@ -25,9 +25,7 @@ pub struct Services {
     pub providers: HashMap<String, Arc<dyn Provider>>,
     pub retry: RetryPolicy,
     pub metrics: Metrics,
-    /// Bounds CPU-heavy image work (decode, resize, encode) to the cores we
-    /// have, whatever the job concurrency.
-    pub cpu: Arc<Semaphore>,
+    pub cpu: CpuPool,
     pub input_limits: Limits,
     /// Provider outputs are untrusted too; same pixel limits, own byte cap.
     pub output_limits: Limits,
@@ -67,12 +65,7 @@ impl Services {
             ))
         };
 
-        let threads = if config.worker.imaging_threads == 0 {
-            std::thread::available_parallelism().map_or(2, usize::from)
-        } else {
-            config.worker.imaging_threads
-        };
-        let cpu = Arc::new(Semaphore::new(threads));
+        let cpu = CpuPool::new(config.worker.imaging_threads);
         let input_limits = config.imaging_limits();
         let output_limits = Limits {
             max_bytes: config.limits.max_output_bytes,
@@ -129,23 +122,14 @@ impl Services {
         })
     }
 
-    /// Runs CPU-bound work on the blocking pool, at most one task per core.
+    /// Runs CPU-bound work on the [`CpuPool`].
     pub async fn cpu_bound<T, F>(&self, work: F) -> Result<T, crate::failure::JobFailure>
     where
         F: FnOnce() -> Result<T, crate::failure::JobFailure> + Send + 'static,
         T: Send + 'static,
     {
-        let _permit = self.cpu.acquire().await.map_err(|_| {
-            crate::failure::JobFailure::new(
-                genfleet_proto::ErrorCode::Internal,
-                "worker is shutting down",
-            )
-        })?;
-        tokio::task::spawn_blocking(work).await.map_err(|e| {
-            crate::failure::JobFailure::new(
-                genfleet_proto::ErrorCode::Internal,
-                format!("image task failed: {e}"),
-            )
+        self.cpu.run(work).await.map_err(|message| {
+            crate::failure::JobFailure::new(genfleet_proto::ErrorCode::Internal, message)
         })?
     }
 }
