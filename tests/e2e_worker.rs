@@ -717,12 +717,15 @@ async fn two_hundred_mixed_jobs_end_to_end() {
         "exit status {status}:\n{}",
         worker.log_tail()
     );
-    for class in ["cpu", "remote"] {
-        let depth = broker
-            .queue_depth(&format!("genfleet.jobs.{class}"))
-            .await
-            .unwrap();
-        assert_eq!(depth, 0, "genfleet.jobs.{class} still holds jobs");
+    for class in [
+        genfleet_broker::JobClass::Cpu,
+        genfleet_broker::JobClass::Remote,
+    ] {
+        for lane in genfleet_broker::Lane::ALL {
+            let queue = class.lane_queue(lane);
+            let depth = broker.queue_depth(&queue).await.unwrap();
+            assert_eq!(depth, 0, "{queue} still holds jobs");
+        }
     }
     let log = std::fs::read_to_string(&worker.log).unwrap();
     assert!(!log.contains("e2e prompt"), "prompts must never be logged");

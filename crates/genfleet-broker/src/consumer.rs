@@ -83,6 +83,10 @@ impl Incoming {
         &self.delivery.data
     }
 
+    pub(crate) fn properties(&self) -> &lapin::BasicProperties {
+        &self.delivery.properties
+    }
+
     pub fn routing_key(&self) -> &str {
         self.delivery.routing_key.as_str()
     }

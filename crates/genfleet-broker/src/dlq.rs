@@ -27,7 +27,7 @@ use lapin::{BasicProperties, Channel};
 
 use crate::consumer::settled;
 use crate::{Broker, Publisher};
-use crate::{BrokerError, JobClass, DEAD_QUEUE, HEADER_ERROR, HEADER_REASON, JOBS_EXCHANGE};
+use crate::{BrokerError, JobClass, Lane, DEAD_QUEUE, HEADER_ERROR, HEADER_REASON, JOBS_EXCHANGE};
 
 /// Which dead letters an operation touches.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,8 +86,8 @@ pub struct DeadLetter {
 impl DeadLetter {
     /// The job class its routing key names, if it names one: only those can
     /// be replayed.
-    pub fn job_class(&self) -> Option<JobClass> {
-        JobClass::parse(&self.routing_key)
+    pub fn job_class(&self) -> Option<(JobClass, Lane)> {
+        JobClass::parse_routing_key(&self.routing_key)
     }
 
     fn from_delivery(delivery: &lapin::message::Delivery) -> DeadLetter {
@@ -274,10 +274,10 @@ async fn replay(
             continue;
         }
         seen.extend(letter.message_id.clone());
-        let Some(class) = letter.job_class() else {
+        let Some((class, lane)) = letter.job_class() else {
             report.refused.push(Refused {
                 why: format!(
-                    "routing key {:?} is not a job class (cpu, gpu, remote)",
+                    "routing key {:?} is not a job class and lane (cpu, gpu, remote, optionally .high or .low)",
                     letter.routing_key
                 ),
                 message_id: letter.message_id,
@@ -288,7 +288,7 @@ async fn replay(
         publisher
             .publish_properties(
                 JOBS_EXCHANGE,
-                class.routing_key(),
+                &class.lane_routing_key(lane),
                 &delivery.data,
                 replay_properties(&delivery.properties),
                 true,

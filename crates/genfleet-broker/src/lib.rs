@@ -14,7 +14,7 @@ use lapin::{Connection, ConnectionProperties};
 pub use consumer::{Incoming, JobConsumer};
 pub use dlq::{DeadLetter, PurgeReport, Refused, ReplayReport, Selector};
 pub use publisher::{Outgoing, Publisher};
-pub use topology::{declare, JobClass, Topology};
+pub use topology::{declare, JobClass, Lane, Topology};
 
 /// Exchange that routes jobs by resource class (`cpu`, `gpu`, `remote`).
 pub const JOBS_EXCHANGE: &str = "genfleet.jobs";
@@ -25,6 +25,10 @@ pub const EVENTS_EXCHANGE: &str = "genfleet.events";
 /// Fanout exchange for dead letters; bound to [`DEAD_QUEUE`].
 pub const DEAD_LETTER_EXCHANGE: &str = "genfleet.dlx";
 pub const DEAD_QUEUE: &str = "genfleet.dead";
+/// Headers exchange in front of the `genfleet.retry.<delay>` queues.
+pub const RETRY_EXCHANGE: &str = "genfleet.retry";
+/// Header that picks the retry queue on [`RETRY_EXCHANGE`], e.g. `5s`.
+pub const HEADER_DELAY: &str = "x-genfleet-delay";
 /// Header naming the stable error code of a dead letter.
 pub const HEADER_ERROR: &str = "x-genfleet-error";
 /// Header with the human reason of a dead letter.

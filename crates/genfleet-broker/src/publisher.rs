@@ -6,7 +6,7 @@ use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection};
 
-use crate::BrokerError;
+use crate::{BrokerError, Incoming};
 
 /// What to publish, apart from the exchange, routing key and body.
 #[derive(Debug, Clone, Default)]
@@ -124,6 +124,38 @@ impl Publisher {
             });
         }
         Ok(())
+    }
+
+    /// Publishes a copy of a delivery (body and properties) to another
+    /// exchange or routing key, with `headers` added, and waits for the
+    /// confirm. Mandatory: a copy no queue takes is an error, never a
+    /// silent loss, so the caller may ack the original only on `Ok`.
+    /// The broker's delivery count is dropped: the copy is a new message.
+    ///
+    /// # Errors
+    /// As [`Publisher::publish`], plus [`BrokerError::Unroutable`].
+    pub async fn forward(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        incoming: &Incoming,
+        headers: &[(&str, String)],
+    ) -> Result<(), BrokerError> {
+        let mut properties = incoming.properties().clone();
+        let mut table = properties.headers().clone().unwrap_or_default();
+        let mut kept = FieldTable::default();
+        for (name, value) in table.inner() {
+            if name.as_str() != "x-delivery-count" {
+                kept.insert(name.clone(), value.clone());
+            }
+        }
+        table = kept;
+        for (name, value) in headers {
+            table.insert((*name).into(), AMQPValue::LongString(value.as_str().into()));
+        }
+        properties = properties.with_headers(table);
+        self.publish_properties(exchange, routing_key, incoming.body(), properties, true)
+            .await
     }
 
     pub async fn close(&self) {

@@ -8,7 +8,8 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, ExchangeKind};
 
 use crate::{
-    BrokerError, DEAD_LETTER_EXCHANGE, DEAD_QUEUE, EVENTS_EXCHANGE, JOBS_EXCHANGE, RESULTS_EXCHANGE,
+    BrokerError, DEAD_LETTER_EXCHANGE, DEAD_QUEUE, EVENTS_EXCHANGE, HEADER_DELAY, JOBS_EXCHANGE,
+    RESULTS_EXCHANGE, RETRY_EXCHANGE,
 };
 
 /// Resource class of a job queue.
@@ -41,6 +42,73 @@ impl JobClass {
     pub fn parse(name: &str) -> Option<JobClass> {
         JobClass::ALL.into_iter().find(|c| c.routing_key() == name)
     }
+
+    /// Routing key of one lane of this class: `cpu`, `cpu.high`, `cpu.low`.
+    pub fn lane_routing_key(self, lane: Lane) -> String {
+        match lane.suffix() {
+            None => self.routing_key().to_string(),
+            Some(suffix) => format!("{}.{suffix}", self.routing_key()),
+        }
+    }
+
+    /// Queue of one lane: `genfleet.jobs.cpu`, `genfleet.jobs.cpu.high`, ...
+    pub fn lane_queue(self, lane: Lane) -> String {
+        format!("genfleet.jobs.{}", self.lane_routing_key(lane))
+    }
+
+    /// The class and lane a job routing key names, e.g. `remote.high`.
+    pub fn parse_routing_key(key: &str) -> Option<(JobClass, Lane)> {
+        let (class, lane) = match key.split_once('.') {
+            None => (key, Lane::Normal),
+            Some((class, suffix)) => (
+                class,
+                Lane::ALL.into_iter().find(|l| l.suffix() == Some(suffix))?,
+            ),
+        };
+        Some((JobClass::parse(class)?, lane))
+    }
+}
+
+/// Priority lane within a class. RabbitMQ 3.10's quorum queues have no
+/// message priorities, so each lane is its own queue and the worker takes
+/// from the higher lane first. `Low` is also where the worker moves the
+/// surplus of a workspace that holds more than its share (see the worker's
+/// dispatcher), so a bulk batch never starves another tenant's single job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Lane {
+    High,
+    Normal,
+    Low,
+}
+
+impl Lane {
+    /// In the order the worker serves them.
+    pub const ALL: [Lane; 3] = [Lane::High, Lane::Normal, Lane::Low];
+
+    fn suffix(self) -> Option<&'static str> {
+        match self {
+            Lane::High => Some("high"),
+            Lane::Normal => None,
+            Lane::Low => Some("low"),
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Lane::High => "high",
+            Lane::Normal => "normal",
+            Lane::Low => "low",
+        }
+    }
+
+    /// The next lane down; `None` for the lowest.
+    pub fn below(self) -> Option<Lane> {
+        match self {
+            Lane::High => Some(Lane::Normal),
+            Lane::Normal => Some(Lane::Low),
+            Lane::Low => None,
+        }
+    }
 }
 
 /// Tunables of the topology. Every worker must declare the same values:
@@ -71,7 +139,13 @@ impl Default for Topology {
 impl Topology {
     /// Name of the retry queue for `delay`, e.g. `genfleet.retry.30s`.
     pub fn retry_queue(delay: Duration) -> String {
-        format!("genfleet.retry.{}s", delay.as_secs())
+        format!("genfleet.retry.{}", Topology::delay_label(delay))
+    }
+
+    /// Value of [`HEADER_DELAY`] that routes a message to the retry queue of
+    /// `delay` through [`RETRY_EXCHANGE`], e.g. `30s`.
+    pub fn delay_label(delay: Duration) -> String {
+        format!("{}s", delay.as_secs())
     }
 }
 
@@ -124,39 +198,52 @@ pub async fn declare(channel: &Channel, topology: &Topology) -> Result<(), Broke
         .await?;
 
     for class in JobClass::ALL {
-        let mut args = FieldTable::default();
-        // Quorum queues: replicated, and they count deliveries, which is
-        // what lets x-delivery-limit stop poison messages.
-        args.insert(
-            "x-queue-type".into(),
-            AMQPValue::LongString("quorum".into()),
-        );
-        args.insert(
-            "x-delivery-limit".into(),
-            AMQPValue::LongLongInt(i64::from(topology.delivery_limit)),
-        );
-        args.insert(
-            "x-dead-letter-exchange".into(),
-            AMQPValue::LongString(DEAD_LETTER_EXCHANGE.into()),
-        );
-        channel
-            .queue_declare(class.queue().as_str().into(), durable_queue(), args)
-            .await?;
-        channel
-            .queue_bind(
-                class.queue().as_str().into(),
-                JOBS_EXCHANGE.into(),
-                class.routing_key().into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
+        for lane in Lane::ALL {
+            let mut args = FieldTable::default();
+            // Quorum queues: replicated, and they count deliveries, which is
+            // what lets x-delivery-limit stop poison messages.
+            args.insert(
+                "x-queue-type".into(),
+                AMQPValue::LongString("quorum".into()),
+            );
+            args.insert(
+                "x-delivery-limit".into(),
+                AMQPValue::LongLongInt(i64::from(topology.delivery_limit)),
+            );
+            args.insert(
+                "x-dead-letter-exchange".into(),
+                AMQPValue::LongString(DEAD_LETTER_EXCHANGE.into()),
+            );
+            let queue = class.lane_queue(lane);
+            channel
+                .queue_declare(queue.as_str().into(), durable_queue(), args)
+                .await?;
+            channel
+                .queue_bind(
+                    queue.as_str().into(),
+                    JOBS_EXCHANGE.into(),
+                    class.lane_routing_key(lane).as_str().into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+        }
     }
 
-    // Delayed retry without plugins: a message published here waits out the
-    // TTL, then dead-letters back to genfleet.jobs under its original
-    // routing key. Classic queues: per-queue TTL with dead-lettering is what
+    // Delayed retry without plugins: a message published to the headers
+    // exchange genfleet.retry with `x-genfleet-delay: 30s` and its job
+    // routing key waits out the queue's TTL, then dead-letters back to
+    // genfleet.jobs under that same routing key, so it returns to its class
+    // and lane. Classic queues: per-queue TTL with dead-lettering is what
     // every supported RabbitMQ version does the same way.
+    channel
+        .exchange_declare(
+            RETRY_EXCHANGE.into(),
+            ExchangeKind::Headers,
+            durable(),
+            FieldTable::default(),
+        )
+        .await?;
     for delay in &topology.retry_delays {
         let mut args = FieldTable::default();
         let ttl_ms = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
@@ -165,11 +252,23 @@ pub async fn declare(channel: &Channel, topology: &Topology) -> Result<(), Broke
             "x-dead-letter-exchange".into(),
             AMQPValue::LongString(JOBS_EXCHANGE.into()),
         );
+        let queue = Topology::retry_queue(*delay);
         channel
-            .queue_declare(
-                Topology::retry_queue(*delay).as_str().into(),
-                durable_queue(),
-                args,
+            .queue_declare(queue.as_str().into(), durable_queue(), args)
+            .await?;
+        let mut binding = FieldTable::default();
+        binding.insert("x-match".into(), AMQPValue::LongString("all".into()));
+        binding.insert(
+            HEADER_DELAY.into(),
+            AMQPValue::LongString(Topology::delay_label(*delay).into()),
+        );
+        channel
+            .queue_bind(
+                queue.as_str().into(),
+                RETRY_EXCHANGE.into(),
+                "".into(),
+                QueueBindOptions::default(),
+                binding,
             )
             .await?;
     }
@@ -189,5 +288,24 @@ mod tests {
             Topology::retry_queue(Duration::from_secs(30)),
             "genfleet.retry.30s"
         );
+        assert_eq!(JobClass::Cpu.lane_queue(Lane::Normal), "genfleet.jobs.cpu");
+        assert_eq!(
+            JobClass::Cpu.lane_queue(Lane::High),
+            "genfleet.jobs.cpu.high"
+        );
+        assert_eq!(JobClass::Remote.lane_routing_key(Lane::Low), "remote.low");
+    }
+
+    #[test]
+    fn routing_keys_name_class_and_lane() {
+        for class in JobClass::ALL {
+            for lane in Lane::ALL {
+                let key = class.lane_routing_key(lane);
+                assert_eq!(JobClass::parse_routing_key(&key), Some((class, lane)));
+            }
+        }
+        for bad in ["", "cpu.", "cpu.urgent", "disk", "cpu.high.x", "high"] {
+            assert_eq!(JobClass::parse_routing_key(bad), None, "{bad}");
+        }
     }
 }

@@ -63,6 +63,21 @@ pub struct WorkerSection {
     pub grace_period_seconds: u64,
     /// Image decode/resize/encode tasks run at once; 0 means one per CPU.
     pub imaging_threads: usize,
+    /// Jobs of one workspace this worker holds (running or waiting for a
+    /// slot) before it moves that workspace's further high/normal jobs one
+    /// lane down, so a 10,000-image batch cannot starve another tenant's
+    /// single job. 0 means half the concurrency (at least 1).
+    pub max_in_flight_per_workspace: u16,
+}
+
+impl WorkerSection {
+    /// [`WorkerSection::max_in_flight_per_workspace`] with 0 resolved.
+    pub fn workspace_cap(&self) -> usize {
+        match self.max_in_flight_per_workspace {
+            0 => usize::from(self.concurrency / 2).max(1),
+            n => usize::from(n),
+        }
+    }
 }
 
 impl Default for WorkerSection {
@@ -73,6 +88,7 @@ impl Default for WorkerSection {
             classes: vec!["cpu".into(), "remote".into()],
             grace_period_seconds: 30,
             imaging_threads: 0,
+            max_in_flight_per_workspace: 0,
         }
     }
 }
@@ -88,6 +104,12 @@ pub struct BrokerSection {
     pub delivery_limit: u32,
     /// Longest pause between reconnect attempts, in seconds.
     pub reconnect_max_delay_seconds: u64,
+    /// Seconds a job waits in `genfleet.retry.<delay>` after an
+    /// infrastructure failure (ledger, store, broker), by how many times it
+    /// was already sent back; the last value repeats. Every value must be
+    /// one of the retry queues' delays (5, 30, 300). The job's deadline
+    /// still ends it.
+    pub requeue_delays_seconds: Vec<u64>,
 }
 
 impl Default for BrokerSection {
@@ -96,6 +118,7 @@ impl Default for BrokerSection {
             url: Secret::new("amqp://guest:guest@127.0.0.1:5672/%2f"),
             delivery_limit: 5,
             reconnect_max_delay_seconds: 30,
+            requeue_delays_seconds: vec![5, 5, 30, 300],
         }
     }
 }
@@ -374,6 +397,18 @@ impl Config {
         }
         if self.broker.delivery_limit == 0 {
             return fail("broker.delivery_limit must be at least 1".into());
+        }
+        let retry_queues = genfleet_broker::Topology::default().retry_delays;
+        if self.broker.requeue_delays_seconds.is_empty() {
+            return fail("broker.requeue_delays_seconds must name at least one delay".into());
+        }
+        for delay in &self.broker.requeue_delays_seconds {
+            if !retry_queues.iter().any(|d| d.as_secs() == *delay) {
+                return fail(format!(
+                    "broker.requeue_delays_seconds: {delay} has no retry queue, expected one of {:?}",
+                    retry_queues.iter().map(|d| d.as_secs()).collect::<Vec<_>>()
+                ));
+            }
         }
         if self.database.pool_size == 0 {
             return fail("database.pool_size must be at least 1".into());

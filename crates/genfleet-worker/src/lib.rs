@@ -9,6 +9,7 @@
 pub mod batch;
 pub mod config;
 pub mod cpu;
+mod dispatch;
 mod failure;
 pub mod http;
 pub mod lifecycle;
@@ -24,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::{Config, Secret};
 pub use failure::JobFailure;
-pub use lifecycle::{default_class, default_provider};
+pub use lifecycle::{default_class, default_provider, lane_of};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {

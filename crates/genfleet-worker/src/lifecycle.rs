@@ -68,6 +68,115 @@ pub async fn handle(
         .await
 }
 
+/// The last delivery the broker will make of a job that no worker finished:
+/// every earlier delivery ended without an ack (the worker crashed, was
+/// killed, or the job panicked). Running it again would most likely end the
+/// same way, so the job ends here: failed with `internal`, its credits
+/// released, its result published, and the message dead-lettered with the
+/// reason for an operator to look at (`genfleet dlq show`).
+pub async fn give_up(
+    services: &Services,
+    publisher: &Publisher,
+    incoming: &Incoming,
+) -> Disposition {
+    let content_type = ContentType::from_header(incoming.content_type());
+    let decoded = genfleet_proto::decode_job(incoming.body(), &content_type);
+    let (job, tenant) = match decoded {
+        Ok(job) => {
+            let tenant = job.tenant.clone();
+            (
+                genfleet_proto::validate_job(job, incoming.message_id()),
+                tenant,
+            )
+        }
+        Err(e) => (Err(e), None),
+    };
+    let job = match job {
+        Ok(job) => job,
+        Err(error) => return reject_message(services, publisher, incoming, error, tenant).await,
+    };
+    let deliveries = incoming.delivery_count() + 1;
+    let span = tracing::info_span!("job", job_id = %job.job_id(), deliveries);
+    async {
+        // An earlier delivery may have settled and died before its ack.
+        match services.ledger.outcome(job.job_id()).await {
+            Ok(Some(_)) => {
+                return run_valid(services, publisher, incoming, &job, Instant::now()).await;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                warn!(error = %e, "ledger unavailable while giving up a job");
+                return Disposition::Requeue("ledger_unavailable");
+            }
+        }
+        let mut failure = JobFailure::new(
+            ErrorCode::Internal,
+            format!(
+                "no worker finished this job in {deliveries} deliveries (each one crashed or \
+                 was interrupted); it was not run again"
+            ),
+        );
+        // The same job would most likely crash a worker again.
+        failure.retryable = false;
+        let mut result = failed_result(services, job.job_id(), Some(job.tenant()), &failure);
+        result.attempts = u32::try_from(deliveries).unwrap_or(u32::MAX);
+        let held = match services.ledger.hold(job.job_id()).await {
+            Ok(hold) => hold,
+            Err(e) => {
+                warn!(error = %e, "ledger unavailable while giving up a job");
+                return Disposition::Requeue("ledger_unavailable");
+            }
+        };
+        if let Some(hold) = &held {
+            result.credits = Some(v1::CreditSummary {
+                held: hold.amount,
+                captured: 0,
+                released: hold.amount,
+            });
+        }
+        result.finished_at = Some(system_time_to_timestamp(SystemTime::now()));
+        let stored = genfleet_proto::encode_json(&result);
+        match services
+            .ledger
+            .settle(job.job_id(), Settlement::Release, &stored)
+            .await
+        {
+            Ok(Some(hold)) => {
+                services
+                    .metrics
+                    .credits_released_total
+                    .with_label_values(&[job.kind().label()])
+                    .inc_by(u64::try_from(hold.released).unwrap_or(0));
+            }
+            Ok(None) => {}
+            Err(e) => {
+                warn!(error = %e, "ledger unavailable while giving up a job");
+                return Disposition::Requeue("ledger_unavailable");
+            }
+        }
+        warn!("job crashed or was interrupted on every delivery; failing and dead-lettering it");
+        services
+            .metrics
+            .job_errors_total
+            .with_label_values(&[ErrorCode::Internal.as_str()])
+            .inc();
+        if publish_result(services, publisher, incoming, &result).await != Disposition::Ack {
+            return Disposition::Requeue("publish_failed");
+        }
+        dead_letter(
+            services,
+            publisher,
+            incoming,
+            ErrorCode::Internal,
+            &format!("delivery_limit: {}", failure.message),
+            Some(job.job_id()),
+        )
+        .await
+    }
+    .instrument(span)
+    .await
+}
+
 async fn run_valid(
     services: &Services,
     publisher: &Publisher,
@@ -627,6 +736,16 @@ pub fn default_class(kind: v1::JobKind) -> genfleet_broker::JobClass {
     }
 }
 
+/// Lane of a job's priority: publishers route a job to
+/// `<class>.<lane>` (`cpu.high`, `remote`, `remote.low`, ...).
+pub fn lane_of(priority: i32) -> genfleet_broker::Lane {
+    match v1::Priority::try_from(priority) {
+        Ok(v1::Priority::High) => genfleet_broker::Lane::High,
+        Ok(v1::Priority::Low) => genfleet_broker::Lane::Low,
+        Ok(v1::Priority::Normal) | Err(_) => genfleet_broker::Lane::Normal,
+    }
+}
+
 fn default_model(services: &Services, kind: v1::JobKind) -> String {
     let models = &services.config.providers.fal.models;
     match kind {
@@ -782,6 +901,27 @@ async fn reject_message(
             return Disposition::Requeue("publish_failed");
         }
     }
+    dead_letter(
+        services,
+        publisher,
+        incoming,
+        code,
+        &error.message,
+        error.job_id.as_deref(),
+    )
+    .await
+}
+
+/// Publishes the message to the dead-letter exchange with the code and
+/// reason in headers, confirmed; the caller acks on [`Disposition::Ack`].
+async fn dead_letter(
+    services: &Services,
+    publisher: &Publisher,
+    incoming: &Incoming,
+    code: ErrorCode,
+    reason: &str,
+    job_id: Option<&str>,
+) -> Disposition {
     let mut headers = vec![
         (
             genfleet_broker::HEADER_ERROR.to_string(),
@@ -789,11 +929,11 @@ async fn reject_message(
         ),
         (
             genfleet_broker::HEADER_REASON.to_string(),
-            error.message.clone(),
+            reason.to_string(),
         ),
     ];
-    if let Some(id) = &error.job_id {
-        headers.push(("x-genfleet-job-id".into(), id.clone()));
+    if let Some(id) = job_id {
+        headers.push(("x-genfleet-job-id".into(), id.to_string()));
     }
     let outgoing = Outgoing {
         content_type: incoming.content_type().map(str::to_string),

@@ -36,6 +36,12 @@ pub struct Metrics {
     pub credits_released_total: IntCounterVec,
     /// 1 while the worker holds a broker connection.
     pub broker_connected: IntGauge,
+    /// Jobs moved one lane down because their workspace held its share.
+    pub jobs_demoted_total: IntCounterVec,
+    /// Jobs started, by lane: how the high lane is served under load.
+    pub jobs_started_total: IntCounterVec,
+    /// Deliveries taken from the broker that wait for a free slot here.
+    pub jobs_waiting: IntGauge,
 }
 
 impl Metrics {
@@ -116,6 +122,20 @@ impl Metrics {
             broker_connected: gauge(
                 "genfleet_broker_connected",
                 "1 while the worker holds a broker connection",
+            ),
+            jobs_demoted_total: counter(
+                "genfleet_jobs_demoted_total",
+                "Jobs moved one lane down because their workspace held its share of this worker, by class and the lane they left",
+                &["class", "lane"],
+            ),
+            jobs_started_total: counter(
+                "genfleet_jobs_started_total",
+                "Jobs started, by class and lane",
+                &["class", "lane"],
+            ),
+            jobs_waiting: gauge(
+                "genfleet_jobs_waiting",
+                "Deliveries held by this worker that wait for a free slot",
             ),
             registry,
         }

@@ -10,13 +10,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use genfleet_broker::{Broker, Incoming, JobClass, Publisher, Topology};
+use genfleet_broker::{Broker, Incoming, JobClass, Lane, Publisher, Topology};
+use genfleet_proto::ContentType;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
+use crate::dispatch::{Dispatcher, Waiting};
 use crate::lifecycle::{self, Disposition};
 use crate::services::Services;
 use crate::WorkerError;
@@ -114,21 +116,28 @@ async fn session(
     let publisher = Arc::new(broker.publisher().await?);
     let prefetch = config.worker.concurrency;
 
-    let mut consumers = Vec::with_capacity(classes.len());
+    let mut consumers = Vec::with_capacity(classes.len() * Lane::ALL.len());
     for class in classes {
-        let tag = format!("{}-{}", services.worker_name, class.routing_key());
-        consumers.push(broker.consume(&class.queue(), prefetch, &tag).await?);
+        for lane in Lane::ALL {
+            let tag = format!("{}-{}", services.worker_name, class.lane_routing_key(lane));
+            let consumer = broker
+                .consume(&class.lane_queue(lane), prefetch, &tag)
+                .await?;
+            consumers.push((*class, lane, consumer));
+        }
     }
     readiness.broker_connected.store(true, Ordering::SeqCst);
     services.metrics.broker_connected.set(1);
-    info!(classes = ?classes, prefetch, "consuming");
+    let workspace_cap = config.worker.workspace_cap();
+    info!(classes = ?classes, prefetch, workspace_cap, "consuming");
 
+    let dispatcher = Arc::new(Dispatcher::new(workspace_cap));
     let session_done = shutdown.child_token();
     let mut loops = JoinSet::new();
-    for mut consumer in consumers {
+    for (class, lane, mut consumer) in consumers {
         let services = services.clone();
         let publisher = publisher.clone();
-        let slots = slots.clone();
+        let dispatcher = dispatcher.clone();
         let jobs = jobs.clone();
         let done = session_done.clone();
         // The loop hands its consumer back: its channel must outlive the
@@ -142,26 +151,16 @@ async fn session(
                     }
                     next = consumer.next() => match next {
                         Some(Ok(incoming)) => {
-                            // Wait for a free slot, but not past a shutdown:
-                            // a delivery not yet started goes straight back
-                            // to the queue for another worker.
-                            let permit = tokio::select! {
-                                permit = slots.clone().acquire_owned() => permit,
-                                () = done.cancelled() => {
-                                    let _ = incoming.nack(true).await;
-                                    consumer.cancel().await;
-                                    break Ok(());
-                                }
+                            let waiting = Waiting {
+                                workspace: workspace_of(&incoming),
+                                item: incoming,
+                                class,
+                                lane,
                             };
-                            let Ok(permit) = permit else {
-                                break Ok(());
-                            };
-                            let services = services.clone();
-                            let publisher = publisher.clone();
-                            jobs.spawn(async move {
-                                run_delivery(services, publisher, incoming).await;
-                                drop(permit);
-                            });
+                            if let Err((waiting, below)) = dispatcher.admit(waiting) {
+                                jobs.spawn(move_down(services.clone(), publisher.clone(), waiting, below));
+                            }
+                            services.metrics.jobs_waiting.set(gauge_value(dispatcher.waiting_len()));
                         }
                         Some(Err(e)) => break Err(WorkerError::from(e)),
                         None => break Err(WorkerError::Broker("consumer stream ended".into())),
@@ -172,9 +171,53 @@ async fn session(
         });
     }
 
+    // Starts the best waiting delivery whenever a slot is free.
+    let dispatch = {
+        let services = services.clone();
+        let publisher = publisher.clone();
+        let dispatcher = dispatcher.clone();
+        let slots = slots.clone();
+        let jobs = jobs.clone();
+        let done = session_done.clone();
+        tokio::spawn(async move {
+            loop {
+                let permit = tokio::select! {
+                    permit = slots.clone().acquire_owned() => permit,
+                    () = done.cancelled() => break,
+                };
+                let Ok(permit) = permit else { break };
+                let waiting = tokio::select! {
+                    waiting = dispatcher.next() => waiting,
+                    () = done.cancelled() => break,
+                };
+                services
+                    .metrics
+                    .jobs_started_total
+                    .with_label_values(&[waiting.class.routing_key(), waiting.lane.label()])
+                    .inc();
+                services
+                    .metrics
+                    .jobs_waiting
+                    .set(gauge_value(dispatcher.waiting_len()));
+                let services = services.clone();
+                let publisher = publisher.clone();
+                let dispatcher = dispatcher.clone();
+                jobs.spawn(async move {
+                    let Waiting {
+                        item, workspace, ..
+                    } = waiting;
+                    run_delivery(services, publisher, item).await;
+                    dispatcher.finished(workspace.as_deref());
+                    drop(permit);
+                });
+            }
+        })
+    };
+
     // The first consumer loop to end decides: shutdown or connection loss.
     let first = loops.join_next().await;
     session_done.cancel();
+    let _ = dispatch.await;
     let mut stopped = Vec::new();
     let outcome = match first {
         Some(Ok((consumer, outcome))) => {
@@ -189,6 +232,12 @@ async fn session(
             stopped.push(consumer);
         }
     }
+    // Deliveries that never got a slot go straight back to their queues for
+    // another worker (on a dead connection the broker has them back already).
+    for waiting in dispatcher.take_all_waiting() {
+        let _ = waiting.item.nack(true).await;
+    }
+    services.metrics.jobs_waiting.set(0);
     if outcome.is_ok() && shutdown.is_cancelled() {
         // Drain while the connection is still up: results and acks need it.
         drain(
@@ -205,16 +254,85 @@ async fn session(
     outcome
 }
 
+fn gauge_value(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// `org/workspace` of a job message, for fairness; `None` when the message
+/// does not decode or names no valid tenant (it is rejected when it runs).
+fn workspace_of(incoming: &Incoming) -> Option<String> {
+    let content_type = ContentType::from_header(incoming.content_type());
+    let job = genfleet_proto::decode_job(incoming.body(), &content_type).ok()?;
+    let tenant = job.tenant?;
+    (genfleet_proto::is_valid_tenant_id(&tenant.org)
+        && genfleet_proto::is_valid_tenant_id(&tenant.workspace))
+    .then(|| format!("{}/{}", tenant.org, tenant.workspace))
+}
+
+/// Republishes a delivery one lane down (confirmed), then acks it. If the
+/// publish is not confirmed the delivery goes back to its queue instead.
+async fn move_down(
+    services: Arc<Services>,
+    publisher: Arc<Publisher>,
+    waiting: Waiting,
+    below: Lane,
+) {
+    let key = waiting.class.lane_routing_key(below);
+    let moved = publisher
+        .forward(
+            genfleet_broker::JOBS_EXCHANGE,
+            &key,
+            &waiting.item,
+            &[(HEADER_MOVED_FROM, waiting.lane.label().to_string())],
+        )
+        .await;
+    match moved {
+        Ok(()) => {
+            services
+                .metrics
+                .jobs_demoted_total
+                .with_label_values(&[waiting.class.routing_key(), waiting.lane.label()])
+                .inc();
+            if let Err(e) = waiting.item.ack().await {
+                // The copy is queued; the original comes back too and runs
+                // as a duplicate, which job_id idempotency absorbs.
+                warn!(error = %e, "ack after moving a job down a lane failed");
+            }
+        }
+        Err(e) => {
+            warn!(error = %e, "moving a job down a lane was not confirmed; returning it to its queue");
+            let _ = waiting.item.nack(true).await;
+        }
+    }
+}
+
+/// Header on a job moved down a lane: the lane it left.
+const HEADER_MOVED_FROM: &str = "x-genfleet-moved-from";
+/// Header counting how many times infrastructure failures sent a job
+/// through a retry queue.
+const HEADER_REQUEUES: &str = "x-genfleet-requeues";
+
 /// Runs one delivery in its own task so that a panic in the job is caught
 /// here: the delivery is handed back to the queue (the quorum queue's
 /// delivery limit stops a job that always panics) and the worker goes on.
 async fn run_delivery(services: Arc<Services>, publisher: Arc<Publisher>, incoming: Incoming) {
     let incoming = Arc::new(incoming);
+    // The broker counts deliveries that ended without an ack: crashes,
+    // kills, panics. The delivery the broker will not repeat is not run
+    // again: the job ends failed, its credits go back, it is dead-lettered.
+    let last_delivery =
+        incoming.delivery_count() + 1 >= u64::from(services.config.broker.delivery_limit);
     let job = {
         let services = services.clone();
         let publisher = publisher.clone();
         let incoming = incoming.clone();
-        tokio::spawn(async move { lifecycle::handle(&services, &publisher, &incoming).await })
+        tokio::spawn(async move {
+            if last_delivery {
+                lifecycle::give_up(&services, &publisher, &incoming).await
+            } else {
+                lifecycle::handle(&services, &publisher, &incoming).await
+            }
+        })
     };
     let disposition = match job.await {
         Ok(d) => d,
@@ -225,18 +343,65 @@ async fn run_delivery(services: Arc<Services>, publisher: Arc<Publisher>, incomi
                 .requeues_total
                 .with_label_values(&["panic"])
                 .inc();
-            Disposition::Requeue("panic")
+            // Counted by the broker like a crash, unlike a requeue below.
+            if let Err(e) = incoming.nack(true).await {
+                warn!(error = %e, "nack failed; the broker will redeliver the job");
+            }
+            return;
         }
     };
-    let acked = match disposition {
+    let settled = match disposition {
         Disposition::Ack => incoming.ack().await,
-        Disposition::Requeue(_) => {
+        Disposition::Requeue(_) => requeue_later(&services, &publisher, &incoming).await,
+    };
+    if let Err(e) = settled {
+        warn!(error = %e, "ack/nack failed; the broker will redeliver the job");
+    }
+}
+
+/// Our infrastructure failed (ledger, store, broker), not the job: send it
+/// through a retry queue, so it comes back after a pause without counting
+/// as a failed delivery towards the poison limit. Only if that publish is
+/// not confirmed does the delivery go back to its queue directly.
+async fn requeue_later(
+    services: &Services,
+    publisher: &Publisher,
+    incoming: &Incoming,
+) -> Result<(), genfleet_broker::BrokerError> {
+    let requeues: usize = incoming
+        .header(HEADER_REQUEUES)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    let delays = &services.config.broker.requeue_delays_seconds;
+    let delay = delays.get(requeues).or(delays.last()).copied().unwrap_or(5);
+    let forwarded = publisher
+        .forward(
+            genfleet_broker::RETRY_EXCHANGE,
+            incoming.routing_key(),
+            incoming,
+            &[
+                (
+                    genfleet_broker::HEADER_DELAY,
+                    Topology::delay_label(Duration::from_secs(delay)),
+                ),
+                (HEADER_REQUEUES, (requeues + 1).to_string()),
+            ],
+        )
+        .await;
+    match forwarded {
+        Ok(()) => {
+            info!(
+                retry_in_s = delay,
+                requeues = requeues + 1,
+                "job sent to a retry queue"
+            );
+            incoming.ack().await
+        }
+        Err(e) => {
+            warn!(error = %e, "retry queue publish not confirmed; returning the job to its queue");
             // A short pause so an outage does not become a hot redelivery loop.
             tokio::time::sleep(Duration::from_millis(500)).await;
             incoming.nack(true).await
         }
-    };
-    if let Err(e) = acked {
-        warn!(error = %e, "ack/nack failed; the broker will redeliver the job");
     }
 }
