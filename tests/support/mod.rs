@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod rabbit_node;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
