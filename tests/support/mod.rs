@@ -211,11 +211,23 @@ pub struct WorkerProcess {
 
 impl WorkerProcess {
     pub fn start(config: &Path, log: PathBuf) -> WorkerProcess {
-        let log_file = std::fs::File::create(&log).expect("log file");
+        WorkerProcess::start_with_env(config, log, &[])
+    }
+
+    /// Starts with extra `GENFLEET__...` settings on top of the file, e.g.
+    /// `("GENFLEET__BROKER__DELIVERY_LIMIT", "3")`. Appends to `log`, so a
+    /// restarted worker keeps the earlier one's lines.
+    pub fn start_with_env(config: &Path, log: PathBuf, env: &[(&str, &str)]) -> WorkerProcess {
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_genfleet"))
             .args(["--config", &config.display().to_string(), "worker"])
             .env("RUST_LOG", "info,lapin=warn")
             .env_remove("GENFLEET_CONFIG")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::from(log_file))
             .spawn()
@@ -330,6 +342,8 @@ pub async fn results_queue(amqp_url: &str) -> (Connection, String) {
 /// by message id as the contract tells consumers to.
 pub struct Collected {
     pub results: HashMap<String, (v1::JobResult, String)>,
+    /// Job ids in the order their first result arrived.
+    pub order: Vec<String>,
     pub duplicates: usize,
 }
 
@@ -351,6 +365,7 @@ pub async fn collect_results(
         .expect("consume");
     let mut collected = Collected {
         results: HashMap::new(),
+        order: Vec::new(),
         duplicates: 0,
     };
     let deadline = tokio::time::Instant::now() + within;
@@ -366,12 +381,15 @@ pub async fn collect_results(
         let result: v1::JobResult = serde_json::from_slice(&delivery.data).expect("result JSON");
         assert_eq!(message_id, format!("{}.result", result.job_id));
         let key = delivery.routing_key.as_str().to_string();
+        let job_id = result.job_id.clone();
         if collected
             .results
-            .insert(result.job_id.clone(), (result, key))
+            .insert(job_id.clone(), (result, key))
             .is_some()
         {
             collected.duplicates += 1;
+        } else {
+            collected.order.push(job_id);
         }
         delivery
             .acker
