@@ -204,4 +204,81 @@ fn credits_grant_and_balance() {
     let output = genfleet(&["credits", "holds", "acme/shop-1", "--all"], &env);
     assert!(output.status.success());
     assert_eq!(stdout(&output), "", "no holds yet");
+
+    // The workspace draws on its organisation's credits within a cap.
+    let output = genfleet(
+        &["credits", "link", "acme/shop-1", "--parent", "acme"],
+        &env,
+    );
+    assert!(!output.status.success(), "the parent must exist");
+    let output = genfleet(&["credits", "grant", "acme", "1000"], &env);
+    assert!(output.status.success());
+    let output = genfleet(
+        &[
+            "credits",
+            "link",
+            "acme/shop-1",
+            "--parent",
+            "acme",
+            "--cap",
+            "100",
+        ],
+        &env,
+    );
+    let text = stdout(&output);
+    assert!(
+        output.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(text.contains("acme/shop-1: linked to acme"), "{text}");
+    let output = genfleet(&["credits", "balance", "acme/shop-1"], &env);
+    let text = stdout(&output);
+    assert!(output.status.success(), "{text}");
+    // Own 250 plus min(acme's 1000, cap 100).
+    for line in [
+        "acme/shop-1: 250 available, 0 held, 0 captured",
+        "  parent:    acme",
+        "  cap:       100",
+        "  drawn:     0",
+        "  spendable: 350",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line:?} in {text}");
+    }
+    let output = genfleet(&["credits", "balance", "acme"], &env);
+    let text = stdout(&output);
+    assert_eq!(text, "acme: 1000 available, 0 held, 0 captured\n");
+    // One level only, and caps are not negative.
+    let output = genfleet(
+        &["credits", "link", "acme", "--parent", "acme/shop-1"],
+        &env,
+    );
+    assert!(!output.status.success(), "a parent cannot get a parent");
+    let output = genfleet(
+        &[
+            "credits",
+            "link",
+            "acme/shop-1",
+            "--parent",
+            "acme",
+            "--cap=-1",
+        ],
+        &env,
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success() && stderr.contains("parent cap is -1"),
+        "negative caps are refused: {stderr}"
+    );
+    // Linking again without --cap lifts the limit.
+    let output = genfleet(
+        &["credits", "link", "acme/shop-1", "--parent", "acme"],
+        &env,
+    );
+    let text = stdout(&output);
+    assert!(output.status.success(), "{text}");
+    assert!(
+        text.contains("  cap:       none") && text.contains("  spendable: 1250"),
+        "{text}"
+    );
 }

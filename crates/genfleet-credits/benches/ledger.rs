@@ -58,18 +58,35 @@ async fn pairs(
     (reserve, settle)
 }
 
-/// `tasks` tasks sharing `total` pairs; `shared` puts them all on one
-/// account (reserves then queue on its row lock), otherwise one account each.
-async fn concurrent(ledger: &Ledger, name: &str, tasks: usize, total: usize, shared: bool) -> Run {
+/// Which accounts the tasks of a concurrent scenario reserve on.
+#[derive(Clone, Copy)]
+enum Accounts {
+    /// One plain account each.
+    OneEach,
+    /// All on one plain account: reserves queue on its row lock.
+    Shared,
+    /// One workspace each, with no credits of its own, all drawing on one
+    /// organisation: every hold locks the workspace and then the org.
+    Workspaces,
+}
+
+/// `tasks` tasks sharing `total` pairs on the `accounts` given.
+async fn concurrent(
+    ledger: &Ledger,
+    name: &str,
+    tasks: usize,
+    total: usize,
+    accounts: Accounts,
+) -> Run {
     let start = Instant::now();
     let mut set = tokio::task::JoinSet::new();
     for task in 0..tasks {
         let ledger = ledger.clone();
         let prefix = format!("{name}-{task}");
-        let account = if shared {
-            "acct-0".to_owned()
-        } else {
-            format!("acct-{task}")
+        let account = match accounts {
+            Accounts::OneEach => format!("acct-{task}"),
+            Accounts::Shared => "acct-0".to_owned(),
+            Accounts::Workspaces => format!("org/ws-{task}"),
         };
         let count = total / tasks + usize::from(task < total % tasks);
         set.spawn(async move { pairs(&ledger, &prefix, &account, count).await });
@@ -144,6 +161,16 @@ async fn main() {
             .await
             .expect("grant");
     }
+    ledger
+        .grant("org", 1_000_000_000, "bench")
+        .await
+        .expect("grant");
+    for workspace in 0..8 {
+        ledger
+            .link(&format!("org/ws-{workspace}"), "org", None)
+            .await
+            .expect("link");
+    }
     let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
         .await
         .expect("settings connection");
@@ -180,8 +207,9 @@ async fn main() {
         reserve,
         settle,
     });
-    report(&mut concurrent(&ledger, "8-way-8-accounts", 8, total, false).await);
-    report(&mut concurrent(&ledger, "8-way-1-account", 8, total, true).await);
+    report(&mut concurrent(&ledger, "8-way-8-accounts", 8, total, Accounts::OneEach).await);
+    report(&mut concurrent(&ledger, "8-way-1-account", 8, total, Accounts::Shared).await);
+    report(&mut concurrent(&ledger, "8-way-8-ws-1-org", 8, total, Accounts::Workspaces).await);
 
     drop(ledger);
     drop_schema(&url, &schema).await;

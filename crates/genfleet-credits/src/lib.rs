@@ -5,7 +5,17 @@
 //! back), or releases everything when it fails. A sweeper expires the holds of
 //! workers that crashed. Every write keeps, per account,
 //! `available + held + captured = granted`, and every change is also written
-//! to the append-only `ledger_entries` table.
+//! to the append-only `ledger_entries` table (grant, hold, capture, release,
+//! expire, refund), so each account's balance follows from its entries alone.
+//!
+//! Accounts exist per organisation and per workspace. [`Ledger::link`] makes
+//! a workspace account a child of its organisation's (one level only): a
+//! reservation on the child takes the child's own credits first and the rest
+//! from the parent's, as long as what the child has drawn from the parent
+//! (open parent parts plus captured parent parts) stays within its cap.
+//! Capture charges the child's own part first; whatever is not charged, and
+//! everything on release or expiry, goes back to the account it came from.
+//! [`Balance::spendable`] is what one reservation on an account could take.
 //!
 //! This is the only crate that knows SQL. It does not know what a job is
 //! beyond its id and an opaque serialized outcome, and it does not decide

@@ -21,10 +21,11 @@ pub(crate) struct Migration {
 }
 
 /// All migrations in version order. Append only.
-pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "accounts_holds_ledger_outcomes",
-    sql: r#"
+pub(crate) const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "accounts_holds_ledger_outcomes",
+        sql: r#"
 -- Invariant kept by every write: available + held + captured = granted.
 CREATE TABLE accounts (
     account    text PRIMARY KEY,
@@ -70,7 +71,39 @@ CREATE TABLE job_outcomes (
     created_at timestamptz NOT NULL DEFAULT now()
 );
 "#,
-}];
+    },
+    Migration {
+        version: 2,
+        name: "workspace_accounts_draw_on_parent",
+        sql: r#"
+-- A workspace account may draw on its organisation's (its parent's)
+-- available credits, up to parent_cap (NULL: no limit). parent_drawn is
+-- what the child's open holds took from a parent plus what its settled
+-- holds captured from one. One level only, enforced by Ledger::link.
+ALTER TABLE accounts
+    ADD COLUMN parent       text NULL REFERENCES accounts (account),
+    ADD COLUMN parent_cap   bigint NULL CHECK (parent_cap >= 0),
+    ADD COLUMN parent_drawn bigint NOT NULL DEFAULT 0 CHECK (parent_drawn >= 0),
+    ADD CONSTRAINT accounts_parent_not_self CHECK (parent <> account);
+CREATE INDEX accounts_parent ON accounts (parent) WHERE parent IS NOT NULL;
+
+-- amount, captured and released stay the hold's totals; the parent_*
+-- columns say which part of each came from (and went back to)
+-- parent_account. The rest is the holding account's own.
+ALTER TABLE holds
+    ADD COLUMN parent_account  text NULL REFERENCES accounts (account),
+    ADD COLUMN parent_amount   bigint NOT NULL DEFAULT 0 CHECK (parent_amount >= 0),
+    ADD COLUMN parent_captured bigint NOT NULL DEFAULT 0 CHECK (parent_captured >= 0),
+    ADD COLUMN parent_released bigint NOT NULL DEFAULT 0 CHECK (parent_released >= 0),
+    ADD CONSTRAINT holds_parent_part CHECK (
+        parent_amount <= amount
+        AND (parent_account IS NULL) = (parent_amount = 0)
+        AND parent_captured <= captured
+        AND parent_released <= released
+    );
+"#,
+    },
+];
 
 /// Creates the schema if needed and applies every migration not yet recorded.
 ///

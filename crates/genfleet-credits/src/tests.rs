@@ -4,11 +4,13 @@
 //! when the test ends, even when it panics, so parallel runs never see each
 //! other. Set `GENFLEET_TEST_DATABASE_URL` to point elsewhere.
 //!
-//! Submodules: `queries` (operator queries, invariant audit), `model` (a
+//! Submodules: `queries` (operator queries, invariant audit), `parents`
+//! (workspace accounts drawing on their organisation's), `model` (a
 //! property test against an in-memory model), `stress` (many concurrent
 //! tasks on shared accounts).
 
 mod model;
+mod parents;
 mod queries;
 mod stress;
 
@@ -77,11 +79,16 @@ impl TestDb {
             "available {available} + held {held} + captured {captured} != granted {granted}"
         );
 
+        // The parts of holds taken from this account: its own holds' own
+        // parts, and the parent parts of its children's holds.
         let row = client
             .query_one(
-                "SELECT COALESCE(SUM(amount) FILTER (WHERE state = 'held'), 0)::bigint,
-                        COALESCE(SUM(captured), 0)::bigint
-                 FROM holds WHERE account = $1",
+                "SELECT COALESCE(SUM(CASE WHEN account = $1 THEN amount - parent_amount
+                                          ELSE parent_amount END)
+                                 FILTER (WHERE state = 'held'), 0)::bigint,
+                        COALESCE(SUM(CASE WHEN account = $1 THEN captured - parent_captured
+                                          ELSE parent_captured END), 0)::bigint
+                 FROM holds WHERE account = $1 OR parent_account = $1",
                 &[&account],
             )
             .await
@@ -108,6 +115,21 @@ impl TestDb {
             captured,
             "capture entries vs captured"
         );
+    }
+
+    /// (account, kind, amount) of the job's entries, in insertion order.
+    async fn entries_of(&self, job_id: &str) -> Vec<(String, String, i64)> {
+        let client = self.ledger.pool.get().await.expect("pooled connection");
+        client
+            .query(
+                "SELECT account, kind, amount FROM ledger_entries WHERE job_id = $1 ORDER BY id",
+                &[&job_id],
+            )
+            .await
+            .expect("ledger entries")
+            .iter()
+            .map(|row| (row.get(0), row.get(1), row.get(2)))
+            .collect()
     }
 
     async fn entry_kinds(&self, job_id: &str) -> Vec<(String, i64)> {
@@ -164,6 +186,10 @@ fn held(job_id: &str, account: &str, amount: i64) -> Hold {
         state: HoldState::Held,
         captured: 0,
         released: 0,
+        parent_account: None,
+        parent_amount: 0,
+        parent_captured: 0,
+        parent_released: 0,
     }
 }
 
@@ -551,7 +577,7 @@ async fn migrate_twice_is_fine() {
         .iter()
         .map(|row| row.get(0))
         .collect();
-    assert_eq!(versions, vec![1]);
+    assert_eq!(versions, vec![1, 2]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
