@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use genfleet_broker::{Broker, DeadLetter, JobClass, Outgoing, Selector, Topology};
+use genfleet_broker::{Broker, DeadLetter, JobClass, Lane, Outgoing, Selector, Topology};
 use genfleet_imaging::Encoding;
 use genfleet_proto::{v1, ContentType};
 use genfleet_worker::batch::{self, BatchOptions};
@@ -64,6 +64,9 @@ enum Command {
         /// Credits each generated job holds.
         #[arg(long, default_value_t = 0)]
         credits: i64,
+        /// Priority of generated jobs: high, normal or low (its lane).
+        #[arg(long, default_value = "normal")]
+        priority: String,
     },
     /// Validate, sanitise and resize a folder of images locally (no broker,
     /// database or network).
@@ -263,9 +266,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
                         kind,
                         tenant,
                         credits,
+                        priority,
                     } => {
                         let jobs = match generate {
-                            Some(n) => generated_jobs(n, &input, &kind, &tenant, credits)?,
+                            Some(n) => {
+                                generated_jobs(n, &input, &kind, &tenant, credits, &priority)?
+                            }
                             None => read_jobs(&files)?,
                         };
                         enqueue(config, jobs).await
@@ -416,6 +422,7 @@ struct Enqueued {
     body: Vec<u8>,
     job_id: String,
     class: JobClass,
+    lane: Lane,
 }
 
 fn read_jobs(files: &[PathBuf]) -> Result<Vec<Enqueued>> {
@@ -433,6 +440,7 @@ fn read_jobs(files: &[PathBuf]) -> Result<Vec<Enqueued>> {
             Ok(Enqueued {
                 job_id: job.job_id().to_string(),
                 class: genfleet_worker::default_class(job.kind()),
+                lane: genfleet_worker::lane_of(job.job().priority),
                 body,
             })
         })
@@ -445,7 +453,11 @@ fn generated_jobs(
     kind: &str,
     tenant: &str,
     credits: i64,
+    priority: &str,
 ) -> Result<Vec<Enqueued>> {
+    let priority =
+        v1::Priority::from_str_name(&format!("PRIORITY_{}", priority.to_ascii_uppercase()))
+            .with_context(|| format!("--priority {priority:?} is not high, normal or low"))?;
     let kind = v1::JobKind::from_str_name(&format!("JOB_KIND_{}", kind.to_ascii_uppercase()))
         .filter(|k| *k != v1::JobKind::Unspecified)
         .with_context(|| format!("--kind {kind:?} is not a job kind"))?;
@@ -471,12 +483,14 @@ fn generated_jobs(
                     amount: credits,
                     ..Default::default()
                 }),
+                priority: priority as i32,
                 ..Default::default()
             };
             let valid = genfleet_proto::validate_job(job, None)?;
             Ok(Enqueued {
                 job_id: valid.job_id().to_string(),
                 class: genfleet_worker::default_class(valid.kind()),
+                lane: genfleet_worker::lane_of(valid.job().priority),
                 body: genfleet_proto::encode_json(valid.job()),
             })
         })
@@ -502,12 +516,12 @@ async fn enqueue(config: Config, jobs: Vec<Enqueued>) -> Result<ExitCode> {
         publisher
             .publish(
                 genfleet_broker::JOBS_EXCHANGE,
-                job.class.routing_key(),
+                &job.class.lane_routing_key(job.lane),
                 &job.body,
                 &outgoing,
             )
             .await?;
-        println!("{} -> {}", job.job_id, job.class.queue());
+        println!("{} -> {}", job.job_id, job.class.lane_queue(job.lane));
     }
     broker.close().await;
     eprintln!(
@@ -775,7 +789,8 @@ fn validate(file: &Path) -> Result<ExitCode> {
                     "valid job {} ({}), queue {}",
                     job.job_id(),
                     job.kind().label(),
-                    genfleet_worker::default_class(job.kind()).queue()
+                    genfleet_worker::default_class(job.kind())
+                        .lane_queue(genfleet_worker::lane_of(job.job().priority))
                 );
                 Ok(ExitCode::SUCCESS)
             }

@@ -473,7 +473,7 @@ async fn jobs_survive_killed_workers_a_broker_restart_and_a_database_drop() {
         let Some(result) = seen.results.get(id) else {
             continue;
         };
-        let credits = result.credits.clone().unwrap_or_default();
+        let credits = result.credits.unwrap_or_default();
         if result.status == v1::JobStatus::Succeeded as i32 {
             assert_eq!(credits.captured, *amount, "{result:?}");
             assert_eq!(result.outputs.len(), 1, "{result:?}");

@@ -158,6 +158,34 @@ fn enqueue_publishes_confirmed_jobs_to_their_class() {
         3
     );
 
+    // Priority picks the lane.
+    let output = genfleet(
+        &[
+            "enqueue",
+            "--generate",
+            "2",
+            "--kind",
+            "upscale",
+            "--priority",
+            "high",
+        ],
+        &env,
+    );
+    assert!(output.status.success());
+    assert_eq!(
+        stdout(&output)
+            .lines()
+            .filter(|l| l.ends_with("genfleet.jobs.cpu.high"))
+            .count(),
+        2
+    );
+    let output = genfleet(
+        &["enqueue", "--generate", "1", "--priority", "urgent"],
+        &env,
+    );
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--priority \"urgent\""));
+
     // A broken job file is refused before anything is published.
     let broken = repo_path("proto/examples/invalid/no_inputs.json")
         .display()
@@ -173,6 +201,10 @@ fn enqueue_publishes_confirmed_jobs_to_their_class() {
             .unwrap();
         assert_eq!(broker.queue_depth("genfleet.jobs.cpu").await.unwrap(), 1);
         assert_eq!(broker.queue_depth("genfleet.jobs.remote").await.unwrap(), 3);
+        assert_eq!(
+            broker.queue_depth("genfleet.jobs.cpu.high").await.unwrap(),
+            2
+        );
         broker.close().await;
     });
 }
