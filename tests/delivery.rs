@@ -218,8 +218,8 @@ async fn a_big_batch_does_not_starve_other_workspaces() {
 
 /// A job that is never finished because its worker dies on every delivery
 /// (here: kill -9 while the job waits on a provider that never answers).
-/// With the delivery limit of 5 the first four deliveries run it; the fifth
-/// is the last the worker will take, so the worker fails it with `internal` instead of
+/// With `worker.max_starts_per_job` = 4 the first four deliveries start it;
+/// the fifth finds four crashed starts in the ledger, so the worker fails it with `internal` instead of
 /// running it: its credits are released, its result published, and the
 /// message dead-lettered with the reason. Another job in the same queue is
 /// unaffected.
@@ -276,8 +276,12 @@ async fn a_job_that_kills_every_worker_is_failed_released_and_dead_lettered() {
     let error = result.error.as_ref().unwrap();
     assert_eq!(error.code, "internal");
     assert!(!error.retryable);
-    assert!(error.message.contains("5 deliveries"), "{}", error.message);
-    assert_eq!(result.attempts, 5);
+    assert!(
+        error.message.contains("started 4 times"),
+        "{}",
+        error.message
+    );
+    assert_eq!(result.attempts, 4);
     let credits = result.credits.as_ref().unwrap();
     assert_eq!(
         (credits.held, credits.captured, credits.released),

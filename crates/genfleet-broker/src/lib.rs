@@ -29,6 +29,9 @@ pub const DEAD_QUEUE: &str = "genfleet.dead";
 pub const RETRY_EXCHANGE: &str = "genfleet.retry";
 /// Header that picks the retry queue on [`RETRY_EXCHANGE`], e.g. `5s`.
 pub const HEADER_DELAY: &str = "x-genfleet-delay";
+/// Header counting how often infrastructure failures sent a job through a
+/// retry queue (set by the worker on each such requeue).
+pub const HEADER_REQUEUES: &str = "x-genfleet-requeues";
 /// Header naming the stable error code of a dead letter.
 pub const HEADER_ERROR: &str = "x-genfleet-error";
 /// Header with the human reason of a dead letter.

@@ -126,7 +126,7 @@ pub struct Topology {
 impl Default for Topology {
     fn default() -> Self {
         Topology {
-            delivery_limit: 5,
+            delivery_limit: 20,
             retry_delays: vec![
                 Duration::from_secs(5),
                 Duration::from_secs(30),

@@ -563,6 +563,28 @@ impl Ledger {
         Ok(hold)
     }
 
+    /// Records that a worker starts `job_id` now and returns how many
+    /// times it has been started, this time included. Used to give up on a
+    /// job that crashed every worker that ran it.
+    ///
+    /// # Errors
+    /// [`CreditsError::Invalid`] for a malformed id; database errors.
+    pub async fn begin_attempt(&self, job_id: &str) -> Result<u32, CreditsError> {
+        validate_id("job id", job_id)?;
+        let client = self.pool.get().await?;
+        let row = client
+            .query_one(
+                "INSERT INTO job_attempts (job_id, started) VALUES ($1, 1)
+                 ON CONFLICT (job_id) DO UPDATE
+                 SET started = job_attempts.started + 1, last_started_at = now()
+                 RETURNING started",
+                &[&job_id],
+            )
+            .await?;
+        let started: i32 = row.get(0);
+        Ok(u32::try_from(started).unwrap_or(0))
+    }
+
     /// The outcome stored when `job_id` was settled, if it was.
     ///
     /// # Errors

@@ -103,6 +103,20 @@ ALTER TABLE holds
     );
 "#,
     },
+    Migration {
+        version: 3,
+        name: "job_attempts",
+        sql: r#"
+-- How many times a worker started each job. The broker's delivery count
+-- also counts deliveries that only waited in a worker's buffer when it died;
+-- this counts real starts, so only jobs that keep crashing are given up.
+CREATE TABLE job_attempts (
+    job_id          text PRIMARY KEY,
+    started         integer NOT NULL CHECK (started > 0),
+    last_started_at timestamptz NOT NULL DEFAULT now()
+);
+"#,
+    },
 ];
 
 /// Creates the schema if needed and applies every migration not yet recorded.

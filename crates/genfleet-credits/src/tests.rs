@@ -577,7 +577,7 @@ async fn migrate_twice_is_fine() {
         .iter()
         .map(|row| row.get(0))
         .collect();
-    assert_eq!(versions, vec![1, 2]);
+    assert_eq!(versions, vec![1, 2, 3]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -655,4 +655,22 @@ async fn unreachable_database_is_retryable() {
 async fn ping_answers() {
     let db = TestDb::new().await;
     db.ledger.ping().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attempts_count_every_start_of_a_job() {
+    let db = TestDb::new().await;
+    let l = &db.ledger;
+    assert_eq!(l.begin_attempt("job-a").await.unwrap(), 1);
+    assert_eq!(l.begin_attempt("job-a").await.unwrap(), 2);
+    assert_eq!(l.begin_attempt("job-b").await.unwrap(), 1);
+    // Concurrent starts of one job (a duplicate delivery) both count.
+    let (x, y) = tokio::join!(l.begin_attempt("job-a"), l.begin_attempt("job-a"));
+    let mut both = [x.unwrap(), y.unwrap()];
+    both.sort_unstable();
+    assert_eq!(both, [3, 4]);
+    assert!(matches!(
+        l.begin_attempt("").await,
+        Err(CreditsError::Invalid(_))
+    ));
 }

@@ -68,6 +68,10 @@ pub struct WorkerSection {
     /// lane down, so a 10,000-image batch cannot starve another tenant's
     /// single job. 0 means half the concurrency (at least 1).
     pub max_in_flight_per_workspace: u16,
+    /// Starts of one job that may end without a result (worker crashed,
+    /// killed, job panicked) before its next start fails it with
+    /// `internal` instead of running it.
+    pub max_starts_per_job: u16,
 }
 
 impl WorkerSection {
@@ -89,6 +93,7 @@ impl Default for WorkerSection {
             grace_period_seconds: 30,
             imaging_threads: 0,
             max_in_flight_per_workspace: 0,
+            max_starts_per_job: 4,
         }
     }
 }
@@ -99,8 +104,11 @@ pub struct BrokerSection {
     /// AMQP URL, `amqp://user:password@host:5672/vhost` (`%2f` is the default
     /// vhost). Treated as a secret: it may hold a password.
     pub url: Secret,
-    /// Deliveries after which a job queue dead-letters a message that keeps
-    /// crashing workers. Must be the same on every worker.
+    /// The job queues' `x-delivery-limit`: a backstop above
+    /// `worker.max_starts_per_job`, because a worker's death also counts
+    /// against deliveries that only waited in its buffer. The worker fails
+    /// the job itself on the last delivery, so the broker never drops one
+    /// silently. Must be the same on every worker.
     pub delivery_limit: u32,
     /// Longest pause between reconnect attempts, in seconds.
     pub reconnect_max_delay_seconds: u64,
@@ -116,7 +124,7 @@ impl Default for BrokerSection {
     fn default() -> Self {
         BrokerSection {
             url: Secret::new("amqp://guest:guest@127.0.0.1:5672/%2f"),
-            delivery_limit: 5,
+            delivery_limit: 20,
             reconnect_max_delay_seconds: 30,
             requeue_delays_seconds: vec![5, 5, 30, 300],
         }
@@ -395,8 +403,11 @@ impl Config {
                 ));
             }
         }
-        if self.broker.delivery_limit == 0 {
-            return fail("broker.delivery_limit must be at least 1".into());
+        if self.broker.delivery_limit < 2 {
+            return fail("broker.delivery_limit must be at least 2".into());
+        }
+        if self.worker.max_starts_per_job == 0 {
+            return fail("worker.max_starts_per_job must be at least 1".into());
         }
         let retry_queues = genfleet_broker::Topology::default().retry_delays;
         if self.broker.requeue_delays_seconds.is_empty() {

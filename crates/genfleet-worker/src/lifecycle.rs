@@ -68,112 +68,84 @@ pub async fn handle(
         .await
 }
 
-/// The last delivery the broker will make of a job that no worker finished:
-/// every earlier delivery ended without an ack (the worker crashed, was
-/// killed, or the job panicked). Running it again would most likely end the
-/// same way, so the job ends here: failed with `internal`, its credits
-/// released, its result published, and the message dead-lettered with the
-/// reason for an operator to look at (`genfleet dlq show`).
-pub async fn give_up(
+/// A job that no worker finished although it was started `crashed` times:
+/// every start ended without a result (the worker crashed, was killed, or
+/// the job panicked). Running it again would most likely end the same way,
+/// so the job ends here: failed with `internal`, its credits released, its
+/// result published, and the message dead-lettered with the reason for an
+/// operator to look at (`genfleet dlq show`).
+async fn abandon(
     services: &Services,
     publisher: &Publisher,
     incoming: &Incoming,
+    job: &ValidJob,
+    crashed: u32,
 ) -> Disposition {
-    let content_type = ContentType::from_header(incoming.content_type());
-    let decoded = genfleet_proto::decode_job(incoming.body(), &content_type);
-    let (job, tenant) = match decoded {
-        Ok(job) => {
-            let tenant = job.tenant.clone();
-            (
-                genfleet_proto::validate_job(job, incoming.message_id()),
-                tenant,
-            )
+    let mut failure = JobFailure::new(
+        ErrorCode::Internal,
+        format!(
+            "the job was started {crashed} times and no worker finished it (each run crashed \
+             or was interrupted); it was not run again"
+        ),
+    );
+    // The same job would most likely crash a worker again.
+    failure.retryable = false;
+    let mut result = failed_result(services, job.job_id(), Some(job.tenant()), &failure);
+    result.attempts = crashed;
+    let held = match services.ledger.hold(job.job_id()).await {
+        Ok(hold) => hold,
+        Err(e) => {
+            warn!(error = %e, "ledger unavailable while giving up a job");
+            return Disposition::Requeue("ledger_unavailable");
         }
-        Err(e) => (Err(e), None),
     };
-    let job = match job {
-        Ok(job) => job,
-        Err(error) => return reject_message(services, publisher, incoming, error, tenant).await,
-    };
-    let deliveries = incoming.delivery_count() + 1;
-    let span = tracing::info_span!("job", job_id = %job.job_id(), deliveries);
-    async {
-        // An earlier delivery may have settled and died before its ack.
-        match services.ledger.outcome(job.job_id()).await {
-            Ok(Some(_)) => {
-                return run_valid(services, publisher, incoming, &job, Instant::now()).await;
-            }
-            Ok(None) => {}
-            Err(e) => {
-                warn!(error = %e, "ledger unavailable while giving up a job");
-                return Disposition::Requeue("ledger_unavailable");
-            }
-        }
-        let mut failure = JobFailure::new(
-            ErrorCode::Internal,
-            format!(
-                "no worker finished this job in {deliveries} deliveries (each one crashed or \
-                 was interrupted); it was not run again"
-            ),
-        );
-        // The same job would most likely crash a worker again.
-        failure.retryable = false;
-        let mut result = failed_result(services, job.job_id(), Some(job.tenant()), &failure);
-        result.attempts = u32::try_from(deliveries).unwrap_or(u32::MAX);
-        let held = match services.ledger.hold(job.job_id()).await {
-            Ok(hold) => hold,
-            Err(e) => {
-                warn!(error = %e, "ledger unavailable while giving up a job");
-                return Disposition::Requeue("ledger_unavailable");
-            }
-        };
-        if let Some(hold) = &held {
-            result.credits = Some(v1::CreditSummary {
-                held: hold.amount,
-                captured: 0,
-                released: hold.amount,
-            });
-        }
-        result.finished_at = Some(system_time_to_timestamp(SystemTime::now()));
-        let stored = genfleet_proto::encode_json(&result);
-        match services
-            .ledger
-            .settle(job.job_id(), Settlement::Release, &stored)
-            .await
-        {
-            Ok(Some(hold)) => {
-                services
-                    .metrics
-                    .credits_released_total
-                    .with_label_values(&[job.kind().label()])
-                    .inc_by(u64::try_from(hold.released).unwrap_or(0));
-            }
-            Ok(None) => {}
-            Err(e) => {
-                warn!(error = %e, "ledger unavailable while giving up a job");
-                return Disposition::Requeue("ledger_unavailable");
-            }
-        }
-        warn!("job crashed or was interrupted on every delivery; failing and dead-lettering it");
-        services
-            .metrics
-            .job_errors_total
-            .with_label_values(&[ErrorCode::Internal.as_str()])
-            .inc();
-        if publish_result(services, publisher, incoming, &result).await != Disposition::Ack {
-            return Disposition::Requeue("publish_failed");
-        }
-        dead_letter(
-            services,
-            publisher,
-            incoming,
-            ErrorCode::Internal,
-            &format!("delivery_limit: {}", failure.message),
-            Some(job.job_id()),
-        )
-        .await
+    if let Some(hold) = &held {
+        result.credits = Some(v1::CreditSummary {
+            held: hold.amount,
+            captured: 0,
+            released: hold.amount,
+        });
     }
-    .instrument(span)
+    result.finished_at = Some(system_time_to_timestamp(SystemTime::now()));
+    let stored = genfleet_proto::encode_json(&result);
+    match services
+        .ledger
+        .settle(job.job_id(), Settlement::Release, &stored)
+        .await
+    {
+        Ok(Some(hold)) => {
+            services
+                .metrics
+                .credits_released_total
+                .with_label_values(&[job.kind().label()])
+                .inc_by(u64::try_from(hold.released).unwrap_or(0));
+        }
+        Ok(None) => {}
+        Err(e) => {
+            warn!(error = %e, "ledger unavailable while giving up a job");
+            return Disposition::Requeue("ledger_unavailable");
+        }
+    }
+    warn!(
+        crashed,
+        "job crashed or was interrupted on every start; failing and dead-lettering it"
+    );
+    services
+        .metrics
+        .job_errors_total
+        .with_label_values(&[ErrorCode::Internal.as_str()])
+        .inc();
+    if publish_result(services, publisher, incoming, &result).await != Disposition::Ack {
+        return Disposition::Requeue("publish_failed");
+    }
+    dead_letter(
+        services,
+        publisher,
+        incoming,
+        ErrorCode::Internal,
+        &format!("delivery_limit: {}", failure.message),
+        Some(job.job_id()),
+    )
     .await
 }
 
@@ -209,6 +181,29 @@ async fn run_valid(
             warn!(error = %e, "ledger unavailable while checking for a stored outcome");
             return Disposition::Requeue("ledger_unavailable");
         }
+    }
+    let starts = match services.ledger.begin_attempt(job.job_id()).await {
+        Ok(starts) => starts,
+        Err(e) => {
+            warn!(error = %e, "ledger unavailable while recording the job's start");
+            return Disposition::Requeue("ledger_unavailable");
+        }
+    };
+    // Starts that never finished, before this one. The broker's delivery
+    // count cannot tell those from deliveries that only waited in a dead
+    // worker's buffer, so it is only the backstop: its last delivery is
+    // never run either, or the broker would drop the job without a result.
+    // Orderly returns (our infrastructure failed) went through a retry
+    // queue, which counts them in a header: those starts did not crash.
+    let requeues: u32 = incoming
+        .header(genfleet_broker::HEADER_REQUEUES)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    let crashed = starts.saturating_sub(1).saturating_sub(requeues);
+    let last_delivery =
+        incoming.delivery_count() + 1 >= u64::from(services.config.broker.delivery_limit);
+    if crashed >= u32::from(services.config.worker.max_starts_per_job) || last_delivery {
+        return abandon(services, publisher, incoming, job, crashed).await;
     }
     process(services, publisher, incoming, job, started).await
 }

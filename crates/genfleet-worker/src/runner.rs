@@ -308,31 +308,17 @@ async fn move_down(
 
 /// Header on a job moved down a lane: the lane it left.
 const HEADER_MOVED_FROM: &str = "x-genfleet-moved-from";
-/// Header counting how many times infrastructure failures sent a job
-/// through a retry queue.
-const HEADER_REQUEUES: &str = "x-genfleet-requeues";
 
 /// Runs one delivery in its own task so that a panic in the job is caught
 /// here: the delivery is handed back to the queue (the quorum queue's
 /// delivery limit stops a job that always panics) and the worker goes on.
 async fn run_delivery(services: Arc<Services>, publisher: Arc<Publisher>, incoming: Incoming) {
     let incoming = Arc::new(incoming);
-    // The broker counts deliveries that ended without an ack: crashes,
-    // kills, panics. The delivery the broker will not repeat is not run
-    // again: the job ends failed, its credits go back, it is dead-lettered.
-    let last_delivery =
-        incoming.delivery_count() + 1 >= u64::from(services.config.broker.delivery_limit);
     let job = {
         let services = services.clone();
         let publisher = publisher.clone();
         let incoming = incoming.clone();
-        tokio::spawn(async move {
-            if last_delivery {
-                lifecycle::give_up(&services, &publisher, &incoming).await
-            } else {
-                lifecycle::handle(&services, &publisher, &incoming).await
-            }
-        })
+        tokio::spawn(async move { lifecycle::handle(&services, &publisher, &incoming).await })
     };
     let disposition = match job.await {
         Ok(d) => d,
@@ -343,7 +329,8 @@ async fn run_delivery(services: Arc<Services>, publisher: Arc<Publisher>, incomi
                 .requeues_total
                 .with_label_values(&["panic"])
                 .inc();
-            // Counted by the broker like a crash, unlike a requeue below.
+            // Counted as a start that crashed (the ledger's attempts), and by
+            // the broker as a failed delivery, unlike a requeue below.
             if let Err(e) = incoming.nack(true).await {
                 warn!(error = %e, "nack failed; the broker will redeliver the job");
             }
@@ -369,7 +356,7 @@ async fn requeue_later(
     incoming: &Incoming,
 ) -> Result<(), genfleet_broker::BrokerError> {
     let requeues: usize = incoming
-        .header(HEADER_REQUEUES)
+        .header(genfleet_broker::HEADER_REQUEUES)
         .and_then(|n| n.parse().ok())
         .unwrap_or(0);
     let delays = &services.config.broker.requeue_delays_seconds;
@@ -384,7 +371,7 @@ async fn requeue_later(
                     genfleet_broker::HEADER_DELAY,
                     Topology::delay_label(Duration::from_secs(delay)),
                 ),
-                (HEADER_REQUEUES, (requeues + 1).to_string()),
+                (genfleet_broker::HEADER_REQUEUES, (requeues + 1).to_string()),
             ],
         )
         .await;
