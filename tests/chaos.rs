@@ -549,13 +549,15 @@ async fn jobs_survive_killed_workers_a_broker_restart_and_a_database_drop() {
          database drops {db_drops} ({db_connections_dropped} connections), \
          redelivered jobs {}, republished stored results {republished}, \
          retry-queue requeues {retried_after_infra_failure}, collector reconnects {}, \
-         readyz saw the outage {readyz_saw_outage}, chaos phase {:.1} s, whole test {:.1} s",
+         readyz saw the outage {readyz_saw_outage}, fal submissions {} for {jobs_total} jobs, \
+         chaos phase {:.1} s, whole test {:.1} s",
         seen.results.len(),
         lost.len(),
         seen.duplicates,
         fleet.starts.iter().sum::<usize>(),
         redelivered_jobs.len(),
         seen.reconnects,
+        fake.submissions(),
         chaos_time.as_secs_f64(),
         started.elapsed().as_secs_f64(),
     );

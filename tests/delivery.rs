@@ -307,3 +307,62 @@ async fn a_job_that_kills_every_worker_is_failed_released_and_dead_lettered() {
     assert!(status.is_some_and(|s| s.success()), "{}", worker.log_tail());
     s.broker.close().await;
 }
+
+/// The worker is killed while fal renders the job. The redelivered job
+/// resumes the fal request the first delivery recorded (in the ledger's
+/// database) instead of submitting and paying for it again, and the
+/// customer is charged once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redelivered_job_resumes_its_provider_request_instead_of_resubmitting() {
+    let s = setup("genfleet-resume", &["acme/shop"]).await;
+    let job = fal_job("shop", "test/ok", v1::Priority::Normal);
+    s.publish(&job).await;
+    let port = free_port();
+    // Two polls 1.5 s apart: the job waits on fal long enough to be killed.
+    let config = s.config(2, port, 1_500);
+    let log = s.dir.0.join("worker.log");
+    let mut worker = WorkerProcess::start(&config, log.clone());
+    wait_ready(&mut worker, port, Duration::from_secs(60)).await;
+    let submitted = async {
+        while s.fake.submissions_for("test/ok") == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), submitted)
+        .await
+        .unwrap_or_else(|_| panic!("never submitted:\n{}", worker.log_tail()));
+    // Past the submit, and the record is written right after it.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    worker.child.kill().unwrap();
+    worker.child.wait().unwrap();
+
+    let mut worker = WorkerProcess::start(&config, log.clone());
+    wait_ready(&mut worker, port, Duration::from_secs(60)).await;
+    let (conn, queue) = &s.results;
+    let got = collect_results(conn, queue, 1, Duration::from_secs(30)).await;
+    let (result, _) = got
+        .results
+        .get(&job.job_id)
+        .unwrap_or_else(|| panic!("no result:\n{}", worker.log_tail()));
+    assert_eq!(result.status, v1::JobStatus::Succeeded as i32, "{result:?}");
+    assert_eq!(
+        s.fake.submissions_for("test/ok"),
+        1,
+        "the redelivered job submitted to fal again:\n{}",
+        worker.log_tail()
+    );
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("resumed the fal request"),
+        "{}",
+        worker.log_tail()
+    );
+    let balance = s.ledger.balance("acme/shop").await.unwrap().unwrap();
+    assert_eq!(
+        (balance.held, balance.captured, balance.available),
+        (0, 1, 999)
+    );
+    let status = worker.terminate(Duration::from_secs(30));
+    assert!(status.is_some_and(|s| s.success()), "{}", worker.log_tail());
+    s.broker.close().await;
+}

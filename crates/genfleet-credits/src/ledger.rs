@@ -563,6 +563,71 @@ impl Ledger {
         Ok(hold)
     }
 
+    /// The provider request `job_id` waits on at `provider`, as the
+    /// provider client recorded it.
+    ///
+    /// # Errors
+    /// [`CreditsError::Invalid`] for a malformed id; database errors.
+    pub async fn recall_submission(
+        &self,
+        job_id: &str,
+        provider: &str,
+    ) -> Result<Option<String>, CreditsError> {
+        validate_id("job id", job_id)?;
+        let client = self.pool.get().await?;
+        let row = client
+            .query_opt(
+                "SELECT submission FROM provider_submissions WHERE job_id = $1 AND provider = $2",
+                &[&job_id, &provider],
+            )
+            .await?;
+        Ok(row.map(|row| row.get(0)))
+    }
+
+    /// Records (or replaces) the provider request `job_id` waits on.
+    ///
+    /// # Errors
+    /// [`CreditsError::Invalid`] for a malformed id; database errors.
+    pub async fn remember_submission(
+        &self,
+        job_id: &str,
+        provider: &str,
+        submission: &str,
+    ) -> Result<(), CreditsError> {
+        validate_id("job id", job_id)?;
+        let client = self.pool.get().await?;
+        client
+            .execute(
+                "INSERT INTO provider_submissions (job_id, provider, submission)
+                 VALUES ($1, $2, $3)
+                 ON CONFLICT (job_id, provider)
+                 DO UPDATE SET submission = EXCLUDED.submission, created_at = now()",
+                &[&job_id, &provider, &submission],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Drops the record: the next attempt submits anew. Idempotent.
+    ///
+    /// # Errors
+    /// [`CreditsError::Invalid`] for a malformed id; database errors.
+    pub async fn forget_submission(
+        &self,
+        job_id: &str,
+        provider: &str,
+    ) -> Result<(), CreditsError> {
+        validate_id("job id", job_id)?;
+        let client = self.pool.get().await?;
+        client
+            .execute(
+                "DELETE FROM provider_submissions WHERE job_id = $1 AND provider = $2",
+                &[&job_id, &provider],
+            )
+            .await?;
+        Ok(())
+    }
+
     /// Records that a worker starts `job_id` now and returns how many
     /// times it has been started, this time included. Used to give up on a
     /// job that crashed every worker that ran it.

@@ -117,6 +117,22 @@ CREATE TABLE job_attempts (
 );
 "#,
     },
+    Migration {
+        version: 4,
+        name: "provider_submissions",
+        sql: r#"
+-- The provider request a job is waiting on (opaque resume data of the
+-- provider client), so a job redelivered after its worker died resumes it
+-- instead of submitting, and paying for, the same generation twice.
+CREATE TABLE provider_submissions (
+    job_id     text NOT NULL,
+    provider   text NOT NULL,
+    submission text NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (job_id, provider)
+);
+"#,
+    },
 ];
 
 /// Creates the schema if needed and applies every migration not yet recorded.

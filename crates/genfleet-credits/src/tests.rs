@@ -577,7 +577,7 @@ async fn migrate_twice_is_fine() {
         .iter()
         .map(|row| row.get(0))
         .collect();
-    assert_eq!(versions, vec![1, 2, 3]);
+    assert_eq!(versions, vec![1, 2, 3, 4]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -673,4 +673,32 @@ async fn attempts_count_every_start_of_a_job() {
         l.begin_attempt("").await,
         Err(CreditsError::Invalid(_))
     ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provider_submissions_are_recalled_until_forgotten() {
+    let db = TestDb::new().await;
+    let l = &db.ledger;
+    assert_eq!(l.recall_submission("job-1", "fal").await.unwrap(), None);
+    l.remember_submission("job-1", "fal", "{\"request_id\":\"a\"}")
+        .await
+        .unwrap();
+    // A newer submission of the same job replaces the older one.
+    l.remember_submission("job-1", "fal", "{\"request_id\":\"b\"}")
+        .await
+        .unwrap();
+    assert_eq!(
+        l.recall_submission("job-1", "fal")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("{\"request_id\":\"b\"}")
+    );
+    assert_eq!(
+        l.recall_submission("job-1", "replicate").await.unwrap(),
+        None
+    );
+    l.forget_submission("job-1", "fal").await.unwrap();
+    l.forget_submission("job-1", "fal").await.unwrap();
+    assert_eq!(l.recall_submission("job-1", "fal").await.unwrap(), None);
 }

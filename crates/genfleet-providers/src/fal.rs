@@ -5,6 +5,9 @@
 //! (fal has no idempotency key, so a resubmit may be billed twice). It does
 //! ride out a few transient failures while *polling*, because giving up
 //! there would make the caller resubmit a request that is still running.
+//! With a [`SubmissionLog`], each submission is recorded under the job id
+//! before it is polled, and a later attempt of the same job (its worker
+//! died) resumes the recorded request instead of submitting again.
 //!
 //! Each HTTP answer is classified here, where its meaning is known: see
 //! [`status_error`]. The key goes only to URLs on the configured base URL's
@@ -26,7 +29,7 @@ use url::Url;
 use crate::retry::parse_retry_after;
 use crate::{
     Artifact, GenerationOutput, GenerationRequest, InputImage, InputRole, JobKind, Provider,
-    ProviderError,
+    ProviderError, SubmissionLog,
 };
 
 /// Error bodies are small JSON documents; anything longer is not worth
@@ -104,6 +107,7 @@ pub struct FalProvider {
     /// Built once; an unusable key is reported on every call rather than
     /// panicking at start-up, since `new` cannot fail.
     authorization: Result<HeaderValue, String>,
+    submissions: Option<std::sync::Arc<dyn SubmissionLog>>,
 }
 
 impl fmt::Debug for FalProvider {
@@ -132,7 +136,15 @@ impl FalProvider {
             config,
             client,
             authorization,
+            submissions: None,
         }
+    }
+
+    /// Records submissions in `log` and resumes recorded ones.
+    #[must_use]
+    pub fn with_submission_log(mut self, log: std::sync::Arc<dyn SubmissionLog>) -> Self {
+        self.submissions = Some(log);
+        self
     }
 }
 
@@ -146,12 +158,21 @@ impl Provider for FalProvider {
         &self,
         request: &GenerationRequest,
     ) -> Result<GenerationOutput, ProviderError> {
-        self.generate_once(request).await
+        let generated = self.generate_once(request).await;
+        if generated.is_err() {
+            // This attempt is over: the next one must not resume it.
+            if let Some(log) = &self.submissions {
+                if let Err(e) = log.forget(&request.job_id, "fal").await {
+                    tracing::warn!(error = %e, "could not forget the fal submission");
+                }
+            }
+        }
+        generated
     }
 }
 
 /// `POST {base}/{model}` answer.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, serde::Serialize)]
 struct Submitted {
     request_id: String,
     status_url: String,
@@ -210,15 +231,40 @@ impl FalProvider {
         let submit_url = self.submit_url(&request.model)?;
         let deadline = request.deadline;
 
-        let submitted = self
-            .submit(submit_url, &authorization, input, deadline)
-            .await?;
-        tracing::Span::current().record("request_id", submitted.request_id.as_str());
-        tracing::debug!(request_id = %submitted.request_id, "submitted to the fal queue");
-
-        let response_url = self
-            .wait_until_completed(&submitted, &authorization, deadline)
-            .await?;
+        let (submitted, response_url) = match self.recall(request).await {
+            Some(earlier) => {
+                tracing::Span::current().record("request_id", earlier.request_id.as_str());
+                match self
+                    .wait_until_completed(&earlier, &authorization, deadline)
+                    .await
+                {
+                    Ok(url) => {
+                        tracing::info!(
+                            request_id = %earlier.request_id,
+                            "resumed the fal request an earlier attempt of this job submitted"
+                        );
+                        (earlier, url)
+                    }
+                    Err(err) if err.is_retryable() || err.code() == "deadline_exceeded" => {
+                        return Err(err)
+                    }
+                    // Gone (expired at fal, unknown id): submit anew.
+                    Err(err) => {
+                        tracing::warn!(
+                            request_id = %earlier.request_id,
+                            code = err.code(),
+                            "the recorded fal request cannot be resumed; submitting again"
+                        );
+                        self.submit_and_wait(submit_url, &authorization, input, request)
+                            .await?
+                    }
+                }
+            }
+            None => {
+                self.submit_and_wait(submit_url, &authorization, input, request)
+                    .await?
+            }
+        };
         let output = self
             .fetch_result(&response_url, &authorization, request.count, deadline)
             .await?;
@@ -238,6 +284,55 @@ impl FalProvider {
             attempts: 1,
             request_id: Some(submitted.request_id),
         })
+    }
+
+    /// The submission an earlier attempt of this job recorded, if any and
+    /// if it still points at our queue origin.
+    async fn recall(&self, request: &GenerationRequest) -> Option<Submitted> {
+        let log = self.submissions.as_ref()?;
+        let recorded = match log.recall(&request.job_id, "fal").await {
+            Ok(recorded) => recorded?,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read the fal submission log");
+                return None;
+            }
+        };
+        match serde_json::from_str::<Submitted>(&recorded) {
+            Ok(submitted) if self.queue_url(&submitted.status_url, "status_url").is_ok() => {
+                Some(submitted)
+            }
+            _ => {
+                tracing::warn!("ignoring an unreadable fal submission record");
+                None
+            }
+        }
+    }
+
+    async fn submit_and_wait(
+        &self,
+        submit_url: Url,
+        authorization: &HeaderValue,
+        input: Map<String, Value>,
+        request: &GenerationRequest,
+    ) -> Result<(Submitted, Url), ProviderError> {
+        let deadline = request.deadline;
+        let submitted = self
+            .submit(submit_url, authorization, input, deadline)
+            .await?;
+        tracing::Span::current().record("request_id", submitted.request_id.as_str());
+        tracing::debug!(request_id = %submitted.request_id, "submitted to the fal queue");
+        if let Some(log) = &self.submissions {
+            // Recorded before waiting: a worker that dies from here on leaves
+            // the request for the job's next attempt to resume.
+            let record = serde_json::to_string(&submitted).unwrap_or_default();
+            if let Err(e) = log.remember(&request.job_id, "fal", &record).await {
+                tracing::warn!(error = %e, "could not record the fal submission");
+            }
+        }
+        let response_url = self
+            .wait_until_completed(&submitted, authorization, deadline)
+            .await?;
+        Ok((submitted, response_url))
     }
 
     /// `{base}/{model}` after checking that `model` is an `owner/app[/path]`

@@ -434,3 +434,136 @@ fn debug_output_hides_secrets_and_content() {
     let text = format!("{config:?}");
     assert!(!text.contains("SECRET"), "{text}");
 }
+
+/// A [`SubmissionLog`] in memory, as the ledger would keep it.
+#[derive(Default)]
+struct MemoryLog(std::sync::Mutex<std::collections::HashMap<(String, String), String>>);
+
+#[async_trait::async_trait]
+impl crate::SubmissionLog for MemoryLog {
+    async fn recall(&self, job_id: &str, provider: &str) -> Result<Option<String>, String> {
+        let map = self.0.lock().unwrap();
+        Ok(map
+            .get(&(job_id.to_string(), provider.to_string()))
+            .cloned())
+    }
+    async fn remember(&self, job_id: &str, provider: &str, submission: &str) -> Result<(), String> {
+        let mut map = self.0.lock().unwrap();
+        map.insert((job_id.into(), provider.into()), submission.into());
+        Ok(())
+    }
+    async fn forget(&self, job_id: &str, provider: &str) -> Result<(), String> {
+        let mut map = self.0.lock().unwrap();
+        map.remove(&(job_id.to_string(), provider.to_string()));
+        Ok(())
+    }
+}
+
+fn logged_provider(fake: &FakeFal, log: &std::sync::Arc<MemoryLog>) -> FalProvider {
+    provider(fake).with_submission_log(log.clone())
+}
+
+/// A worker dies while fal renders: the job's next attempt, in another
+/// process, finds the recorded submission and resumes it. fal sees one
+/// submission; the result is the same request's.
+#[tokio::test]
+async fn a_later_attempt_of_the_job_resumes_the_recorded_request() {
+    let fake = FakeFal::start().await.unwrap();
+    let log = std::sync::Arc::new(MemoryLog::default());
+    let first = generate_with_retries(
+        &logged_provider(&fake, &log),
+        &request("test/ok"),
+        &policy(),
+    )
+    .await
+    .unwrap();
+    let recorded = log.0.lock().unwrap().len();
+    assert_eq!(recorded, 1, "the submission is recorded under the job id");
+    // The redelivered job, on a fresh provider (another worker).
+    let again = generate_with_retries(
+        &logged_provider(&fake, &log),
+        &request("test/ok"),
+        &policy(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(fake.submissions_for("test/ok"), 1, "submitted twice");
+    assert_eq!(again.request_id, first.request_id);
+    assert_eq!(again.artifacts[0].bytes, first.artifacts[0].bytes);
+
+    // Another job is not confused with it.
+    let mut other = request("test/ok");
+    other.job_id = "job-8".into();
+    generate_with_retries(&logged_provider(&fake, &log), &other, &policy())
+        .await
+        .unwrap();
+    assert_eq!(fake.submissions_for("test/ok"), 2);
+}
+
+/// A recorded request fal no longer knows (expired, or a record from
+/// another account) is not an error for the job: it is submitted anew.
+#[tokio::test]
+async fn an_unknown_recorded_request_is_submitted_again() {
+    let fake = FakeFal::start().await.unwrap();
+    let log = std::sync::Arc::new(MemoryLog::default());
+    let base = fake.base_url.as_str().trim_end_matches('/');
+    let stale = json!({
+        "request_id": "gone-1",
+        "status_url": format!("{base}/test/ok/requests/gone-1/status"),
+        "response_url": format!("{base}/test/ok/requests/gone-1"),
+    });
+    log.0
+        .lock()
+        .unwrap()
+        .insert(("job-7".into(), "fal".into()), stale.to_string());
+    let output = generate_with_retries(
+        &logged_provider(&fake, &log),
+        &request("test/ok"),
+        &policy(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(fake.submissions_for("test/ok"), 1);
+    assert_ne!(output.request_id.as_deref(), Some("gone-1"));
+}
+
+/// A record that points anywhere but fal's queue origin is ignored: a
+/// tampered row must not send the key elsewhere.
+#[tokio::test]
+async fn a_recorded_request_off_the_queue_origin_is_ignored() {
+    let fake = FakeFal::start().await.unwrap();
+    let log = std::sync::Arc::new(MemoryLog::default());
+    let stale = json!({
+        "request_id": "evil",
+        "status_url": "https://attacker.example/status",
+        "response_url": "https://attacker.example/result",
+    });
+    log.0
+        .lock()
+        .unwrap()
+        .insert(("job-7".into(), "fal".into()), stale.to_string());
+    generate_with_retries(
+        &logged_provider(&fake, &log),
+        &request("test/ok"),
+        &policy(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(fake.submissions_for("test/ok"), 1);
+}
+
+/// An attempt that ends in an error forgets its request, so a retry (or
+/// the job's next delivery) submits anew instead of re-reading a failure.
+#[tokio::test]
+async fn a_failed_attempt_forgets_its_request() {
+    let fake = FakeFal::start().await.unwrap();
+    let log = std::sync::Arc::new(MemoryLog::default());
+    let failed = generate_with_retries(
+        &logged_provider(&fake, &log),
+        &request("test/nsfw"),
+        &policy(),
+    )
+    .await;
+    assert!(failed.is_err());
+    assert!(log.0.lock().unwrap().is_empty());
+}

@@ -150,6 +150,23 @@ pub struct GenerationOutput {
 }
 
 /// One AI provider.
+/// Remembers which provider request a job's generation is waiting on, so a
+/// job redelivered after its worker died resumes that request instead of
+/// submitting (and paying for) it again. A record lives while some worker
+/// waits on the request or died waiting: a provider forgets it when it
+/// returns an error (the next attempt must submit anew).
+///
+/// `submission` is the provider's own opaque resume data (for fal: the
+/// request id and its status/result/cancel URLs). Errors are strings because
+/// a failing log only costs idempotency, never the job: providers log them
+/// and go on.
+#[async_trait::async_trait]
+pub trait SubmissionLog: Send + Sync {
+    async fn recall(&self, job_id: &str, provider: &str) -> Result<Option<String>, String>;
+    async fn remember(&self, job_id: &str, provider: &str, submission: &str) -> Result<(), String>;
+    async fn forget(&self, job_id: &str, provider: &str) -> Result<(), String>;
+}
+
 #[async_trait::async_trait]
 pub trait Provider: Send + Sync {
     /// Stable, low-cardinality name used in logs and metric labels.

@@ -83,7 +83,8 @@ impl Services {
                 max_output_bytes: config.limits.max_output_bytes,
             },
             http,
-        );
+        )
+        .with_submission_log(Arc::new(LedgerSubmissions(ledger.clone())));
         let mut providers: HashMap<String, Arc<dyn Provider>> = HashMap::new();
         let fal_section = &config.providers.fal;
         // Breaker per model, limits per provider account.
@@ -143,4 +144,32 @@ fn reqwest_client() -> Result<reqwest::Client, WorkerError> {
         .pool_idle_timeout(Duration::from_secs(90))
         .build()
         .map_err(|e| WorkerError::Startup(format!("http client: {e}")))
+}
+
+/// Provider submissions recorded in the ledger's database, beside the job's
+/// hold and outcome.
+struct LedgerSubmissions(Ledger);
+
+#[async_trait::async_trait]
+impl genfleet_providers::SubmissionLog for LedgerSubmissions {
+    async fn recall(&self, job_id: &str, provider: &str) -> Result<Option<String>, String> {
+        self.0
+            .recall_submission(job_id, provider)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn remember(&self, job_id: &str, provider: &str, submission: &str) -> Result<(), String> {
+        self.0
+            .remember_submission(job_id, provider, submission)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn forget(&self, job_id: &str, provider: &str) -> Result<(), String> {
+        self.0
+            .forget_submission(job_id, provider)
+            .await
+            .map_err(|e| e.to_string())
+    }
 }
