@@ -540,11 +540,20 @@ async fn generate_and_store(
             }
             Err(failed) => {
                 attempts += failed.attempts;
+                let outcome = attempt_outcome(&failed.error);
+                if outcome == "unauthorized" {
+                    // Not retried (a retry storm would not fix a key), but an
+                    // operator must act: alert on this label.
+                    tracing::error!(
+                        provider = %name,
+                        "the provider refused our credentials; check its key"
+                    );
+                }
                 let failure = JobFailure::from(failed.error);
                 services
                     .metrics
                     .provider_attempts_total
-                    .with_label_values(&[name, failure.code.as_str()])
+                    .with_label_values(&[name, outcome])
                     .inc_by(u64::from(failed.attempts.max(1)));
                 let failover = failure.retryable;
                 last = Some((name.clone(), failure));
@@ -728,6 +737,15 @@ pub fn default_class(kind: v1::JobKind) -> genfleet_broker::JobClass {
     match default_provider(kind) {
         "local" => genfleet_broker::JobClass::Cpu,
         _ => genfleet_broker::JobClass::Remote,
+    }
+}
+
+/// Outcome label of a failed provider call: its error code, except bad
+/// credentials, which get their own label so that they can page someone.
+fn attempt_outcome(error: &genfleet_providers::ProviderError) -> &'static str {
+    match error {
+        genfleet_providers::ProviderError::Unauthorized { .. } => "unauthorized",
+        other => other.code(),
     }
 }
 
@@ -1062,5 +1080,39 @@ fn timestamp_to_system_time(t: &pbjson_types::Timestamp) -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::new(t.seconds as u64, nanos)
     } else {
         SystemTime::UNIX_EPOCH
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use genfleet_providers::ProviderError;
+
+    #[test]
+    fn bad_credentials_have_their_own_outcome_label() {
+        let unauthorized = ProviderError::Unauthorized {
+            message: "401".into(),
+        };
+        assert_eq!(attempt_outcome(&unauthorized), "unauthorized");
+        // The customer still sees provider_unavailable.
+        assert_eq!(unauthorized.code(), "provider_unavailable");
+        let rejected = ProviderError::Rejected {
+            message: "nsfw".into(),
+        };
+        assert_eq!(attempt_outcome(&rejected), "provider_rejected");
+        assert_eq!(
+            attempt_outcome(&ProviderError::DeadlineExceeded),
+            "deadline_exceeded"
+        );
+    }
+
+    #[test]
+    fn priorities_pick_lanes() {
+        use genfleet_broker::Lane;
+        assert_eq!(lane_of(v1::Priority::High as i32), Lane::High);
+        assert_eq!(lane_of(v1::Priority::Normal as i32), Lane::Normal);
+        assert_eq!(lane_of(v1::Priority::Low as i32), Lane::Low);
+        // An unknown value from a newer publisher runs at normal priority.
+        assert_eq!(lane_of(42), Lane::Normal);
     }
 }
