@@ -310,31 +310,13 @@ async fn jobs_survive_killed_workers_a_broker_restart_and_a_database_drop() {
         } else {
             v1::Priority::Normal
         };
-        let job = v1::Job {
-            job_id: new_job_id(),
-            tenant: Some(v1::Tenant {
-                org: "acme".into(),
-                workspace: format!("ws{workspace}"),
-                user: String::new(),
-            }),
-            kind: v1::JobKind::ProductPhoto as i32,
-            inputs: vec![v1::Input {
-                role: v1::InputRole::Product as i32,
-                uri: "s3://genfleet/uploads/photo.jpg".into(),
-                ..Default::default()
-            }],
-            generation: Some(v1::Generation {
-                model: "test/ok".into(),
-                prompt: format!("chaos job {i}"),
-                ..Default::default()
-            }),
-            credits: Some(v1::CreditRequest {
-                amount,
-                ..Default::default()
-            }),
-            priority: priority as i32,
-            ..Default::default()
-        };
+        let job = fal_product_job(
+            &format!("ws{workspace}"),
+            "test/ok",
+            &format!("chaos job {i}"),
+            amount,
+            priority,
+        );
         let key = genfleet_broker::JobClass::Remote
             .lane_routing_key(genfleet_worker::lane_of(job.priority));
         publish_job(

@@ -13,31 +13,7 @@ use genfleet_providers::fake_fal::FakeFal;
 use support::*;
 
 fn fal_job(workspace: &str, model: &str, priority: v1::Priority) -> v1::Job {
-    v1::Job {
-        job_id: new_job_id(),
-        tenant: Some(v1::Tenant {
-            org: "acme".into(),
-            workspace: workspace.into(),
-            user: String::new(),
-        }),
-        kind: v1::JobKind::ProductPhoto as i32,
-        inputs: vec![v1::Input {
-            role: v1::InputRole::Product as i32,
-            uri: "s3://genfleet/uploads/photo.jpg".into(),
-            ..Default::default()
-        }],
-        generation: Some(v1::Generation {
-            model: model.into(),
-            prompt: "a bottle on a marble table".into(),
-            ..Default::default()
-        }),
-        credits: Some(v1::CreditRequest {
-            amount: 1,
-            ..Default::default()
-        }),
-        priority: priority as i32,
-        ..Default::default()
-    }
+    fal_product_job(workspace, model, "a bottle on a marble table", 1, priority)
 }
 
 struct Setup {
@@ -55,13 +31,7 @@ async fn setup(prefix: &str, accounts: &[&str]) -> Setup {
     let vhost = Vhost::create();
     let schema = Schema::new();
     let dir = TempDir::new(prefix);
-    let root = dir.0.join("store");
-    std::fs::create_dir_all(root.join("uploads")).unwrap();
-    std::fs::copy(
-        repo_path("examples/photos/dandelions_1024.jpg"),
-        root.join("uploads/photo.jpg"),
-    )
-    .unwrap();
+    store_with_photo(&dir.0);
     let fake = FakeFal::start().await.unwrap();
     let ledger = Ledger::connect(PG_URL, &schema.name, 2).await.unwrap();
     ledger.migrate().await.unwrap();

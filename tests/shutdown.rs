@@ -20,13 +20,7 @@ async fn sigterm_finishes_in_flight_jobs_and_loses_none() {
     let vhost = Vhost::create();
     let schema = Schema::new();
     let dir = TempDir::new("genfleet-shutdown");
-    let root = dir.0.join("store");
-    std::fs::create_dir_all(root.join("uploads")).unwrap();
-    std::fs::copy(
-        repo_path("examples/photos/dandelions_1024.jpg"),
-        root.join("uploads/photo.jpg"),
-    )
-    .unwrap();
+    let root = store_with_photo(&dir.0);
     let fake = FakeFal::start().await.unwrap();
     let ledger = Ledger::connect(PG_URL, &schema.name, 2).await.unwrap();
     ledger.migrate().await.unwrap();
@@ -41,30 +35,13 @@ async fn sigterm_finishes_in_flight_jobs_and_loses_none() {
         .unwrap();
     let publisher = broker.publisher().await.unwrap();
     for i in 0..JOBS {
-        let job = v1::Job {
-            job_id: new_job_id(),
-            tenant: Some(v1::Tenant {
-                org: "acme".into(),
-                workspace: "shop-1".into(),
-                user: String::new(),
-            }),
-            kind: v1::JobKind::ProductPhoto as i32,
-            inputs: vec![v1::Input {
-                role: v1::InputRole::Product as i32,
-                uri: "s3://genfleet/uploads/photo.jpg".into(),
-                ..Default::default()
-            }],
-            generation: Some(v1::Generation {
-                model: "test/ok".into(),
-                prompt: format!("slow job {i}"),
-                ..Default::default()
-            }),
-            credits: Some(v1::CreditRequest {
-                amount: 1,
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
+        let job = fal_product_job(
+            "shop-1",
+            "test/ok",
+            &format!("slow job {i}"),
+            1,
+            v1::Priority::Normal,
+        );
         publish_job(
             &publisher,
             "remote",

@@ -446,3 +446,52 @@ pub async fn publish_job(
         .await
         .expect("job published");
 }
+
+/// A fal product-photo job of `acme/<workspace>` on the input
+/// `s3://genfleet/uploads/photo.jpg`, holding `credits`.
+pub fn fal_product_job(
+    workspace: &str,
+    model: &str,
+    prompt: &str,
+    credits: i64,
+    priority: v1::Priority,
+) -> v1::Job {
+    v1::Job {
+        job_id: new_job_id(),
+        tenant: Some(v1::Tenant {
+            org: "acme".into(),
+            workspace: workspace.into(),
+            user: String::new(),
+        }),
+        kind: v1::JobKind::ProductPhoto as i32,
+        inputs: vec![v1::Input {
+            role: v1::InputRole::Product as i32,
+            uri: "s3://genfleet/uploads/photo.jpg".into(),
+            ..Default::default()
+        }],
+        generation: Some(v1::Generation {
+            model: model.into(),
+            prompt: prompt.into(),
+            ..Default::default()
+        }),
+        credits: Some(v1::CreditRequest {
+            amount: credits,
+            ..Default::default()
+        }),
+        priority: priority as i32,
+        ..Default::default()
+    }
+}
+
+/// `<dir>/store` with `uploads/photo.jpg` (an example photo) in it: the
+/// storage root the product-photo jobs above read from.
+pub fn store_with_photo(dir: &Path) -> PathBuf {
+    let root = dir.join("store");
+    std::fs::create_dir_all(root.join("uploads")).expect("store folder");
+    std::fs::copy(
+        repo_path("examples/photos/dandelions_1024.jpg"),
+        root.join("uploads/photo.jpg"),
+    )
+    .expect("photo copied");
+    root
+}

@@ -84,6 +84,16 @@ impl HoldState {
     }
 }
 
+/// What [`Ledger::settle_outcome`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settled {
+    /// The hold after settlement; `None` for a free job.
+    pub hold: Option<Hold>,
+    /// The outcome another settle of the same job stored first, if any;
+    /// `None` when this call's outcome is the one stored.
+    pub earlier_outcome: Option<Vec<u8>>,
+}
+
 /// Credits reserved for one job.
 ///
 /// `amount`, `captured` and `released` are the hold's totals. When the
@@ -529,6 +539,23 @@ impl Ledger {
         settlement: Settlement,
         outcome: &[u8],
     ) -> Result<Option<Hold>, CreditsError> {
+        Ok(self.settle_outcome(job_id, settlement, outcome).await?.hold)
+    }
+
+    /// [`Ledger::settle`], also saying whether another call settled the job
+    /// first: then [`Settled::earlier_outcome`] is the outcome stored by that
+    /// call, which is the job's one outcome (two deliveries of one job that
+    /// ran at the same time must publish the same result, not their own).
+    ///
+    /// # Errors
+    /// As [`Ledger::settle`].
+    #[instrument(skip_all, fields(job_id = job_id, settlement = ?settlement))]
+    pub async fn settle_outcome(
+        &self,
+        job_id: &str,
+        settlement: Settlement,
+        outcome: &[u8],
+    ) -> Result<Settled, CreditsError> {
         retry_conflicts(|| self.settle_once(job_id, settlement, outcome)).await
     }
 
@@ -537,7 +564,7 @@ impl Ledger {
         job_id: &str,
         settlement: Settlement,
         outcome: &[u8],
-    ) -> Result<Option<Hold>, CreditsError> {
+    ) -> Result<Settled, CreditsError> {
         validate_id("job id", job_id)?;
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
@@ -553,14 +580,26 @@ impl Ledger {
             None => None,
         };
 
-        tx.execute(
-            "INSERT INTO job_outcomes (job_id, outcome) VALUES ($1, $2)
-             ON CONFLICT (job_id) DO NOTHING",
-            &[&job_id, &outcome],
-        )
-        .await?;
+        // One round trip: the insert, or, when an outcome was there first,
+        // that outcome (the outer SELECT does not see the CTE's insert).
+        let earlier = tx
+            .query_opt(
+                "WITH inserted AS (
+                     INSERT INTO job_outcomes (job_id, outcome) VALUES ($1, $2)
+                     ON CONFLICT (job_id) DO NOTHING
+                     RETURNING job_id
+                 )
+                 SELECT outcome FROM job_outcomes
+                 WHERE job_id = $1 AND NOT EXISTS (SELECT 1 FROM inserted)",
+                &[&job_id, &outcome],
+            )
+            .await?
+            .map(|row| row.get::<_, Vec<u8>>(0));
         tx.commit().await?;
-        Ok(hold)
+        Ok(Settled {
+            hold,
+            earlier_outcome: earlier,
+        })
     }
 
     /// The provider request `job_id` waits on at `provider`, as the

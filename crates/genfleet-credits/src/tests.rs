@@ -702,3 +702,44 @@ async fn provider_submissions_are_recalled_until_forgotten() {
     l.forget_submission("job-1", "fal").await.unwrap();
     assert_eq!(l.recall_submission("job-1", "fal").await.unwrap(), None);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_outcome_wins_and_later_settles_are_told_so() {
+    let db = TestDb::new().await;
+    let l = &db.ledger;
+    l.grant("acct", 10, "test").await.unwrap();
+    l.reserve("dup", "acct", 4, Duration::from_secs(60))
+        .await
+        .unwrap();
+    // One delivery failed and released...
+    let first = l
+        .settle_outcome("dup", Settlement::Release, b"failed")
+        .await
+        .unwrap();
+    assert_eq!(first.earlier_outcome, None);
+    // ...while a duplicate delivery of the same job succeeded: it captures
+    // nothing and learns the job's outcome is the failure.
+    let second = l
+        .settle_outcome("dup", Settlement::Capture { amount: 4 }, b"succeeded")
+        .await
+        .unwrap();
+    assert_eq!(second.earlier_outcome.as_deref(), Some(&b"failed"[..]));
+    let hold = second.hold.unwrap();
+    assert_eq!((hold.captured, hold.released), (0, 4));
+    assert_eq!(
+        l.outcome("dup").await.unwrap().as_deref(),
+        Some(&b"failed"[..])
+    );
+    // A free job too.
+    let free = l
+        .settle_outcome("free", Settlement::Release, b"a")
+        .await
+        .unwrap();
+    assert_eq!((free.hold, free.earlier_outcome), (None, None));
+    let again = l
+        .settle_outcome("free", Settlement::Release, b"b")
+        .await
+        .unwrap();
+    assert_eq!(again.earlier_outcome.as_deref(), Some(&b"a"[..]));
+    db.assert_conserved("acct").await;
+}

@@ -459,6 +459,14 @@ impl crate::SubmissionLog for MemoryLog {
     }
 }
 
+impl MemoryLog {
+    /// What an earlier attempt of `job-7` would have recorded.
+    fn plant(&self, record: &Value) {
+        let mut map = self.0.lock().unwrap();
+        map.insert(("job-7".into(), "fal".into()), record.to_string());
+    }
+}
+
 fn logged_provider(fake: &FakeFal, log: &std::sync::Arc<MemoryLog>) -> FalProvider {
     provider(fake).with_submission_log(log.clone())
 }
@@ -512,10 +520,7 @@ async fn an_unknown_recorded_request_is_submitted_again() {
         "status_url": format!("{base}/test/ok/requests/gone-1/status"),
         "response_url": format!("{base}/test/ok/requests/gone-1"),
     });
-    log.0
-        .lock()
-        .unwrap()
-        .insert(("job-7".into(), "fal".into()), stale.to_string());
+    log.plant(&stale);
     let output = generate_with_retries(
         &logged_provider(&fake, &log),
         &request("test/ok"),
@@ -538,10 +543,7 @@ async fn a_recorded_request_off_the_queue_origin_is_ignored() {
         "status_url": "https://attacker.example/status",
         "response_url": "https://attacker.example/result",
     });
-    log.0
-        .lock()
-        .unwrap()
-        .insert(("job-7".into(), "fal".into()), stale.to_string());
+    log.plant(&stale);
     generate_with_retries(
         &logged_provider(&fake, &log),
         &request("test/ok"),

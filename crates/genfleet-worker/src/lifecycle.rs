@@ -110,17 +110,29 @@ async fn abandon(
     let stored = genfleet_proto::encode_json(&result);
     match services
         .ledger
-        .settle(job.job_id(), Settlement::Release, &stored)
+        .settle_outcome(job.job_id(), Settlement::Release, &stored)
         .await
     {
-        Ok(Some(hold)) => {
+        Ok(settled) if settled.earlier_outcome.is_some() => {
+            // Settled by a delivery that ran at the same time: publish that.
+            if let Some(earlier) = settled
+                .earlier_outcome
+                .and_then(|bytes| serde_json::from_slice::<v1::JobResult>(&bytes).ok())
+            {
+                return publish_result(services, publisher, incoming, &earlier).await;
+            }
+            return Disposition::Requeue("outcome_unreadable");
+        }
+        Ok(genfleet_credits::Settled {
+            hold: Some(hold), ..
+        }) => {
             services
                 .metrics
                 .credits_released_total
                 .with_label_values(&[job.kind().label()])
                 .inc_by(u64::try_from(hold.released).unwrap_or(0));
         }
-        Ok(None) => {}
+        Ok(_) => {}
         Err(e) => {
             warn!(error = %e, "ledger unavailable while giving up a job");
             return Disposition::Requeue("ledger_unavailable");
@@ -402,10 +414,20 @@ async fn execute(
     tracker.begin(v1::Stage::Settle, 0.95).await;
     result.finished_at = Some(system_time_to_timestamp(SystemTime::now()));
     let stored = genfleet_proto::encode_json(&result);
-    let hold = services
+    let settled = services
         .ledger
-        .settle(job.job_id(), settlement, &stored)
+        .settle_outcome(job.job_id(), settlement, &stored)
         .await?;
+    if let Some(earlier) = settled.earlier_outcome {
+        // Another delivery of this job ran at the same time and settled
+        // first: its outcome is the job's one result, whatever this run got.
+        warn!("another delivery of this job settled first; publishing its result");
+        return serde_json::from_slice::<v1::JobResult>(&earlier).map_err(|e| Stop::Requeue {
+            reason: "outcome_unreadable",
+            detail: e.to_string(),
+        });
+    }
+    let hold = settled.hold;
     // Only now, with the outcome recorded, may the sources go: a redelivery
     // before this point must still find them. A failed job keeps them, so the
     // customer can try again.

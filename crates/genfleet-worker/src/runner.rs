@@ -133,6 +133,8 @@ async fn session(
 
     let dispatcher = Arc::new(Dispatcher::new(workspace_cap));
     let session_done = shutdown.child_token();
+    // Cancelled only when the connection dies, not at shutdown (drain).
+    let connection_lost = CancellationToken::new();
     let mut loops = JoinSet::new();
     for (class, lane, mut consumer) in consumers {
         let services = services.clone();
@@ -179,6 +181,7 @@ async fn session(
         let slots = slots.clone();
         let jobs = jobs.clone();
         let done = session_done.clone();
+        let connection_lost = connection_lost.clone();
         tokio::spawn(async move {
             loop {
                 let permit = tokio::select! {
@@ -202,11 +205,12 @@ async fn session(
                 let services = services.clone();
                 let publisher = publisher.clone();
                 let dispatcher = dispatcher.clone();
+                let connection_lost = connection_lost.clone();
                 jobs.spawn(async move {
                     let Waiting {
                         item, workspace, ..
                     } = waiting;
-                    run_delivery(services, publisher, item).await;
+                    run_delivery(services, publisher, item, connection_lost).await;
                     dispatcher.finished(workspace.as_deref());
                     drop(permit);
                 });
@@ -231,6 +235,9 @@ async fn session(
         if let Ok((consumer, _)) = joined {
             stopped.push(consumer);
         }
+    }
+    if outcome.is_err() {
+        connection_lost.cancel();
     }
     // Deliveries that never got a slot go straight back to their queues for
     // another worker (on a dead connection the broker has them back already).
@@ -312,15 +319,33 @@ const HEADER_MOVED_FROM: &str = "x-genfleet-moved-from";
 /// Runs one delivery in its own task so that a panic in the job is caught
 /// here: the delivery is handed back to the queue (the quorum queue's
 /// delivery limit stops a job that always panics) and the worker goes on.
-async fn run_delivery(services: Arc<Services>, publisher: Arc<Publisher>, incoming: Incoming) {
+async fn run_delivery(
+    services: Arc<Services>,
+    publisher: Arc<Publisher>,
+    incoming: Incoming,
+    connection_lost: CancellationToken,
+) {
     let incoming = Arc::new(incoming);
-    let job = {
+    let mut job = {
         let services = services.clone();
         let publisher = publisher.clone();
         let incoming = incoming.clone();
         tokio::spawn(async move { lifecycle::handle(&services, &publisher, &incoming).await })
     };
-    let disposition = match job.await {
+    let joined = tokio::select! {
+        joined = &mut job => joined,
+        () = connection_lost.cancelled() => {
+            // The delivery's channel is gone, so this run can never ack: the
+            // broker redelivers the job to a live session, which resumes from
+            // the ledger (hold, outcome, provider submission). Running on
+            // would only race that run. Every step is cancel safe (one
+            // transaction per ledger call, atomic object writes).
+            job.abort();
+            info!("broker connection lost; stopping a job the broker will redeliver");
+            return;
+        }
+    };
+    let disposition = match joined {
         Ok(d) => d,
         Err(e) => {
             error!(error = %e, "job task panicked; returning the delivery to its queue");
