@@ -697,6 +697,9 @@ async fn two_hundred_mixed_jobs_end_to_end() {
         "genfleet_job_errors_total{code=\"too_large\"} 3",
         "genfleet_dead_letters_total{code=\"invalid_input\"} 7",
         "genfleet_broker_connected 1",
+        // The flaky and down models failed, but below the breaker threshold.
+        "genfleet_provider_breakers_open{provider=\"fal\"} 0",
+        "genfleet_provider_calls_in_flight{provider=\"fal\"} 0",
     ] {
         assert!(
             metrics.contains(line),

@@ -4,8 +4,11 @@
 //! come from closed sets (job kind, status, error code, stage, provider):
 //! never a job, tenant or user id.
 
+use std::sync::{Arc, Mutex};
+
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 /// Buckets for whole jobs and provider calls: from a fast local resize to a
@@ -42,7 +45,15 @@ pub struct Metrics {
     pub jobs_started_total: IntCounterVec,
     /// Deliveries taken from the broker that wait for a free slot here.
     pub jobs_waiting: IntGauge,
+    /// Models whose circuit breaker is open or half-open, by provider.
+    pub provider_breakers_open: IntGaugeVec,
+    /// Calls inside a provider client now, by provider.
+    pub provider_calls_in_flight: IntGaugeVec,
+    /// Read state into gauges right before each scrape.
+    hooks: Arc<Mutex<Vec<RenderHook>>>,
 }
+
+type RenderHook = Box<dyn Fn() + Send + Sync>;
 
 impl Metrics {
     /// # Panics
@@ -67,6 +78,13 @@ impl Metrics {
                 .register(Box::new(c.clone()))
                 .expect("unique metric name");
             c
+        };
+        let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
+            let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid gauge");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric name");
+            g
         };
         let gauge = |name: &str, help: &str| {
             let g = IntGauge::new(name, help).expect("valid gauge");
@@ -137,12 +155,40 @@ impl Metrics {
                 "genfleet_jobs_waiting",
                 "Deliveries held by this worker that wait for a free slot",
             ),
+            provider_breakers_open: gauge_vec(
+                "genfleet_provider_breakers_open",
+                "Models whose circuit breaker is open or half-open, by provider",
+                &["provider"],
+            ),
+            provider_calls_in_flight: gauge_vec(
+                "genfleet_provider_calls_in_flight",
+                "Calls inside a provider client now, by provider",
+                &["provider"],
+            ),
+            hooks: Arc::default(),
             registry,
         }
     }
 
+    /// Runs `hook` before every [`Metrics::render`], to copy state that
+    /// lives elsewhere (a provider's breakers) into gauges.
+    pub fn on_render(&self, hook: impl Fn() + Send + Sync + 'static) {
+        self.hooks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(Box::new(hook));
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
+        for hook in self
+            .hooks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+        {
+            hook();
+        }
         let mut buffer = Vec::new();
         let encoder = TextEncoder::new();
         if encoder
@@ -176,5 +222,23 @@ mod tests {
         assert!(text.contains("genfleet_job_errors_total{code=\"too_large\"} 1"));
         assert!(text
             .contains("genfleet_job_duration_seconds_count{kind=\"upscale\",status=\"failed\"} 1"));
+    }
+
+    #[test]
+    fn hooks_run_before_each_render() {
+        let m = Metrics::new();
+        let calls = Arc::new(std::sync::atomic::AtomicI64::new(0));
+        let gauge = m.provider_breakers_open.clone();
+        let counted = calls.clone();
+        m.on_render(move || {
+            let n = counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+            gauge.with_label_values(&["fal"]).set(n);
+        });
+        assert!(m
+            .render()
+            .contains("genfleet_provider_breakers_open{provider=\"fal\"} 1"));
+        assert!(m
+            .render()
+            .contains("genfleet_provider_breakers_open{provider=\"fal\"} 2"));
     }
 }

@@ -98,7 +98,21 @@ impl Services {
                 open_for: Duration::from_secs(fal_section.breaker_open_seconds),
             },
         );
-        providers.insert("fal".into(), Arc::new(fal));
+        let fal = Arc::new(fal);
+        {
+            let fal = fal.clone();
+            let open = metrics.provider_breakers_open.clone();
+            let in_flight = metrics.provider_calls_in_flight.clone();
+            metrics.on_render(move || {
+                let gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+                open.with_label_values(&["fal"])
+                    .set(gauge(fal.open_models().len()));
+                in_flight
+                    .with_label_values(&["fal"])
+                    .set(gauge(fal.snapshot("").in_flight));
+            });
+        }
+        providers.insert("fal".into(), fal);
         providers.insert(
             "local".into(),
             Arc::new(LocalProvider::new(input_limits.clone(), cpu.clone())),
