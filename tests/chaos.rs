@@ -112,18 +112,12 @@ async fn collect(url: String, seen: Arc<Mutex<Seen>>, stop: tokio_util_like::Sto
     }
 }
 
-/// Jobs waiting in the remote lanes now (0 if the broker cannot be read).
+/// Jobs waiting in the remote lanes now (0 if the broker cannot be reached).
 async fn queued_jobs(amqp_url: &str) -> u32 {
     let Ok(broker) = genfleet_broker::Broker::connect(amqp_url, "chaos-depth").await else {
         return 0;
     };
-    let mut queued = 0;
-    for lane in genfleet_broker::Lane::ALL {
-        queued += broker
-            .queue_depth(&genfleet_broker::JobClass::Remote.lane_queue(lane))
-            .await
-            .unwrap_or(0);
-    }
+    let queued = queued_in_lanes(&broker, genfleet_broker::JobClass::Remote).await;
     broker.close().await;
     queued
 }
@@ -540,13 +534,7 @@ async fn jobs_survive_killed_workers_a_broker_restart_and_a_database_drop() {
     let broker = genfleet_broker::Broker::connect(&amqp_url, "chaos-check")
         .await
         .unwrap();
-    let mut queued = 0;
-    for lane in genfleet_broker::Lane::ALL {
-        queued += broker
-            .queue_depth(&genfleet_broker::JobClass::Remote.lane_queue(lane))
-            .await
-            .unwrap();
-    }
+    let queued = queued_in_lanes(&broker, genfleet_broker::JobClass::Remote).await;
     let dead = broker
         .queue_depth(genfleet_broker::DEAD_QUEUE)
         .await

@@ -86,12 +86,7 @@ impl Setup {
     }
 
     async fn queued(&self) -> usize {
-        let mut total = 0;
-        for lane in genfleet_broker::Lane::ALL {
-            let queue = genfleet_broker::JobClass::Remote.lane_queue(lane);
-            total += self.broker.queue_depth(&queue).await.unwrap() as usize;
-        }
-        total
+        queued_in_lanes(&self.broker, genfleet_broker::JobClass::Remote).await as usize
     }
 }
 

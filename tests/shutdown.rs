@@ -93,11 +93,7 @@ async fn sigterm_finishes_in_flight_jobs_and_loses_none() {
     let finished = first.results.len() + rest.results.len();
     // All 40 jobs are one workspace's: past its share of the worker they
     // were moved to the low lane, so count every lane.
-    let mut queued = 0;
-    for lane in genfleet_broker::Lane::ALL {
-        let queue = genfleet_broker::JobClass::Remote.lane_queue(lane);
-        queued += broker.queue_depth(&queue).await.unwrap() as usize;
-    }
+    let queued = queued_in_lanes(&broker, genfleet_broker::JobClass::Remote).await as usize;
     println!(
         "shutdown: {finished} finished ({} after SIGTERM), {queued} still queued, exited after {:?}",
         rest.results.len(),

@@ -495,3 +495,18 @@ pub fn store_with_photo(dir: &Path) -> PathBuf {
     .expect("photo copied");
     root
 }
+
+/// Jobs waiting in every lane (high, normal, low) of `class`.
+pub async fn queued_in_lanes(
+    broker: &genfleet_broker::Broker,
+    class: genfleet_broker::JobClass,
+) -> u32 {
+    let mut queued = 0;
+    for lane in genfleet_broker::Lane::ALL {
+        queued += broker
+            .queue_depth(&class.lane_queue(lane))
+            .await
+            .expect("queue depth");
+    }
+    queued
+}

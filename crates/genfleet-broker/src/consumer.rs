@@ -130,6 +130,14 @@ impl Incoming {
         }
     }
 
+    /// How often infrastructure failures sent this job through a retry
+    /// queue ([`crate::HEADER_REQUEUES`]; 0 when absent or unreadable).
+    pub fn requeues(&self) -> u32 {
+        self.header(crate::HEADER_REQUEUES)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    }
+
     /// How many times a quorum queue has delivered this message before
     /// (`x-delivery-count`; absent on the first delivery).
     pub fn delivery_count(&self) -> u64 {

@@ -142,21 +142,13 @@ async fn abandon(
         crashed,
         "job crashed or was interrupted on every start; failing and dead-lettering it"
     );
-    services
-        .metrics
-        .job_errors_total
-        .with_label_values(&[ErrorCode::Internal.as_str()])
-        .inc();
-    if publish_result(services, publisher, incoming, &result).await != Disposition::Ack {
-        return Disposition::Requeue("publish_failed");
-    }
-    dead_letter(
+    publish_failure_then_dead_letter(
         services,
         publisher,
         incoming,
+        &result,
         ErrorCode::Internal,
         &format!("delivery_limit: {}", failure.message),
-        Some(job.job_id()),
     )
     .await
 }
@@ -207,11 +199,7 @@ async fn run_valid(
     // never run either, or the broker would drop the job without a result.
     // Orderly returns (our infrastructure failed) went through a retry
     // queue, which counts them in a header: those starts did not crash.
-    let requeues: u32 = incoming
-        .header(genfleet_broker::HEADER_REQUEUES)
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
-    let crashed = starts.saturating_sub(1).saturating_sub(requeues);
+    let crashed = starts.saturating_sub(1).saturating_sub(incoming.requeues());
     let last_delivery =
         incoming.delivery_count() + 1 >= u64::from(services.config.broker.delivery_limit);
     if crashed >= u32::from(services.config.worker.max_starts_per_job) || last_delivery {
@@ -927,22 +915,44 @@ async fn reject_message(
         });
         let failure = JobFailure::new(code, format!("invalid job message: {}", error.message));
         let result = failed_result(services, job_id, tenant.as_ref(), &failure);
-        services
-            .metrics
-            .job_errors_total
-            .with_label_values(&[code.as_str()])
-            .inc();
-        if publish_result(services, publisher, incoming, &result).await != Disposition::Ack {
-            return Disposition::Requeue("publish_failed");
-        }
+        return publish_failure_then_dead_letter(
+            services,
+            publisher,
+            incoming,
+            &result,
+            code,
+            &error.message,
+        )
+        .await;
+    }
+    dead_letter(services, publisher, incoming, code, &error.message, None).await
+}
+
+/// A failed job whose message must also go to the dead letters: its
+/// result first (confirmed), then the message with the code and reason.
+async fn publish_failure_then_dead_letter(
+    services: &Services,
+    publisher: &Publisher,
+    incoming: &Incoming,
+    result: &v1::JobResult,
+    code: ErrorCode,
+    reason: &str,
+) -> Disposition {
+    services
+        .metrics
+        .job_errors_total
+        .with_label_values(&[code.as_str()])
+        .inc();
+    if publish_result(services, publisher, incoming, result).await != Disposition::Ack {
+        return Disposition::Requeue("publish_failed");
     }
     dead_letter(
         services,
         publisher,
         incoming,
         code,
-        &error.message,
-        error.job_id.as_deref(),
+        reason,
+        Some(&result.job_id),
     )
     .await
 }

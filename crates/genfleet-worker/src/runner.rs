@@ -380,10 +380,7 @@ async fn requeue_later(
     publisher: &Publisher,
     incoming: &Incoming,
 ) -> Result<(), genfleet_broker::BrokerError> {
-    let requeues: usize = incoming
-        .header(genfleet_broker::HEADER_REQUEUES)
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
+    let requeues = usize::try_from(incoming.requeues()).unwrap_or(usize::MAX);
     let delays = &services.config.broker.requeue_delays_seconds;
     let delay = delays.get(requeues).or(delays.last()).copied().unwrap_or(5);
     let forwarded = publisher
