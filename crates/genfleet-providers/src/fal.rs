@@ -17,28 +17,23 @@
 use std::fmt;
 use std::time::{Duration, SystemTime};
 
-use base64::Engine as _;
-use bytes::{Bytes, BytesMut};
-use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
+use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION};
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use tokio::time::Instant;
 use url::Url;
 
+use crate::http::{
+    self, data_uri, describe_transport, oversized, read_body, truncate, CONTROL_BODY_LIMIT,
+    DETAIL_CHARS,
+};
 use crate::retry::parse_retry_after;
 use crate::{
     Artifact, GenerationOutput, GenerationRequest, InputImage, InputRole, JobKind, Provider,
     ProviderError, SubmissionLog,
 };
 
-/// Error bodies are small JSON documents; anything longer is not worth
-/// reading into memory just to build a message.
-const ERROR_BODY_LIMIT: u64 = 64 * 1024;
-/// Submit and status answers are a few hundred bytes.
-const CONTROL_BODY_LIMIT: u64 = 1024 * 1024;
-/// Longest provider detail kept in an error message.
-const DETAIL_CHARS: usize = 500;
 /// Consecutive failed status polls tolerated before the attempt fails. A
 /// blip while polling should not turn into a (billed) resubmit.
 const STATUS_POLL_FAILURE_LIMIT: u32 = 3;
@@ -562,60 +557,22 @@ impl FalProvider {
         })
     }
 
-    /// Copies one output out of fal's short-lived URL (or data URI).
+    /// Copies one output out of fal's short-lived URL (or data URI). No
+    /// Authorization header: the file host is not the queue API.
     async fn download(
         &self,
         file: OutputFile,
         deadline: Option<Instant>,
     ) -> Result<Artifact, ProviderError> {
-        let limit = self.config.max_output_bytes;
-        if let Some(rest) = file.url.strip_prefix("data:") {
-            let (mime, bytes) = decode_data_uri(rest)?;
-            check_size(bytes.len() as u64, limit)?;
-            let content_type = file.content_type.unwrap_or(mime);
-            return Ok(Artifact {
-                content_type,
-                bytes,
-            });
-        }
-        let url = Url::parse(&file.url).map_err(|_| ProviderError::Malformed {
-            message: "an output URL is not a valid URL".into(),
-        })?;
-        if !matches!(url.scheme(), "http" | "https") {
-            return Err(ProviderError::Malformed {
-                message: format!(
-                    "an output URL has the unsupported scheme {:?}",
-                    url.scheme()
-                ),
-            });
-        }
-        // No Authorization header: the file host is not the queue API and
-        // must never see the key.
-        let response = self.send(self.client.get(url), deadline).await?;
-        let status = response.status();
-        if !status.is_success() {
-            // Whatever the code (404 for an expired file included), a new
-            // attempt produces a new file; nothing here is a policy decision.
-            let retry_after = retry_after(response.headers());
-            return Err(ProviderError::Unavailable {
-                message: format!("output download answered HTTP {}", status.as_u16()),
-                retry_after,
-            });
-        }
-        let header_type = response
-            .headers()
-            .get(CONTENT_TYPE)
-            .and_then(|value| value.to_str().ok())
-            .map(str::to_owned);
-        let bytes = read_body(response, limit, deadline, || too_large_output(limit)).await?;
-        let content_type = file
-            .content_type
-            .or(header_type)
-            .unwrap_or_else(|| "application/octet-stream".to_owned());
-        Ok(Artifact {
-            content_type,
-            bytes,
-        })
+        http::download(
+            &self.client,
+            &file.url,
+            file.content_type,
+            self.config.request_timeout,
+            self.config.max_output_bytes,
+            deadline,
+        )
+        .await
     }
 
     /// Sends with a timeout of `request_timeout`, cut short by the deadline.
@@ -624,21 +581,7 @@ impl FalProvider {
         builder: RequestBuilder,
         deadline: Option<Instant>,
     ) -> Result<Response, ProviderError> {
-        let timeout = match deadline {
-            Some(deadline) => {
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    return Err(ProviderError::DeadlineExceeded);
-                }
-                self.config.request_timeout.min(left)
-            }
-            None => self.config.request_timeout,
-        };
-        builder
-            .timeout(timeout)
-            .send()
-            .await
-            .map_err(|err| transport_error(err, deadline))
+        http::send(builder, self.config.request_timeout, deadline).await
     }
 }
 
@@ -724,38 +667,6 @@ pub(crate) fn build_input(
     Ok(input)
 }
 
-fn data_uri(image: &InputImage) -> String {
-    let content_type = if image.content_type.is_empty() {
-        "application/octet-stream"
-    } else {
-        image.content_type.as_str()
-    };
-    let encoded = base64::engine::general_purpose::STANDARD.encode(&image.bytes);
-    format!("data:{content_type};base64,{encoded}")
-}
-
-/// Decodes the part of a `data:` URI after the scheme.
-fn decode_data_uri(rest: &str) -> Result<(String, Bytes), ProviderError> {
-    let malformed = |message: &str| ProviderError::Malformed {
-        message: message.to_owned(),
-    };
-    let (meta, data) = rest
-        .split_once(',')
-        .ok_or_else(|| malformed("an output data URI has no ','"))?;
-    let mime = meta
-        .strip_suffix(";base64")
-        .ok_or_else(|| malformed("an output data URI is not base64-encoded"))?;
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(data)
-        .map_err(|_| malformed("an output data URI holds invalid base64"))?;
-    let mime = if mime.is_empty() {
-        "application/octet-stream"
-    } else {
-        mime
-    };
-    Ok((mime.to_owned(), bytes.into()))
-}
-
 /// The files a model output names, in order, or why there are none to take.
 fn output_files(output: ModelOutput) -> Result<Vec<OutputFile>, ProviderError> {
     let flagged = output
@@ -781,52 +692,6 @@ fn output_files(output: ModelOutput) -> Result<Vec<OutputFile>, ProviderError> {
     Ok(files)
 }
 
-fn check_size(len: u64, limit: u64) -> Result<(), ProviderError> {
-    if len > limit {
-        return Err(too_large_output(limit));
-    }
-    Ok(())
-}
-
-/// Permanent: the same request would produce an output as large.
-fn too_large_output(limit: u64) -> ProviderError {
-    ProviderError::Rejected {
-        message: format!("an output is larger than the {limit} byte limit"),
-    }
-}
-
-/// Reads a body in chunks, failing as soon as it passes `limit` instead of
-/// buffering whatever the server sends.
-async fn read_body(
-    mut response: Response,
-    limit: u64,
-    deadline: Option<Instant>,
-    too_large: impl FnOnce() -> ProviderError,
-) -> Result<Bytes, ProviderError> {
-    if response.content_length().is_some_and(|len| len > limit) {
-        return Err(too_large());
-    }
-    let mut body = BytesMut::new();
-    while let Some(chunk) = response
-        .chunk()
-        .await
-        .map_err(|err| transport_error(err, deadline))?
-    {
-        if (body.len() + chunk.len()) as u64 > limit {
-            return Err(too_large());
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body.freeze())
-}
-
-/// A control-plane body over its limit: not what the API documents.
-fn oversized(what: &'static str, limit: u64) -> impl FnOnce() -> ProviderError {
-    move || ProviderError::Malformed {
-        message: format!("{what} is larger than {limit} bytes"),
-    }
-}
-
 /// Passes 2xx answers through and turns any other into its error.
 async fn check_status(response: Response, stage: &str) -> Result<Response, ProviderError> {
     let status = response.status();
@@ -834,16 +699,7 @@ async fn check_status(response: Response, stage: &str) -> Result<Response, Provi
         return Ok(response);
     }
     let headers = response.headers().clone();
-    // The body only adds detail to the message; an unreadable one still
-    // leaves the status code to classify by.
-    let body = read_body(
-        response,
-        ERROR_BODY_LIMIT,
-        None,
-        oversized("error body", ERROR_BODY_LIMIT),
-    )
-    .await
-    .unwrap_or_default();
+    let body = http::error_body(response).await;
     Err(status_error(stage, status, &headers, &body))
 }
 
@@ -866,7 +722,6 @@ fn status_error(
     }
     let header = |name: &str| headers.get(name).and_then(|value| value.to_str().ok());
     match code {
-        401 | 403 => ProviderError::Unauthorized { message },
         // The timeout we asked for with X-Fal-Request-Timeout expired: our
         // own deadline, not fal's fault, and retrying cannot beat it.
         504 if header("x-fal-request-timeout-type")
@@ -874,13 +729,7 @@ fn status_error(
         {
             ProviderError::DeadlineExceeded
         }
-        408 | 429 | 500..=599 => ProviderError::Unavailable {
-            message,
-            retry_after: retry_after(headers),
-        },
-        400..=499 => ProviderError::Rejected { message },
-        // 1xx/3xx reach here only if redirects are disabled on the client.
-        _ => ProviderError::Malformed { message },
+        _ => http::classify_status(status, message, retry_after(headers)),
     }
 }
 
@@ -951,49 +800,6 @@ fn validation_message(item: &Value) -> Option<String> {
     } else {
         Some(format!("{}: {msg}", location.join(".")))
     }
-}
-
-fn truncate(text: &str, max_chars: usize) -> String {
-    match text.char_indices().nth(max_chars) {
-        Some((cut, _)) => format!("{}…", &text[..cut]),
-        None => text.to_owned(),
-    }
-}
-
-/// Classifies a failure to get an answer at all. Every such failure
-/// (refused or reset connection, timeout, broken body) is worth retrying,
-/// except a timeout that the job deadline itself imposed.
-fn transport_error(err: reqwest::Error, deadline: Option<Instant>) -> ProviderError {
-    if err.is_timeout() && deadline.is_some_and(|d| Instant::now() >= d) {
-        return ProviderError::DeadlineExceeded;
-    }
-    let kind = if err.is_timeout() {
-        "timed out"
-    } else if err.is_connect() {
-        "could not connect"
-    } else if err.is_body() || err.is_decode() {
-        "failed while reading the body"
-    } else {
-        "failed"
-    };
-    ProviderError::Unavailable {
-        message: format!("request {kind}: {}", describe_transport(err)),
-        retry_after: None,
-    }
-}
-
-/// The error and its causes, without the URL (which may carry a signed
-/// query string).
-fn describe_transport(err: reqwest::Error) -> String {
-    let err = err.without_url();
-    let mut text = err.to_string();
-    let mut source = std::error::Error::source(&err);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]
@@ -1146,9 +952,9 @@ mod tests {
 
     #[test]
     fn decodes_data_uris() {
-        let (mime, bytes) = decode_data_uri("image/png;base64,AAEC").unwrap();
+        let (mime, bytes) = crate::http::decode_data_uri("image/png;base64,AAEC").unwrap();
         assert_eq!((mime.as_str(), &bytes[..]), ("image/png", &[0u8, 1, 2][..]));
-        assert!(decode_data_uri("image/png,AAEC").is_err());
-        assert!(decode_data_uri("image/png;base64,@@").is_err());
+        assert!(crate::http::decode_data_uri("image/png,AAEC").is_err());
+        assert!(crate::http::decode_data_uri("image/png;base64,@@").is_err());
     }
 }

@@ -21,6 +21,7 @@
 mod error;
 mod fal;
 mod guard;
+mod http;
 mod retry;
 
 #[cfg(any(test, feature = "fake"))]
@@ -167,6 +168,57 @@ pub trait SubmissionLog: Send + Sync {
     async fn forget(&self, job_id: &str, provider: &str) -> Result<(), String>;
 }
 
+/// What one look at a submitted request found.
+#[derive(Debug)]
+pub enum Checked {
+    /// Queued or rendering at the provider: look again later.
+    Running,
+    /// Finished; its outputs are already copied out of the provider.
+    Done(GenerationOutput),
+}
+
+/// A provider whose requests live on its side between calls (a queue API),
+/// so a long render need not hold a worker: the worker submits, parks the
+/// job in a delay queue, and any worker later checks on the request.
+///
+/// A submission record is the provider's own resume data (JSON: request id
+/// and the URLs to poll and cancel it), opaque to callers, who store it with
+/// the job. It never holds a key. Every method makes at most one exchange
+/// per step and never sleeps: waiting is the caller's business.
+#[async_trait::async_trait]
+pub trait Resumable: Send + Sync {
+    /// Submits `request` and returns its submission record.
+    ///
+    /// # Errors
+    ///
+    /// As [`Provider::generate`]; nothing was submitted unless the error is
+    /// a transport failure after sending (the provider may then run it
+    /// anyway, which is why callers store the record before anything else).
+    async fn submit(&self, request: &GenerationRequest) -> Result<String, ProviderError>;
+
+    /// Looks once at the request `submission` names; when it has finished,
+    /// copies its outputs.
+    ///
+    /// # Errors
+    ///
+    /// A retryable error: the look failed, the request may still be fine.
+    /// A permanent one: the request failed, was rejected (safety), or is
+    /// unknown to the provider; it will not finish.
+    async fn check(
+        &self,
+        request: &GenerationRequest,
+        submission: &str,
+    ) -> Result<Checked, ProviderError>;
+
+    /// Asks the provider to stop the request, so it is not rendered and
+    /// billed for nothing.
+    ///
+    /// # Errors
+    ///
+    /// When the provider could not be told; the request may then still run.
+    async fn cancel(&self, submission: &str) -> Result<(), ProviderError>;
+}
+
 #[async_trait::async_trait]
 pub trait Provider: Send + Sync {
     /// Stable, low-cardinality name used in logs and metric labels.
@@ -187,4 +239,10 @@ pub trait Provider: Send + Sync {
         &self,
         request: &GenerationRequest,
     ) -> Result<GenerationOutput, ProviderError>;
+
+    /// The queue-style face of this provider, when it has one (fal,
+    /// Replicate): lets the worker park long renders and cancel requests.
+    fn resumable(&self) -> Option<&dyn Resumable> {
+        None
+    }
 }

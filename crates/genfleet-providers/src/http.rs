@@ -1,0 +1,315 @@
+//! HTTP plumbing every provider client shares: sending with a timeout cut
+//! short by the job's deadline, reading bodies with a size cap, classifying
+//! transport failures and generic status codes, copying outputs out of
+//! short-lived URLs or data URIs, and the base64 data URIs inputs travel in.
+//!
+//! Nothing here ever puts a URL, key or body into an error message: URLs
+//! may carry signed query strings, bodies may echo a prompt.
+
+use std::time::{Duration, SystemTime};
+
+use base64::Engine as _;
+use bytes::{Bytes, BytesMut};
+use reqwest::header::{HeaderMap, CONTENT_TYPE};
+use reqwest::{RequestBuilder, Response, StatusCode};
+use tokio::time::Instant;
+use url::Url;
+
+use crate::retry::parse_retry_after;
+use crate::{Artifact, InputImage, ProviderError};
+
+/// Error bodies are small JSON documents; anything longer is not worth
+/// reading into memory just to build a message.
+pub(crate) const ERROR_BODY_LIMIT: u64 = 64 * 1024;
+/// Submit, status and other control-plane answers are a few KB.
+pub(crate) const CONTROL_BODY_LIMIT: u64 = 1024 * 1024;
+/// Longest provider detail kept in an error message.
+pub(crate) const DETAIL_CHARS: usize = 500;
+
+/// Sends with a timeout of `request_timeout`, cut short by the deadline.
+///
+/// # Errors
+///
+/// [`ProviderError::DeadlineExceeded`] when the deadline has passed before
+/// sending (or the deadline's own timeout fired), else the classified
+/// transport failure.
+pub(crate) async fn send(
+    builder: RequestBuilder,
+    request_timeout: Duration,
+    deadline: Option<Instant>,
+) -> Result<Response, ProviderError> {
+    let timeout = match deadline {
+        Some(deadline) => {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(ProviderError::DeadlineExceeded);
+            }
+            request_timeout.min(left)
+        }
+        None => request_timeout,
+    };
+    builder
+        .timeout(timeout)
+        .send()
+        .await
+        .map_err(|err| transport_error(err, deadline))
+}
+
+/// Reads a JSON answer of at most `limit` bytes into `T`; `what` names the
+/// answer in the error ("status answer").
+///
+/// # Errors
+///
+/// [`ProviderError::Malformed`] for an oversized body or one that is not
+/// the expected JSON; a transport error while reading.
+pub(crate) async fn read_json<T: serde::de::DeserializeOwned>(
+    response: Response,
+    limit: u64,
+    deadline: Option<Instant>,
+    what: &'static str,
+) -> Result<T, ProviderError> {
+    let body = read_body(response, limit, deadline, oversized(what, limit)).await?;
+    serde_json::from_slice(&body).map_err(|err| ProviderError::Malformed {
+        message: format!("{what} is not the expected JSON: {err}"),
+    })
+}
+
+/// The class of a non-2xx status by the codes every provider shares:
+/// 401/403 credentials, 408/429/5xx transient, other 4xx permanent.
+/// Callers handle their provider's special cases (a safety code, a
+/// user-timeout 504) before falling back to this.
+pub(crate) fn classify_status(
+    status: StatusCode,
+    message: String,
+    retry_after: Option<Duration>,
+) -> ProviderError {
+    match status.as_u16() {
+        401 | 403 => ProviderError::Unauthorized { message },
+        408 | 429 | 500..=599 => ProviderError::Unavailable {
+            message,
+            retry_after,
+        },
+        400..=499 => ProviderError::Rejected { message },
+        // 1xx/3xx reach here only if redirects are disabled on the client.
+        _ => ProviderError::Malformed { message },
+    }
+}
+
+/// The standard `Retry-After` header (seconds or an HTTP date).
+pub(crate) fn retry_after_header(headers: &HeaderMap) -> Option<Duration> {
+    headers
+        .get("retry-after")
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| parse_retry_after(value, SystemTime::now()))
+}
+
+/// Reads the (capped) body of a non-2xx answer; an unreadable body is
+/// empty, since the status code alone still classifies the answer.
+pub(crate) async fn error_body(response: Response) -> Bytes {
+    read_body(
+        response,
+        ERROR_BODY_LIMIT,
+        None,
+        oversized("error body", ERROR_BODY_LIMIT),
+    )
+    .await
+    .unwrap_or_default()
+}
+
+/// Copies one output out of a provider's short-lived URL (http or https,
+/// fetched without credentials: the file host must never see a key) or
+/// out of a `data:` URI.
+///
+/// # Errors
+///
+/// [`ProviderError::Malformed`] for a URL that is not http(s) or a broken
+/// data URI; [`ProviderError::Unavailable`] for a failed download (a new
+/// attempt produces a new file); the size cap as a rejection.
+pub(crate) async fn download(
+    client: &reqwest::Client,
+    raw_url: &str,
+    content_type: Option<String>,
+    request_timeout: Duration,
+    limit: u64,
+    deadline: Option<Instant>,
+) -> Result<Artifact, ProviderError> {
+    if let Some(rest) = raw_url.strip_prefix("data:") {
+        let (mime, bytes) = decode_data_uri(rest)?;
+        check_size(bytes.len() as u64, limit)?;
+        return Ok(Artifact {
+            content_type: content_type.unwrap_or(mime),
+            bytes,
+        });
+    }
+    let url = Url::parse(raw_url).map_err(|_| ProviderError::Malformed {
+        message: "an output URL is not a valid URL".into(),
+    })?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(ProviderError::Malformed {
+            message: format!(
+                "an output URL has the unsupported scheme {:?}",
+                url.scheme()
+            ),
+        });
+    }
+    let response = send(client.get(url), request_timeout, deadline).await?;
+    let status = response.status();
+    if !status.is_success() {
+        // Whatever the code (404 for an expired file included), a new
+        // attempt produces a new file; nothing here is a policy decision.
+        return Err(ProviderError::Unavailable {
+            message: format!("output download answered HTTP {}", status.as_u16()),
+            retry_after: retry_after_header(response.headers()),
+        });
+    }
+    let header_type = response
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_owned);
+    let bytes = read_body(response, limit, deadline, || too_large_output(limit)).await?;
+    let content_type = content_type
+        .or(header_type)
+        .unwrap_or_else(|| "application/octet-stream".to_owned());
+    Ok(Artifact {
+        content_type,
+        bytes,
+    })
+}
+
+/// Decodes standard base64 from a provider answer (an inline image).
+pub(crate) fn decode_base64(data: &str, what: &str) -> Result<Bytes, ProviderError> {
+    base64::engine::general_purpose::STANDARD
+        .decode(data.trim())
+        .map(Bytes::from)
+        .map_err(|_| ProviderError::Malformed {
+            message: format!("{what} holds invalid base64"),
+        })
+}
+
+/// Encodes bytes as standard base64 for a request body.
+pub(crate) fn encode_base64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// `data:<type>;base64,<bytes>` for an input image.
+pub(crate) fn data_uri(image: &InputImage) -> String {
+    let content_type = if image.content_type.is_empty() {
+        "application/octet-stream"
+    } else {
+        image.content_type.as_str()
+    };
+    let encoded = base64::engine::general_purpose::STANDARD.encode(&image.bytes);
+    format!("data:{content_type};base64,{encoded}")
+}
+
+/// Decodes the part of a `data:` URI after the scheme.
+pub(crate) fn decode_data_uri(rest: &str) -> Result<(String, Bytes), ProviderError> {
+    let malformed = |message: &str| ProviderError::Malformed {
+        message: message.to_owned(),
+    };
+    let (meta, data) = rest
+        .split_once(',')
+        .ok_or_else(|| malformed("an output data URI has no ','"))?;
+    let mime = meta
+        .strip_suffix(";base64")
+        .ok_or_else(|| malformed("an output data URI is not base64-encoded"))?;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(data)
+        .map_err(|_| malformed("an output data URI holds invalid base64"))?;
+    let mime = if mime.is_empty() {
+        "application/octet-stream"
+    } else {
+        mime
+    };
+    Ok((mime.to_owned(), bytes.into()))
+}
+
+pub(crate) fn check_size(len: u64, limit: u64) -> Result<(), ProviderError> {
+    if len > limit {
+        return Err(too_large_output(limit));
+    }
+    Ok(())
+}
+
+/// Permanent: the same request would produce an output as large.
+pub(crate) fn too_large_output(limit: u64) -> ProviderError {
+    ProviderError::Rejected {
+        message: format!("an output is larger than the {limit} byte limit"),
+    }
+}
+
+/// Reads a body in chunks, failing as soon as it passes `limit` instead of
+/// buffering whatever the server sends.
+pub(crate) async fn read_body(
+    mut response: Response,
+    limit: u64,
+    deadline: Option<Instant>,
+    too_large: impl FnOnce() -> ProviderError,
+) -> Result<Bytes, ProviderError> {
+    if response.content_length().is_some_and(|len| len > limit) {
+        return Err(too_large());
+    }
+    let mut body = BytesMut::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|err| transport_error(err, deadline))?
+    {
+        if (body.len() + chunk.len()) as u64 > limit {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
+/// A control-plane body over its limit: not what the API documents.
+pub(crate) fn oversized(what: &'static str, limit: u64) -> impl FnOnce() -> ProviderError {
+    move || ProviderError::Malformed {
+        message: format!("{what} is larger than {limit} bytes"),
+    }
+}
+
+pub(crate) fn truncate(text: &str, max_chars: usize) -> String {
+    match text.char_indices().nth(max_chars) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.to_owned(),
+    }
+}
+
+/// Classifies a failure to get an answer at all. Every such failure
+/// (refused or reset connection, timeout, broken body) is worth retrying,
+/// except a timeout that the job deadline itself imposed.
+pub(crate) fn transport_error(err: reqwest::Error, deadline: Option<Instant>) -> ProviderError {
+    if err.is_timeout() && deadline.is_some_and(|d| Instant::now() >= d) {
+        return ProviderError::DeadlineExceeded;
+    }
+    let kind = if err.is_timeout() {
+        "timed out"
+    } else if err.is_connect() {
+        "could not connect"
+    } else if err.is_body() || err.is_decode() {
+        "failed while reading the body"
+    } else {
+        "failed"
+    };
+    ProviderError::Unavailable {
+        message: format!("request {kind}: {}", describe_transport(err)),
+        retry_after: None,
+    }
+}
+
+/// The error and its causes, without the URL (which may carry a signed
+/// query string).
+pub(crate) fn describe_transport(err: reqwest::Error) -> String {
+    let err = err.without_url();
+    let mut text = err.to_string();
+    let mut source = std::error::Error::source(&err);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
