@@ -68,6 +68,16 @@ enum Command {
         #[arg(long, default_value = "normal")]
         priority: String,
     },
+    /// Cancel jobs by id: publishes a CancelJob to genfleet.cancel. A job
+    /// still queued or parked ends `cancelled` with its credits released and
+    /// its provider request cancelled; a finished job keeps its result.
+    Cancel {
+        #[arg(required = true)]
+        job_ids: Vec<String>,
+        /// Why, for the job's result (at most 200 characters are kept).
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
     /// Validate, sanitise and resize a folder of images locally (no broker,
     /// database or network).
     Batch {
@@ -276,6 +286,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                         };
                         enqueue(config, jobs).await
                     }
+                    Command::Cancel { job_ids, reason } => cancel(config, job_ids, reason).await,
                     Command::Batch { .. } | Command::Validate { .. } => Ok(ExitCode::SUCCESS),
                 }
             })
@@ -528,6 +539,46 @@ async fn enqueue(config: Config, jobs: Vec<Enqueued>) -> Result<ExitCode> {
         "published {} job(s), all confirmed by the broker",
         jobs.len()
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn cancel(config: Config, job_ids: Vec<String>, reason: String) -> Result<ExitCode> {
+    if let Some(bad) = job_ids
+        .iter()
+        .find(|id| !genfleet_proto::is_valid_job_id(id))
+    {
+        anyhow::bail!("{bad:?} is not a valid job id");
+    }
+    let broker = Broker::connect(config.broker.url.expose(), "genfleet-cancel").await?;
+    broker
+        .declare(&Topology {
+            delivery_limit: config.broker.delivery_limit,
+            ..Topology::default()
+        })
+        .await?;
+    let publisher = broker.publisher().await?;
+    for job_id in &job_ids {
+        let request = genfleet_proto::v1::CancelJob {
+            job_id: job_id.clone(),
+            reason: reason.clone(),
+        };
+        let outgoing = Outgoing {
+            content_type: Some("application/json".into()),
+            message_id: Some(format!("{job_id}.cancel")),
+            persistent: true,
+            ..Default::default()
+        };
+        publisher
+            .publish(
+                genfleet_broker::CANCEL_EXCHANGE,
+                "",
+                &genfleet_proto::encode_json(&request),
+                &outgoing,
+            )
+            .await?;
+        println!("{job_id}: cancel requested");
+    }
+    broker.close().await;
     Ok(ExitCode::SUCCESS)
 }
 

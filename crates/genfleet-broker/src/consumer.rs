@@ -138,6 +138,20 @@ impl Incoming {
             .unwrap_or(0)
     }
 
+    /// How often this job was parked while a provider rendered it
+    /// ([`crate::HEADER_PARKS`]; 0 when absent or unreadable).
+    pub fn parks(&self) -> u32 {
+        self.header(crate::HEADER_PARKS)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Unix time (seconds) the job was first parked, if it was.
+    pub fn parked_at(&self) -> Option<u64> {
+        self.header(crate::HEADER_PARKED_AT)
+            .and_then(|n| n.parse().ok())
+    }
+
     /// How many times a quorum queue has delivered this message before
     /// (`x-delivery-count`; absent on the first delivery).
     pub fn delivery_count(&self) -> u64 {

@@ -32,6 +32,18 @@ pub const HEADER_DELAY: &str = "x-genfleet-delay";
 /// Header counting how often infrastructure failures sent a job through a
 /// retry queue (set by the worker on each such requeue).
 pub const HEADER_REQUEUES: &str = "x-genfleet-requeues";
+/// Header counting how often a job was parked in a retry queue while a
+/// provider rendered it (set by the worker on each park).
+pub const HEADER_PARKS: &str = "x-genfleet-parks";
+/// Header with the Unix time (seconds) a job was first parked, so every
+/// later poll knows how long the provider has had it.
+pub const HEADER_PARKED_AT: &str = "x-genfleet-parked-at";
+/// Fanout exchange for cancel requests (`CancelJob` messages by job id),
+/// bound to [`CANCEL_QUEUE`].
+pub const CANCEL_EXCHANGE: &str = "genfleet.cancel";
+/// Quorum queue of cancel requests; any worker takes each one, records it
+/// in the ledger and cancels the job's provider request.
+pub const CANCEL_QUEUE: &str = "genfleet.cancellations";
 /// Header naming the stable error code of a dead letter.
 pub const HEADER_ERROR: &str = "x-genfleet-error";
 /// Header with the human reason of a dead letter.

@@ -8,8 +8,8 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, ExchangeKind};
 
 use crate::{
-    BrokerError, DEAD_LETTER_EXCHANGE, DEAD_QUEUE, EVENTS_EXCHANGE, HEADER_DELAY, JOBS_EXCHANGE,
-    RESULTS_EXCHANGE, RETRY_EXCHANGE,
+    BrokerError, CANCEL_EXCHANGE, CANCEL_QUEUE, DEAD_LETTER_EXCHANGE, DEAD_QUEUE, EVENTS_EXCHANGE,
+    HEADER_DELAY, JOBS_EXCHANGE, RESULTS_EXCHANGE, RETRY_EXCHANGE,
 };
 
 /// Resource class of a job queue.
@@ -173,6 +173,7 @@ pub async fn declare(channel: &Channel, topology: &Topology) -> Result<(), Broke
         (RESULTS_EXCHANGE, ExchangeKind::Topic),
         (EVENTS_EXCHANGE, ExchangeKind::Topic),
         (DEAD_LETTER_EXCHANGE, ExchangeKind::Fanout),
+        (CANCEL_EXCHANGE, ExchangeKind::Fanout),
     ] {
         channel
             .exchange_declare(name.into(), kind, durable(), FieldTable::default())
@@ -191,6 +192,30 @@ pub async fn declare(channel: &Channel, topology: &Topology) -> Result<(), Broke
         .queue_bind(
             DEAD_QUEUE.into(),
             DEAD_LETTER_EXCHANGE.into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+
+    // Cancel requests outlive worker restarts: a quorum queue, dead letters
+    // (unreadable requests) to the same DLX as jobs.
+    let mut cancel_args = FieldTable::default();
+    cancel_args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    cancel_args.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString(DEAD_LETTER_EXCHANGE.into()),
+    );
+    channel
+        .queue_declare(CANCEL_QUEUE.into(), durable_queue(), cancel_args)
+        .await?;
+    channel
+        .queue_bind(
+            CANCEL_QUEUE.into(),
+            CANCEL_EXCHANGE.into(),
             "".into(),
             QueueBindOptions::default(),
             FieldTable::default(),

@@ -667,6 +667,43 @@ impl Ledger {
         Ok(())
     }
 
+    /// Records a request to cancel `job_id`. Returns false when one was
+    /// already recorded (the first reason is kept). Idempotent.
+    ///
+    /// # Errors
+    /// [`CreditsError::Invalid`] for a malformed id; database errors.
+    pub async fn request_cancellation(
+        &self,
+        job_id: &str,
+        reason: &str,
+    ) -> Result<bool, CreditsError> {
+        validate_id("job id", job_id)?;
+        let client = self.pool.get().await?;
+        let inserted = client
+            .execute(
+                "INSERT INTO job_cancellations (job_id, reason) VALUES ($1, $2)
+                 ON CONFLICT (job_id) DO NOTHING",
+                &[&job_id, &reason],
+            )
+            .await?;
+        Ok(inserted == 1)
+    }
+
+    /// The reason `job_id` was cancelled with, if a cancel was requested.
+    ///
+    /// # Errors
+    /// Database errors only.
+    pub async fn cancellation(&self, job_id: &str) -> Result<Option<String>, CreditsError> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_opt(
+                "SELECT reason FROM job_cancellations WHERE job_id = $1",
+                &[&job_id],
+            )
+            .await?;
+        Ok(row.map(|row| row.get(0)))
+    }
+
     /// Records that a worker starts `job_id` now and returns how many
     /// times it has been started, this time included. Used to give up on a
     /// job that crashed every worker that ran it.

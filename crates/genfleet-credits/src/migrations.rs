@@ -133,6 +133,20 @@ CREATE TABLE provider_submissions (
 );
 "#,
     },
+    Migration {
+        version: 5,
+        name: "job_cancellations",
+        sql: r#"
+-- Cancel requests by job id, kept so that a job still queued, parked at a
+-- provider or running on another worker meets its cancellation wherever it
+-- runs next. A row is never removed: a cancelled job stays cancelled.
+CREATE TABLE job_cancellations (
+    job_id       text PRIMARY KEY,
+    reason       text NOT NULL,
+    requested_at timestamptz NOT NULL DEFAULT now()
+);
+"#,
+    },
 ];
 
 /// Creates the schema if needed and applies every migration not yet recorded.

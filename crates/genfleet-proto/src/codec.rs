@@ -113,6 +113,53 @@ fn decode_json(body: &[u8]) -> Result<v1::Job, DecodeError> {
     }
 }
 
+/// Parses a cancel request and checks its job id.
+///
+/// # Errors
+/// Unknown content types, bodies that are not a `CancelJob`, and a missing
+/// or malformed job id.
+pub fn decode_cancel(
+    body: &[u8],
+    content_type: &ContentType,
+) -> Result<v1::CancelJob, DecodeError> {
+    const MAX_CANCEL_BYTES: usize = 4096;
+    if body.len() > MAX_CANCEL_BYTES {
+        return Err(DecodeError::new(
+            format!(
+                "message is {} bytes, above the {MAX_CANCEL_BYTES} byte limit for a cancel request",
+                body.len()
+            ),
+            None,
+        ));
+    }
+    let cancel = match content_type {
+        ContentType::Json => serde_json::from_slice::<v1::CancelJob>(body).map_err(|e| {
+            DecodeError::new(format!("body is not valid CancelJob JSON: {e}"), None)
+        })?,
+        ContentType::Protobuf => v1::CancelJob::decode(body).map_err(|e| {
+            DecodeError::new(format!("body is not a valid protobuf CancelJob: {e}"), None)
+        })?,
+        ContentType::Other(other) => {
+            return Err(DecodeError::new(
+                format!(
+                    "content type {other} is not supported, expected application/json or application/x-protobuf"
+                ),
+                None,
+            ))
+        }
+    };
+    if !crate::is_valid_job_id(&cancel.job_id) {
+        return Err(DecodeError::new(
+            format!(
+                "field `job_id`: {:?} is not a valid job id",
+                cancel.job_id.chars().take(80).collect::<String>()
+            ),
+            None,
+        ));
+    }
+    Ok(cancel)
+}
+
 /// Best effort: the job id of a body that failed to parse as a `Job`, when
 /// it is at least a JSON object with a valid id.
 fn job_id_hint(body: &[u8]) -> Option<String> {

@@ -16,7 +16,7 @@ pub mod v1 {
     include!(concat!(env!("OUT_DIR"), "/genfleet.v1.serde.rs"));
 }
 
-pub use codec::{decode_job, encode_json, ContentType, DecodeError};
+pub use codec::{decode_cancel, decode_job, encode_json, ContentType, DecodeError};
 pub use ids::{format_ulid, is_valid_job_id, is_valid_tenant_id, new_job_id};
 pub use pbjson_types;
 pub use validate::{validate_job, ValidJob};

@@ -314,6 +314,13 @@ impl<P: Provider> Provider for Guarded<P> {
         self.inner.name()
     }
 
+    /// The inner provider's queue face, unguarded: a parked request holds
+    /// no slot (that is the point of parking), and its status checks are
+    /// single cheap exchanges spread out by the park delay.
+    fn resumable(&self) -> Option<&dyn crate::Resumable> {
+        self.inner.resumable()
+    }
+
     /// One attempt through the model's breaker and the provider's limits.
     ///
     /// # Errors

@@ -27,6 +27,8 @@ mod retry;
 #[cfg(any(test, feature = "fake"))]
 pub mod fake_fal;
 #[cfg(test)]
+mod fal_resume_tests;
+#[cfg(test)]
 mod fal_tests;
 #[cfg(test)]
 mod guard_tests;
@@ -38,7 +40,7 @@ use std::fmt;
 pub use error::{Failed, ProviderError};
 pub use fal::{FalConfig, FalProvider};
 pub use guard::{BreakerState, GuardConfig, GuardSnapshot, Guarded};
-pub use retry::{generate_with_retries, parse_retry_after, RetryPolicy};
+pub use retry::{call_with_retries, generate_with_retries, parse_retry_after, RetryPolicy};
 
 /// What a job asks the provider to produce.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -77,6 +77,31 @@ pub async fn generate_with_retries(
     request: &GenerationRequest,
     policy: &RetryPolicy,
 ) -> Result<GenerationOutput, Failed> {
+    let (mut output, attempts) = call_with_retries(provider.name(), request, policy, || {
+        provider.generate(request)
+    })
+    .await?;
+    output.attempts = attempts;
+    Ok(output)
+}
+
+/// [`generate_with_retries`]'s policy around any one-attempt provider call
+/// made for `request` (a [`Resumable::submit`](crate::Resumable::submit),
+/// say). Returns the value and the number of calls made.
+///
+/// # Errors
+///
+/// As [`generate_with_retries`].
+pub async fn call_with_retries<T, F, Fut>(
+    provider_name: &str,
+    request: &GenerationRequest,
+    policy: &RetryPolicy,
+    mut call: F,
+) -> Result<(T, u32), Failed>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, ProviderError>>,
+{
     let max_attempts = policy.max_attempts.max(1);
     let mut rng = fastrand::Rng::new();
     let mut attempts: u32 = 0;
@@ -93,18 +118,13 @@ pub async fn generate_with_retries(
         }
         attempts += 1;
         let result = match request.deadline {
-            Some(deadline) => {
-                tokio::time::timeout_at(deadline + DEADLINE_GRACE, provider.generate(request))
-                    .await
-                    .unwrap_or(Err(ProviderError::DeadlineExceeded))
-            }
-            None => provider.generate(request).await,
+            Some(deadline) => tokio::time::timeout_at(deadline + DEADLINE_GRACE, call())
+                .await
+                .unwrap_or(Err(ProviderError::DeadlineExceeded)),
+            None => call().await,
         };
         let error = match result {
-            Ok(mut output) => {
-                output.attempts = attempts;
-                return Ok(output);
-            }
+            Ok(value) => return Ok((value, attempts)),
             Err(error) => error,
         };
         if matches!(error, ProviderError::Malformed { .. }) {
@@ -120,7 +140,7 @@ pub async fn generate_with_retries(
             .is_some_and(|deadline| Instant::now() + delay >= deadline)
         {
             tracing::warn!(
-                provider = provider.name(),
+                provider = provider_name,
                 job_id = %request.job_id,
                 attempt = attempts,
                 code = error.code(),
@@ -133,7 +153,7 @@ pub async fn generate_with_retries(
             });
         }
         tracing::warn!(
-            provider = provider.name(),
+            provider = provider_name,
             job_id = %request.job_id,
             attempt = attempts,
             code = error.code(),

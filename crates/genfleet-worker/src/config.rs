@@ -233,6 +233,37 @@ impl Default for HttpSection {
 pub struct ProvidersSection {
     pub fal: FalSection,
     pub retry: RetrySection,
+    pub park: ParkSection,
+}
+
+/// Long renders wait in the broker, not in a worker slot: the job is
+/// submitted to a queue-style provider (fal), then parked as a message in a
+/// retry queue; when it comes back, any worker looks at the request once and
+/// parks it again until the provider has finished.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ParkSection {
+    /// Job kinds that are parked (snake_case, e.g. "image_to_video"); other
+    /// kinds wait for their provider inside the worker.
+    pub kinds: Vec<String>,
+    /// Waits between looks at a parked request, in seconds; the last one
+    /// repeats. Each must be one of the broker's retry queues (5, 30, 300).
+    pub poll_delays_seconds: Vec<u64>,
+    /// Longest a parked job waits for its provider when the job has no
+    /// earlier deadline, in seconds; then its request is cancelled and the
+    /// job fails with `deadline_exceeded`.
+    pub max_wait_seconds: u64,
+}
+
+impl Default for ParkSection {
+    fn default() -> Self {
+        ParkSection {
+            kinds: vec!["image_to_video".into()],
+            // A minute of quick looks (short videos), then every 30 s.
+            poll_delays_seconds: vec![5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 30],
+            max_wait_seconds: 3600,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -418,6 +449,24 @@ impl Config {
                 return fail(format!(
                     "broker.requeue_delays_seconds: {delay} has no retry queue, expected one of {:?}",
                     retry_queues.iter().map(|d| d.as_secs()).collect::<Vec<_>>()
+                ));
+            }
+        }
+        if self.providers.park.poll_delays_seconds.is_empty() {
+            return fail("providers.park.poll_delays_seconds must name at least one delay".into());
+        }
+        for delay in &self.providers.park.poll_delays_seconds {
+            if !retry_queues.iter().any(|d| d.as_secs() == *delay) {
+                return fail(format!(
+                    "providers.park.poll_delays_seconds: {delay} has no retry queue, expected one of {:?}",
+                    retry_queues.iter().map(|d| d.as_secs()).collect::<Vec<_>>()
+                ));
+            }
+        }
+        for kind in &self.providers.park.kinds {
+            if crate::lifecycle::kind_from_label(kind).is_none() {
+                return fail(format!(
+                    "providers.park.kinds: {kind:?} is not a job kind, expected e.g. image_to_video"
                 ));
             }
         }

@@ -38,6 +38,9 @@ pub enum Stop {
         reason: &'static str,
         detail: String,
     },
+    /// The provider is rendering the job: park it in a retry queue for
+    /// this long, then look again (any worker).
+    Park(std::time::Duration),
 }
 
 impl From<JobFailure> for Stop {

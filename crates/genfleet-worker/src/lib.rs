@@ -7,6 +7,7 @@
 //! else.
 
 pub mod batch;
+pub mod cancel;
 pub mod config;
 pub mod cpu;
 mod dispatch;
@@ -15,6 +16,7 @@ pub mod http;
 pub mod lifecycle;
 mod local_provider;
 pub mod metrics;
+mod parking;
 pub mod pipeline;
 pub mod runner;
 pub mod services;

@@ -30,6 +30,9 @@ pub enum Disposition {
     Ack,
     /// Hand back to the queue: our infrastructure failed, not the job.
     Requeue(&'static str),
+    /// The provider is rendering the job: republish it to the retry queue
+    /// of this delay (a poll message), then ack.
+    Park(Duration),
 }
 
 /// Handles one delivery.
@@ -186,6 +189,17 @@ async fn run_valid(
             return Disposition::Requeue("ledger_unavailable");
         }
     }
+    match services.ledger.cancellation(job.job_id()).await {
+        Ok(Some(reason)) => {
+            return crate::cancel::finish_cancelled(services, publisher, incoming, job, &reason)
+                .await
+        }
+        Ok(None) => {}
+        Err(e) => {
+            warn!(error = %e, "ledger unavailable while checking for a cancel request");
+            return Disposition::Requeue("ledger_unavailable");
+        }
+    }
     let starts = match services.ledger.begin_attempt(job.job_id()).await {
         Ok(starts) => starts,
         Err(e) => {
@@ -199,7 +213,11 @@ async fn run_valid(
     // never run either, or the broker would drop the job without a result.
     // Orderly returns (our infrastructure failed) went through a retry
     // queue, which counts them in a header: those starts did not crash.
-    let crashed = starts.saturating_sub(1).saturating_sub(incoming.requeues());
+    // Parked returns did not crash either.
+    let crashed = starts
+        .saturating_sub(1)
+        .saturating_sub(incoming.requeues())
+        .saturating_sub(incoming.parks());
     let last_delivery =
         incoming.delivery_count() + 1 >= u64::from(services.config.broker.delivery_limit);
     if crashed >= u32::from(services.config.worker.max_starts_per_job) || last_delivery {
@@ -217,7 +235,7 @@ async fn process(
 ) -> Disposition {
     let in_flight = InFlight::enter(&services.metrics.jobs_in_flight);
     let mut tracker = Tracker::new(services, publisher, job);
-    let outcome = execute(services, job, &mut tracker).await;
+    let outcome = execute(services, incoming, job, &mut tracker).await;
     tracker.finish();
     drop(in_flight);
 
@@ -235,6 +253,13 @@ async fn process(
                 .with_label_values(&[reason])
                 .inc();
             return Disposition::Requeue(reason);
+        }
+        Err(Stop::Park(delay)) => {
+            debug!(
+                poll_in_s = delay.as_secs(),
+                "provider still rendering; parking the job"
+            );
+            return Disposition::Park(delay);
         }
         Err(Stop::Fail(failure)) => {
             // Failures after the reservation were settled inside execute();
@@ -265,23 +290,166 @@ async fn process(
 }
 
 /// The work itself. Returns the finished result, or a failure that happened
-/// before credits were reserved, or a requeue.
+/// before credits were reserved, or a requeue, or a park.
 async fn execute(
     services: &Services,
+    incoming: &Incoming,
     job: &ValidJob,
     tracker: &mut Tracker<'_>,
 ) -> Result<v1::JobResult, Stop> {
     let contract = job.job();
     let deadline = contract.deadline.as_ref().map(timestamp_to_system_time);
-    if deadline.is_some_and(|d| d <= SystemTime::now()) {
-        return Err(Stop::Fail(JobFailure::new(
-            ErrorCode::DeadlineExceeded,
-            "the job's deadline passed before a worker could start it",
-        )));
-    }
     let render_spec = RenderSpec::from_contract(contract.outputs.as_ref())?;
     let providers = provider_chain(services, job)?;
+    let amount = job.credit_amount();
 
+    // A parked job comes back with its inputs checked and its credits held:
+    // only its provider request is left to look at.
+    let parked = if incoming.parks() > 0 {
+        crate::parking::recorded(services, job, &providers).await?
+    } else {
+        None
+    };
+    let generated = match parked {
+        Some(recorded) => {
+            crate::parking::resume(
+                services,
+                job,
+                tracker,
+                recorded,
+                (incoming.parks(), incoming.parked_at()),
+                &render_spec,
+                deadline,
+            )
+            .await
+        }
+        None => {
+            if deadline.is_some_and(|d| d <= SystemTime::now()) {
+                return Err(Stop::Fail(JobFailure::new(
+                    ErrorCode::DeadlineExceeded,
+                    "the job's deadline passed before a worker could start it",
+                )));
+            }
+            let provider_inputs = prepare_inputs(services, job, tracker).await?;
+            reserve(services, job, tracker).await?;
+            generate_and_store(
+                services,
+                job,
+                tracker,
+                &providers,
+                provider_inputs,
+                &render_spec,
+                deadline,
+            )
+            .await
+        }
+    };
+    let (mut result, mut settlement) = match generated {
+        Ok((outputs, provider, attempts)) => {
+            let mut result = base_result(
+                services,
+                job.job_id(),
+                Some(job.tenant()),
+                v1::JobStatus::Succeeded,
+            );
+            result.outputs = outputs;
+            result.provider = provider;
+            result.attempts = attempts;
+            result.credits = Some(v1::CreditSummary {
+                held: amount,
+                captured: amount,
+                released: 0,
+            });
+            (result, Settlement::Capture { amount })
+        }
+        Err(GenStop::Fail(failure)) => {
+            let mut result =
+                failed_result(services, job.job_id(), Some(job.tenant()), &failure.failure);
+            result.provider = failure.provider;
+            result.attempts = failure.attempts;
+            result.credits = Some(v1::CreditSummary {
+                held: amount,
+                captured: 0,
+                released: amount,
+            });
+            (result, Settlement::Release)
+        }
+        Err(GenStop::Requeue { reason, detail }) => return Err(Stop::Requeue { reason, detail }),
+        Err(GenStop::Park(delay)) => return Err(Stop::Park(delay)),
+    };
+    // A cancel that arrived while the job ran wins over its outcome: no
+    // charge, and nothing of it stays stored.
+    if let Some(reason) = services.ledger.cancellation(job.job_id()).await? {
+        for output in &result.outputs {
+            if let Err(e) = services.store.delete(&output.uri).await {
+                warn!(error = %e, "could not delete an output of a cancelled job");
+            }
+        }
+        let provider = std::mem::take(&mut result.provider);
+        let attempts = result.attempts;
+        result = crate::cancel::cancelled_result(services, job, &reason);
+        result.provider = provider;
+        result.attempts = attempts;
+        result.credits = Some(v1::CreditSummary {
+            held: amount,
+            captured: 0,
+            released: amount,
+        });
+        settlement = Settlement::Release;
+    }
+
+    tracker.begin(v1::Stage::Settle, 0.95).await;
+    result.finished_at = Some(system_time_to_timestamp(SystemTime::now()));
+    let stored = genfleet_proto::encode_json(&result);
+    let settled = services
+        .ledger
+        .settle_outcome(job.job_id(), settlement, &stored)
+        .await?;
+    if let Some(earlier) = settled.earlier_outcome {
+        // Another delivery of this job ran at the same time and settled
+        // first: its outcome is the job's one result, whatever this run got.
+        warn!("another delivery of this job settled first; publishing its result");
+        return serde_json::from_slice::<v1::JobResult>(&earlier).map_err(|e| Stop::Requeue {
+            reason: "outcome_unreadable",
+            detail: e.to_string(),
+        });
+    }
+    let hold = settled.hold;
+    // Only now, with the outcome recorded, may the sources go: a redelivery
+    // before this point must still find them. A failed job keeps them, so the
+    // customer can try again.
+    if result.status == v1::JobStatus::Succeeded as i32 {
+        delete_sources(services, job).await;
+    }
+    if let Some(hold) = hold {
+        let kind = job.kind().label();
+        services
+            .metrics
+            .credits_captured_total
+            .with_label_values(&[kind])
+            .inc_by(u64::try_from(hold.captured).unwrap_or(0));
+        services
+            .metrics
+            .credits_released_total
+            .with_label_values(&[kind])
+            .inc_by(u64::try_from(hold.released).unwrap_or(0));
+        result.credits = Some(v1::CreditSummary {
+            held: hold.amount,
+            captured: hold.captured,
+            released: hold.released,
+        });
+    }
+    Ok(result)
+}
+
+/// Fetches every input, checks its hash, validates and sanitises it, and
+/// pre-processes the primary one.
+async fn prepare_inputs(
+    services: &Services,
+    job: &ValidJob,
+    tracker: &mut Tracker<'_>,
+) -> Result<Vec<InputImage>, Stop> {
+    let contract = job.job();
     tracker.begin(v1::Stage::Fetch, 0.05).await;
     let mut raw_inputs = Vec::with_capacity(contract.inputs.len());
     for (i, input) in contract.inputs.iter().enumerate() {
@@ -338,8 +506,17 @@ async fn execute(
         });
     }
 
-    // Credits are held only once the inputs are known to be usable, so a bad
-    // upload never touches the customer's balance.
+    Ok(provider_inputs)
+}
+
+/// Holds the job's credits, once the inputs are known to be usable, so a
+/// bad upload never touches the customer's balance.
+async fn reserve(
+    services: &Services,
+    job: &ValidJob,
+    tracker: &mut Tracker<'_>,
+) -> Result<(), Stop> {
+    let contract = job.job();
     tracker.begin(v1::Stage::Reserve, 0.3).await;
     let amount = job.credit_amount();
     if amount > 0 {
@@ -355,99 +532,14 @@ async fn execute(
             .reserve(job.job_id(), &job.credit_account(), amount, ttl)
             .await?;
     }
-
-    let generated = generate_and_store(
-        services,
-        job,
-        tracker,
-        &providers,
-        provider_inputs,
-        &render_spec,
-        deadline,
-    )
-    .await;
-    let (mut result, settlement) = match generated {
-        Ok((outputs, provider, attempts)) => {
-            let mut result = base_result(
-                services,
-                job.job_id(),
-                Some(job.tenant()),
-                v1::JobStatus::Succeeded,
-            );
-            result.outputs = outputs;
-            result.provider = provider;
-            result.attempts = attempts;
-            result.credits = Some(v1::CreditSummary {
-                held: amount,
-                captured: amount,
-                released: 0,
-            });
-            (result, Settlement::Capture { amount })
-        }
-        Err(GenStop::Fail(failure)) => {
-            let mut result =
-                failed_result(services, job.job_id(), Some(job.tenant()), &failure.failure);
-            result.provider = failure.provider;
-            result.attempts = failure.attempts;
-            result.credits = Some(v1::CreditSummary {
-                held: amount,
-                captured: 0,
-                released: amount,
-            });
-            (result, Settlement::Release)
-        }
-        Err(GenStop::Requeue { reason, detail }) => return Err(Stop::Requeue { reason, detail }),
-    };
-
-    tracker.begin(v1::Stage::Settle, 0.95).await;
-    result.finished_at = Some(system_time_to_timestamp(SystemTime::now()));
-    let stored = genfleet_proto::encode_json(&result);
-    let settled = services
-        .ledger
-        .settle_outcome(job.job_id(), settlement, &stored)
-        .await?;
-    if let Some(earlier) = settled.earlier_outcome {
-        // Another delivery of this job ran at the same time and settled
-        // first: its outcome is the job's one result, whatever this run got.
-        warn!("another delivery of this job settled first; publishing its result");
-        return serde_json::from_slice::<v1::JobResult>(&earlier).map_err(|e| Stop::Requeue {
-            reason: "outcome_unreadable",
-            detail: e.to_string(),
-        });
-    }
-    let hold = settled.hold;
-    // Only now, with the outcome recorded, may the sources go: a redelivery
-    // before this point must still find them. A failed job keeps them, so the
-    // customer can try again.
-    if result.status == v1::JobStatus::Succeeded as i32 {
-        delete_sources(services, job).await;
-    }
-    if let Some(hold) = hold {
-        let kind = job.kind().label();
-        services
-            .metrics
-            .credits_captured_total
-            .with_label_values(&[kind])
-            .inc_by(u64::try_from(hold.captured).unwrap_or(0));
-        services
-            .metrics
-            .credits_released_total
-            .with_label_values(&[kind])
-            .inc_by(u64::try_from(hold.released).unwrap_or(0));
-        result.credits = Some(v1::CreditSummary {
-            held: hold.amount,
-            captured: hold.captured,
-            released: hold.released,
-        });
-    }
-    Ok(result)
+    Ok(())
 }
 
 /// A failure after credits were reserved, with what the provider chain did.
-struct GenerationFailure {
-    failure: JobFailure,
-    provider: String,
-    attempts: u32,
+pub(crate) struct GenerationFailure {
+    pub(crate) failure: JobFailure,
+    pub(crate) provider: String,
+    pub(crate) attempts: u32,
 }
 
 impl From<JobFailure> for GenerationFailure {
@@ -461,13 +553,15 @@ impl From<JobFailure> for GenerationFailure {
 }
 
 /// How generation and storing stop once credits are held: a failure is
-/// settled (credits released), a requeue keeps the hold for the redelivery.
-enum GenStop {
+/// settled (credits released), a requeue or a park keeps the hold for the
+/// job's next delivery.
+pub(crate) enum GenStop {
     Fail(GenerationFailure),
     Requeue {
         reason: &'static str,
         detail: String,
     },
+    Park(Duration),
 }
 
 impl From<Stop> for GenStop {
@@ -475,6 +569,7 @@ impl From<Stop> for GenStop {
         match stop {
             Stop::Fail(f) => GenStop::Fail(f.into()),
             Stop::Requeue { reason, detail } => GenStop::Requeue { reason, detail },
+            Stop::Park(delay) => GenStop::Park(delay),
         }
     }
 }
@@ -489,55 +584,47 @@ async fn generate_and_store(
     deadline: Option<SystemTime>,
 ) -> Result<(Vec<v1::Output>, String, u32), GenStop> {
     tracker.begin(v1::Stage::Generate, 0.4).await;
-    let contract = job.job();
-    let generation = contract.generation.clone().unwrap_or_default();
     let max_wait = Duration::from_secs(services.config.providers.fal.max_wait_seconds);
-    let provider_deadline = tokio::time::Instant::now()
-        + deadline
-            .map(|d| {
-                d.duration_since(SystemTime::now())
-                    .unwrap_or(Duration::ZERO)
-            })
-            .map_or(max_wait, |left| left.min(max_wait));
-    let mut request = GenerationRequest {
-        job_id: job.job_id().to_string(),
-        kind: kind_of(job.kind()),
-        model: String::new(),
-        prompt: generation.prompt.clone(),
-        negative_prompt: generation.negative_prompt.clone(),
-        seed: (generation.seed != 0).then_some(generation.seed),
-        count: generation.count.max(1),
-        aspect_ratio: generation.aspect_ratio.clone(),
-        parameters: generation
-            .parameters
-            .as_ref()
-            .map(struct_to_json)
-            .unwrap_or_default(),
-        inputs,
-        deadline: Some(provider_deadline),
-    };
+    let mut request = generation_request(job, inputs, deadline, max_wait);
+    let park = crate::parking::parks_kind(services, job.kind());
 
     let mut attempts = 0u32;
     let mut last: Option<(String, JobFailure)> = None;
     let mut output = None;
-    for name in providers {
+    for (position, name) in providers.iter().enumerate() {
         let Some(provider) = services.providers.get(name) else {
             continue;
         };
-        request.model = if generation.model.is_empty() {
-            default_model(services, job.kind())
-        } else {
-            generation.model.clone()
-        };
+        request.model = model_for(services, job, name, position == 0);
         let span = tracing::info_span!("generate", provider = %name);
-        match genfleet_providers::generate_with_retries(
-            provider.as_ref(),
-            &request,
-            &services.retry,
-        )
-        .instrument(span)
-        .await
-        {
+        let attempt = match provider.resumable().filter(|_| park) {
+            // Long renders: submit, record the request, park the job.
+            Some(resumable) => {
+                match crate::parking::submit(services, name, resumable, &request)
+                    .instrument(span)
+                    .await
+                {
+                    Ok(delay) => return Err(GenStop::Park(delay)),
+                    Err(crate::parking::SubmitStop::Requeue(detail)) => {
+                        return Err(GenStop::Requeue {
+                            reason: "ledger_unavailable",
+                            detail,
+                        })
+                    }
+                    Err(crate::parking::SubmitStop::Failed(failed)) => Err(failed),
+                }
+            }
+            None => {
+                genfleet_providers::generate_with_retries(
+                    provider.as_ref(),
+                    &request,
+                    &services.retry,
+                )
+                .instrument(span)
+                .await
+            }
+        };
+        match attempt {
             Ok(out) => {
                 attempts += out.attempts;
                 services
@@ -588,6 +675,63 @@ async fn generate_and_store(
             attempts,
         }));
     };
+    render_and_store(
+        services,
+        job,
+        tracker,
+        (provider_name, attempts),
+        output,
+        render_spec,
+    )
+    .await
+}
+
+/// The provider-neutral request for `job` (its model is set per provider);
+/// provider calls and retry sleeps end by the job's deadline, or `max_wait`
+/// from now if sooner.
+pub(crate) fn generation_request(
+    job: &ValidJob,
+    inputs: Vec<InputImage>,
+    deadline: Option<SystemTime>,
+    max_wait: Duration,
+) -> GenerationRequest {
+    let generation = job.job().generation.clone().unwrap_or_default();
+    let provider_deadline = tokio::time::Instant::now()
+        + deadline
+            .map(|d| {
+                d.duration_since(SystemTime::now())
+                    .unwrap_or(Duration::ZERO)
+            })
+            .map_or(max_wait, |left| left.min(max_wait));
+    GenerationRequest {
+        job_id: job.job_id().to_string(),
+        kind: kind_of(job.kind()),
+        model: String::new(),
+        prompt: generation.prompt.clone(),
+        negative_prompt: generation.negative_prompt.clone(),
+        seed: (generation.seed != 0).then_some(generation.seed),
+        count: generation.count.max(1),
+        aspect_ratio: generation.aspect_ratio.clone(),
+        parameters: generation
+            .parameters
+            .as_ref()
+            .map(struct_to_json)
+            .unwrap_or_default(),
+        inputs,
+        deadline: Some(provider_deadline),
+    }
+}
+
+/// Post-processes a provider's outputs and stores them; on a storage
+/// failure removes what this attempt wrote.
+pub(crate) async fn render_and_store(
+    services: &Services,
+    job: &ValidJob,
+    tracker: &mut Tracker<'_>,
+    (provider_name, attempts): (String, u32),
+    output: genfleet_providers::GenerationOutput,
+    render_spec: &RenderSpec,
+) -> Result<(Vec<v1::Output>, String, u32), GenStop> {
     let fail_with = |failure: JobFailure| {
         GenStop::Fail(GenerationFailure {
             failure,
@@ -769,6 +913,48 @@ pub fn lane_of(priority: i32) -> genfleet_broker::Lane {
     }
 }
 
+/// The model `provider` runs for `job`: the job's own `generation.model`
+/// names a model of the first provider in its chain (model ids are
+/// provider-specific); failover providers, and jobs that name none, get the
+/// provider's configured default for the job kind.
+pub(crate) fn model_for(
+    services: &Services,
+    job: &ValidJob,
+    provider: &str,
+    first: bool,
+) -> String {
+    let named = job
+        .job()
+        .generation
+        .as_ref()
+        .map(|g| g.model.as_str())
+        .unwrap_or_default();
+    if first && !named.is_empty() {
+        return named.to_string();
+    }
+    services
+        .default_models
+        .get(provider)
+        .and_then(|models| models.get(&job.kind()))
+        .cloned()
+        .unwrap_or_else(|| default_model(services, job.kind()))
+}
+
+/// A job kind by its label (`image_to_video`), for configuration.
+pub fn kind_from_label(label: &str) -> Option<v1::JobKind> {
+    [
+        v1::JobKind::ProductPhoto,
+        v1::JobKind::BackgroundRemoval,
+        v1::JobKind::Upscale,
+        v1::JobKind::Inpaint,
+        v1::JobKind::VirtualTryOn,
+        v1::JobKind::ImageToVideo,
+        v1::JobKind::BatchEdit,
+    ]
+    .into_iter()
+    .find(|kind| kind.label() == label)
+}
+
 fn default_model(services: &Services, kind: v1::JobKind) -> String {
     let models = &services.config.providers.fal.models;
     match kind {
@@ -811,7 +997,7 @@ fn struct_to_json(value: &pbjson_types::Struct) -> serde_json::Map<String, serde
     }
 }
 
-fn base_result(
+pub(crate) fn base_result(
     services: &Services,
     job_id: &str,
     tenant: Option<&v1::Tenant>,
@@ -834,7 +1020,7 @@ fn base_result(
 
 /// A failed (or expired) result; `deadline_exceeded` ends as EXPIRED, as the
 /// contract says.
-fn failed_result(
+pub(crate) fn failed_result(
     services: &Services,
     job_id: &str,
     tenant: Option<&v1::Tenant>,
@@ -856,7 +1042,7 @@ fn failed_result(
 
 /// Publishes the result to `genfleet.results` and, when asked, to the
 /// job's `reply_to` queue; both confirmed before the job may be acked.
-async fn publish_result(
+pub(crate) async fn publish_result(
     services: &Services,
     publisher: &Publisher,
     incoming: &Incoming,
@@ -959,7 +1145,7 @@ async fn publish_failure_then_dead_letter(
 
 /// Publishes the message to the dead-letter exchange with the code and
 /// reason in headers, confirmed; the caller acks on [`Disposition::Ack`].
-async fn dead_letter(
+pub(crate) async fn dead_letter(
     services: &Services,
     publisher: &Publisher,
     incoming: &Incoming,
@@ -1030,7 +1216,7 @@ impl Drop for InFlight<'_> {
 
 /// Stage boundaries: timings for the result, progress events for whoever
 /// listens, stage histograms for Prometheus.
-struct Tracker<'a> {
+pub(crate) struct Tracker<'a> {
     services: &'a Services,
     publisher: &'a Publisher,
     job_id: String,
@@ -1051,7 +1237,7 @@ impl<'a> Tracker<'a> {
         }
     }
 
-    async fn begin(&mut self, stage: v1::Stage, progress: f32) {
+    pub(crate) async fn begin(&mut self, stage: v1::Stage, progress: f32) {
         self.finish();
         self.current = Some((stage, Instant::now()));
         let event = v1::JobEvent {

@@ -35,6 +35,15 @@ pub struct Metrics {
     pub dead_letters_total: IntCounterVec,
     /// Deliveries handed back to the queue (infrastructure failure, panic).
     pub requeues_total: IntCounterVec,
+    /// Parks of long renders (first submit and every look that found the
+    /// provider still rendering), by provider.
+    pub jobs_parked_total: IntCounterVec,
+    /// Provider requests a cancel reached, by provider and outcome
+    /// (`cancelled`, `failed`).
+    pub provider_cancels_total: IntCounterVec,
+    /// Cancel requests taken off the cancel queue: `recorded` the first
+    /// time, `repeated` for a job already cancelled.
+    pub cancel_requests_total: IntCounterVec,
     pub credits_captured_total: IntCounterVec,
     pub credits_released_total: IntCounterVec,
     /// 1 while the worker holds a broker connection.
@@ -126,6 +135,21 @@ impl Metrics {
                 "genfleet_requeues_total",
                 "Deliveries returned to their queue for another attempt, by reason",
                 &["reason"],
+            ),
+            jobs_parked_total: counter(
+                "genfleet_jobs_parked_total",
+                "Jobs parked in a retry queue while their provider renders, by provider",
+                &["provider"],
+            ),
+            provider_cancels_total: counter(
+                "genfleet_provider_cancels_total",
+                "Provider requests a cancel request reached, by provider and outcome",
+                &["provider", "outcome"],
+            ),
+            cancel_requests_total: counter(
+                "genfleet_cancel_requests_total",
+                "Cancel requests handled, by outcome (recorded, repeated)",
+                &["outcome"],
             ),
             credits_captured_total: counter(
                 "genfleet_credits_captured_total",

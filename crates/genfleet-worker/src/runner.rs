@@ -126,6 +126,11 @@ async fn session(
             consumers.push((*class, lane, consumer));
         }
     }
+    // Cancel requests: a few at a time, any worker.
+    let cancel_tag = format!("{}-cancel", services.worker_name);
+    let cancels = broker
+        .consume(genfleet_broker::CANCEL_QUEUE, CANCEL_PREFETCH, &cancel_tag)
+        .await?;
     readiness.broker_connected.store(true, Ordering::SeqCst);
     services.metrics.broker_connected.set(1);
     let workspace_cap = config.worker.workspace_cap();
@@ -170,6 +175,43 @@ async fn session(
                 }
             };
             (consumer, outcome)
+        });
+    }
+
+    {
+        let services = services.clone();
+        let publisher = publisher.clone();
+        let done = session_done.clone();
+        let mut cancels = cancels;
+        loops.spawn(async move {
+            let outcome = loop {
+                tokio::select! {
+                    () = done.cancelled() => {
+                        cancels.cancel().await;
+                        break Ok(());
+                    }
+                    next = cancels.next() => match next {
+                        Some(Ok(incoming)) => {
+                            let disposition =
+                                crate::cancel::handle_request(&services, &publisher, &incoming).await;
+                            let settled = match disposition {
+                                Disposition::Ack | Disposition::Park(_) => incoming.ack().await,
+                                Disposition::Requeue(_) => {
+                                    // The ledger is down: pause, then hand it back.
+                                    tokio::time::sleep(Duration::from_secs(1)).await;
+                                    incoming.nack(true).await
+                                }
+                            };
+                            if let Err(e) = settled {
+                                warn!(error = %e, "ack of a cancel request failed; it comes back");
+                            }
+                        }
+                        Some(Err(e)) => break Err(WorkerError::from(e)),
+                        None => break Err(WorkerError::Broker("cancel consumer stream ended".into())),
+                    }
+                }
+            };
+            (cancels, outcome)
         });
     }
 
@@ -313,6 +355,10 @@ async fn move_down(
     }
 }
 
+/// Cancel requests handled at once by one worker; each is a couple of
+/// ledger queries and maybe one provider call.
+const CANCEL_PREFETCH: u16 = 4;
+
 /// Header on a job moved down a lane: the lane it left.
 const HEADER_MOVED_FROM: &str = "x-genfleet-moved-from";
 
@@ -365,9 +411,50 @@ async fn run_delivery(
     let settled = match disposition {
         Disposition::Ack => incoming.ack().await,
         Disposition::Requeue(_) => requeue_later(&services, &publisher, &incoming).await,
+        Disposition::Park(delay) => park(&publisher, &incoming, delay).await,
     };
     if let Err(e) = settled {
         warn!(error = %e, "ack/nack failed; the broker will redeliver the job");
+    }
+}
+
+/// Parks a job whose provider is rendering: the same message goes to the
+/// retry queue of `delay` (it returns to its own queue and lane after it),
+/// counted in [`genfleet_broker::HEADER_PARKS`], then the delivery is
+/// acked. If the publish is not confirmed the delivery goes back to its
+/// queue instead, and the next worker finds the recorded request.
+async fn park(
+    publisher: &Publisher,
+    incoming: &Incoming,
+    delay: Duration,
+) -> Result<(), genfleet_broker::BrokerError> {
+    let parked_at = incoming.parked_at().unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    });
+    let forwarded = publisher
+        .forward(
+            genfleet_broker::RETRY_EXCHANGE,
+            incoming.routing_key(),
+            incoming,
+            &[
+                (genfleet_broker::HEADER_DELAY, Topology::delay_label(delay)),
+                (
+                    genfleet_broker::HEADER_PARKS,
+                    incoming.parks().saturating_add(1).to_string(),
+                ),
+                (genfleet_broker::HEADER_PARKED_AT, parked_at.to_string()),
+            ],
+        )
+        .await;
+    match forwarded {
+        Ok(()) => incoming.ack().await,
+        Err(e) => {
+            warn!(error = %e, "parking publish not confirmed; returning the job to its queue");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            incoming.nack(true).await
+        }
     }
 }
 

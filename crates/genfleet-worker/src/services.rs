@@ -23,6 +23,8 @@ pub struct Services {
     pub signer: Option<UrlSigner>,
     pub ledger: Ledger,
     pub providers: HashMap<String, Arc<dyn Provider>>,
+    /// Each provider's model per job kind, for jobs that name none.
+    pub default_models: HashMap<String, HashMap<genfleet_proto::v1::JobKind, String>>,
     pub retry: RetryPolicy,
     pub metrics: Metrics,
     pub cpu: CpuPool,
@@ -129,6 +131,7 @@ impl Services {
             signer,
             ledger,
             providers,
+            default_models: HashMap::new(),
             retry,
             metrics,
             cpu,
