@@ -17,21 +17,30 @@
 //!
 //! With the `fake` feature, [`fake_fal`] serves a real loopback HTTP server
 //! shaped like fal's queue API, including its failure modes.
+//!
+//! [`KServeProvider`] speaks the Open Inference Protocol (KServe v2, Triton)
+//! to the GPU pool's own models; [`fake_kserve`] is its fake server.
 
 mod error;
 mod fal;
 mod guard;
 mod http;
+mod kserve;
+mod kserve_tensor;
 mod retry;
 
 #[cfg(any(test, feature = "fake"))]
 pub mod fake_fal;
+#[cfg(any(test, feature = "fake"))]
+pub mod fake_kserve;
 #[cfg(test)]
 mod fal_resume_tests;
 #[cfg(test)]
 mod fal_tests;
 #[cfg(test)]
 mod guard_tests;
+#[cfg(test)]
+mod kserve_tests;
 #[cfg(test)]
 mod scripted;
 
@@ -40,6 +49,7 @@ use std::fmt;
 pub use error::{Failed, ProviderError};
 pub use fal::{FalConfig, FalProvider};
 pub use guard::{BreakerState, GuardConfig, GuardSnapshot, Guarded};
+pub use kserve::{Contract, KServeConfig, KServeProvider, ModelMetadata, TensorMetadata};
 pub use retry::{call_with_retries, generate_with_retries, parse_retry_after, RetryPolicy};
 
 /// What a job asks the provider to produce.
