@@ -23,15 +23,21 @@ mod fal;
 mod guard;
 mod http;
 mod retry;
+mod vertex;
+mod vertex_auth;
 
 #[cfg(any(test, feature = "fake"))]
 pub mod fake_fal;
+#[cfg(any(test, feature = "fake"))]
+pub mod fake_vertex;
 #[cfg(test)]
 mod fal_tests;
 #[cfg(test)]
 mod guard_tests;
 #[cfg(test)]
 mod scripted;
+#[cfg(test)]
+mod vertex_tests;
 
 use std::fmt;
 
@@ -39,6 +45,8 @@ pub use error::{Failed, ProviderError};
 pub use fal::{FalConfig, FalProvider};
 pub use guard::{BreakerState, GuardConfig, GuardSnapshot, Guarded};
 pub use retry::{generate_with_retries, parse_retry_after, RetryPolicy};
+pub use vertex::{VertexConfig, VertexProvider};
+pub use vertex_auth::TokenSource;
 
 /// What a job asks the provider to produce.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
