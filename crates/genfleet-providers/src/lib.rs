@@ -28,11 +28,15 @@ mod http;
 mod kserve;
 mod kserve_tensor;
 mod retry;
+mod vertex;
+mod vertex_auth;
 
 #[cfg(any(test, feature = "fake"))]
 pub mod fake_fal;
 #[cfg(any(test, feature = "fake"))]
 pub mod fake_kserve;
+#[cfg(any(test, feature = "fake"))]
+pub mod fake_vertex;
 #[cfg(test)]
 mod fal_resume_tests;
 #[cfg(test)]
@@ -43,6 +47,8 @@ mod guard_tests;
 mod kserve_tests;
 #[cfg(test)]
 mod scripted;
+#[cfg(test)]
+mod vertex_tests;
 
 use std::fmt;
 
@@ -51,6 +57,8 @@ pub use fal::{FalConfig, FalProvider};
 pub use guard::{BreakerState, GuardConfig, GuardSnapshot, Guarded};
 pub use kserve::{Contract, KServeConfig, KServeProvider, ModelMetadata, TensorMetadata};
 pub use retry::{call_with_retries, generate_with_retries, parse_retry_after, RetryPolicy};
+pub use vertex::{VertexConfig, VertexProvider};
+pub use vertex_auth::TokenSource;
 
 /// What a job asks the provider to produce.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
