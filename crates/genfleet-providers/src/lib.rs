@@ -22,14 +22,24 @@ mod error;
 mod fal;
 mod guard;
 mod http;
+mod openai;
+mod replicate;
 mod retry;
 
 #[cfg(any(test, feature = "fake"))]
 pub mod fake_fal;
+#[cfg(any(test, feature = "fake"))]
+pub mod fake_openai;
+#[cfg(any(test, feature = "fake"))]
+pub mod fake_replicate;
 #[cfg(test)]
 mod fal_tests;
 #[cfg(test)]
 mod guard_tests;
+#[cfg(test)]
+mod openai_tests;
+#[cfg(test)]
+mod replicate_tests;
 #[cfg(test)]
 mod scripted;
 
@@ -38,6 +48,8 @@ use std::fmt;
 pub use error::{Failed, ProviderError};
 pub use fal::{FalConfig, FalProvider};
 pub use guard::{BreakerState, GuardConfig, GuardSnapshot, Guarded};
+pub use openai::{OpenAiConfig, OpenAiProvider};
+pub use replicate::{ReplicateConfig, ReplicateProvider};
 pub use retry::{generate_with_retries, parse_retry_after, RetryPolicy};
 
 /// What a job asks the provider to produce.
