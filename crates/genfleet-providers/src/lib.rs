@@ -27,6 +27,8 @@ mod guard;
 mod http;
 mod kserve;
 mod kserve_tensor;
+mod openai;
+mod replicate;
 mod retry;
 mod vertex;
 mod vertex_auth;
@@ -35,6 +37,10 @@ mod vertex_auth;
 pub mod fake_fal;
 #[cfg(any(test, feature = "fake"))]
 pub mod fake_kserve;
+#[cfg(any(test, feature = "fake"))]
+pub mod fake_openai;
+#[cfg(any(test, feature = "fake"))]
+pub mod fake_replicate;
 #[cfg(any(test, feature = "fake"))]
 pub mod fake_vertex;
 #[cfg(test)]
@@ -46,6 +52,10 @@ mod guard_tests;
 #[cfg(test)]
 mod kserve_tests;
 #[cfg(test)]
+mod openai_tests;
+#[cfg(test)]
+mod replicate_tests;
+#[cfg(test)]
 mod scripted;
 #[cfg(test)]
 mod vertex_tests;
@@ -56,6 +66,8 @@ pub use error::{Failed, ProviderError};
 pub use fal::{FalConfig, FalProvider};
 pub use guard::{BreakerState, GuardConfig, GuardSnapshot, Guarded};
 pub use kserve::{Contract, KServeConfig, KServeProvider, ModelMetadata, TensorMetadata};
+pub use openai::{OpenAiConfig, OpenAiProvider};
+pub use replicate::{ReplicateConfig, ReplicateProvider};
 pub use retry::{call_with_retries, generate_with_retries, parse_retry_after, RetryPolicy};
 pub use vertex::{VertexConfig, VertexProvider};
 pub use vertex_auth::TokenSource;

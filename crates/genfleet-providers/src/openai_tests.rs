@@ -1,0 +1,495 @@
+//! [`OpenAiProvider`] through [`generate_with_retries`] against the fake
+//! OpenAI images server over real loopback HTTP: one test per fake
+//! behaviour, plus the request shapes (JSON and multipart) and the
+//! redaction rules.
+
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::time::Instant;
+
+use crate::fake_openai::FakeOpenAi;
+use crate::{
+    generate_with_retries, GenerationRequest, InputImage, InputRole, JobKind, OpenAiConfig,
+    OpenAiProvider, Provider, ProviderError, RetryPolicy,
+};
+
+const PNG_SIGNATURE: &[u8] = b"\x89PNG\r\n\x1a\n";
+const KEY: &str = "sk-test-key-0123";
+
+fn client() -> reqwest::Client {
+    // reqwest is built without a crypto provider; the binary installs ring.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+}
+
+fn config(fake: &FakeOpenAi) -> OpenAiConfig {
+    OpenAiConfig {
+        base_url: fake.base_url.clone(),
+        api_key: KEY.into(),
+        organization: None,
+        request_timeout: Duration::from_secs(5),
+        max_output_bytes: 1024 * 1024,
+    }
+}
+
+fn provider(fake: &FakeOpenAi) -> OpenAiProvider {
+    OpenAiProvider::new(config(fake), client())
+}
+
+fn request(model: &str) -> GenerationRequest {
+    GenerationRequest {
+        job_id: "job-7".into(),
+        kind: JobKind::ProductPhoto,
+        model: model.into(),
+        prompt: "a red sneaker on marble".into(),
+        negative_prompt: String::new(),
+        seed: Some(7),
+        count: 1,
+        aspect_ratio: String::new(),
+        parameters: serde_json::Map::new(),
+        inputs: Vec::new(),
+        deadline: None,
+    }
+}
+
+fn policy() -> RetryPolicy {
+    RetryPolicy {
+        max_attempts: 4,
+        initial_delay: Duration::from_millis(10),
+        max_delay: Duration::from_millis(50),
+    }
+}
+
+fn image(role: InputRole, bytes: &'static [u8]) -> InputImage {
+    InputImage {
+        role,
+        content_type: "image/png".into(),
+        bytes: bytes::Bytes::from_static(bytes),
+    }
+}
+
+/// An inpainting request: a product photo and its mask.
+fn inpaint(model: &str) -> GenerationRequest {
+    let mut request = request(model);
+    request.kind = JobKind::Inpaint;
+    request.prompt = "remove the logo".into();
+    request.inputs = vec![
+        image(InputRole::Mask, b"MASK-BYTES"),
+        image(InputRole::Product, b"PRODUCT-BYTES"),
+    ];
+    request
+}
+
+fn class(err: &ProviderError) -> String {
+    format!("{err:?}")
+        .split([' ', '{'])
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn generations_return_decoded_pngs() {
+    let fake = FakeOpenAi::start().await.unwrap();
+    let provider = OpenAiProvider::new(
+        OpenAiConfig {
+            organization: Some("org-test".into()),
+            ..config(&fake)
+        },
+        client(),
+    );
+    let mut request = request("test/ok");
+    request.count = 2;
+    let output = generate_with_retries(&provider, &request, &policy())
+        .await
+        .unwrap();
+    assert_eq!(output.attempts, 1);
+    assert!(output
+        .request_id
+        .as_deref()
+        .is_some_and(|id| id.starts_with("req_fake")));
+    assert_eq!(output.artifacts.len(), 2);
+    for artifact in &output.artifacts {
+        assert_eq!(artifact.content_type, "image/png");
+        assert!(artifact.bytes.starts_with(PNG_SIGNATURE));
+    }
+    assert_ne!(output.artifacts[0].bytes, output.artifacts[1].bytes);
+    let seen = fake.last_call().unwrap();
+    assert_eq!(seen.endpoint, "generations");
+    assert_eq!(seen.authorization, format!("Bearer {KEY}"));
+    assert_eq!(seen.organization.as_deref(), Some("org-test"));
+    let fields: Vec<(&str, &str)> = seen
+        .fields
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    assert_eq!(
+        fields,
+        [
+            ("model", "test/ok"),
+            ("n", "2"),
+            ("prompt", "a red sneaker on marble"),
+            ("response_format", "b64_json"),
+        ]
+    );
+    assert_eq!(fake.calls_for("test/ok"), 1);
+}
+
+#[tokio::test]
+async fn sizes_and_parameters_shape_the_generation() {
+    let fake = FakeOpenAi::start().await.unwrap();
+    let mut request = request("gpt-image-1");
+    request.aspect_ratio = "16:9".into();
+    generate_with_retries(&provider(&fake), &request, &policy())
+        .await
+        .unwrap();
+    let seen = fake.last_call().unwrap();
+    assert_eq!(seen.fields["size"], "1536x1024");
+    assert!(
+        !seen.fields.contains_key("response_format"),
+        "gpt-image models refuse response_format"
+    );
+
+    let mut request = self::request("dall-e-2");
+    request.aspect_ratio = "9:16".into();
+    request.parameters.insert("size".into(), json!("512x512"));
+    request.parameters.insert("quality".into(), json!("hd"));
+    request
+        .parameters
+        .insert("response_format".into(), serde_json::Value::Null);
+    generate_with_retries(&provider(&fake), &request, &policy())
+        .await
+        .unwrap();
+    let seen = fake.last_call().unwrap();
+    assert_eq!(seen.fields["size"], "512x512");
+    assert_eq!(seen.fields["quality"], "hd");
+    assert!(!seen.fields.contains_key("response_format"));
+}
+
+#[tokio::test]
+async fn inpainting_sends_image_mask_and_prompt_as_multipart() {
+    let fake = FakeOpenAi::start().await.unwrap();
+    let mut request = inpaint("test/ok");
+    request.aspect_ratio = "1:1".into();
+    request
+        .parameters
+        .insert("input_fidelity".into(), json!("high"));
+    request.parameters.insert("n".into(), json!(2));
+    // Files come from the inputs only.
+    request
+        .parameters
+        .insert("image".into(), json!("elsewhere"));
+    let output = generate_with_retries(&provider(&fake), &request, &policy())
+        .await
+        .unwrap();
+    assert_eq!(output.artifacts.len(), 2);
+    assert_eq!(fake.last_edit_had_mask(), Some(true));
+    let seen = fake.last_call().unwrap();
+    assert_eq!(seen.endpoint, "edits");
+    assert_eq!(seen.authorization, format!("Bearer {KEY}"));
+    assert_eq!(seen.fields["prompt"], "remove the logo");
+    assert_eq!(seen.fields["model"], "test/ok");
+    assert_eq!(seen.fields["n"], "2");
+    assert_eq!(seen.fields["size"], "1024x1024");
+    assert_eq!(seen.fields["response_format"], "b64_json");
+    assert_eq!(seen.fields["input_fidelity"], "high");
+    assert!(!seen.fields.contains_key("image"));
+    let image = &seen.files["image"];
+    assert_eq!(image.bytes, b"PRODUCT-BYTES");
+    assert_eq!(image.content_type, "image/png");
+    assert_eq!(image.filename, "image.png");
+    let mask = &seen.files["mask"];
+    assert_eq!(mask.bytes, b"MASK-BYTES");
+    assert_eq!(mask.filename, "mask.png");
+}
+
+#[tokio::test]
+async fn inpainting_without_a_mask_is_unsupported() {
+    let fake = FakeOpenAi::start().await.unwrap();
+    let mut request = inpaint("test/ok");
+    request.inputs.retain(|input| input.role != InputRole::Mask);
+    let failed = generate_with_retries(&provider(&fake), &request, &policy())
+        .await
+        .unwrap_err();
+    assert_eq!(failed.attempts, 1);
+    assert_eq!(class(&failed.error), "Unsupported");
+    assert_eq!(
+        failed.error.to_string(),
+        "a Inpaint job needs a mask image, and the request has none"
+    );
+    assert_eq!(fake.calls(), 0);
+}
+
+#[tokio::test]
+async fn product_photos_with_an_input_are_edits_without_a_mask() {
+    let fake = FakeOpenAi::start().await.unwrap();
+    let mut request = request("test/ok");
+    request.inputs = vec![image(InputRole::Reference, b"REFERENCE")];
+    generate_with_retries(&provider(&fake), &request, &policy())
+        .await
+        .unwrap();
+    assert_eq!(fake.last_edit_had_mask(), Some(false));
+    assert_eq!(fake.last_call().unwrap().files["image"].bytes, b"REFERENCE");
+
+    request.kind = JobKind::BatchEdit;
+    generate_with_retries(&provider(&fake), &request, &policy())
+        .await
+        .unwrap();
+    assert_eq!(fake.last_call().unwrap().endpoint, "edits");
+    assert_eq!(fake.calls(), 2);
+}
+
+#[tokio::test]
+async fn other_kinds_and_missing_inputs_are_unsupported() {
+    let fake = FakeOpenAi::start().await.unwrap();
+    for kind in [
+        JobKind::BackgroundRemoval,
+        JobKind::Upscale,
+        JobKind::VirtualTryOn,
+        JobKind::ImageToVideo,
+        JobKind::BatchEdit,
+    ] {
+        let mut request = request("test/ok");
+        request.kind = kind;
+        let failed = generate_with_retries(&provider(&fake), &request, &policy())
+            .await
+            .unwrap_err();
+        assert_eq!(failed.attempts, 1, "{kind:?}");
+        assert_eq!(failed.error.code(), "invalid_input", "{kind:?}");
+    }
+    assert_eq!(fake.calls(), 0);
+}
+
+#[tokio::test]
+async fn policy_refusals_are_rejections() {
+    let fake = FakeOpenAi::start().await.unwrap();
+    let failed = generate_with_retries(&provider(&fake), &inpaint("test/policy"), &policy())
+        .await
+        .unwrap_err();
+    assert_eq!(failed.attempts, 1);
+    assert_eq!(failed.error.code(), "provider_rejected");
+    let message = failed.error.to_string();
+    assert!(
+        message.starts_with(
+            "provider rejected the request: edits answered HTTP 400 (content_policy_violation): Your request was rejected"
+        ),
+        "{message}"
+    );
+    assert_eq!(fake.calls_for("test/policy"), 1);
+}
+
+#[tokio::test]
+async fn rate_limits_carry_retry_after_ms_and_are_retried() {
+    let fake = FakeOpenAi::start().await.unwrap();
+    let err = provider(&fake)
+        .generate(&request("test/rate"))
+        .await
+        .unwrap_err();
+    assert_eq!(class(&err), "Unavailable");
+    assert_eq!(err.retry_after(), Some(Duration::from_millis(200)));
+
+    let fake = FakeOpenAi::start().await.unwrap();
+    let policy = RetryPolicy {
+        max_delay: Duration::from_secs(1),
+        ..policy()
+    };
+    let start = Instant::now();
+    let output = generate_with_retries(&provider(&fake), &request("test/rate"), &policy)
+        .await
+        .unwrap();
+    assert_eq!(output.attempts, 2);
+    assert!(start.elapsed() >= Duration::from_millis(200));
+    assert_eq!(fake.calls_for("test/rate"), 2);
+}
+
+#[tokio::test]
+async fn an_exhausted_quota_is_unauthorized_not_retried() {
+    let fake = FakeOpenAi::start().await.unwrap();
+    let failed = generate_with_retries(&provider(&fake), &request("test/quota"), &policy())
+        .await
+        .unwrap_err();
+    assert_eq!(failed.attempts, 1);
+    assert_eq!(class(&failed.error), "Unauthorized");
+    assert!(!failed.error.is_retryable());
+    assert!(
+        failed.error.to_string().contains("(insufficient_quota)"),
+        "{failed}"
+    );
+    assert_eq!(fake.calls_for("test/quota"), 1);
+}
+
+#[tokio::test]
+async fn server_errors_are_retried_up_to_max_attempts() {
+    let fake = FakeOpenAi::start().await.unwrap();
+    let failed = generate_with_retries(&provider(&fake), &request("test/down"), &policy())
+        .await
+        .unwrap_err();
+    assert_eq!(failed.attempts, 4);
+    assert_eq!(class(&failed.error), "Unavailable");
+    assert_eq!(fake.calls_for("test/down"), 4);
+}
+
+#[tokio::test]
+async fn slow_answers_time_out_as_unavailable_or_hit_the_deadline() {
+    let fake = FakeOpenAi::start().await.unwrap();
+    let provider = OpenAiProvider::new(
+        OpenAiConfig {
+            request_timeout: Duration::from_millis(100),
+            ..config(&fake)
+        },
+        client(),
+    );
+    let policy = RetryPolicy {
+        max_attempts: 2,
+        ..policy()
+    };
+    let failed = generate_with_retries(&provider, &request("test/slow"), &policy)
+        .await
+        .unwrap_err();
+    assert_eq!(failed.attempts, 2);
+    assert_eq!(class(&failed.error), "Unavailable");
+    let message = failed.error.to_string();
+    assert!(
+        message.starts_with("provider unavailable: request timed out"),
+        "{message}"
+    );
+    assert!(!message.contains("127.0.0.1"), "URL leaked into {message}");
+    assert_eq!(fake.calls_for("test/slow"), 2);
+
+    let mut request = request("test/slow");
+    let start = Instant::now();
+    request.deadline = Some(start + Duration::from_millis(150));
+    let failed = generate_with_retries(&self::provider(&fake), &request, &policy)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(failed.error, ProviderError::DeadlineExceeded),
+        "{failed}"
+    );
+    assert_eq!(failed.attempts, 1);
+    assert!(start.elapsed() < Duration::from_secs(1));
+}
+
+#[tokio::test]
+async fn url_outputs_are_downloaded_without_the_key() {
+    let fake = FakeOpenAi::start().await.unwrap();
+    let mut request = request("test/url");
+    request.count = 2;
+    let output = generate_with_retries(&provider(&fake), &request, &policy())
+        .await
+        .unwrap();
+    assert_eq!(output.artifacts.len(), 2);
+    assert_eq!(output.artifacts[0].content_type, "image/png");
+    assert!(output.artifacts[0].bytes.starts_with(PNG_SIGNATURE));
+    assert_eq!(fake.downloads(), 2);
+    assert!(!fake.key_reached_file_host());
+}
+
+#[tokio::test]
+async fn malformed_answers_are_retried_once() {
+    let fake = FakeOpenAi::start().await.unwrap();
+    let failed = generate_with_retries(&provider(&fake), &request("test/malformed"), &policy())
+        .await
+        .unwrap_err();
+    assert_eq!(failed.attempts, 2);
+    assert_eq!(class(&failed.error), "Malformed");
+    assert!(
+        failed
+            .error
+            .to_string()
+            .starts_with("provider answered with a malformed body: generations answer is not the expected images JSON: truncated (line 1"),
+        "{failed}"
+    );
+    assert_eq!(fake.calls_for("test/malformed"), 2);
+}
+
+#[tokio::test]
+async fn a_missing_key_is_unauthorized() {
+    let fake = FakeOpenAi::start().await.unwrap();
+    let provider = OpenAiProvider::new(
+        OpenAiConfig {
+            api_key: String::new(),
+            ..config(&fake)
+        },
+        client(),
+    );
+    let failed = generate_with_retries(&provider, &request("test/ok"), &policy())
+        .await
+        .unwrap_err();
+    assert_eq!(failed.attempts, 1);
+    assert_eq!(class(&failed.error), "Unauthorized");
+    assert_eq!(
+        failed.error.to_string(),
+        "provider credentials were refused: generations answered HTTP 401 (invalid_api_key): Incorrect API key provided."
+    );
+    assert_eq!(fake.unauthorized(), 1);
+}
+
+#[tokio::test]
+async fn unfit_key_or_organization_fail_without_a_call() {
+    let fake = FakeOpenAi::start().await.unwrap();
+    for config in [
+        OpenAiConfig {
+            api_key: "sk-bad\nkey".into(),
+            ..config(&fake)
+        },
+        OpenAiConfig {
+            organization: Some("org\r\nx".into()),
+            ..config(&fake)
+        },
+    ] {
+        let provider = OpenAiProvider::new(config, client());
+        let failed = generate_with_retries(&provider, &request("test/ok"), &policy())
+            .await
+            .unwrap_err();
+        assert_eq!(class(&failed.error), "Unauthorized");
+        assert!(!failed.error.to_string().contains("sk-bad"), "{failed}");
+    }
+    assert_eq!(fake.calls() + fake.unauthorized(), 0);
+}
+
+#[tokio::test]
+async fn unknown_models_are_rejected() {
+    let fake = FakeOpenAi::start().await.unwrap();
+    let failed = generate_with_retries(&provider(&fake), &request("test/nope"), &policy())
+        .await
+        .unwrap_err();
+    assert_eq!(failed.attempts, 1);
+    assert_eq!(class(&failed.error), "Rejected");
+    assert!(
+        failed.error.to_string().contains("(model_not_found)"),
+        "{failed}"
+    );
+}
+
+#[tokio::test]
+async fn outputs_over_the_size_cap_are_refused() {
+    let fake = FakeOpenAi::start().await.unwrap();
+    let provider = OpenAiProvider::new(
+        OpenAiConfig {
+            max_output_bytes: 1000,
+            ..config(&fake)
+        },
+        client(),
+    );
+    let failed = generate_with_retries(&provider, &request("test/ok"), &policy())
+        .await
+        .unwrap_err();
+    assert_eq!(failed.attempts, 1);
+    assert_eq!(class(&failed.error), "Rejected");
+}
+
+#[test]
+fn plans_print_no_prompt_or_image_bytes() {
+    let call = crate::openai::plan(&inpaint("test/ok")).unwrap();
+    let text = format!("{call:?}");
+    assert!(!text.contains("remove the logo"), "{text}");
+    assert!(!text.contains("PRODUCT"), "{text}");
+    assert!(text.contains("Edits"), "{text}");
+
+    let call = crate::openai::plan(&request("test/ok")).unwrap();
+    let text = format!("{call:?}");
+    assert!(!text.contains("sneaker"), "{text}");
+    assert!(text.contains("Generations"), "{text}");
+}

@@ -1,0 +1,1302 @@
+//! Replicate's predictions API: create a prediction (holding the request
+//! open with `Prefer: wait` while it runs), poll `urls.get` until it
+//! finishes, copy the output files out of Replicate's short-lived URLs.
+//!
+//! One [`ReplicateProvider::generate`] call is one attempt; it never creates
+//! twice (Replicate has no idempotency key, so a second create may be billed
+//! twice). It rides out a few transient failures while *polling*, because
+//! giving up there would make the caller create a prediction that is still
+//! running. With a [`SubmissionLog`], each prediction is recorded under the
+//! job id as soon as create answers, and a later attempt of the same job
+//! (its worker died) resumes it instead of creating another. The record is
+//! written after create answers, so a worker that dies while create holds
+//! the request open (`Prefer: wait`) leaves nothing to resume: the next
+//! attempt creates again. [`ReplicateConfig::wait_seconds`] = 0 narrows that
+//! window to one round trip.
+//!
+//! The model name picks the endpoint: `owner/name` creates through
+//! `POST /v1/models/{owner}/{name}/predictions` (the model's latest
+//! version), `owner/name:version` through `POST /v1/predictions`.
+//!
+//! The input JSON, per job kind (images as base64 data URIs; then
+//! `request.parameters` merged over it, a parameter winning over a field
+//! built here):
+//!
+//! | kind                | fields                                                                  |
+//! |---------------------|-------------------------------------------------------------------------|
+//! | `ProductPhoto`      | prompt, negative_prompt, seed, num_outputs, aspect_ratio, `image` if any |
+//! | `BatchEdit`         | the same, `image` required                                              |
+//! | `Inpaint`           | the same, `image` and `mask` required                                   |
+//! | `BackgroundRemoval` | `image` only                                                            |
+//! | `Upscale`           | `image` only (`scale` comes from parameters)                            |
+//! | `VirtualTryOn`      | `human_img`, `garm_img` (IDM-VTON's names), prompt, negative_prompt, seed |
+//! | `ImageToVideo`      | `image`, prompt, negative_prompt, seed, aspect_ratio                    |
+//!
+//! prompt, negative_prompt and aspect_ratio are sent only when non-empty.
+//! Utility models (background removal, upscalers) get no generation fields
+//! and try-on/video models no `num_outputs`: their schemas have none, and a
+//! field a model does not declare is at best ignored.
+//!
+//! A prediction's end state is classified here:
+//!
+//! | status      | outcome                                                          |
+//! |-------------|------------------------------------------------------------------|
+//! | `succeeded` | outputs downloaded; none at all is `Malformed`                    |
+//! | `failed`    | `Rejected`: a safety message (NSFW, safety, sensitive) or the model failing on this input; see [`failure`] |
+//! | `canceled`  | `Rejected` ("canceled at the provider")                          |
+//! | `aborted`   | `Unavailable`: stopped before it ran, not billed, worth a retry   |
+//!
+//! The token goes only to URLs on the configured base URL's origin, never
+//! to the file host. Logs carry the provider, prediction id and status codes
+//! only: never the token, prompt, bytes or URLs.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION};
+use reqwest::{RequestBuilder, Response, StatusCode};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use tokio::time::Instant;
+use url::Url;
+
+use crate::http::{
+    self, data_uri, describe_transport, scrub_prompts, truncate, CONTROL_BODY_LIMIT, DETAIL_CHARS,
+};
+use crate::{
+    Artifact, Checked, GenerationOutput, GenerationRequest, InputImage, InputRole, JobKind,
+    Provider, ProviderError, Resumable, SubmissionLog,
+};
+
+/// The name in logs, metric labels and the submission log.
+const PROVIDER: &str = "replicate";
+/// Consecutive failed polls tolerated before the attempt gives up on its
+/// prediction. A blip while polling should not turn into a (billed) create.
+const STATUS_POLL_FAILURE_LIMIT: u32 = 3;
+/// The cancel after a missed deadline is best-effort; don't hold the worker.
+const CANCEL_TIMEOUT: Duration = Duration::from_secs(2);
+/// Replicate holds a `Prefer: wait` request at most this long.
+const MAX_WAIT_SECONDS: u32 = 60;
+/// Room beyond the `Prefer: wait` hold for the create exchange itself.
+const WAIT_SLACK: Duration = Duration::from_secs(10);
+/// Shortest `Cancel-After` sent. Replicate's minimum is not documented;
+/// asking for less than a few seconds could be refused (failing the job),
+/// and the client cancels at the deadline itself anyway.
+const MIN_CANCEL_AFTER_SECONDS: u64 = 5;
+/// A rate-limit reset further out than this is not a hint worth honouring.
+const MAX_RESET_HINT: Duration = Duration::from_secs(3600);
+
+/// Connection settings for Replicate.
+#[derive(Clone)]
+pub struct ReplicateConfig {
+    /// API root; `https://api.replicate.com/` in production.
+    pub base_url: Url,
+    /// API token, sent as `Authorization: Bearer <token>`. Never logged;
+    /// `Debug` prints `[redacted]`.
+    pub token: String,
+    /// Upper bound on any single HTTP exchange (one poll, one download),
+    /// body included; a create with `Prefer: wait` gets at least the wait
+    /// plus 10 s. The job deadline may cut any of them shorter.
+    pub request_timeout: Duration,
+    /// Wait between polls of a prediction that create did not see finish.
+    pub poll_interval: Duration,
+    /// Seconds create asks Replicate to hold the request while the
+    /// prediction runs (`Prefer: wait=N`, at most 60), cut to the time left
+    /// before the deadline; 0 sends no `Prefer` header and polls at once.
+    pub wait_seconds: u32,
+    /// Largest output file accepted; bigger ones fail the attempt rather
+    /// than exhaust worker memory.
+    pub max_output_bytes: u64,
+}
+
+impl ReplicateConfig {
+    /// Replicate's production API.
+    pub const DEFAULT_BASE_URL: &'static str = "https://api.replicate.com/";
+}
+
+impl Default for ReplicateConfig {
+    /// Production endpoint, no token, 60 s per exchange, a 1 s poll
+    /// (Replicate's own clients poll about that often; most image models
+    /// finish inside the 60 s `Prefer: wait` hold anyway) and a 200 MB
+    /// output cap (short videos fit, a runaway body does not).
+    fn default() -> Self {
+        Self {
+            base_url: Url::parse(Self::DEFAULT_BASE_URL)
+                .expect("the default Replicate base URL is a valid URL literal"),
+            token: String::new(),
+            request_timeout: Duration::from_secs(60),
+            poll_interval: Duration::from_secs(1),
+            wait_seconds: MAX_WAIT_SECONDS,
+            max_output_bytes: 200 * 1024 * 1024,
+        }
+    }
+}
+
+impl fmt::Debug for ReplicateConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReplicateConfig")
+            .field("base_url", &self.base_url.as_str())
+            .field("token", &"[redacted]")
+            .field("request_timeout", &self.request_timeout)
+            .field("poll_interval", &self.poll_interval)
+            .field("wait_seconds", &self.wait_seconds)
+            .field("max_output_bytes", &self.max_output_bytes)
+            .finish()
+    }
+}
+
+/// A [`Provider`] (and [`Resumable`]) for models hosted on Replicate.
+pub struct ReplicateProvider {
+    config: ReplicateConfig,
+    client: reqwest::Client,
+    /// Built once; an unusable token is reported on every call rather than
+    /// panicking at start-up, since `new` cannot fail.
+    authorization: Result<HeaderValue, String>,
+    submissions: Option<Arc<dyn SubmissionLog>>,
+}
+
+impl fmt::Debug for ReplicateProvider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReplicateProvider")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ReplicateProvider {
+    /// `client` should be the process-wide client (connection pooling);
+    /// per-exchange timeouts come from `config`.
+    pub fn new(config: ReplicateConfig, client: reqwest::Client) -> Self {
+        let authorization = HeaderValue::from_str(&format!("Bearer {}", config.token))
+            .map(|mut value| {
+                // Keeps the value out of hyper's and reqwest's debug output.
+                value.set_sensitive(true);
+                value
+            })
+            .map_err(|_| {
+                "the configured replicate token contains characters not allowed in an HTTP header"
+                    .to_owned()
+            });
+        Self {
+            config,
+            client,
+            authorization,
+            submissions: None,
+        }
+    }
+
+    /// Records predictions in `log` and resumes recorded ones.
+    #[must_use]
+    pub fn with_submission_log(mut self, log: Arc<dyn SubmissionLog>) -> Self {
+        self.submissions = Some(log);
+        self
+    }
+}
+
+#[async_trait::async_trait]
+impl Provider for ReplicateProvider {
+    fn name(&self) -> &str {
+        PROVIDER
+    }
+
+    async fn generate(
+        &self,
+        request: &GenerationRequest,
+    ) -> Result<GenerationOutput, ProviderError> {
+        let generated = self.generate_once(request).await;
+        if generated.is_err() {
+            // This attempt is over: the next one must not resume it.
+            if let Some(log) = &self.submissions {
+                if let Err(e) = log.forget(&request.job_id, PROVIDER).await {
+                    tracing::warn!(error = %e, "could not forget the replicate prediction");
+                }
+            }
+        }
+        generated
+    }
+
+    fn resumable(&self) -> Option<&dyn Resumable> {
+        Some(self)
+    }
+}
+
+/// The queue-style face: `submit` creates without `Prefer: wait` and returns
+/// the prediction's record (`{"id", "urls": {"get", "cancel"}}`, never the
+/// token); `check` is one poll; `cancel` one cancel.
+///
+/// A record that is not JSON of that shape, or whose URLs leave the
+/// configured origin, fails as [`ProviderError::Unsupported`]: permanent,
+/// since looking again cannot make it readable.
+#[async_trait::async_trait]
+impl Resumable for ReplicateProvider {
+    #[tracing::instrument(
+        name = "replicate_submit",
+        skip_all,
+        fields(provider = PROVIDER, job_id = %request.job_id, prediction_id = tracing::field::Empty)
+    )]
+    async fn submit(&self, request: &GenerationRequest) -> Result<String, ProviderError> {
+        let authorization = self.authorization()?;
+        let target = self.create_target(request)?;
+        let (record, _) = self.create(target, &authorization, request, false).await?;
+        tracing::Span::current().record("prediction_id", record.id.as_str());
+        serde_json::to_string(&record).map_err(|err| ProviderError::Malformed {
+            message: format!("could not encode the prediction record: {err}"),
+        })
+    }
+
+    #[tracing::instrument(
+        name = "replicate_check",
+        skip_all,
+        fields(provider = PROVIDER, job_id = %request.job_id)
+    )]
+    async fn check(
+        &self,
+        request: &GenerationRequest,
+        submission: &str,
+    ) -> Result<Checked, ProviderError> {
+        let authorization = self.authorization()?;
+        let record = self.parse_record(submission)?;
+        let prediction = self.poll(&record, &authorization, request).await?;
+        if !finished(&prediction)? {
+            return Ok(Checked::Running);
+        }
+        let output = self.finish(&record, &prediction, request).await?;
+        Ok(Checked::Done(output))
+    }
+
+    async fn cancel(&self, submission: &str) -> Result<(), ProviderError> {
+        let authorization = self.authorization()?;
+        let record = self.parse_record(submission)?;
+        let url = self.api_url(&record.urls.cancel, "urls.cancel")?;
+        let builder = self.client.post(url).header(AUTHORIZATION, authorization);
+        let response = http::send(builder, self.config.request_timeout, None).await?;
+        let status = response.status();
+        // 404: Replicate no longer knows it (finished long ago, expired):
+        // nothing is running to stop.
+        if status.is_success() || status == StatusCode::NOT_FOUND {
+            tracing::info!(prediction_id = %record.id, status = status.as_u16(), "asked replicate to cancel a prediction");
+            return Ok(());
+        }
+        let headers = response.headers().clone();
+        let body = http::error_body(response).await;
+        Err(status_error("cancel", status, &headers, &body, None))
+    }
+}
+
+/// Where a create goes and what it carries.
+struct CreateTarget {
+    url: Url,
+    body: Value,
+}
+
+/// A prediction's resume data, as kept in the submission log or handed to
+/// [`Resumable`] callers. Holds no token.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+struct Record {
+    id: String,
+    urls: RecordUrls,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+struct RecordUrls {
+    get: String,
+    cancel: String,
+}
+
+/// The parts of a prediction this client reads. `input` (which echoes the
+/// prompt) is deliberately not among them.
+#[derive(Debug, Deserialize)]
+struct Prediction {
+    id: String,
+    status: String,
+    #[serde(default)]
+    output: Value,
+    #[serde(default)]
+    error: Value,
+    #[serde(default)]
+    urls: PredictionUrls,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct PredictionUrls {
+    #[serde(default)]
+    get: Option<String>,
+    #[serde(default)]
+    cancel: Option<String>,
+}
+
+impl ReplicateProvider {
+    #[tracing::instrument(
+        name = "replicate_generate",
+        skip_all,
+        fields(provider = PROVIDER, job_id = %request.job_id, prediction_id = tracing::field::Empty)
+    )]
+    async fn generate_once(
+        &self,
+        request: &GenerationRequest,
+    ) -> Result<GenerationOutput, ProviderError> {
+        let authorization = self.authorization()?;
+        // Built first: a request this client cannot send fails before any
+        // exchange, resumed or not.
+        let target = self.create_target(request)?;
+
+        let (record, prediction) = match self.recall(request).await {
+            Some(earlier) => {
+                tracing::Span::current().record("prediction_id", earlier.id.as_str());
+                match self
+                    .wait_until_finished(&earlier, &authorization, request, true)
+                    .await
+                {
+                    // Stopped rather than judged (a `Cancel-After` of the
+                    // dead attempt, an infrastructure abort): run it again.
+                    Ok(prediction)
+                        if matches!(prediction.status.as_str(), "canceled" | "aborted") =>
+                    {
+                        tracing::warn!(
+                            prediction_id = %earlier.id,
+                            status = %prediction.status,
+                            "the recorded replicate prediction was stopped; creating again"
+                        );
+                        self.create_and_wait(target, &authorization, request)
+                            .await?
+                    }
+                    // Succeeded, or failed on its input: either is this
+                    // job's outcome, and running it again would be billed.
+                    Ok(prediction) => {
+                        tracing::info!(
+                            prediction_id = %earlier.id,
+                            "resumed the replicate prediction an earlier attempt of this job created"
+                        );
+                        (earlier, prediction)
+                    }
+                    Err(err) if err.is_retryable() || err.code() == "deadline_exceeded" => {
+                        return Err(err)
+                    }
+                    // Unknown to Replicate (expired, another account): create anew.
+                    Err(err) => {
+                        tracing::warn!(
+                            prediction_id = %earlier.id,
+                            code = err.code(),
+                            "the recorded replicate prediction cannot be resumed; creating again"
+                        );
+                        self.create_and_wait(target, &authorization, request)
+                            .await?
+                    }
+                }
+            }
+            None => {
+                self.create_and_wait(target, &authorization, request)
+                    .await?
+            }
+        };
+        self.finish(&record, &prediction, request).await
+    }
+
+    /// The built `Authorization` header, or why there is none.
+    fn authorization(&self) -> Result<HeaderValue, ProviderError> {
+        self.authorization
+            .clone()
+            .map_err(|message| ProviderError::Unauthorized { message })
+    }
+
+    /// The outputs of a finished prediction, downloaded, or the error its
+    /// end state means.
+    async fn finish(
+        &self,
+        record: &Record,
+        prediction: &Prediction,
+        request: &GenerationRequest,
+    ) -> Result<GenerationOutput, ProviderError> {
+        let urls = outcome(prediction, request)?;
+        let mut artifacts = Vec::with_capacity(urls.len());
+        for url in urls {
+            artifacts.push(self.download(url, request.deadline).await?);
+        }
+        tracing::debug!(
+            prediction_id = %record.id,
+            artifacts = artifacts.len(),
+            "replicate prediction succeeded"
+        );
+        Ok(GenerationOutput {
+            artifacts,
+            attempts: 1,
+            request_id: Some(record.id.clone()),
+        })
+    }
+
+    /// The prediction an earlier attempt of this job recorded, if any and
+    /// if its URLs still point at the configured origin.
+    async fn recall(&self, request: &GenerationRequest) -> Option<Record> {
+        let log = self.submissions.as_ref()?;
+        let recorded = match log.recall(&request.job_id, PROVIDER).await {
+            Ok(recorded) => recorded?,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read the replicate submission log");
+                return None;
+            }
+        };
+        match self.parse_record(&recorded) {
+            Ok(record) => Some(record),
+            Err(_) => {
+                tracing::warn!("ignoring an unreadable replicate submission record");
+                None
+            }
+        }
+    }
+
+    /// A record from the log or a [`Resumable`] caller, refused when its
+    /// URLs leave the configured origin: the token is attached to them.
+    fn parse_record(&self, raw: &str) -> Result<Record, ProviderError> {
+        let record: Record =
+            serde_json::from_str(raw).map_err(|err| ProviderError::Unsupported {
+                message: format!(
+                    "the submission record is not a replicate prediction record (id, urls.get, urls.cancel): {}",
+                    http::json_problem(&err)
+                ),
+            })?;
+        for (raw, what) in [
+            (&record.urls.get, "urls.get"),
+            (&record.urls.cancel, "urls.cancel"),
+        ] {
+            self.api_url(raw, what)
+                .map_err(|err| ProviderError::Unsupported {
+                    message: format!("the submission record is unusable: {err}"),
+                })?;
+        }
+        Ok(record)
+    }
+
+    async fn create_and_wait(
+        &self,
+        target: CreateTarget,
+        authorization: &HeaderValue,
+        request: &GenerationRequest,
+    ) -> Result<(Record, Prediction), ProviderError> {
+        let (record, prediction) = self.create(target, authorization, request, true).await?;
+        tracing::Span::current().record("prediction_id", record.id.as_str());
+        tracing::debug!(prediction_id = %record.id, status = %prediction.status, "created a replicate prediction");
+        if let Some(log) = &self.submissions {
+            // Recorded before waiting: a worker that dies from here on leaves
+            // the prediction for the job's next attempt to resume.
+            let recorded = serde_json::to_string(&record).unwrap_or_default();
+            if let Err(e) = log.remember(&request.job_id, PROVIDER, &recorded).await {
+                tracing::warn!(error = %e, "could not record the replicate prediction");
+            }
+        }
+        if finished(&prediction)? {
+            return Ok((record, prediction));
+        }
+        let prediction = self
+            .wait_until_finished(&record, authorization, request, false)
+            .await?;
+        Ok((record, prediction))
+    }
+
+    /// The create URL and body for `request`, after checking that the model
+    /// is `owner/name` or `owner/name:version` so a model name cannot point
+    /// the token elsewhere.
+    fn create_target(&self, request: &GenerationRequest) -> Result<CreateTarget, ProviderError> {
+        let input = build_input(request)?;
+        let model = request.model.as_str();
+        let invalid = || {
+            ProviderError::Unsupported {
+            message: format!(
+                "model {model:?} is not a replicate model (expected owner/name or owner/name:version)"
+            ),
+        }
+        };
+        let (path, version) = match model.split_once(':') {
+            Some((path, version)) => (path, Some(version)),
+            None => (model, None),
+        };
+        let segments: Vec<&str> = path.split('/').collect();
+        let [owner, name] = segments.as_slice() else {
+            return Err(invalid());
+        };
+        if !valid_segment(owner) || !valid_segment(name) || !version.is_none_or(valid_segment) {
+            return Err(invalid());
+        }
+        let (path, body) = match version {
+            Some(version) => (
+                "v1/predictions".to_owned(),
+                serde_json::json!({"version": version, "input": input}),
+            ),
+            None => (
+                format!("v1/models/{owner}/{name}/predictions"),
+                serde_json::json!({"input": input}),
+            ),
+        };
+        let url = self.endpoint(&path).map_err(|_| invalid())?;
+        Ok(CreateTarget { url, body })
+    }
+
+    /// `{base}/{path}`; `path` has been checked to hold plain segments only.
+    fn endpoint(&self, path: &str) -> Result<Url, url::ParseError> {
+        let base = self.config.base_url.as_str().trim_end_matches('/');
+        Url::parse(&format!("{base}/{path}"))
+    }
+
+    /// Parses a URL Replicate handed back and refuses one off the base
+    /// URL's origin: the token is attached to it.
+    fn api_url(&self, raw: &str, what: &str) -> Result<Url, ProviderError> {
+        let url = Url::parse(raw).map_err(|_| ProviderError::Malformed {
+            message: format!("{what} is not a valid URL"),
+        })?;
+        if url.origin() != self.config.base_url.origin() {
+            return Err(ProviderError::Malformed {
+                message: format!("{what} points outside the configured replicate base URL"),
+            });
+        }
+        Ok(url)
+    }
+
+    /// Creates the prediction; with `wait`, asks Replicate to hold the
+    /// answer until it finishes (or the hold ends).
+    async fn create(
+        &self,
+        target: CreateTarget,
+        authorization: &HeaderValue,
+        request: &GenerationRequest,
+        wait: bool,
+    ) -> Result<(Record, Prediction), ProviderError> {
+        let deadline = request.deadline;
+        let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        let mut builder = self
+            .client
+            .post(target.url)
+            .header(AUTHORIZATION, authorization.clone())
+            .json(&target.body);
+        let mut timeout = self.config.request_timeout;
+        let hold = if wait {
+            let mut hold = u64::from(self.config.wait_seconds.min(MAX_WAIT_SECONDS));
+            if let Some(left) = left {
+                // Whole seconds only: never hold past the deadline.
+                hold = hold.min(left.as_secs());
+            }
+            hold
+        } else {
+            0
+        };
+        if hold > 0 {
+            builder = builder.header("Prefer", format!("wait={hold}"));
+            timeout = timeout.max(Duration::from_secs(hold) + WAIT_SLACK);
+        }
+        if let Some(left) = left {
+            // Lets Replicate stop the prediction itself if nobody is left to
+            // collect it (this worker dies, the poll loop is dropped).
+            let seconds = (left.as_secs_f64().ceil() as u64).max(MIN_CANCEL_AFTER_SECONDS);
+            builder = builder.header("Cancel-After", format!("{seconds}s"));
+        }
+        let response = http::send(builder, timeout, deadline).await?;
+        let response = check_status(response, "create", Some(request)).await?;
+        let prediction: Prediction = http::read_json(
+            response,
+            self.prediction_limit(request),
+            deadline,
+            "create answer",
+        )
+        .await?;
+        let record = self.record_of(&prediction)?;
+        Ok((record, prediction))
+    }
+
+    /// The resume record of a prediction Replicate answered with. Its URLs
+    /// must stay on our origin; missing ones are built from the id as
+    /// Replicate documents them.
+    fn record_of(&self, prediction: &Prediction) -> Result<Record, ProviderError> {
+        if !valid_segment(&prediction.id) {
+            return Err(ProviderError::Malformed {
+                message: "the prediction id is not a plain identifier".into(),
+            });
+        }
+        let built = |suffix: &str| {
+            self.endpoint(&format!("v1/predictions/{}{suffix}", prediction.id))
+                .map(String::from)
+                .map_err(|_| ProviderError::Malformed {
+                    message: "the prediction id does not form a valid URL".into(),
+                })
+        };
+        let get = match &prediction.urls.get {
+            Some(raw) => raw.clone(),
+            None => built("")?,
+        };
+        let cancel = match &prediction.urls.cancel {
+            Some(raw) => raw.clone(),
+            None => built("/cancel")?,
+        };
+        self.api_url(&get, "urls.get")?;
+        self.api_url(&cancel, "urls.cancel")?;
+        Ok(Record {
+            id: prediction.id.clone(),
+            urls: RecordUrls { get, cancel },
+        })
+    }
+
+    /// Largest prediction body read: it echoes the input (inline images as
+    /// base64, 4 bytes per 3) and may carry outputs inline as data URIs.
+    fn prediction_limit(&self, request: &GenerationRequest) -> u64 {
+        let inputs: u64 = request
+            .inputs
+            .iter()
+            .map(|input| input.bytes.len() as u64)
+            .sum();
+        let outputs = self
+            .config
+            .max_output_bytes
+            .saturating_mul(u64::from(request.count.max(1)));
+        inputs
+            .saturating_add(outputs)
+            .saturating_mul(2)
+            .saturating_add(CONTROL_BODY_LIMIT)
+    }
+
+    /// Polls until the prediction reaches an end state and returns it.
+    /// `poll_now`: look before the first wait (a resumed prediction).
+    ///
+    /// # Errors
+    ///
+    /// [`ProviderError::DeadlineExceeded`] (after a best-effort cancel) when
+    /// the deadline passes first; the poll's own error after
+    /// [`STATUS_POLL_FAILURE_LIMIT`] consecutive retryable failures (also
+    /// after a best-effort cancel: the next attempt creates anew), or at
+    /// once for a permanent one.
+    async fn wait_until_finished(
+        &self,
+        record: &Record,
+        authorization: &HeaderValue,
+        request: &GenerationRequest,
+        poll_now: bool,
+    ) -> Result<Prediction, ProviderError> {
+        let deadline = request.deadline;
+        let mut failures = 0;
+        let mut sleep_first = !poll_now;
+        loop {
+            if sleep_first {
+                let wake = Instant::now() + self.config.poll_interval;
+                tokio::time::sleep_until(deadline.map_or(wake, |d| wake.min(d))).await;
+            }
+            sleep_first = true;
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                self.cancel_quietly(record, authorization).await;
+                return Err(ProviderError::DeadlineExceeded);
+            }
+            let polled = match self.poll(record, authorization, request).await {
+                Ok(prediction) => finished(&prediction).map(|done| (done, prediction)),
+                Err(err) => Err(err),
+            };
+            match polled {
+                Ok((true, prediction)) => return Ok(prediction),
+                Ok((false, _)) => failures = 0,
+                Err(ProviderError::DeadlineExceeded) => {
+                    self.cancel_quietly(record, authorization).await;
+                    return Err(ProviderError::DeadlineExceeded);
+                }
+                Err(err) if err.is_retryable() && failures + 1 < STATUS_POLL_FAILURE_LIMIT => {
+                    failures += 1;
+                    tracing::warn!(
+                        prediction_id = %record.id,
+                        code = err.code(),
+                        error = %err,
+                        "replicate poll failed, polling again"
+                    );
+                }
+                Err(err) => {
+                    if err.is_retryable() {
+                        // Giving up on a prediction that may still run: the
+                        // next attempt creates another, so stop this one.
+                        self.cancel_quietly(record, authorization).await;
+                    }
+                    return Err(err);
+                }
+            }
+        }
+    }
+
+    /// One `GET urls.get`.
+    async fn poll(
+        &self,
+        record: &Record,
+        authorization: &HeaderValue,
+        request: &GenerationRequest,
+    ) -> Result<Prediction, ProviderError> {
+        let url = self.api_url(&record.urls.get, "urls.get")?;
+        let builder = self
+            .client
+            .get(url)
+            .header(AUTHORIZATION, authorization.clone());
+        let response = self.send(builder, request.deadline).await?;
+        let response = check_status(response, "status", Some(request)).await?;
+        http::read_json(
+            response,
+            self.prediction_limit(request),
+            request.deadline,
+            "status answer",
+        )
+        .await
+    }
+
+    /// Asks Replicate to stop a prediction we no longer wait for, so it is
+    /// not run and billed for nothing. Failures are logged and otherwise
+    /// ignored.
+    async fn cancel_quietly(&self, record: &Record, authorization: &HeaderValue) {
+        let url = match self.api_url(&record.urls.cancel, "urls.cancel") {
+            Ok(url) => url,
+            Err(err) => {
+                tracing::warn!(prediction_id = %record.id, error = %err, "not cancelling the replicate prediction");
+                return;
+            }
+        };
+        let sent = self
+            .client
+            .post(url)
+            .header(AUTHORIZATION, authorization.clone())
+            .timeout(self.config.request_timeout.min(CANCEL_TIMEOUT))
+            .send()
+            .await;
+        match sent {
+            Ok(response) => tracing::info!(
+                prediction_id = %record.id,
+                status = response.status().as_u16(),
+                "asked replicate to cancel a prediction we stopped waiting for"
+            ),
+            Err(err) => tracing::warn!(
+                prediction_id = %record.id,
+                error = %describe_transport(err),
+                "could not cancel a replicate prediction we stopped waiting for"
+            ),
+        }
+    }
+
+    /// Copies one output out of Replicate's short-lived URL (or data URI).
+    /// No Authorization header: the file host is not the API.
+    async fn download(
+        &self,
+        url: &str,
+        deadline: Option<Instant>,
+    ) -> Result<Artifact, ProviderError> {
+        http::download(
+            &self.client,
+            url,
+            None,
+            self.config.request_timeout,
+            self.config.max_output_bytes,
+            deadline,
+        )
+        .await
+    }
+
+    async fn send(
+        &self,
+        builder: RequestBuilder,
+        deadline: Option<Instant>,
+    ) -> Result<Response, ProviderError> {
+        http::send(builder, self.config.request_timeout, deadline).await
+    }
+}
+
+/// A model, name or version segment: no path tricks, no query, no host.
+fn valid_segment(segment: &str) -> bool {
+    !segment.is_empty()
+        && segment != "."
+        && segment != ".."
+        && segment
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
+/// Whether the prediction reached an end state.
+///
+/// # Errors
+///
+/// [`ProviderError::Malformed`] for a status Replicate does not document:
+/// polling on would never end.
+fn finished(prediction: &Prediction) -> Result<bool, ProviderError> {
+    match prediction.status.as_str() {
+        "starting" | "processing" => Ok(false),
+        "succeeded" | "failed" | "canceled" | "aborted" => Ok(true),
+        other => Err(ProviderError::Malformed {
+            message: format!(
+                "prediction status {:?} is not starting, processing, succeeded, failed, canceled or aborted",
+                truncate(other, 40)
+            ),
+        }),
+    }
+}
+
+/// The output URLs of a finished prediction, or the error its end state
+/// means.
+fn outcome<'a>(
+    prediction: &'a Prediction,
+    request: &GenerationRequest,
+) -> Result<Vec<&'a str>, ProviderError> {
+    match prediction.status.as_str() {
+        "succeeded" => output_urls(&prediction.output),
+        "failed" => Err(failure(&prediction.error, request)),
+        "canceled" => Err(ProviderError::Rejected {
+            message: "canceled at the provider".into(),
+        }),
+        "aborted" => Err(ProviderError::Unavailable {
+            message: "the prediction was aborted at the provider before it ran".into(),
+            retry_after: None,
+        }),
+        _ => finished(prediction).and_then(|_| {
+            Err(ProviderError::Malformed {
+                message: "prediction has not finished".into(),
+            })
+        }),
+    }
+}
+
+/// The files a succeeded prediction names: `output` is one URL, a list of
+/// them, or null (a model that produced nothing).
+fn output_urls(output: &Value) -> Result<Vec<&str>, ProviderError> {
+    let urls: Vec<&str> = match output {
+        Value::String(url) => vec![url.as_str()],
+        Value::Array(items) => items.iter().filter_map(Value::as_str).collect(),
+        _ => Vec::new(),
+    };
+    if urls.is_empty() {
+        return Err(ProviderError::Malformed {
+            message: "prediction succeeded, expected output files, found none".into(),
+        });
+    }
+    Ok(urls)
+}
+
+/// Classifies a `failed` prediction. Both kinds are `Rejected`:
+/// - a safety outcome (Replicate's and the models' messages say NSFW,
+///   safety or "sensitive"): retrying the same prompt would be billed and
+///   flagged again;
+/// - any other failure: the model ran and raised on this input (a bad
+///   image, an out-of-range parameter). Infrastructure trouble shows as
+///   `aborted` or an HTTP 5xx instead, so a retry would likely be billed
+///   for the same exception.
+fn failure(error: &Value, request: &GenerationRequest) -> ProviderError {
+    let text = match error {
+        Value::String(text) => text.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    };
+    let lower = text.to_ascii_lowercase();
+    let safety = ["nsfw", "safety", "sensitive"]
+        .iter()
+        .any(|word| lower.contains(word));
+    let detail = detail_text(&text, Some(request));
+    let message = match (safety, detail.is_empty()) {
+        (true, true) => "the prediction was flagged by a safety check".to_owned(),
+        (true, false) => format!("the prediction was flagged by a safety check: {detail}"),
+        (false, true) => "the model failed on this input".to_owned(),
+        (false, false) => format!("the model failed on this input: {detail}"),
+    };
+    ProviderError::Rejected { message }
+}
+
+/// A provider's text made fit for an error message: one line, prompts
+/// scrubbed (models echo their input), truncated.
+fn detail_text(text: &str, request: Option<&GenerationRequest>) -> String {
+    let text = match request {
+        Some(request) => scrub_prompts(text, request),
+        None => text.to_owned(),
+    };
+    let one_line = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    truncate(&one_line, DETAIL_CHARS)
+}
+
+/// Builds the prediction input for `request`; see the module table.
+///
+/// # Errors
+///
+/// [`ProviderError::Unsupported`] when the job kind needs an input image
+/// the request lacks.
+pub(crate) fn build_input(
+    request: &GenerationRequest,
+) -> Result<Map<String, Value>, ProviderError> {
+    let kind = request.kind;
+    let mut input = Map::new();
+    if !matches!(kind, JobKind::BackgroundRemoval | JobKind::Upscale) {
+        if !request.prompt.is_empty() {
+            input.insert("prompt".into(), request.prompt.clone().into());
+        }
+        if !request.negative_prompt.is_empty() {
+            input.insert(
+                "negative_prompt".into(),
+                request.negative_prompt.clone().into(),
+            );
+        }
+        if let Some(seed) = request.seed {
+            input.insert("seed".into(), seed.into());
+        }
+        if matches!(
+            kind,
+            JobKind::ProductPhoto | JobKind::BatchEdit | JobKind::Inpaint
+        ) {
+            // A count of 0 means "the default": one.
+            input.insert("num_outputs".into(), request.count.max(1).into());
+        }
+        if !request.aspect_ratio.is_empty() && kind != JobKind::VirtualTryOn {
+            input.insert("aspect_ratio".into(), request.aspect_ratio.clone().into());
+        }
+    }
+
+    let first = |role: InputRole| request.inputs.iter().find(|input| input.role == role);
+    let missing = |what: &str| ProviderError::Unsupported {
+        message: format!("a {kind:?} job needs {what}, and the request has none"),
+    };
+    if kind == JobKind::VirtualTryOn {
+        let person = first(InputRole::Person).ok_or_else(|| missing("a person image"))?;
+        let garment = first(InputRole::Garment).ok_or_else(|| missing("a garment image"))?;
+        input.insert("human_img".into(), data_uri(person).into());
+        input.insert("garm_img".into(), data_uri(garment).into());
+    } else {
+        match primary_image(request) {
+            Some(image) => {
+                input.insert("image".into(), data_uri(image).into());
+            }
+            None if kind != JobKind::ProductPhoto => return Err(missing("an input image")),
+            None => {}
+        }
+        if kind == JobKind::Inpaint {
+            let mask = first(InputRole::Mask).ok_or_else(|| missing("a mask image"))?;
+            input.insert("mask".into(), data_uri(mask).into());
+        }
+    }
+
+    // Model-specific knobs win over the generic fields above.
+    for (key, value) in &request.parameters {
+        input.insert(key.clone(), value.clone());
+    }
+    Ok(input)
+}
+
+/// The image a single-image model works on: the product or person, else a
+/// reference.
+fn primary_image(request: &GenerationRequest) -> Option<&InputImage> {
+    request
+        .inputs
+        .iter()
+        .find(|input| matches!(input.role, InputRole::Product | InputRole::Person))
+        .or_else(|| {
+            request
+                .inputs
+                .iter()
+                .find(|input| input.role == InputRole::Reference)
+        })
+}
+
+/// Passes 2xx answers through and turns any other into its error.
+async fn check_status(
+    response: Response,
+    stage: &str,
+    request: Option<&GenerationRequest>,
+) -> Result<Response, ProviderError> {
+    let status = response.status();
+    if status.is_success() {
+        return Ok(response);
+    }
+    let headers = response.headers().clone();
+    let body = http::error_body(response).await;
+    Err(status_error(stage, status, &headers, &body, request))
+}
+
+/// Classifies a non-2xx answer from the API: 401/403 credentials; 429 and
+/// 5xx transient (429 with the body's "resets in ~Ns" when no Retry-After
+/// header says when); 400, 404, 422 and other 4xx permanent.
+fn status_error(
+    stage: &str,
+    status: StatusCode,
+    headers: &HeaderMap,
+    body: &[u8],
+    request: Option<&GenerationRequest>,
+) -> ProviderError {
+    let detail = error_detail(body, request);
+    let mut message = format!("{stage} answered HTTP {}", status.as_u16());
+    if let Some(detail) = &detail {
+        message.push_str(": ");
+        message.push_str(detail);
+    }
+    let mut retry_after = http::retry_after_header(headers);
+    if status == StatusCode::TOO_MANY_REQUESTS && retry_after.is_none() {
+        retry_after = detail.as_deref().and_then(parse_reset_hint);
+    }
+    http::classify_status(status, message, retry_after)
+}
+
+/// Replicate's error body is `{"detail": "...", "title"?, "status"?}`;
+/// `detail` (else `title`) is the message. Other fields (`invalid_fields`)
+/// are not used.
+fn error_detail(body: &[u8], request: Option<&GenerationRequest>) -> Option<String> {
+    let json: Value = serde_json::from_slice(body).ok()?;
+    let text = ["detail", "title"]
+        .iter()
+        .find_map(|field| json.get(field).and_then(Value::as_str))?;
+    let text = detail_text(text, request);
+    (!text.is_empty()).then_some(text)
+}
+
+/// The wait in "Request was throttled. Your rate limit resets in ~30s.":
+/// a number after "resets in" and an optional `~`, in s (the default), ms,
+/// m or h.
+pub(crate) fn parse_reset_hint(detail: &str) -> Option<Duration> {
+    let lower = detail.to_ascii_lowercase();
+    let (_, rest) = lower.split_once("resets in")?;
+    let rest = rest.trim_start().trim_start_matches('~').trim_start();
+    let number_len = rest
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(rest.len());
+    let value: f64 = rest[..number_len].parse().ok()?;
+    let unit = rest[number_len..].trim_start();
+    let seconds = if unit.starts_with("ms") {
+        value / 1000.0
+    } else if unit.starts_with("min") || unit.starts_with('m') {
+        value * 60.0
+    } else if unit.starts_with('h') {
+        value * 3600.0
+    } else {
+        value
+    };
+    if !seconds.is_finite() || seconds < 0.0 {
+        return None;
+    }
+    let delay = Duration::from_secs_f64(seconds);
+    (delay <= MAX_RESET_HINT).then_some(delay)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client() -> reqwest::Client {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        reqwest::Client::new()
+    }
+
+    fn request(model: &str) -> GenerationRequest {
+        GenerationRequest {
+            job_id: "job-1".into(),
+            kind: JobKind::ProductPhoto,
+            model: model.into(),
+            prompt: "a blue teapot".into(),
+            negative_prompt: String::new(),
+            seed: None,
+            count: 1,
+            aspect_ratio: String::new(),
+            parameters: Map::new(),
+            inputs: Vec::new(),
+            deadline: None,
+        }
+    }
+
+    #[test]
+    fn reads_the_reset_hint() {
+        let check = |text: &str, expected: Option<Duration>| {
+            assert_eq!(parse_reset_hint(text), expected, "{text}");
+        };
+        check(
+            "Request was throttled. Your rate limit resets in ~30s.",
+            Some(Duration::from_secs(30)),
+        );
+        check("resets in 2.5s", Some(Duration::from_millis(2500)));
+        check("resets in ~500ms", Some(Duration::from_millis(500)));
+        check("resets in ~2m.", Some(Duration::from_secs(120)));
+        check("resets in ~7", Some(Duration::from_secs(7)));
+        check("resets in ~2h", None);
+        check("Request was throttled.", None);
+        check("resets in soon", None);
+    }
+
+    #[test]
+    fn classifies_status_codes() {
+        let none = HeaderMap::new();
+        let check = |code: u16, body: &str, expected: &str| {
+            let err = status_error(
+                "create",
+                StatusCode::from_u16(code).unwrap(),
+                &none,
+                body.as_bytes(),
+                None,
+            );
+            assert_eq!(
+                format!("{err:?}").split([' ', '{']).next().unwrap(),
+                expected,
+                "{code}: {err}"
+            );
+            err
+        };
+        check(401, "", "Unauthorized");
+        check(403, "", "Unauthorized");
+        check(400, "", "Rejected");
+        check(404, "", "Rejected");
+        check(
+            422,
+            r#"{"detail":"- input: prompt is required\n"}"#,
+            "Rejected",
+        );
+        check(500, "", "Unavailable");
+        check(503, "", "Unavailable");
+        let err = check(
+            429,
+            r#"{"title":"Request was throttled","detail":"Request was throttled. Your rate limit resets in ~30s.","status":429}"#,
+            "Unavailable",
+        );
+        assert_eq!(err.retry_after(), Some(Duration::from_secs(30)));
+        assert_eq!(
+            err.to_string(),
+            "provider unavailable: create answered HTTP 429: Request was throttled. Your rate limit resets in ~30s."
+        );
+        let mut headers = HeaderMap::new();
+        headers.insert("retry-after", HeaderValue::from_static("4"));
+        let err = status_error(
+            "create",
+            StatusCode::TOO_MANY_REQUESTS,
+            &headers,
+            br#"{"detail":"resets in ~30s"}"#,
+            None,
+        );
+        assert_eq!(err.retry_after(), Some(Duration::from_secs(4)));
+    }
+
+    #[test]
+    fn error_details_never_echo_the_prompt() {
+        let request = request("a/b");
+        let err = status_error(
+            "create",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &HeaderMap::new(),
+            br#"{"detail":"prompt 'a blue teapot' is too long","input":{"prompt":"a blue teapot"}}"#,
+            Some(&request),
+        );
+        assert_eq!(
+            err.to_string(),
+            "provider rejected the request: create answered HTTP 422: prompt '[prompt]' is too long"
+        );
+    }
+
+    #[test]
+    fn classifies_failures() {
+        let request = request("a/b");
+        let check = |error: Value, expected: &str| {
+            let err = failure(&error, &request);
+            assert!(matches!(err, ProviderError::Rejected { .. }), "{err:?}");
+            assert_eq!(err.to_string(), expected);
+        };
+        check(
+            Value::from("NSFW content detected. Try a different prompt."),
+            "provider rejected the request: the prediction was flagged by a safety check: NSFW content detected. Try a different prompt.",
+        );
+        check(
+            Value::from("The input or output was flagged as sensitive. (E005)"),
+            "provider rejected the request: the prediction was flagged by a safety check: The input or output was flagged as sensitive. (E005)",
+        );
+        check(
+            Value::from("Traceback:\n  ValueError: bad image\n"),
+            "provider rejected the request: the model failed on this input: Traceback: ValueError: bad image",
+        );
+        check(
+            Value::Null,
+            "provider rejected the request: the model failed on this input",
+        );
+    }
+
+    #[test]
+    fn reads_outputs() {
+        assert_eq!(
+            output_urls(&Value::from("https://x/a.mp4")).unwrap(),
+            vec!["https://x/a.mp4"]
+        );
+        assert_eq!(
+            output_urls(&serde_json::json!([
+                "https://x/1.png",
+                3,
+                "https://x/2.png"
+            ]))
+            .unwrap(),
+            vec!["https://x/1.png", "https://x/2.png"]
+        );
+        for empty in [
+            Value::Null,
+            serde_json::json!([]),
+            serde_json::json!({"a": 1}),
+        ] {
+            assert!(matches!(
+                output_urls(&empty),
+                Err(ProviderError::Malformed { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn rejects_models_that_leave_the_api() {
+        let provider = ReplicateProvider::new(ReplicateConfig::default(), client());
+        let target = provider
+            .create_target(&request("stability-ai/sdxl"))
+            .unwrap();
+        assert_eq!(
+            target.url.as_str(),
+            "https://api.replicate.com/v1/models/stability-ai/sdxl/predictions"
+        );
+        assert_eq!(target.body["input"]["prompt"], "a blue teapot");
+        assert!(target.body.get("version").is_none());
+        let target = provider
+            .create_target(&request("stability-ai/sdxl:39ed52f2a78e"))
+            .unwrap();
+        assert_eq!(
+            target.url.as_str(),
+            "https://api.replicate.com/v1/predictions"
+        );
+        assert_eq!(target.body["version"], "39ed52f2a78e");
+        for bad in [
+            "sdxl",
+            "a/b/c",
+            "a/../b",
+            "../b",
+            "a//b",
+            "//evil.example/x",
+            "a/b?c=d",
+            "a/b#x",
+            "a/b:",
+            "a/b:v/../../x",
+            "a/b:v:w",
+            "",
+        ] {
+            assert!(
+                matches!(
+                    provider.create_target(&request(bad)),
+                    Err(ProviderError::Unsupported { .. })
+                ),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn records_refuse_urls_off_the_origin() {
+        let provider = ReplicateProvider::new(ReplicateConfig::default(), client());
+        let good = r#"{"id":"p1","urls":{"get":"https://api.replicate.com/v1/predictions/p1","cancel":"https://api.replicate.com/v1/predictions/p1/cancel"}}"#;
+        assert_eq!(provider.parse_record(good).unwrap().id, "p1");
+        for bad in [
+            r#"{"id":"p1","urls":{"get":"https://evil.example/v1/predictions/p1","cancel":"https://api.replicate.com/v1/predictions/p1/cancel"}}"#,
+            r#"{"id":"p1","urls":{"get":"https://api.replicate.com/v1/predictions/p1","cancel":"http://api.replicate.com/x"}}"#,
+            r#"{"id":"p1"}"#,
+            r#"{"id":"p1","urls":"https://api.replicate.com/SIGNED"}"#,
+            "not json",
+        ] {
+            let err = provider.parse_record(bad).unwrap_err();
+            assert!(matches!(err, ProviderError::Unsupported { .. }), "{bad}");
+            assert!(!err.to_string().contains("SIGNED"), "{err}");
+        }
+    }
+
+    #[test]
+    fn debug_redacts_the_token() {
+        let config = ReplicateConfig {
+            token: "r8_secret_token_123".into(),
+            ..ReplicateConfig::default()
+        };
+        let provider = ReplicateProvider::new(config.clone(), client());
+        for text in [format!("{config:?}"), format!("{provider:?}")] {
+            assert!(!text.contains("r8_secret"), "{text}");
+            assert!(text.contains("[redacted]"), "{text}");
+        }
+    }
+}
