@@ -188,9 +188,6 @@ pub(crate) fn decode_base64(data: &str, what: &str) -> Result<Bytes, ProviderErr
 }
 
 /// Encodes bytes as standard base64 for a request body.
-// Unused until a client sends raw base64 (Vertex's `bytesBase64Encoded`);
-// without this, `clippy -D warnings` fails on the base commit.
-#[allow(dead_code)]
 pub(crate) fn encode_base64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }

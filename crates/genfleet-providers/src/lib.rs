@@ -15,11 +15,19 @@
 //! concurrency limit and a per-process rate limit per provider, and is
 //! itself a [`Provider`].
 //!
-//! With the `fake` feature, [`fake_fal`] serves a real loopback HTTP server
-//! shaped like fal's queue API, including its failure modes.
+//! Clients: [`FalProvider`] (fal's queue API), [`ReplicateProvider`]
+//! (Replicate predictions, `Prefer: wait`), [`VertexProvider`] (Imagen
+//! predict, virtual try-on, Gemini image generation; OAuth tokens from a
+//! [`TokenSource`]), [`OpenAiProvider`] (OpenAI-compatible image generations
+//! and masked edits) and [`KServeProvider`] (Open Inference Protocol / KServe
+//! v2, Triton: the GPU pool's own models). fal and Replicate are also
+//! [`Resumable`]: the worker parks long renders on them and cancels their
+//! requests.
 //!
-//! [`KServeProvider`] speaks the Open Inference Protocol (KServe v2, Triton)
-//! to the GPU pool's own models; [`fake_kserve`] is its fake server.
+//! With the `fake` feature, `fake_fal`, `fake_replicate`, `fake_vertex`,
+//! `fake_openai` and `fake_kserve` serve real loopback HTTP servers shaped
+//! like each provider's API, including its failure modes, for this crate's
+//! and the workspace's tests.
 
 mod error;
 mod fal;
