@@ -232,8 +232,225 @@ impl Default for HttpSection {
 #[serde(deny_unknown_fields, default)]
 pub struct ProvidersSection {
     pub fal: FalSection,
+    pub replicate: ReplicateSection,
+    pub vertex: VertexSection,
+    pub openai: OpenAiSection,
+    pub kserve: KServeSection,
     pub retry: RetrySection,
     pub park: ParkSection,
+}
+
+/// Circuit breaker and limits of one provider on this worker.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProviderLimits {
+    /// Calls in flight at once from this worker.
+    pub max_concurrent: usize,
+    /// Calls per second from this worker; 0 means no limit. A provider's
+    /// account limit is global: divide it by the number of workers.
+    pub rate_per_second: f64,
+    /// Calls allowed back to back before the rate applies.
+    pub burst: u32,
+    /// Consecutive retryable failures of one model that open its breaker.
+    pub breaker_failure_threshold: u32,
+    /// Seconds an open breaker waits before letting one probe call through.
+    pub breaker_open_seconds: u64,
+}
+
+impl Default for ProviderLimits {
+    fn default() -> Self {
+        ProviderLimits {
+            max_concurrent: 64,
+            rate_per_second: 0.0,
+            burst: 1,
+            breaker_failure_threshold: 5,
+            breaker_open_seconds: 30,
+        }
+    }
+}
+
+/// Default model per job kind label (`product_photo`, `inpaint`, ...), for
+/// jobs that name none or fail over to this provider.
+pub type KindModels = std::collections::BTreeMap<String, String>;
+
+fn kind_models(pairs: &[(&str, &str)]) -> KindModels {
+    pairs
+        .iter()
+        .map(|(kind, model)| ((*kind).to_string(), (*model).to_string()))
+        .collect()
+}
+
+/// Replicate predictions. Registered as provider `replicate` when enabled.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReplicateSection {
+    pub enabled: bool,
+    /// API root.
+    pub base_url: String,
+    /// API token (`Authorization: Bearer`). Also read from `REPLICATE_API_TOKEN`.
+    pub token: Secret,
+    /// File holding the token (a mounted secret); wins over `token`.
+    pub token_file: Option<PathBuf>,
+    /// Timeout of one HTTP request, in seconds.
+    pub request_timeout_seconds: u64,
+    /// Pause between status polls, in milliseconds.
+    pub poll_interval_ms: u64,
+    /// `Prefer: wait=N` on create (0: none), in seconds.
+    pub wait_seconds: u32,
+    pub limits: ProviderLimits,
+    pub models: KindModels,
+}
+
+impl Default for ReplicateSection {
+    fn default() -> Self {
+        ReplicateSection {
+            enabled: false,
+            base_url: "https://api.replicate.com/".into(),
+            token: Secret::default(),
+            token_file: None,
+            request_timeout_seconds: 60,
+            poll_interval_ms: 1000,
+            wait_seconds: 60,
+            limits: ProviderLimits::default(),
+            models: kind_models(&[
+                ("product_photo", "black-forest-labs/flux-kontext-pro"),
+                ("batch_edit", "black-forest-labs/flux-kontext-pro"),
+                ("background_removal", "851-labs/background-remover"),
+                ("upscale", "nightmareai/real-esrgan"),
+                ("inpaint", "black-forest-labs/flux-fill-pro"),
+                ("virtual_try_on", "cuuupid/idm-vton"),
+                ("image_to_video", "kwaivgi/kling-v2.1"),
+            ]),
+        }
+    }
+}
+
+/// Google Vertex AI (Imagen, virtual try-on, Gemini image). Registered as
+/// provider `vertex` when enabled.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VertexSection {
+    pub enabled: bool,
+    /// Google Cloud project id.
+    pub project: String,
+    /// Region of the endpoint, e.g. `us-central1`.
+    pub region: String,
+    /// API root; empty means `https://<region>-aiplatform.googleapis.com/`.
+    pub base_url: String,
+    /// File holding a current OAuth access token, refreshed by a sidecar or
+    /// workload-identity agent; re-read when it changes. Wins over `token_url`.
+    pub token_file: Option<PathBuf>,
+    /// Metadata-style token endpoint (`Metadata-Flavor: Google`, answering
+    /// `{access_token, expires_in}`); empty means the GCE metadata server.
+    pub token_url: String,
+    /// Timeout of one HTTP request, in seconds.
+    pub request_timeout_seconds: u64,
+    pub limits: ProviderLimits,
+    pub models: KindModels,
+}
+
+impl Default for VertexSection {
+    fn default() -> Self {
+        VertexSection {
+            enabled: false,
+            project: String::new(),
+            region: "us-central1".into(),
+            base_url: String::new(),
+            token_file: None,
+            token_url: String::new(),
+            request_timeout_seconds: 120,
+            limits: ProviderLimits::default(),
+            models: kind_models(&[
+                ("product_photo", "imagen-4.0-generate-001"),
+                ("batch_edit", "imagen-3.0-capability-001"),
+                ("background_removal", "imagen-3.0-capability-001"),
+                ("inpaint", "imagen-3.0-capability-001"),
+                ("upscale", "imagen-4.0-upscale-preview"),
+                ("virtual_try_on", "virtual-try-on-preview-08-04"),
+            ]),
+        }
+    }
+}
+
+/// OpenAI-compatible image API (generations, masked edits). Registered as
+/// provider `openai` when enabled.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OpenAiSection {
+    pub enabled: bool,
+    /// API root of OpenAI or a compatible server.
+    pub base_url: String,
+    /// API key (`Authorization: Bearer`). Also read from `OPENAI_API_KEY`.
+    pub api_key: Secret,
+    /// File holding the key (a mounted secret); wins over `api_key`.
+    pub api_key_file: Option<PathBuf>,
+    /// `OpenAI-Organization` header; empty: none.
+    pub organization: String,
+    /// Timeout of one HTTP request, in seconds (edits take a while).
+    pub request_timeout_seconds: u64,
+    pub limits: ProviderLimits,
+    pub models: KindModels,
+}
+
+impl Default for OpenAiSection {
+    fn default() -> Self {
+        OpenAiSection {
+            enabled: false,
+            base_url: "https://api.openai.com/".into(),
+            api_key: Secret::default(),
+            api_key_file: None,
+            organization: String::new(),
+            request_timeout_seconds: 120,
+            limits: ProviderLimits::default(),
+            models: kind_models(&[
+                ("product_photo", "gpt-image-1"),
+                ("batch_edit", "gpt-image-1"),
+                ("inpaint", "gpt-image-1"),
+            ]),
+        }
+    }
+}
+
+/// A co-located Open Inference Protocol server (KServe v2, Triton) with
+/// the GPU pool's own models. Registered as provider `kserve` when enabled.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KServeSection {
+    pub enabled: bool,
+    /// Server root, e.g. `http://127.0.0.1:8000/`.
+    pub base_url: String,
+    /// Bearer token for a server behind an auth proxy; empty: none.
+    pub bearer: Secret,
+    /// Use Triton's binary tensor extension (image bytes not in JSON).
+    pub binary: bool,
+    /// Timeout of one inference request, in seconds.
+    pub request_timeout_seconds: u64,
+    pub limits: ProviderLimits,
+    pub models: KindModels,
+}
+
+impl Default for KServeSection {
+    fn default() -> Self {
+        KServeSection {
+            enabled: false,
+            base_url: "http://127.0.0.1:8000/".into(),
+            bearer: Secret::default(),
+            binary: true,
+            request_timeout_seconds: 60,
+            // A GPU saturates at a few concurrent requests per model;
+            // Triton queues the rest.
+            limits: ProviderLimits {
+                max_concurrent: 16,
+                ..ProviderLimits::default()
+            },
+            models: kind_models(&[
+                ("background_removal", "matting"),
+                ("upscale", "upscale"),
+                ("inpaint", "inpaint"),
+                ("virtual_try_on", "tryon"),
+            ]),
+        }
+    }
 }
 
 /// Long renders wait in the broker, not in a worker slot: the job is
@@ -390,11 +607,16 @@ impl Config {
         let mut config: Config = figment
             .extract()
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
-        if config.providers.fal.key.is_empty() {
-            if let Ok(key) = std::env::var("FAL_KEY") {
-                config.providers.fal.key = Secret::new(key);
+        let from_env = |secret: &mut Secret, variable: &str| {
+            if secret.is_empty() {
+                if let Ok(value) = std::env::var(variable) {
+                    *secret = Secret::new(value);
+                }
             }
-        }
+        };
+        from_env(&mut config.providers.fal.key, "FAL_KEY");
+        from_env(&mut config.providers.replicate.token, "REPLICATE_API_TOKEN");
+        from_env(&mut config.providers.openai.api_key, "OPENAI_API_KEY");
         config.read_secret_files()?;
         config.validate()?;
         Ok(config)
@@ -410,6 +632,12 @@ impl Config {
         };
         if let Some(path) = &self.providers.fal.key_file {
             self.providers.fal.key = read(path, "providers.fal.key_file")?;
+        }
+        if let Some(path) = &self.providers.replicate.token_file {
+            self.providers.replicate.token = read(path, "providers.replicate.token_file")?;
+        }
+        if let Some(path) = &self.providers.openai.api_key_file {
+            self.providers.openai.api_key = read(path, "providers.openai.api_key_file")?;
         }
         if let Some(path) = &self.storage.signing_key_file {
             self.storage.signing_key = read(path, "storage.signing_key_file")?;
@@ -491,6 +719,49 @@ impl Config {
                 "providers.fal.base_url: {:?} is not a URL",
                 self.providers.fal.base_url
             ));
+        }
+        let urls = [
+            (
+                "providers.replicate.base_url",
+                &self.providers.replicate.base_url,
+            ),
+            ("providers.openai.base_url", &self.providers.openai.base_url),
+            ("providers.kserve.base_url", &self.providers.kserve.base_url),
+        ];
+        for (key, value) in urls {
+            if url::Url::parse(value).is_err() {
+                return fail(format!("{key}: {value:?} is not a URL"));
+            }
+        }
+        for (key, value) in [
+            ("providers.vertex.base_url", &self.providers.vertex.base_url),
+            (
+                "providers.vertex.token_url",
+                &self.providers.vertex.token_url,
+            ),
+        ] {
+            if !value.is_empty() && url::Url::parse(value).is_err() {
+                return fail(format!("{key}: {value:?} is not a URL"));
+            }
+        }
+        if self.providers.vertex.enabled && self.providers.vertex.project.is_empty() {
+            return fail(
+                "providers.vertex.project is required when providers.vertex.enabled".into(),
+            );
+        }
+        for (provider, models) in [
+            ("replicate", &self.providers.replicate.models),
+            ("vertex", &self.providers.vertex.models),
+            ("openai", &self.providers.openai.models),
+            ("kserve", &self.providers.kserve.models),
+        ] {
+            for kind in models.keys() {
+                if crate::lifecycle::kind_from_label(kind).is_none() {
+                    return fail(format!(
+                        "providers.{provider}.models: {kind:?} is not a job kind, expected e.g. product_photo"
+                    ));
+                }
+            }
         }
         if self.providers.retry.max_attempts == 0 {
             return fail("providers.retry.max_attempts must be at least 1".into());

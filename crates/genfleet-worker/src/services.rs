@@ -7,7 +7,11 @@ use std::time::Duration;
 
 use genfleet_credits::Ledger;
 use genfleet_imaging::Limits;
-use genfleet_providers::{FalConfig, FalProvider, GuardConfig, Guarded, Provider, RetryPolicy};
+use genfleet_providers::{
+    FalConfig, FalProvider, GuardConfig, Guarded, KServeConfig, KServeProvider, OpenAiConfig,
+    OpenAiProvider, Provider, ReplicateConfig, ReplicateProvider, RetryPolicy, TokenSource,
+    VertexConfig, VertexProvider,
+};
 use genfleet_storage::{Store, StoreConfig, UrlSigner};
 
 use crate::config::Config;
@@ -84,37 +88,29 @@ impl Services {
                 poll_interval: Duration::from_millis(config.providers.fal.poll_interval_ms),
                 max_output_bytes: config.limits.max_output_bytes,
             },
-            http,
+            http.clone(),
         )
         .with_submission_log(Arc::new(LedgerSubmissions(ledger.clone())));
         let mut providers: HashMap<String, Arc<dyn Provider>> = HashMap::new();
         let fal_section = &config.providers.fal;
         // Breaker per model, limits per provider account.
-        let fal = Guarded::new(
-            fal,
-            GuardConfig {
-                max_concurrent: fal_section.max_concurrent,
-                rate_per_second: fal_section.rate_per_second,
-                burst: fal_section.burst,
-                failure_threshold: fal_section.breaker_failure_threshold,
-                open_for: Duration::from_secs(fal_section.breaker_open_seconds),
-            },
-        );
-        let fal = Arc::new(fal);
-        {
-            let fal = fal.clone();
-            let open = metrics.provider_breakers_open.clone();
-            let in_flight = metrics.provider_calls_in_flight.clone();
-            metrics.on_render(move || {
-                let gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
-                open.with_label_values(&["fal"])
-                    .set(gauge(fal.open_models().len()));
-                in_flight
-                    .with_label_values(&["fal"])
-                    .set(gauge(fal.snapshot("").in_flight));
-            });
-        }
-        providers.insert("fal".into(), fal);
+        let fal_limits = crate::config::ProviderLimits {
+            max_concurrent: fal_section.max_concurrent,
+            rate_per_second: fal_section.rate_per_second,
+            burst: fal_section.burst,
+            breaker_failure_threshold: fal_section.breaker_failure_threshold,
+            breaker_open_seconds: fal_section.breaker_open_seconds,
+        };
+        providers.insert("fal".into(), guarded(fal, &fal_limits, &metrics));
+        let mut default_models = HashMap::new();
+        add_remote_providers(
+            &config,
+            &http,
+            &ledger,
+            &metrics,
+            &mut providers,
+            &mut default_models,
+        )?;
         providers.insert(
             "local".into(),
             Arc::new(LocalProvider::new(input_limits.clone(), cpu.clone())),
@@ -131,7 +127,7 @@ impl Services {
             signer,
             ledger,
             providers,
-            default_models: HashMap::new(),
+            default_models,
             retry,
             metrics,
             cpu,
@@ -150,6 +146,155 @@ impl Services {
             crate::failure::JobFailure::new(genfleet_proto::ErrorCode::Internal, message)
         })?
     }
+}
+
+/// Wraps `provider` in a breaker per model and this worker's limits for
+/// its account, and exports its open breakers and calls in flight.
+fn guarded<P: Provider + 'static>(
+    provider: P,
+    limits: &crate::config::ProviderLimits,
+    metrics: &Metrics,
+) -> Arc<dyn Provider> {
+    let guarded = Arc::new(Guarded::new(
+        provider,
+        GuardConfig {
+            max_concurrent: limits.max_concurrent,
+            rate_per_second: limits.rate_per_second,
+            burst: limits.burst,
+            failure_threshold: limits.breaker_failure_threshold,
+            open_for: Duration::from_secs(limits.breaker_open_seconds),
+        },
+    ));
+    let watched = guarded.clone();
+    let open = metrics.provider_breakers_open.clone();
+    let in_flight = metrics.provider_calls_in_flight.clone();
+    metrics.on_render(move || {
+        let gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        let name = watched.name();
+        open.with_label_values(&[name])
+            .set(gauge(watched.open_models().len()));
+        in_flight
+            .with_label_values(&[name])
+            .set(gauge(watched.snapshot("").in_flight));
+    });
+    guarded
+}
+
+type DefaultModels = HashMap<String, HashMap<genfleet_proto::v1::JobKind, String>>;
+
+/// Registers every enabled remote provider besides fal, with its default
+/// models per job kind.
+fn add_remote_providers(
+    config: &Config,
+    http: &reqwest::Client,
+    ledger: &Ledger,
+    metrics: &Metrics,
+    providers: &mut HashMap<String, Arc<dyn Provider>>,
+    default_models: &mut DefaultModels,
+) -> Result<(), WorkerError> {
+    let url = |key: &str, value: &str| {
+        url::Url::parse(value).map_err(|e| WorkerError::Startup(format!("{key}: {e}")))
+    };
+    let max_output_bytes = config.limits.max_output_bytes;
+    let mut add = |name: &str, provider: Arc<dyn Provider>, models: &crate::config::KindModels| {
+        providers.insert(name.to_string(), provider);
+        let by_kind = models
+            .iter()
+            .filter_map(|(kind, model)| {
+                crate::lifecycle::kind_from_label(kind).map(|kind| (kind, model.clone()))
+            })
+            .collect();
+        default_models.insert(name.to_string(), by_kind);
+    };
+
+    let section = &config.providers.replicate;
+    if section.enabled {
+        let replicate = ReplicateProvider::new(
+            ReplicateConfig {
+                base_url: url("providers.replicate.base_url", &section.base_url)?,
+                token: section.token.expose().to_string(),
+                request_timeout: Duration::from_secs(section.request_timeout_seconds),
+                poll_interval: Duration::from_millis(section.poll_interval_ms),
+                wait_seconds: section.wait_seconds,
+                max_output_bytes,
+            },
+            http.clone(),
+        )
+        .with_submission_log(Arc::new(LedgerSubmissions(ledger.clone())));
+        add(
+            "replicate",
+            guarded(replicate, &section.limits, metrics),
+            &section.models,
+        );
+    }
+
+    let section = &config.providers.vertex;
+    if section.enabled {
+        let token = match (&section.token_file, section.token_url.as_str()) {
+            (Some(path), _) => TokenSource::file(path.clone()),
+            (None, "") => TokenSource::gce_metadata(http.clone()),
+            (None, token_url) => {
+                TokenSource::endpoint(url("providers.vertex.token_url", token_url)?, http.clone())
+            }
+        };
+        let mut vertex = VertexConfig::new(section.project.clone(), token);
+        vertex.region = section.region.clone();
+        if !section.base_url.is_empty() {
+            vertex.base_url = Some(url("providers.vertex.base_url", &section.base_url)?);
+        }
+        vertex.request_timeout = Duration::from_secs(section.request_timeout_seconds);
+        vertex.max_output_bytes = max_output_bytes;
+        add(
+            "vertex",
+            guarded(
+                VertexProvider::new(vertex, http.clone()),
+                &section.limits,
+                metrics,
+            ),
+            &section.models,
+        );
+    }
+
+    let section = &config.providers.openai;
+    if section.enabled {
+        let openai = OpenAiProvider::new(
+            OpenAiConfig {
+                base_url: url("providers.openai.base_url", &section.base_url)?,
+                api_key: section.api_key.expose().to_string(),
+                organization: (!section.organization.is_empty())
+                    .then(|| section.organization.clone()),
+                request_timeout: Duration::from_secs(section.request_timeout_seconds),
+                max_output_bytes,
+            },
+            http.clone(),
+        );
+        add(
+            "openai",
+            guarded(openai, &section.limits, metrics),
+            &section.models,
+        );
+    }
+
+    let section = &config.providers.kserve;
+    if section.enabled {
+        let kserve = KServeProvider::new(
+            KServeConfig {
+                base_url: url("providers.kserve.base_url", &section.base_url)?,
+                request_timeout: Duration::from_secs(section.request_timeout_seconds),
+                max_output_bytes,
+                binary: section.binary,
+                bearer: (!section.bearer.is_empty()).then(|| section.bearer.expose().to_string()),
+                ..KServeConfig::default()
+            },
+            http.clone(),
+        );
+        add(
+            "kserve",
+            guarded(kserve, &section.limits, metrics),
+            &section.models,
+        );
+    }
+    Ok(())
 }
 
 /// One HTTP client per process (connection pools, TLS sessions). TLS via

@@ -1,0 +1,205 @@
+//! Every remote provider through the real worker binary: fal, Replicate,
+//! Vertex AI, OpenAI-compatible images and a KServe v2 server, each a fake
+//! HTTP server in this test process shaped like the real API. Checks the
+//! worker's wiring (configuration, keys and token source, default models per
+//! job kind, failover along the job's provider list) end to end: status,
+//! provider, credits, and what each fake received.
+
+mod support;
+
+use std::time::Duration;
+
+use genfleet_credits::Ledger;
+use genfleet_proto::v1;
+use genfleet_providers::fake_fal::FakeFal;
+use genfleet_providers::fake_kserve::FakeKServe;
+use genfleet_providers::fake_openai::FakeOpenAi;
+use genfleet_providers::fake_replicate::FakeReplicate;
+use genfleet_providers::fake_vertex::FakeVertex;
+use support::*;
+
+fn job(kind: v1::JobKind, providers: &[&str], model: &str, with_mask: bool) -> v1::Job {
+    let mut job = fal_product_job(
+        "multi",
+        model,
+        "a bottle on marble",
+        2,
+        v1::Priority::Normal,
+    );
+    job.kind = kind as i32;
+    if let Some(generation) = job.generation.as_mut() {
+        generation.providers = providers.iter().map(|p| (*p).to_string()).collect();
+    }
+    if with_mask {
+        job.inputs.push(v1::Input {
+            role: v1::InputRole::Mask as i32,
+            uri: "s3://genfleet/uploads/photo.jpg".into(),
+            ..Default::default()
+        });
+    }
+    job
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_provider_serves_jobs_through_the_worker() {
+    let vhost = Vhost::create();
+    let schema = Schema::new();
+    let dir = TempDir::new("genfleet-providers");
+    store_with_photo(&dir.0);
+    let fal = FakeFal::start().await.unwrap();
+    let replicate = FakeReplicate::start().await.unwrap();
+    let vertex = FakeVertex::start().await.unwrap();
+    let openai = FakeOpenAi::start().await.unwrap();
+    let kserve = FakeKServe::start().await.unwrap();
+    let ledger = Ledger::connect(PG_URL, &schema.name, 2).await.unwrap();
+    ledger.migrate().await.unwrap();
+    ledger.grant("acme/multi", 100, "test").await.unwrap();
+    let (conn, queue) = results_queue(&vhost.url()).await;
+    let broker = genfleet_broker::Broker::connect(&vhost.url(), "providers-test")
+        .await
+        .unwrap();
+    let publisher = broker.publisher().await.unwrap();
+
+    let port = free_port();
+    let config = write_config(
+        &dir.0,
+        &WorkerSettings {
+            amqp_url: vhost.url(),
+            schema: &schema.name,
+            storage_root: &dir.0.join("store"),
+            fal_base_url: fal.base_url.as_str(),
+            concurrency: 4,
+            grace_seconds: 10,
+            http_port: port,
+            fal_poll_ms: 50,
+        },
+    );
+    let mut toml = std::fs::read_to_string(&config).unwrap();
+    toml.push_str(&format!(
+        r#"
+[providers.replicate]
+enabled = true
+base_url = "{replicate}"
+token = "r8-test-token"
+poll_interval_ms = 50
+wait_seconds = 0
+
+[providers.vertex]
+enabled = true
+project = "shop-project"
+region = "us-central1"
+base_url = "{vertex}"
+token_url = "{token_url}"
+
+[providers.openai]
+enabled = true
+base_url = "{openai}"
+api_key = "sk-test-key"
+
+[providers.kserve]
+enabled = true
+base_url = "{kserve}"
+"#,
+        replicate = replicate.base_url,
+        vertex = vertex.base_url,
+        token_url = vertex.token_url(),
+        openai = openai.base_url,
+        kserve = kserve.base_url,
+    ));
+    std::fs::write(&config, toml).unwrap();
+
+    use v1::JobKind as K;
+    let jobs = [
+        // fal is down: the job fails over to Replicate, which runs its
+        // default product-photo model (a job's model names one of its
+        // first provider's models).
+        (
+            "failover",
+            job(K::ProductPhoto, &["fal", "replicate"], "test/down", false),
+        ),
+        (
+            "vertex",
+            job(K::ProductPhoto, &["vertex"], "imagen-ok", false),
+        ),
+        (
+            "vertex-filtered",
+            job(K::ProductPhoto, &["vertex"], "imagen-filtered", false),
+        ),
+        ("openai", job(K::Inpaint, &["openai"], "test/ok", true)),
+        ("kserve", job(K::BackgroundRemoval, &["kserve"], "", false)),
+    ];
+    for (_, job) in &jobs {
+        publish_job(
+            &publisher,
+            "remote",
+            &genfleet_proto::encode_json(job),
+            Some(&job.job_id),
+        )
+        .await;
+    }
+    let mut worker = WorkerProcess::start(&config, dir.0.join("worker.log"));
+    wait_ready(&mut worker, port, Duration::from_secs(60)).await;
+    let got = collect_results(&conn, &queue, jobs.len(), Duration::from_secs(60)).await;
+
+    let result_of = |name: &str| {
+        let (_, job) = jobs.iter().find(|(n, _)| *n == name).unwrap();
+        got.results
+            .get(&job.job_id)
+            .map(|(result, _)| result.clone())
+            .unwrap_or_else(|| panic!("no result for {name}:\n{}", worker.log_tail()))
+    };
+    for name in ["failover", "vertex", "openai", "kserve"] {
+        let result = result_of(name);
+        println!(
+            "{name}: provider {} attempts {}",
+            result.provider, result.attempts
+        );
+        assert_eq!(
+            result.status,
+            v1::JobStatus::Succeeded as i32,
+            "{name}: {result:?}\n{}",
+            worker.log_tail()
+        );
+        assert!(!result.outputs.is_empty(), "{name}: {result:?}");
+        let credits = result.credits.unwrap();
+        assert_eq!((credits.captured, credits.released), (2, 0), "{name}");
+    }
+    let failover = result_of("failover");
+    assert_eq!(failover.provider, "replicate");
+    // fal's three attempts (providers.retry.max_attempts) plus Replicate's one.
+    assert_eq!(failover.attempts, 4);
+    assert_eq!(fal.submissions_for("test/down"), 3);
+    let create = replicate.last_create().expect("replicate got a create");
+    assert_eq!(create.model, "black-forest-labs/flux-kontext-pro");
+    assert_eq!(create.authorization, "Bearer r8-test-token");
+    assert!(!replicate.token_reached_file_host());
+
+    assert_eq!(result_of("vertex").provider, "vertex");
+    // One token for every Vertex job of this worker.
+    assert_eq!(vertex.token_requests(), 1);
+    let filtered = result_of("vertex-filtered");
+    assert_eq!(filtered.status, v1::JobStatus::Failed as i32);
+    let error = filtered.error.unwrap();
+    assert_eq!(error.code, "provider_rejected");
+    assert!(!error.retryable);
+    let credits = filtered.credits.unwrap();
+    assert_eq!((credits.captured, credits.released), (0, 2));
+
+    assert_eq!(result_of("openai").provider, "openai");
+    assert_eq!(openai.last_edit_had_mask(), Some(true));
+    assert!(!openai.key_reached_file_host());
+
+    assert_eq!(result_of("kserve").provider, "kserve");
+    // The worker's default background-removal model on the GPU pool.
+    assert_eq!(kserve.infer_calls_for("matting"), 1);
+    let request = kserve.last_received().unwrap();
+    assert!(request.input("INPUT_IMAGE").is_some(), "{request:?}");
+
+    let balance = ledger.balance("acme/multi").await.unwrap().unwrap();
+    assert_eq!(
+        (balance.held, balance.captured, balance.available),
+        (0, 8, 92)
+    );
+    let status = worker.terminate(Duration::from_secs(20));
+    assert!(status.is_some_and(|s| s.success()), "{}", worker.log_tail());
+}
