@@ -59,6 +59,10 @@ impl Setup {
     /// Worker config: fal polled every 300 ms in-slot, parked jobs looked
     /// at every 5 s (the shortest retry queue).
     fn config(&self, http_port: u16) -> PathBuf {
+        self.config_waiting(http_port, 120)
+    }
+
+    fn config_waiting(&self, http_port: u16, max_wait_seconds: u64) -> PathBuf {
         let fal_url = self.fake.base_url.to_string();
         let path = write_config(
             &self.dir.0,
@@ -74,7 +78,9 @@ impl Setup {
             },
         );
         let mut toml = std::fs::read_to_string(&path).unwrap();
-        toml.push_str("\n[providers.park]\npoll_delays_seconds = [5]\nmax_wait_seconds = 120\n");
+        toml.push_str(&format!(
+            "\n[providers.park]\npoll_delays_seconds = [5]\nmax_wait_seconds = {max_wait_seconds}\n"
+        ));
         std::fs::write(&path, toml).unwrap();
         path
     }
@@ -258,6 +264,46 @@ async fn a_cancel_request_reaches_the_provider_and_releases_the_credits() {
         metric(port, "genfleet_cancel_requests_total{outcome=\"recorded\"}").await,
         2.0
     );
+    let status = worker.terminate(Duration::from_secs(20));
+    assert!(status.is_some_and(|s| s.success()), "{}", worker.log_tail());
+}
+
+/// A parked render that never finishes: once the parked job has waited
+/// `providers.park.max_wait_seconds`, its next look cancels the fal request
+/// and the job ends expired (`deadline_exceeded`), nothing charged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_render_stuck_past_its_wait_is_cancelled_and_expires() {
+    let s = setup("genfleet-stuck").await;
+    let port = free_port();
+    let config = s.config_waiting(port, 4);
+    let stuck = s.video_job("test/stuck", 4);
+    s.publish(&stuck).await;
+    let mut worker = WorkerProcess::start(&config, s.dir.0.join("worker.log"));
+    wait_ready(&mut worker, port, Duration::from_secs(60)).await;
+    let (conn, queue) = &s.results;
+    let got = collect_results(conn, queue, 1, Duration::from_secs(30)).await;
+    let (result, routing_key) = got
+        .results
+        .get(&stuck.job_id)
+        .unwrap_or_else(|| panic!("no result:\n{}", worker.log_tail()));
+    println!("stuck job: {result:?}");
+    assert_eq!(result.status, v1::JobStatus::Expired as i32, "{result:?}");
+    assert_eq!(routing_key, "result.acme.video.expired");
+    let error = result.error.as_ref().unwrap();
+    assert_eq!(error.code, "deadline_exceeded");
+    let credits = result.credits.as_ref().unwrap();
+    assert_eq!(
+        (credits.held, credits.captured, credits.released),
+        (4, 0, 4)
+    );
+    assert_eq!(s.fake.submissions_for("test/stuck"), 1);
+    assert_eq!(
+        s.fake.cancellations(),
+        1,
+        "the stuck request was not cancelled"
+    );
+    let balance = s.ledger.balance("acme/video").await.unwrap().unwrap();
+    assert_eq!((balance.held, balance.available), (0, 100));
     let status = worker.terminate(Duration::from_secs(20));
     assert!(status.is_some_and(|s| s.success()), "{}", worker.log_tail());
 }
