@@ -15,18 +15,23 @@
 //! | `test/stuck`        | IN_PROGRESS forever                                         |
 //! | `test/malformed`    | result body is truncated JSON                               |
 //! | `test/video`        | completes with a small MP4 `video`                          |
+//! | `test/sleep-<ms>`   | IN_QUEUE, then IN_PROGRESS until `<ms>` after its submit,   |
+//! |                     | then COMPLETED like `test/ok` (e.g. `test/sleep-2000`)      |
 //! | other `test/*`      | 404, as fal answers for an unknown app                      |
 //! | any other owner     | like `test/ok`, so production model names work unchanged    |
 //!
 //! Every route but `/files/*` needs an `Authorization: Key ...` header, and
 //! `/files/*` (the stand-in for fal's CDN) is served without one, as the
 //! real file host is. It keeps everything in memory and is not meant to be
-//! fast or long-lived.
+//! long-lived. It does serve thousands of concurrent connections (the
+//! in-flight bench holds 2,000 `test/sleep-2000` requests): its one lock is
+//! never held across an await, nor while a body is parsed or a PNG made.
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -72,6 +77,7 @@ impl FakeFal {
         let shared = Arc::new(Shared {
             origin: format!("http://{address}"),
             next_id: AtomicU64::new(1),
+            downloads: AtomicU64::new(0),
             state: Mutex::new(FakeState::default()),
         });
         let router = Router::new()
@@ -117,6 +123,13 @@ impl FakeFal {
     pub fn cancellations(&self) -> u64 {
         self.shared.lock().cancellations
     }
+
+    /// Output files served (`/files/*` answered 200): the last step of a
+    /// client's exchange, which lets a bench count finished calls of a
+    /// client that reports nothing back.
+    pub fn downloads(&self) -> u64 {
+        self.shared.downloads.load(Ordering::Relaxed)
+    }
 }
 
 impl Drop for FakeFal {
@@ -131,6 +144,7 @@ struct Shared {
     /// `http://127.0.0.1:port`, for the absolute URLs fal hands out.
     origin: String,
     next_id: AtomicU64,
+    downloads: AtomicU64,
     state: Mutex<FakeState>,
 }
 
@@ -158,12 +172,17 @@ struct FakeRequest {
     polls: u32,
     num_images: u64,
     seed: Option<u64>,
+    submitted: Instant,
 }
 
 impl FakeRequest {
     fn completed(&self) -> bool {
-        // The first poll sees IN_PROGRESS, so clients must really poll.
-        self.behaviour != Behaviour::Stuck && self.polls >= 2
+        match self.behaviour {
+            Behaviour::Stuck => false,
+            Behaviour::Sleep(delay) => self.submitted.elapsed() >= delay,
+            // The first poll sees IN_PROGRESS, so clients must really poll.
+            _ => self.polls >= 2,
+        }
     }
 }
 
@@ -178,6 +197,8 @@ enum Behaviour {
     Stuck,
     Malformed,
     Video,
+    /// Completes this long after its submit, however often it is polled.
+    Sleep(Duration),
 }
 
 impl Behaviour {
@@ -195,7 +216,10 @@ impl Behaviour {
             "stuck" => Behaviour::Stuck,
             "malformed" => Behaviour::Malformed,
             "video" => Behaviour::Video,
-            _ => return None,
+            other => {
+                let millis = other.strip_prefix("sleep-")?.parse::<u64>().ok()?;
+                Behaviour::Sleep(Duration::from_millis(millis))
+            }
         })
     }
 }
@@ -249,6 +273,9 @@ async fn handle(
 
 fn submit(shared: &Shared, owner: &str, app: &str, body: &[u8]) -> Response {
     let model = format!("{owner}/{app}");
+    // Parsed before the lock is taken: a body with a data-URI image is
+    // hundreds of kB, and thousands of submits at once must not queue on it.
+    let parsed = serde_json::from_slice::<serde_json::Map<String, Value>>(body);
     let mut state = shared.lock();
     *state.submissions.entry(model.clone()).or_default() += 1;
     let Some(behaviour) = Behaviour::for_app(owner, app) else {
@@ -257,7 +284,7 @@ fn submit(shared: &Shared, owner: &str, app: &str, body: &[u8]) -> Response {
             json!({"detail": format!("Application '{app}' not found")}),
         );
     };
-    let input: serde_json::Map<String, Value> = match serde_json::from_slice(body) {
+    let input = match parsed {
         Ok(input) => input,
         Err(_) => {
             return error(
@@ -323,6 +350,7 @@ fn submit(shared: &Shared, owner: &str, app: &str, body: &[u8]) -> Response {
             polls: 0,
             num_images,
             seed,
+            submitted: Instant::now(),
         },
     );
     let base = format!("{}/{model}/requests/{id}", shared.origin);
@@ -344,6 +372,9 @@ fn status(shared: &Shared, owner: &str, app: &str, id: &str) -> Response {
     request.polls = request.polls.saturating_add(1);
     let (code, status) = if request.completed() {
         (StatusCode::OK, "COMPLETED")
+    } else if matches!(request.behaviour, Behaviour::Sleep(_)) && request.polls == 1 {
+        // As fal answers while no runner has picked the request up yet.
+        (StatusCode::ACCEPTED, "IN_QUEUE")
     } else {
         (StatusCode::ACCEPTED, "IN_PROGRESS")
     };
@@ -383,7 +414,7 @@ fn result(shared: &Shared, owner: &str, app: &str, id: &str) -> Response {
     let flags = |flag: bool| vec![Value::Bool(flag); images().len()];
     let seed = request.seed.unwrap_or(42);
     let answer = match request.behaviour {
-        Behaviour::Ok | Behaviour::Flaky => {
+        Behaviour::Ok | Behaviour::Flaky | Behaviour::Sleep(_) => {
             json!({"images": images(), "has_nsfw_concepts": flags(false), "seed": seed})
         }
         Behaviour::Nsfw => {
@@ -458,25 +489,46 @@ fn known_request<'a>(
 /// `/files/{id}_{i}.png` or `/files/{id}.mp4`, for known requests only, so a
 /// made-up URL answers 404 like an expired one.
 fn file(shared: &Shared, name: &str) -> Response {
-    let state = shared.lock();
     let (stem, extension) = name.rsplit_once('.').unwrap_or((name, ""));
     let (id, index) = stem.split_once('_').unwrap_or((stem, "0"));
-    if !state.requests.contains_key(id) {
+    if !shared.lock().requests.contains_key(id) {
         return not_found();
     }
+    let served = |response: Response| {
+        shared.downloads.fetch_add(1, Ordering::Relaxed);
+        response
+    };
     match extension {
         "png" => {
             let variant = index.parse::<u32>().unwrap_or(0);
-            (
-                StatusCode::OK,
-                [(header::CONTENT_TYPE, "image/png")],
-                gradient_png(IMAGE_SIDE, IMAGE_SIDE, variant),
+            served(
+                (
+                    StatusCode::OK,
+                    [(header::CONTENT_TYPE, "image/png")],
+                    served_png(variant),
+                )
+                    .into_response(),
             )
-                .into_response()
         }
-        "mp4" => (StatusCode::OK, [(header::CONTENT_TYPE, "video/mp4")], mp4()).into_response(),
+        "mp4" => {
+            served((StatusCode::OK, [(header::CONTENT_TYPE, "video/mp4")], mp4()).into_response())
+        }
         _ => not_found(),
     }
+}
+
+/// The PNG served for output `variant`, made once: the CRC and Adler sums
+/// above are bitwise and take milliseconds per image, too slow for thousands
+/// of downloads. `gradient_png` shifts blue by `variant * 64` modulo 256, so
+/// four images cover every variant.
+fn served_png(variant: u32) -> Bytes {
+    static PNGS: OnceLock<Vec<Bytes>> = OnceLock::new();
+    let pngs = PNGS.get_or_init(|| {
+        (0..4)
+            .map(|v| Bytes::from(gradient_png(IMAGE_SIDE, IMAGE_SIDE, v)))
+            .collect()
+    });
+    pngs[(variant % 4) as usize].clone()
 }
 
 fn error(code: StatusCode, body: Value) -> Response {
@@ -618,5 +670,26 @@ mod tests {
         let mp4 = mp4();
         assert_eq!(&mp4[..8], &[0, 0, 0, 0x18, b'f', b't', b'y', b'p']);
         assert_eq!(mp4.len(), 24 + 8 + 2048);
+    }
+
+    #[test]
+    fn served_pngs_are_the_gradients() {
+        for variant in [0, 1, 2, 3, 4, 7, 13] {
+            assert_eq!(
+                served_png(variant),
+                gradient_png(IMAGE_SIDE, IMAGE_SIDE, variant),
+                "variant {variant}"
+            );
+        }
+    }
+
+    #[test]
+    fn sleep_models_parse_their_delay() {
+        assert_eq!(
+            Behaviour::for_app("test", "sleep-2000"),
+            Some(Behaviour::Sleep(Duration::from_secs(2)))
+        );
+        assert_eq!(Behaviour::for_app("test", "sleep-"), None);
+        assert_eq!(Behaviour::for_app("test", "sleep-2s"), None);
     }
 }

@@ -247,6 +247,77 @@ async fn video_outputs_are_downloaded() {
 }
 
 #[tokio::test]
+async fn sleep_completes_no_earlier_than_its_delay() {
+    let fake = FakeFal::start().await.unwrap();
+    let start = Instant::now();
+    let output = generate_with_retries(&provider(&fake), &request("test/sleep-200"), &policy())
+        .await
+        .unwrap();
+    let elapsed = start.elapsed();
+    // No upper bound: a loaded machine may be late, never early.
+    assert!(elapsed >= Duration::from_millis(200), "{elapsed:?}");
+    assert_eq!(output.attempts, 1);
+    assert_eq!(output.artifacts.len(), 1);
+    assert!(output.artifacts[0].bytes.starts_with(PNG_SIGNATURE));
+    assert_eq!(fake.submissions_for("test/sleep-200"), 1);
+}
+
+#[tokio::test]
+async fn sleep_reads_queued_then_in_progress_until_its_delay() {
+    let fake = FakeFal::start().await.unwrap();
+    let http = client();
+    let start = Instant::now();
+    let submitted: Value = http
+        .post(fake.base_url.join("test/sleep-200").unwrap())
+        .header("Authorization", "Key test-key-0123")
+        .json(&json!({"prompt": "a mug"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let status_url = submitted["status_url"].as_str().unwrap().to_owned();
+    let status = || async {
+        let answer: Value = http
+            .get(&status_url)
+            .header("Authorization", "Key test-key-0123")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        answer["status"].as_str().unwrap().to_owned()
+    };
+    let mut seen = vec![status().await];
+    while seen.last().map(String::as_str) != Some("COMPLETED") {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        seen.push(status().await);
+    }
+    let elapsed = start.elapsed();
+    assert!(elapsed >= Duration::from_millis(200), "{elapsed:?}");
+    assert_eq!(seen[0], "IN_QUEUE", "{seen:?}");
+    assert_eq!(seen[1], "IN_PROGRESS", "{seen:?}");
+    assert_eq!(
+        submit_status(&http, &fake, "test/sleep-soon").await,
+        404,
+        "a delay that is not a number is an unknown app"
+    );
+}
+
+async fn submit_status(http: &reqwest::Client, fake: &FakeFal, model: &str) -> u16 {
+    http.post(fake.base_url.join(model).unwrap())
+        .header("Authorization", "Key test-key-0123")
+        .json(&json!({"prompt": "a mug"}))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test]
 async fn a_missing_key_is_unauthorized() {
     let fake = FakeFal::start().await.unwrap();
     let provider = FalProvider::new(
