@@ -84,6 +84,15 @@ impl HoldState {
     }
 }
 
+/// A job's start as the ledger recorded it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Started {
+    /// Starts of the job so far, this one included.
+    pub starts: u32,
+    /// The reason of a cancel request for the job, if one was recorded.
+    pub cancel_reason: Option<String>,
+}
+
 /// What [`Ledger::settle_outcome`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settled {
@@ -711,6 +720,15 @@ impl Ledger {
     /// # Errors
     /// [`CreditsError::Invalid`] for a malformed id; database errors.
     pub async fn begin_attempt(&self, job_id: &str) -> Result<u32, CreditsError> {
+        Ok(self.start(job_id).await?.starts)
+    }
+
+    /// [`Ledger::begin_attempt`] and [`Ledger::cancellation`] in one round
+    /// trip: what a worker asks before every run of a job.
+    ///
+    /// # Errors
+    /// [`CreditsError::Invalid`] for a malformed id; database errors.
+    pub async fn start(&self, job_id: &str) -> Result<Started, CreditsError> {
         validate_id("job id", job_id)?;
         let client = self.pool.get().await?;
         let row = client
@@ -718,12 +736,16 @@ impl Ledger {
                 "INSERT INTO job_attempts (job_id, started) VALUES ($1, 1)
                  ON CONFLICT (job_id) DO UPDATE
                  SET started = job_attempts.started + 1, last_started_at = now()
-                 RETURNING started",
+                 RETURNING started,
+                     (SELECT reason FROM job_cancellations WHERE job_id = $1)",
                 &[&job_id],
             )
             .await?;
         let started: i32 = row.get(0);
-        Ok(u32::try_from(started).unwrap_or(0))
+        Ok(Started {
+            starts: u32::try_from(started).unwrap_or(0),
+            cancel_reason: row.get(1),
+        })
     }
 
     /// The outcome stored when `job_id` was settled, if it was.

@@ -37,7 +37,7 @@ use std::time::Duration;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, Timeouts};
 
 pub use crate::error::CreditsError;
-pub use crate::ledger::{Balance, Hold, HoldState, Settled, Settlement};
+pub use crate::ledger::{Balance, Hold, HoldState, Settled, Settlement, Started};
 pub use crate::queries::Entry;
 
 /// How long `ping` waits for `SELECT 1`, pool wait included: a health check

@@ -117,22 +117,20 @@ impl FalProvider {
     /// `client` should be the process-wide client (connection pooling);
     /// per-exchange timeouts come from `config`.
     pub fn new(config: FalConfig, client: reqwest::Client) -> Self {
-        let authorization = HeaderValue::from_str(&format!("Key {}", config.key))
-            .map(|mut value| {
-                // Keeps the value out of hyper's and reqwest's debug output.
-                value.set_sensitive(true);
-                value
-            })
-            .map_err(|_| {
-                "the configured fal key contains characters not allowed in an HTTP header"
-                    .to_owned()
-            });
+        let authorization = http::credential_header(&format!("Key {}", config.key), "fal key");
         Self {
             config,
             client,
             authorization,
             submissions: None,
         }
+    }
+
+    /// The built `Authorization` header, or why there is none.
+    fn authorization(&self) -> Result<HeaderValue, ProviderError> {
+        self.authorization
+            .clone()
+            .map_err(|message| ProviderError::Unauthorized { message })
     }
 
     /// Records submissions in `log` and resumes recorded ones.
@@ -175,10 +173,7 @@ impl Provider for FalProvider {
 #[async_trait::async_trait]
 impl Resumable for FalProvider {
     async fn submit(&self, request: &GenerationRequest) -> Result<String, ProviderError> {
-        let authorization = self
-            .authorization
-            .clone()
-            .map_err(|message| ProviderError::Unauthorized { message })?;
+        let authorization = self.authorization()?;
         let input = build_input(request)?;
         let submit_url = self.submit_url(&request.model)?;
         // No request timeout for fal: a parked render waits as long as the
@@ -195,10 +190,7 @@ impl Resumable for FalProvider {
         request: &GenerationRequest,
         submission: &str,
     ) -> Result<Checked, ProviderError> {
-        let authorization = self
-            .authorization
-            .clone()
-            .map_err(|message| ProviderError::Unauthorized { message })?;
+        let authorization = self.authorization()?;
         let submitted = self.parse_record(submission)?;
         let status_url = self.queue_url(&submitted.status_url, "status_url")?;
         let deadline = request.deadline;
@@ -228,10 +220,7 @@ impl Resumable for FalProvider {
     }
 
     async fn cancel(&self, submission: &str) -> Result<(), ProviderError> {
-        let authorization = self
-            .authorization
-            .clone()
-            .map_err(|message| ProviderError::Unauthorized { message })?;
+        let authorization = self.authorization()?;
         let submitted = self.parse_record(submission)?;
         let Some(raw) = submitted.cancel_url.as_deref() else {
             return Err(ProviderError::Unsupported {
@@ -331,10 +320,7 @@ impl FalProvider {
         &self,
         request: &GenerationRequest,
     ) -> Result<GenerationOutput, ProviderError> {
-        let authorization = self
-            .authorization
-            .clone()
-            .map_err(|message| ProviderError::Unauthorized { message })?;
+        let authorization = self.authorization()?;
         let input = build_input(request)?;
         let submit_url = self.submit_url(&request.model)?;
         let deadline = request.deadline;

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
 use bytes::{Bytes, BytesMut};
-use reqwest::header::{HeaderMap, CONTENT_TYPE};
+use reqwest::header::{HeaderMap, HeaderValue, CONTENT_TYPE};
 use reqwest::{RequestBuilder, Response, StatusCode};
 use tokio::time::Instant;
 use url::Url;
@@ -185,6 +185,17 @@ pub(crate) fn decode_base64(data: &str, what: &str) -> Result<Bytes, ProviderErr
         .map_err(|_| ProviderError::Malformed {
             message: format!("{what} holds invalid base64"),
         })
+}
+
+/// A credential header value (`Key ...`, `Bearer ...`) marked sensitive,
+/// which keeps it out of hyper's and reqwest's debug output. The error says
+/// which setting holds characters a header cannot carry, never the value.
+pub(crate) fn credential_header(value: &str, what: &str) -> Result<HeaderValue, String> {
+    let mut header = HeaderValue::from_str(value).map_err(|_| {
+        format!("the configured {what} contains characters not allowed in an HTTP header")
+    })?;
+    header.set_sensitive(true);
+    Ok(header)
 }
 
 /// Encodes bytes as standard base64 for a request body.

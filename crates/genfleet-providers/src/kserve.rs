@@ -242,16 +242,9 @@ impl KServeProvider {
     pub fn new(config: KServeConfig, client: reqwest::Client) -> Self {
         let authorization = match &config.bearer {
             None => Ok(None),
-            Some(token) => HeaderValue::from_str(&format!("Bearer {token}"))
-                .map(|mut value| {
-                    // Keeps the value out of hyper's and reqwest's debug output.
-                    value.set_sensitive(true);
-                    Some(value)
-                })
-                .map_err(|_| {
-                    "the configured KServe bearer token contains characters not allowed in an HTTP header"
-                        .to_owned()
-                }),
+            Some(token) => {
+                http::credential_header(&format!("Bearer {token}"), "KServe bearer token").map(Some)
+            }
         };
         Self {
             config,

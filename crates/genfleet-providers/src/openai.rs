@@ -139,13 +139,8 @@ impl OpenAiProvider {
 
 fn auth_headers(config: &OpenAiConfig) -> Result<HeaderMap, String> {
     let mut headers = HeaderMap::new();
-    let mut authorization =
-        HeaderValue::from_str(&format!("Bearer {}", config.api_key)).map_err(|_| {
-            "the configured openai api key contains characters not allowed in an HTTP header"
-                .to_owned()
-        })?;
-    // Keeps the value out of hyper's and reqwest's debug output.
-    authorization.set_sensitive(true);
+    let authorization =
+        http::credential_header(&format!("Bearer {}", config.api_key), "openai api key")?;
     headers.insert(AUTHORIZATION, authorization);
     if let Some(organization) = &config.organization {
         let value = HeaderValue::from_str(organization).map_err(|_| {

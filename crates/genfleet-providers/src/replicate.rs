@@ -168,16 +168,8 @@ impl ReplicateProvider {
     /// `client` should be the process-wide client (connection pooling);
     /// per-exchange timeouts come from `config`.
     pub fn new(config: ReplicateConfig, client: reqwest::Client) -> Self {
-        let authorization = HeaderValue::from_str(&format!("Bearer {}", config.token))
-            .map(|mut value| {
-                // Keeps the value out of hyper's and reqwest's debug output.
-                value.set_sensitive(true);
-                value
-            })
-            .map_err(|_| {
-                "the configured replicate token contains characters not allowed in an HTTP header"
-                    .to_owned()
-            });
+        let authorization =
+            http::credential_header(&format!("Bearer {}", config.token), "replicate token");
         Self {
             config,
             client,

@@ -232,10 +232,7 @@ fn bearer(token: &str) -> Option<HeaderValue> {
     if token.is_empty() {
         return None;
     }
-    let mut value = HeaderValue::from_str(&format!("Bearer {token}")).ok()?;
-    // Keeps the value out of hyper's and reqwest's debug output.
-    value.set_sensitive(true);
-    Some(value)
+    http::credential_header(&format!("Bearer {token}"), "access token").ok()
 }
 
 /// What a file's token was read under: a change means a new token.

@@ -16,7 +16,6 @@
 //! delivered generation or refund a captured charge.
 
 use genfleet_broker::{Incoming, Publisher};
-use genfleet_credits::Settlement;
 use genfleet_proto::{v1, ContentType, ErrorCode, ValidJob};
 use tracing::{info, warn};
 
@@ -108,48 +107,10 @@ pub(crate) async fn finish_cancelled(
         return Disposition::Requeue(reason);
     }
     let mut result = cancelled_result(services, job, reason);
-    match services.ledger.hold(job.job_id()).await {
-        Ok(Some(hold)) => {
-            result.credits = Some(v1::CreditSummary {
-                held: hold.amount,
-                captured: 0,
-                released: hold.amount,
-            });
-        }
-        Ok(None) => {}
-        Err(e) => {
-            warn!(error = %e, "ledger unavailable while cancelling a job");
-            return Disposition::Requeue("ledger_unavailable");
-        }
-    }
-    let stored = genfleet_proto::encode_json(&result);
-    match services
-        .ledger
-        .settle_outcome(job.job_id(), Settlement::Release, &stored)
-        .await
+    if let Err(stop) =
+        lifecycle::release_with_result(services, publisher, incoming, job, &mut result).await
     {
-        Ok(settled) => {
-            if let Some(earlier) = settled.earlier_outcome {
-                // Settled by a run that finished first: that is the result.
-                return match serde_json::from_slice::<v1::JobResult>(&earlier) {
-                    Ok(earlier) => {
-                        lifecycle::publish_result(services, publisher, incoming, &earlier).await
-                    }
-                    Err(_) => Disposition::Requeue("outcome_unreadable"),
-                };
-            }
-            if let Some(hold) = settled.hold {
-                services
-                    .metrics
-                    .credits_released_total
-                    .with_label_values(&[job.kind().label()])
-                    .inc_by(u64::try_from(hold.released).unwrap_or(0));
-            }
-        }
-        Err(e) => {
-            warn!(error = %e, "ledger unavailable while settling a cancelled job");
-            return Disposition::Requeue("ledger_unavailable");
-        }
+        return stop;
     }
     services
         .metrics

@@ -95,51 +95,8 @@ async fn abandon(
     failure.retryable = false;
     let mut result = failed_result(services, job.job_id(), Some(job.tenant()), &failure);
     result.attempts = crashed;
-    let held = match services.ledger.hold(job.job_id()).await {
-        Ok(hold) => hold,
-        Err(e) => {
-            warn!(error = %e, "ledger unavailable while giving up a job");
-            return Disposition::Requeue("ledger_unavailable");
-        }
-    };
-    if let Some(hold) = &held {
-        result.credits = Some(v1::CreditSummary {
-            held: hold.amount,
-            captured: 0,
-            released: hold.amount,
-        });
-    }
-    result.finished_at = Some(system_time_to_timestamp(SystemTime::now()));
-    let stored = genfleet_proto::encode_json(&result);
-    match services
-        .ledger
-        .settle_outcome(job.job_id(), Settlement::Release, &stored)
-        .await
-    {
-        Ok(settled) if settled.earlier_outcome.is_some() => {
-            // Settled by a delivery that ran at the same time: publish that.
-            if let Some(earlier) = settled
-                .earlier_outcome
-                .and_then(|bytes| serde_json::from_slice::<v1::JobResult>(&bytes).ok())
-            {
-                return publish_result(services, publisher, incoming, &earlier).await;
-            }
-            return Disposition::Requeue("outcome_unreadable");
-        }
-        Ok(genfleet_credits::Settled {
-            hold: Some(hold), ..
-        }) => {
-            services
-                .metrics
-                .credits_released_total
-                .with_label_values(&[job.kind().label()])
-                .inc_by(u64::try_from(hold.released).unwrap_or(0));
-        }
-        Ok(_) => {}
-        Err(e) => {
-            warn!(error = %e, "ledger unavailable while giving up a job");
-            return Disposition::Requeue("ledger_unavailable");
-        }
+    if let Err(stop) = release_with_result(services, publisher, incoming, job, &mut result).await {
+        return stop;
     }
     warn!(
         crashed,
@@ -154,6 +111,56 @@ async fn abandon(
         &format!("delivery_limit: {}", failure.message),
     )
     .await
+}
+
+/// Ends a job that will not run without a charge: its hold (if any) is
+/// released with `result` (its credits filled in) stored as the outcome.
+/// `Err` is the disposition to return instead of publishing `result`: the
+/// outcome another delivery stored first (published here), or a requeue
+/// when the ledger is down.
+pub(crate) async fn release_with_result(
+    services: &Services,
+    publisher: &Publisher,
+    incoming: &Incoming,
+    job: &ValidJob,
+    result: &mut v1::JobResult,
+) -> Result<(), Disposition> {
+    let held = services.ledger.hold(job.job_id()).await.map_err(|e| {
+        warn!(error = %e, "ledger unavailable while releasing a job's credits");
+        Disposition::Requeue("ledger_unavailable")
+    })?;
+    if let Some(hold) = &held {
+        result.credits = Some(v1::CreditSummary {
+            held: hold.amount,
+            captured: 0,
+            released: hold.amount,
+        });
+    }
+    result.finished_at = Some(system_time_to_timestamp(SystemTime::now()));
+    let stored = genfleet_proto::encode_json(&*result);
+    let settled = services
+        .ledger
+        .settle_outcome(job.job_id(), Settlement::Release, &stored)
+        .await
+        .map_err(|e| {
+            warn!(error = %e, "ledger unavailable while releasing a job's credits");
+            Disposition::Requeue("ledger_unavailable")
+        })?;
+    if let Some(earlier) = settled.earlier_outcome {
+        // Settled by a delivery that ran at the same time: publish that.
+        return Err(match serde_json::from_slice::<v1::JobResult>(&earlier) {
+            Ok(earlier) => publish_result(services, publisher, incoming, &earlier).await,
+            Err(_) => Disposition::Requeue("outcome_unreadable"),
+        });
+    }
+    if let Some(hold) = settled.hold {
+        services
+            .metrics
+            .credits_released_total
+            .with_label_values(&[job.kind().label()])
+            .inc_by(u64::try_from(hold.released).unwrap_or(0));
+    }
+    Ok(())
 }
 
 async fn run_valid(
@@ -189,24 +196,17 @@ async fn run_valid(
             return Disposition::Requeue("ledger_unavailable");
         }
     }
-    match services.ledger.cancellation(job.job_id()).await {
-        Ok(Some(reason)) => {
-            return crate::cancel::finish_cancelled(services, publisher, incoming, job, &reason)
-                .await
-        }
-        Ok(None) => {}
-        Err(e) => {
-            warn!(error = %e, "ledger unavailable while checking for a cancel request");
-            return Disposition::Requeue("ledger_unavailable");
-        }
-    }
-    let starts = match services.ledger.begin_attempt(job.job_id()).await {
-        Ok(starts) => starts,
+    let attempt = match services.ledger.start(job.job_id()).await {
+        Ok(attempt) => attempt,
         Err(e) => {
             warn!(error = %e, "ledger unavailable while recording the job's start");
             return Disposition::Requeue("ledger_unavailable");
         }
     };
+    if let Some(reason) = &attempt.cancel_reason {
+        return crate::cancel::finish_cancelled(services, publisher, incoming, job, reason).await;
+    }
+    let starts = attempt.starts;
     // Starts that never finished, before this one. The broker's delivery
     // count cannot tell those from deliveries that only waited in a dead
     // worker's buffer, so it is only the backstop: its last delivery is
@@ -896,7 +896,7 @@ pub fn default_class(kind: v1::JobKind) -> genfleet_broker::JobClass {
 
 /// Outcome label of a failed provider call: its error code, except bad
 /// credentials, which get their own label so that they can page someone.
-fn attempt_outcome(error: &genfleet_providers::ProviderError) -> &'static str {
+pub(crate) fn attempt_outcome(error: &genfleet_providers::ProviderError) -> &'static str {
     match error {
         genfleet_providers::ProviderError::Unauthorized { .. } => "unauthorized",
         other => other.code(),

@@ -13,7 +13,7 @@
 use std::time::{Duration, SystemTime};
 
 use genfleet_proto::{v1, ErrorCode, ValidJob};
-use genfleet_providers::{Checked, Failed, GenerationRequest, ProviderError, Resumable};
+use genfleet_providers::{Checked, Failed, GenerationRequest, Resumable};
 use tracing::{info, warn};
 
 use crate::failure::{JobFailure, Stop};
@@ -237,17 +237,10 @@ pub(crate) async fn resume(
             services
                 .metrics
                 .provider_attempts_total
-                .with_label_values(&[&name, outcome_label(&error)])
+                .with_label_values(&[&name, lifecycle::attempt_outcome(&error)])
                 .inc();
             Err(fail(JobFailure::from(error)))
         }
-    }
-}
-
-fn outcome_label(error: &ProviderError) -> &'static str {
-    match error {
-        ProviderError::Unauthorized { .. } => "unauthorized",
-        other => other.code(),
     }
 }
 

@@ -14,6 +14,9 @@ use genfleet_providers::{
 };
 use genfleet_storage::{Store, StoreConfig, UrlSigner};
 
+/// Each provider's model per job kind.
+pub type DefaultModels = HashMap<String, HashMap<genfleet_proto::v1::JobKind, String>>;
+
 use crate::config::Config;
 use crate::cpu::CpuPool;
 use crate::local_provider::LocalProvider;
@@ -28,7 +31,7 @@ pub struct Services {
     pub ledger: Ledger,
     pub providers: HashMap<String, Arc<dyn Provider>>,
     /// Each provider's model per job kind, for jobs that name none.
-    pub default_models: HashMap<String, HashMap<genfleet_proto::v1::JobKind, String>>,
+    pub default_models: DefaultModels,
     pub retry: RetryPolicy,
     pub metrics: Metrics,
     pub cpu: CpuPool,
@@ -179,8 +182,6 @@ fn guarded<P: Provider + 'static>(
     });
     guarded
 }
-
-type DefaultModels = HashMap<String, HashMap<genfleet_proto::v1::JobKind, String>>;
 
 /// Registers every enabled remote provider besides fal, with its default
 /// models per job kind.
