@@ -39,7 +39,7 @@ fn stages(c: &mut Criterion) {
 
     let spec = RenderSpec {
         presets: vec![PRESETS[0].clone()],
-        encodings: vec![Encoding::Jpeg { quality: 85 }],
+        encodings: vec![Encoding::jpeg(85)],
         quality: 85,
         watermark: false,
     };

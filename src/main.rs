@@ -241,9 +241,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             threads,
         } => {
             let encoding = match format {
-                OutputFormat::Jpeg => Encoding::Jpeg {
-                    quality: quality.clamp(1, 100),
-                },
+                OutputFormat::Jpeg => Encoding::jpeg(quality.clamp(1, 100)),
                 OutputFormat::Png => Encoding::Png,
                 OutputFormat::Webp => Encoding::WebpLossless,
             };

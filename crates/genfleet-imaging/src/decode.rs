@@ -1,37 +1,54 @@
 //! Decoding untrusted bytes into clean pixels.
 //!
-//! Owns [`decode_sanitised`]: header check, decode under `image::Limits`,
-//! EXIF orientation, and normalisation to 8-bit RGB or RGBA. It deliberately
-//! returns pixels only: metadata (EXIF, GPS, ICC, XMP, comments, trailing
-//! polyglot payloads) is dropped by construction because every output is
-//! re-encoded from these pixels. It does no colour management: CMYK JPEGs are
-//! converted by the decoder, ICC profiles are ignored.
+//! Owns [`decode_sanitised`] and [`decode_to_fit`]: header check, decode
+//! under limits (JPEG through libjpeg-turbo with shrink-on-load, the rest
+//! through `image`), EXIF orientation, embedded ICC profile to sRGB, and
+//! normalisation to 8-bit RGB or RGBA. It deliberately returns pixels only:
+//! metadata (EXIF, GPS, ICC, XMP, comments, trailing polyglot payloads) is
+//! dropped by construction because every output is re-encoded from these
+//! pixels.
 
 use std::io::Cursor;
 
 use image::metadata::Orientation;
 use image::{ColorType, DynamicImage, ImageDecoder};
 
+use crate::color::{self, ProfileOutcome};
 use crate::error::ImagingError;
+use crate::jpeg;
 use crate::limits::{check_dimensions, inspect, ImageInfo, Limits};
+use crate::resize::resize_to_fit;
 use crate::sniff::ImageFormat;
 use crate::structure;
 
 /// A decoded image, safe to process and re-encode.
 pub struct Sanitised {
-    /// Oriented pixels, always `ImageRgb8` or `ImageRgba8`.
+    /// Oriented sRGB pixels, always `ImageRgb8` or `ImageRgba8`.
     pub image: DynamicImage,
     /// What the header said (stored, pre-orientation dimensions).
     pub source: ImageInfo,
     /// Whether an EXIF orientation other than "normal" was applied.
     pub orientation_applied: bool,
+    /// What was done with an embedded colour profile.
+    pub profile: ProfileOutcome,
+    /// The JPEG DCT scale denominator used by shrink-on-load (1 = none).
+    pub shrink_on_load: u32,
 }
 
-/// Decodes untrusted `bytes` into oriented 8-bit RGB or RGBA pixels.
+/// Pixels straight from a decoder, before any clean-up.
+struct Raw {
+    image: DynamicImage,
+    orientation: Orientation,
+    icc: Option<Vec<u8>>,
+    shrink: u32,
+}
+
+/// Decodes untrusted `bytes` into oriented 8-bit sRGB or sRGBA pixels.
 ///
 /// Runs [`inspect`] first, so bombs are rejected from the header. GIF and
-/// animated WebP give their first frame. An unreadable EXIF block is ignored
-/// (the image is shown as stored) rather than failing the job over metadata.
+/// animated WebP give their first frame. An unreadable EXIF block or colour
+/// profile is ignored (the image is shown as stored) rather than failing the
+/// job over metadata.
 ///
 /// # Errors
 ///
@@ -39,15 +56,90 @@ pub struct Sanitised {
 /// or truncated pixel data and [`ImagingError::TooLarge`] when the decoder
 /// needs more than `limits.max_decode_alloc_bytes`.
 pub fn decode_sanitised(bytes: &[u8], limits: &Limits) -> Result<Sanitised, ImagingError> {
+    decode_to_fit(bytes, limits, None)
+}
+
+/// Like [`decode_sanitised`], and shrinks the result to fit inside
+/// `fit_long_side` (never enlarging): the thumbnail operation.
+///
+/// JPEGs are shrunk in the DCT domain first, by the largest power of two
+/// that keeps the long side at or above the target, then by Lanczos3. The
+/// resize runs before orientation and colour conversion, so both touch the
+/// small image only; a rotation commutes with fitting a long side.
+///
+/// # Errors
+/// As [`decode_sanitised`]; [`ImagingError::Invalid`] when `fit_long_side`
+/// is `Some(0)`.
+pub fn decode_to_fit(
+    bytes: &[u8],
+    limits: &Limits,
+    fit_long_side: Option<u32>,
+) -> Result<Sanitised, ImagingError> {
     let source = inspect(bytes, limits)?;
     check_complete(source.format, bytes)?;
 
+    let raw = match source.format {
+        ImageFormat::Jpeg => decode_jpeg(bytes, limits, fit_long_side)?,
+        _ => None,
+    };
+    let raw = match raw {
+        Some(raw) => raw,
+        None => decode_with_image(bytes, source.format, limits)?,
+    };
+
+    let mut image = normalise(raw.image);
+    if let Some(long_side) = fit_long_side {
+        image = resize_to_fit(&image, long_side)?;
+    }
+    let orientation_applied = raw.orientation != Orientation::NoTransforms;
+    if orientation_applied {
+        image.apply_orientation(raw.orientation);
+    }
+    let profile = color::to_srgb(&mut image, raw.icc.as_deref())?;
+    Ok(Sanitised {
+        image,
+        source,
+        orientation_applied,
+        profile,
+        shrink_on_load: raw.shrink,
+    })
+}
+
+/// libjpeg-turbo for YCbCr and grey JPEGs; `None` hands CMYK/YCCK to
+/// `image`.
+fn decode_jpeg(
+    bytes: &[u8],
+    limits: &Limits,
+    fit_long_side: Option<u32>,
+) -> Result<Option<Raw>, ImagingError> {
+    let Some(decoded) = jpeg::decode(bytes, fit_long_side, limits.max_decode_alloc_bytes)? else {
+        return Ok(None);
+    };
+    let metadata = structure::jpeg_metadata(bytes);
+    let orientation = metadata
+        .exif
+        .and_then(Orientation::from_exif_chunk)
+        .unwrap_or(Orientation::NoTransforms);
+    Ok(Some(Raw {
+        image: DynamicImage::ImageRgb8(decoded.image),
+        orientation,
+        icc: metadata.icc,
+        shrink: decoded.shrink,
+    }))
+}
+
+/// Every other format, and CMYK JPEGs, through `image` under limits.
+fn decode_with_image(
+    bytes: &[u8],
+    format: ImageFormat,
+    limits: &Limits,
+) -> Result<Raw, ImagingError> {
     let mut decode_limits = image::Limits::default();
     decode_limits.max_image_width = Some(limits.max_width);
     decode_limits.max_image_height = Some(limits.max_height);
     decode_limits.max_alloc = Some(limits.max_decode_alloc_bytes);
 
-    let mut reader = image::ImageReader::with_format(Cursor::new(bytes), source.format.to_image());
+    let mut reader = image::ImageReader::with_format(Cursor::new(bytes), format.to_image());
     reader.limits(decode_limits);
     let mut decoder = reader.into_decoder().map_err(ImagingError::from_decode)?;
     // The decoder's own view of the size must pass too: a JPEG with two
@@ -64,16 +156,13 @@ pub fn decode_sanitised(bytes: &[u8], limits: &Limits) -> Result<Sanitised, Imag
         )));
     }
     let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
-    let mut image = DynamicImage::from_decoder(decoder).map_err(ImagingError::from_decode)?;
-
-    let orientation_applied = orientation != Orientation::NoTransforms;
-    if orientation_applied {
-        image.apply_orientation(orientation);
-    }
-    Ok(Sanitised {
-        image: normalise(image),
-        source,
-        orientation_applied,
+    let icc = decoder.icc_profile().ok().flatten();
+    let image = DynamicImage::from_decoder(decoder).map_err(ImagingError::from_decode)?;
+    Ok(Raw {
+        image,
+        orientation,
+        icc,
+        shrink: 1,
     })
 }
 
@@ -239,7 +328,7 @@ mod tests {
         )
         .unwrap();
         for encoding in [
-            Encoding::Jpeg { quality: 85 },
+            Encoding::jpeg(85),
             Encoding::Png,
             Encoding::WebpLossless,
         ] {
@@ -344,11 +433,140 @@ mod tests {
         }
     }
 
+    /// Mean absolute difference per sample, for images of the same size.
+    fn mean_abs_diff(a: &image::RgbImage, b: &image::RgbImage) -> f64 {
+        assert_eq!(a.dimensions(), b.dimensions());
+        let total: u64 = a
+            .as_raw()
+            .iter()
+            .zip(b.as_raw())
+            .map(|(x, y)| u64::from(x.abs_diff(*y)))
+            .sum();
+        total as f64 / a.as_raw().len() as f64
+    }
+
+    /// Upright means: the stored pixels turned as EXIF says. Checked against
+    /// `image`'s own decoder (which ignores orientation) turned by hand, so
+    /// the test does not trust the code it tests.
+    #[test]
+    fn orientation_matches_the_stored_pixels_turned_by_hand() {
+        let cases: [(&str, fn(&DynamicImage) -> DynamicImage); 3] = [
+            ("photos/p08_dogs_portrait_orient6_1000x667.jpg", |i| {
+                i.rotate90()
+            }),
+            ("photos/p09_interior_still_life_orient8_1000x750.jpg", |i| {
+                i.rotate270()
+            }),
+            ("photos/p10_fig_plate_orient3_1000x677.jpg", |i| i.rotate180()),
+        ];
+        for (name, turn) in cases {
+            let bytes = read(CORPUS, name);
+            let ours = decode_sanitised(&bytes, &Limits::default()).unwrap();
+            let stored = image::load_from_memory(&bytes).unwrap();
+            let by_hand = turn(&stored).to_rgb8();
+            let diff = mean_abs_diff(&ours.image.to_rgb8(), &by_hand);
+            // Two JPEG decoders differ by rounding only.
+            assert!(diff < 1.5, "{name}: differs from the hand-turned pixels by {diff}");
+            // And not by luck: the unturned pixels are far off.
+            let unturned = stored.resize_exact(
+                by_hand.width(),
+                by_hand.height(),
+                image::imageops::FilterType::Nearest,
+            );
+            assert!(mean_abs_diff(&ours.image.to_rgb8(), &unturned.to_rgb8()) > 10.0);
+        }
+    }
+
+    #[test]
+    fn decode_to_fit_shrinks_on_load_then_orients() {
+        let limits = Limits::default();
+        // (file, long side, shrink-on-load, output size)
+        let cases = [
+            // 1000x667 stored, shown portrait: 1/2 gives 500 >= 300, 1/4 < 300.
+            ("photos/p08_dogs_portrait_orient6_1000x667.jpg", 300, 2, (200, 300)),
+            ("photos/p08_dogs_portrait_orient6_1000x667.jpg", 250, 4, (167, 250)),
+            ("photos/p01_foliage_sky_1000x750.jpg", 2048, 1, (1000, 750)),
+            ("photos/p01_foliage_sky_1000x750.jpg", 120, 8, (120, 90)),
+            // CMYK goes through image's decoder: no DCT scaling there.
+            ("formats/f08_clock_cmyk_1440x1080.jpg", 720, 1, (720, 540)),
+            ("formats/f02_cups_exif_gps_512x320.png", 256, 1, (256, 160)),
+        ];
+        for (name, long_side, shrink, size) in cases {
+            let bytes = read(CORPUS, name);
+            let s = decode_to_fit(&bytes, &limits, Some(long_side)).unwrap();
+            assert_eq!(
+                (s.shrink_on_load, (s.image.width(), s.image.height())),
+                (shrink, size),
+                "{name} -> {long_side}"
+            );
+        }
+        // Shrinking on load looks like decoding fully and resizing.
+        let bytes = read(CORPUS, "photos/p01_foliage_sky_1000x750.jpg");
+        let fast = decode_to_fit(&bytes, &limits, Some(400)).unwrap();
+        assert_eq!(fast.shrink_on_load, 2);
+        let full = decode_sanitised(&bytes, &limits).unwrap();
+        let slow = resize_to_fit(&full.image, 400).unwrap();
+        let diff = mean_abs_diff(&fast.image.to_rgb8(), &slow.to_rgb8());
+        assert!(diff < 3.0, "shrink-on-load differs by {diff}");
+    }
+
+    #[test]
+    fn colour_profiles_end_as_srgb() {
+        let cases = [
+            ("photos/p07_forest_stream_adobergb_1000x667.jpg", ProfileOutcome::Converted),
+            ("photos/p12_boats_dusk_srgb_icc_1000x625.jpg", ProfileOutcome::AlreadySrgb),
+            ("photos/p01_foliage_sky_1000x750.jpg", ProfileOutcome::None),
+            // CMYK without a profile: the decoder's conversion is all.
+            ("formats/f08_clock_cmyk_1440x1080.jpg", ProfileOutcome::None),
+        ];
+        for (name, want) in cases {
+            let s = decode_sanitised(&read(CORPUS, name), &Limits::default()).unwrap();
+            assert_eq!(s.profile, want, "{name}");
+        }
+        // The PNG's iCCP, whatever it is, is handled without failing.
+        let png = decode_sanitised(
+            &read(CORPUS, "formats/f02_cups_exif_gps_512x320.png"),
+            &Limits::default(),
+        )
+        .unwrap();
+        assert_ne!(png.profile, ProfileOutcome::None);
+    }
+
+    #[test]
+    fn frame_limit_is_read_from_the_container() {
+        use image::codecs::gif::GifEncoder;
+        use image::{Delay, Frame, RgbaImage};
+        let mut gif = Vec::new();
+        {
+            let mut encoder = GifEncoder::new(&mut gif);
+            for i in 0..3u8 {
+                let frame = RgbaImage::from_pixel(8, 8, image::Rgba([i * 80, 0, 0, 255]));
+                encoder
+                    .encode_frame(Frame::from_parts(frame, 0, 0, Delay::from_numer_denom_ms(10, 1)))
+                    .unwrap();
+            }
+        }
+        let info = inspect(&gif, &Limits::default()).unwrap();
+        assert_eq!(info.frames, 3);
+        let limits = Limits {
+            max_frames: 2,
+            ..Limits::default()
+        };
+        let err = decode_sanitised(&gif, &limits).map(|s| s.source).unwrap_err();
+        assert_eq!(
+            (err.code(), err.to_string().as_str()),
+            ("too_large", "image has 3 frames, above the 2 frame limit")
+        );
+        // Still images count one frame.
+        let photo = read(CORPUS, "photos/p01_foliage_sky_1000x750.jpg");
+        assert_eq!(inspect(&photo, &limits).unwrap().frames, 1);
+    }
+
     #[test]
     fn reencoded_photo_has_no_exif_or_gps() {
         let input = read(CORPUS, "photos/p01_foliage_sky_1000x750.jpg");
         let s = decode_sanitised(&input, &Limits::default()).unwrap();
-        let out = encode(&s.image, Encoding::Jpeg { quality: 85 }).unwrap();
+        let out = encode(&s.image, Encoding::jpeg(85)).unwrap();
         assert!(!contains(&out, b"Exif"), "output has an Exif APP1 segment");
         assert!(!contains(&out, b"GPS"), "output has GPS bytes");
     }
@@ -365,7 +583,7 @@ mod tests {
         let noisy = DynamicImage::ImageRgb8(noisy);
         let mut inputs = Vec::new();
         for (encoding, label) in [
-            (Encoding::Jpeg { quality: 90 }, "jpeg"),
+            (Encoding::jpeg(90), "jpeg"),
             (Encoding::Png, "png"),
             (Encoding::WebpLossless, "webp"),
         ] {

@@ -3,42 +3,56 @@
 //! Owns [`Encoding`] and [`encode`]. Only pixels are written: no EXIF, ICC or
 //! other metadata, which is what makes decode-then-encode a sanitiser. It
 //! does not resize or choose a format for the caller.
+//!
+//! Encoders: JPEG by libjpeg-turbo ([`crate::jpeg`]); lossy WebP by libwebp;
+//! lossless WebP and PNG by `image` (its lossless WebP encoder is a fast
+//! single-pass one, several times faster than libwebp's at its default
+//! effort, at somewhat larger files).
 
-use image::codecs::jpeg::JpegEncoder;
 use image::codecs::png::PngEncoder;
 use image::codecs::webp::WebPEncoder;
 use image::{ColorType, DynamicImage, RgbImage};
 
 use crate::error::ImagingError;
+use crate::jpeg::{self, JpegOptions};
+
+/// WebP's format limit on either side.
+const WEBP_MAX_SIDE: u32 = 16383;
 
 /// Output format and its parameters.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Encoding {
-    /// Baseline JPEG; `quality` is clamped to 1..=100. Alpha is flattened
-    /// onto white.
-    Jpeg { quality: u8 },
+    /// JPEG; alpha is flattened onto white.
+    Jpeg(JpegOptions),
     /// PNG, alpha kept.
     Png,
-    /// WebP, lossless (the only WebP mode `image` can write), alpha kept.
+    /// Lossy WebP (VP8, alpha kept losslessly-compressed); `quality` 0..=100.
+    Webp { quality: u8 },
+    /// Lossless WebP (VP8L), alpha kept.
     WebpLossless,
 }
 
 impl Encoding {
+    /// Baseline 4:2:0 JPEG at `quality`.
+    pub fn jpeg(quality: u8) -> Encoding {
+        Encoding::Jpeg(JpegOptions::new(quality))
+    }
+
     /// IANA media type of the output.
     pub fn mime(&self) -> &'static str {
         match self {
-            Encoding::Jpeg { .. } => "image/jpeg",
+            Encoding::Jpeg(_) => "image/jpeg",
             Encoding::Png => "image/png",
-            Encoding::WebpLossless => "image/webp",
+            Encoding::Webp { .. } | Encoding::WebpLossless => "image/webp",
         }
     }
 
     /// File extension without the dot.
     pub fn extension(&self) -> &'static str {
         match self {
-            Encoding::Jpeg { .. } => "jpg",
+            Encoding::Jpeg(_) => "jpg",
             Encoding::Png => "png",
-            Encoding::WebpLossless => "webp",
+            Encoding::Webp { .. } | Encoding::WebpLossless => "webp",
         }
     }
 }
@@ -50,18 +64,30 @@ impl Encoding {
 ///
 /// # Errors
 ///
-/// [`ImagingError::Internal`] if the encoder fails: the pixels and
-/// parameters are ours, so that is never the input's fault.
+/// [`ImagingError::TooLarge`] for a WebP side above 16383 pixels (the
+/// format's limit); otherwise [`ImagingError::Internal`] if the encoder
+/// fails: the pixels and parameters are ours, so that is never the input's
+/// fault.
 pub fn encode(image: &DynamicImage, encoding: Encoding) -> Result<Vec<u8>, ImagingError> {
+    if matches!(encoding, Encoding::Webp { .. } | Encoding::WebpLossless)
+        && (image.width() > WEBP_MAX_SIDE || image.height() > WEBP_MAX_SIDE)
+    {
+        return Err(ImagingError::TooLarge(format!(
+            "output is {}x{} pixels, above WebP's limit of {WEBP_MAX_SIDE} pixels a side; choose JPEG or PNG",
+            image.width(),
+            image.height()
+        )));
+    }
     let mut out = Vec::new();
     let written = match encoding {
-        Encoding::Jpeg { quality } => {
-            let encoder = JpegEncoder::new_with_quality(&mut out, quality.clamp(1, 100));
-            match image.color() {
-                ColorType::Rgb8 | ColorType::L8 => image.write_with_encoder(encoder),
-                _ => DynamicImage::ImageRgb8(flatten_on_white(image)).write_with_encoder(encoder),
+        Encoding::Jpeg(options) => {
+            return match image {
+                DynamicImage::ImageRgb8(rgb) => jpeg::encode_rgb(rgb, options),
+                DynamicImage::ImageLuma8(grey) => jpeg::encode_gray(grey, options),
+                _ => jpeg::encode_rgb(&flatten_on_white(image), options),
             }
         }
+        Encoding::Webp { quality } => return encode_webp_lossy(image, quality),
         Encoding::Png => match image.color() {
             // PNG stores 16-bit natively; only float needs converting.
             ColorType::Rgb32F => DynamicImage::ImageRgb16(image.to_rgb16())
@@ -85,6 +111,31 @@ pub fn encode(image: &DynamicImage, encoding: Encoding) -> Result<Vec<u8>, Imagi
     };
     written.map_err(ImagingError::from_encode)?;
     Ok(out)
+}
+
+/// libwebp at its default effort (method 4), alpha compressed losslessly.
+fn encode_webp_lossy(image: &DynamicImage, quality: u8) -> Result<Vec<u8>, ImagingError> {
+    let internal = |what: String| ImagingError::Internal(format!("webp encoding failed: {what}"));
+    let mut config =
+        webp::WebPConfig::new().map_err(|()| internal("libwebp version mismatch".into()))?;
+    config.lossless = 0;
+    config.alpha_compression = 1;
+    config.quality = f32::from(quality.min(100));
+    let encoded = if image.color().has_alpha() {
+        let rgba = image.to_rgba8();
+        webp::Encoder::from_rgba(rgba.as_raw(), rgba.width(), rgba.height())
+            .encode_advanced(&config)
+            .map(|m| m.to_vec())
+    } else {
+        let rgb = match image {
+            DynamicImage::ImageRgb8(rgb) => std::borrow::Cow::Borrowed(rgb),
+            other => std::borrow::Cow::Owned(other.to_rgb8()),
+        };
+        webp::Encoder::from_rgb(rgb.as_raw(), rgb.width(), rgb.height())
+            .encode_advanced(&config)
+            .map(|m| m.to_vec())
+    };
+    encoded.map_err(|e| internal(format!("{e:?}")))
 }
 
 /// Composites onto opaque white. JPEG has no alpha channel, and dropping
@@ -127,19 +178,19 @@ mod tests {
         // (encoding, input, decoded format, decoded colour type)
         let cases = [
             (
-                Encoding::Jpeg { quality: 90 },
+                Encoding::jpeg(90),
                 &rgb,
                 image::ImageFormat::Jpeg,
                 ColorType::Rgb8,
             ),
             (
-                Encoding::Jpeg { quality: 0 },
+                Encoding::jpeg(0),
                 &rgba,
                 image::ImageFormat::Jpeg,
                 ColorType::Rgb8,
             ),
             (
-                Encoding::Jpeg { quality: 255 },
+                Encoding::jpeg(255),
                 &grey16,
                 image::ImageFormat::Jpeg,
                 ColorType::Rgb8,
@@ -174,6 +225,24 @@ mod tests {
                 image::ImageFormat::WebP,
                 ColorType::Rgba8,
             ),
+            (
+                Encoding::Webp { quality: 80 },
+                &rgb,
+                image::ImageFormat::WebP,
+                ColorType::Rgb8,
+            ),
+            (
+                Encoding::Webp { quality: 80 },
+                &rgba,
+                image::ImageFormat::WebP,
+                ColorType::Rgba8,
+            ),
+            (
+                Encoding::Webp { quality: 80 },
+                &grey16,
+                image::ImageFormat::WebP,
+                ColorType::Rgb8,
+            ),
         ];
         for (encoding, input, format, color) in cases {
             let bytes = encode(input, encoding).unwrap();
@@ -189,10 +258,33 @@ mod tests {
         }
     }
 
+    /// Lossy WebP is lossy but close, and far smaller than lossless on a
+    /// photo-like image; too wide an output is refused, not panicked on.
+    #[test]
+    fn lossy_webp_is_close_and_bounded() {
+        let photo = DynamicImage::ImageRgb8(RgbImage::from_fn(256, 192, |x, y| {
+            image::Rgb([(x ^ y) as u8, (x * 2) as u8, (y * 3) as u8])
+        }));
+        let lossy = encode(&photo, Encoding::Webp { quality: 90 }).unwrap();
+        let back = image::load_from_memory(&lossy).unwrap().to_rgb8();
+        let mean_error = back
+            .as_raw()
+            .iter()
+            .zip(photo.to_rgb8().as_raw())
+            .map(|(a, b)| f64::from(a.abs_diff(*b)))
+            .sum::<f64>()
+            / back.as_raw().len() as f64;
+        assert!(mean_error < 8.0, "mean error {mean_error}");
+        let wide = DynamicImage::new_rgb8(16384, 1);
+        for encoding in [Encoding::Webp { quality: 80 }, Encoding::WebpLossless] {
+            assert_eq!(encode(&wide, encoding).unwrap_err().code(), "too_large");
+        }
+    }
+
     #[test]
     fn jpeg_flattens_alpha_onto_white() {
         let clear = DynamicImage::ImageRgba8(RgbaImage::from_pixel(16, 16, Rgba([0, 0, 0, 0])));
-        let bytes = encode(&clear, Encoding::Jpeg { quality: 95 }).unwrap();
+        let bytes = encode(&clear, Encoding::jpeg(95)).unwrap();
         let back = image::load_from_memory(&bytes).unwrap().to_rgb8();
         assert!(
             back.pixels().all(|p| p.0.iter().all(|&c| c >= 250)),
@@ -203,9 +295,10 @@ mod tests {
     #[test]
     fn mime_and_extension() {
         let cases = [
-            (Encoding::Jpeg { quality: 80 }, "image/jpeg", "jpg"),
+            (Encoding::jpeg(80), "image/jpeg", "jpg"),
             (Encoding::Png, "image/png", "png"),
             (Encoding::WebpLossless, "image/webp", "webp"),
+            (Encoding::Webp { quality: 75 }, "image/webp", "webp"),
         ];
         for (encoding, mime, ext) in cases {
             assert_eq!((encoding.mime(), encoding.extension()), (mime, ext));

@@ -15,9 +15,11 @@
 //! outputs are encoded from decoded pixels only, so nothing from the input
 //! container is copied across.
 
+mod color;
 mod decode;
 mod encode;
 mod error;
+mod jpeg;
 mod limits;
 mod matte;
 mod resize;
@@ -25,9 +27,11 @@ mod sniff;
 mod structure;
 mod watermark;
 
-pub use decode::{decode_sanitised, Sanitised};
+pub use color::ProfileOutcome;
+pub use decode::{decode_sanitised, decode_to_fit, Sanitised};
 pub use encode::{encode, Encoding};
 pub use error::ImagingError;
+pub use jpeg::{ChromaSubsampling, JpegOptions};
 /// The pixel buffer type every function here takes and returns.
 pub use image::DynamicImage;
 pub use limits::{inspect, ImageInfo, Limits};

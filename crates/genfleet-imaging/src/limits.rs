@@ -22,15 +22,21 @@ pub struct Limits {
     pub max_height: u32,
     /// Largest stored width x height.
     pub max_pixels: u64,
-    /// Most memory a decoder may allocate at once, passed to `image::Limits`.
+    /// Most memory a decoder may allocate at once, passed to `image::Limits`
+    /// and checked by us against the output buffer before decoding.
     pub max_decode_alloc_bytes: u64,
+    /// Most frames an animated GIF, PNG or WebP may hold. Only the first
+    /// frame is decoded, but a file of 100,000 one-pixel frames is still a
+    /// parser workload nobody uploads in good faith.
+    pub max_frames: u64,
 }
 
 impl Default for Limits {
     /// 50 MiB of input covers any camera JPEG and most PNG screenshots; 16384
     /// px per side and 50 MP cover 48 MP phone sensors while keeping one
     /// RGBA8 decode at or below 200 MB; 1 GiB of decoder allocation leaves
-    /// room for 16-bit intermediates of a 50 MP image.
+    /// room for 16-bit intermediates of a 50 MP image; 1,000 frames is 40 s
+    /// of a 25 fps animation.
     fn default() -> Self {
         Limits {
             max_bytes: 50 * 1024 * 1024,
@@ -38,6 +44,7 @@ impl Default for Limits {
             max_height: 16384,
             max_pixels: 50_000_000,
             max_decode_alloc_bytes: 1024 * 1024 * 1024,
+            max_frames: 1000,
         }
     }
 }
@@ -51,6 +58,8 @@ pub struct ImageInfo {
     pub width: u32,
     /// Stored height, before EXIF orientation is applied.
     pub height: u32,
+    /// Frames in the container (1 for a still image).
+    pub frames: u64,
 }
 
 /// Sniffs `bytes` and checks them against `limits` from the header alone.
@@ -95,10 +104,18 @@ pub fn inspect(bytes: &[u8], limits: &Limits) -> Result<ImageInfo, ImagingError>
     };
 
     check_dimensions(width, height, limits)?;
+    let frames = structure::frame_count(format, bytes);
+    if frames > limits.max_frames {
+        return Err(ImagingError::TooLarge(format!(
+            "image has {frames} frames, above the {} frame limit",
+            limits.max_frames
+        )));
+    }
     Ok(ImageInfo {
         format,
         width,
         height,
+        frames,
     })
 }
 
@@ -207,7 +224,8 @@ mod tests {
                 ImageInfo {
                     format,
                     width,
-                    height
+                    height,
+                    frames: 1,
                 },
                 "{name}"
             );

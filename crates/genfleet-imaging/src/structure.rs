@@ -11,17 +11,20 @@ const PNG_IEND: [u8; 12] = [0, 0, 0, 0, b'I', b'E', b'N', b'D', 0xAE, 0x42, 0x60
 const JPEG_EOI: [u8; 2] = [0xFF, 0xD9];
 
 /// One marker segment seen while walking a JPEG header.
-enum Segment {
+enum Segment<'a> {
     /// A start-of-frame segment at `pos` (the FF of its marker).
     Frame { pos: usize },
+    /// An application segment (APP0..APP15): `marker` is E0..EF, `data`
+    /// the payload after the length field.
+    App { marker: u8, data: &'a [u8] },
     /// The first start-of-scan marker at `pos`; entropy-coded data follows.
     Scan { pos: usize },
 }
 
-/// Walks the marker segments after SOI, calling `visit` for SOF segments
-/// and stopping at the first SOS. Returns `None` if the chain is broken or
-/// ends before any SOS.
-fn walk_jpeg(bytes: &[u8], mut visit: impl FnMut(Segment) -> bool) -> Option<()> {
+/// Walks the marker segments after SOI, calling `visit` for SOF and APPn
+/// segments and stopping at the first SOS or when `visit` returns false.
+/// Returns `None` if the chain is broken or ends before any SOS.
+fn walk_jpeg<'a>(bytes: &'a [u8], mut visit: impl FnMut(Segment<'a>) -> bool) -> Option<()> {
     let mut pos = 2; // after SOI (FF D8), which sniffing already checked
     loop {
         if *bytes.get(pos)? != 0xFF {
@@ -51,6 +54,12 @@ fn walk_jpeg(bytes: &[u8], mut visit: impl FnMut(Segment) -> bool) -> Option<()>
                 if len < 2 {
                     return None;
                 }
+                if (0xE0..=0xEF).contains(&marker) {
+                    let data = bytes.get(pos + 4..pos + 2 + len)?;
+                    if !visit(Segment::App { marker, data }) {
+                        return Some(());
+                    }
+                }
                 pos += 2 + len;
             }
         }
@@ -66,20 +75,181 @@ fn walk_jpeg(bytes: &[u8], mut visit: impl FnMut(Segment) -> bool) -> Option<()>
 pub(crate) fn jpeg_dimensions(bytes: &[u8]) -> Option<(u32, u32)> {
     let mut found = None;
     walk_jpeg(bytes, |segment| {
-        if let Segment::Frame { pos } = segment {
-            // FF Cn, length (2), precision (1), height (2), width (2).
-            found = bytes.get(pos + 5..pos + 9).map(|d| {
-                (
-                    u32::from(u16::from_be_bytes([d[2], d[3]])),
-                    u32::from(u16::from_be_bytes([d[0], d[1]])),
-                )
-            });
-        }
+        let Segment::Frame { pos } = segment else {
+            return true;
+        };
+        // FF Cn, length (2), precision (1), height (2), width (2).
+        found = bytes.get(pos + 5..pos + 9).map(|d| {
+            (
+                u32::from(u16::from_be_bytes([d[2], d[3]])),
+                u32::from(u16::from_be_bytes([d[0], d[1]])),
+            )
+        });
         false // the first SOF is the frame
     });
     // A header that broke off before the first scan still counts if the SOF
     // was readable: the size check comes first, completeness later.
     found
+}
+
+/// Metadata from a JPEG's application segments, borrowed from the input.
+#[derive(Debug, Default)]
+pub(crate) struct JpegMetadata<'a> {
+    /// The TIFF structure of the first APP1 "Exif" segment (after the
+    /// `Exif\0\0` header), where the orientation lives.
+    pub exif: Option<&'a [u8]>,
+    /// The ICC profile, reassembled from its APP2 "ICC_PROFILE" chunks in
+    /// sequence order; `None` when absent or when the chunks are
+    /// inconsistent (a broken profile is ignored, not fatal).
+    pub icc: Option<Vec<u8>>,
+}
+
+/// Largest ICC profile we reassemble: real profiles are a few kB (a big
+/// LUT-based printer profile is ~2 MB), and 255 chunks of 64 kB is the
+/// format's own ceiling.
+const MAX_ICC_BYTES: usize = 4 * 1024 * 1024;
+
+/// Reads the EXIF block and the ICC profile of a JPEG from its header.
+pub(crate) fn jpeg_metadata(bytes: &[u8]) -> JpegMetadata<'_> {
+    const ICC_TAG: &[u8] = b"ICC_PROFILE\0";
+    let mut meta = JpegMetadata::default();
+    // (sequence number, total, data) of each ICC chunk.
+    let mut chunks: Vec<(u8, u8, &[u8])> = Vec::new();
+    walk_jpeg(bytes, |segment| {
+        match segment {
+            Segment::App { marker: 0xE1, data } if meta.exif.is_none() => {
+                meta.exif = data.strip_prefix(b"Exif\0\0");
+            }
+            Segment::App { marker: 0xE2, data } => {
+                if let Some(rest) = data.strip_prefix(ICC_TAG) {
+                    if let [seq, total, payload @ ..] = rest {
+                        chunks.push((*seq, *total, payload));
+                    }
+                }
+            }
+            _ => {}
+        }
+        true
+    });
+    meta.icc = assemble_icc(chunks);
+    meta
+}
+
+/// Joins ICC chunks. Each says its 1-based number and the total; all must
+/// agree, every number must appear once, or the profile is dropped.
+fn assemble_icc(mut chunks: Vec<(u8, u8, &[u8])>) -> Option<Vec<u8>> {
+    let total = chunks.first()?.1;
+    if total == 0 || chunks.len() != usize::from(total) || chunks.iter().any(|c| c.1 != total) {
+        return None;
+    }
+    chunks.sort_by_key(|c| c.0);
+    if chunks.iter().enumerate().any(|(i, c)| usize::from(c.0) != i + 1) {
+        return None;
+    }
+    let size: usize = chunks.iter().map(|c| c.2.len()).sum();
+    if size == 0 || size > MAX_ICC_BYTES {
+        return None;
+    }
+    let mut icc = Vec::with_capacity(size);
+    for (_, _, data) in chunks {
+        icc.extend_from_slice(data);
+    }
+    Some(icc)
+}
+
+/// How many frames an animated GIF, PNG (APNG) or WebP holds, read from the
+/// container without decoding; 1 for still images and other formats.
+///
+/// GIF has no frame count in its header, so its blocks are walked (each is
+/// length-prefixed, so this is a linear skip over the file). APNG states its
+/// count in `acTL`; animated WebP has one `ANMF` chunk per frame. Damaged
+/// structure stops the count where it breaks: the decoder reports damage.
+pub(crate) fn frame_count(format: crate::sniff::ImageFormat, bytes: &[u8]) -> u64 {
+    use crate::sniff::ImageFormat;
+    let counted = match format {
+        ImageFormat::Gif => gif_frames(bytes),
+        ImageFormat::Png => apng_frames(bytes),
+        ImageFormat::Webp => webp_frames(bytes),
+        _ => None,
+    };
+    counted.unwrap_or(0).max(1)
+}
+
+fn gif_frames(b: &[u8]) -> Option<u64> {
+    // Header (6) + logical screen descriptor (7), then the global colour
+    // table if its flag is set: 3 * 2^(size+1) bytes.
+    let flags = *b.get(10)?;
+    let mut pos = 13;
+    if flags & 0x80 != 0 {
+        pos += 3 << ((flags & 0x07) + 1);
+    }
+    let mut frames = 0u64;
+    // Skips a chain of data sub-blocks (length byte, data), ending at a 0.
+    let skip_sub_blocks = |mut pos: usize| -> Option<usize> {
+        loop {
+            let len = usize::from(*b.get(pos)?);
+            pos += 1;
+            if len == 0 {
+                return Some(pos);
+            }
+            pos += len;
+        }
+    };
+    loop {
+        match b.get(pos) {
+            Some(0x2C) => {
+                frames += 1;
+                // Image descriptor: separator (1) + 8 bytes + packed flags.
+                let flags = *b.get(pos + 9)?;
+                pos += 10;
+                if flags & 0x80 != 0 {
+                    pos += 3 << ((flags & 0x07) + 1);
+                }
+                pos += 1; // LZW minimum code size
+                match skip_sub_blocks(pos) {
+                    Some(next) => pos = next,
+                    None => return Some(frames),
+                }
+            }
+            // Extension: introducer, label, then sub-blocks.
+            Some(0x21) => match skip_sub_blocks(pos + 2) {
+                Some(next) => pos = next,
+                None => return Some(frames),
+            },
+            _ => return Some(frames),
+        }
+    }
+}
+
+fn apng_frames(b: &[u8]) -> Option<u64> {
+    let mut pos = 8;
+    // acTL must come before IDAT; stop there.
+    while let Some(header) = b.get(pos..pos + 8) {
+        let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        match &header[4..8] {
+            b"acTL" => {
+                let n = b.get(pos + 8..pos + 12)?;
+                return Some(u64::from(u32::from_be_bytes([n[0], n[1], n[2], n[3]])));
+            }
+            b"IDAT" | b"IEND" => return Some(1),
+            _ => pos = pos.checked_add(12)?.checked_add(len)?,
+        }
+    }
+    Some(1)
+}
+
+fn webp_frames(b: &[u8]) -> Option<u64> {
+    let mut pos = 12;
+    let mut frames = 0u64;
+    while let Some(header) = b.get(pos..pos + 8) {
+        let len = u32::from_le_bytes([header[4], header[5], header[6], header[7]]) as usize;
+        if &header[..4] == b"ANMF" {
+            frames += 1;
+        }
+        // Chunks are padded to an even length.
+        pos = pos.checked_add(8)?.checked_add(len)?.checked_add(len & 1)?;
+    }
+    Some(frames)
 }
 
 /// Whether the JPEG continues past its first scan to an end-of-image marker.

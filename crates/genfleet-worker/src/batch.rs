@@ -28,7 +28,7 @@ impl Default for BatchOptions {
     fn default() -> Self {
         BatchOptions {
             long_side: 2048,
-            encoding: Encoding::Jpeg { quality: 85 },
+            encoding: Encoding::jpeg(85),
             watermark: false,
             limits: Limits::default(),
             threads: 0,

@@ -493,7 +493,7 @@ async fn prepare_inputs(
                 let encoding = if role == InputRole::Mask || prepared.image.color().has_alpha() {
                     Encoding::Png
                 } else {
-                    Encoding::Jpeg { quality: 92 }
+                    Encoding::jpeg(92)
                 };
                 let bytes = genfleet_imaging::encode(&prepared.image, encoding)?;
                 Ok((encoding.mime().to_string(), bytes))

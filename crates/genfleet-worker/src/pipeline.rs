@@ -80,7 +80,7 @@ impl RenderSpec {
             .formats
             .iter()
             .filter_map(|f| match v1::OutputFormat::try_from(*f) {
-                Ok(v1::OutputFormat::Jpeg) => Some(Encoding::Jpeg { quality }),
+                Ok(v1::OutputFormat::Jpeg) => Some(Encoding::jpeg(quality)),
                 Ok(v1::OutputFormat::Png) => Some(Encoding::Png),
                 Ok(v1::OutputFormat::Webp) => Some(Encoding::WebpLossless),
                 _ => None,
@@ -128,7 +128,13 @@ pub struct Prepared {
 /// # Errors
 /// `unsupported_type`, `too_large` or `invalid_input` for the upload.
 pub fn prepare(bytes: &[u8], limits: &Limits, steps: &[Step]) -> Result<Prepared, JobFailure> {
-    let sanitised = genfleet_imaging::decode_sanitised(bytes, limits)?;
+    // A leading resize is done while decoding: JPEGs shrink in the DCT
+    // domain, and orientation and colour conversion touch the small image.
+    let (fit, steps) = match steps.split_first() {
+        Some((Step::Resize(long_side), rest)) => (Some(*long_side), rest),
+        _ => (None, steps),
+    };
+    let sanitised = genfleet_imaging::decode_to_fit(bytes, limits, fit)?;
     let mut image = sanitised.image;
     for step in steps {
         image = match *step {
@@ -166,9 +172,7 @@ pub fn render(
     let default_encoding = [if image.color().has_alpha() {
         Encoding::Png
     } else {
-        Encoding::Jpeg {
-            quality: spec.quality,
-        }
+        Encoding::jpeg(spec.quality)
     }];
     let encodings: &[Encoding] = if spec.encodings.is_empty() {
         &default_encoding
@@ -239,7 +243,7 @@ mod tests {
         let image = DynamicImage::new_rgb8(1000, 500);
         let spec = RenderSpec {
             presets: PRESETS.to_vec(),
-            encodings: vec![Encoding::Jpeg { quality: 80 }, Encoding::Png],
+            encodings: vec![Encoding::jpeg(80), Encoding::Png],
             quality: 80,
             watermark: false,
         };
