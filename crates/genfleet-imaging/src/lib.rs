@@ -36,7 +36,9 @@ pub use jpeg::{ChromaSubsampling, JpegOptions};
 pub use image::DynamicImage;
 pub use limits::{inspect, ImageInfo, Limits};
 pub use matte::{alpha_iou, apply_matte, ClassicalMatte, Matte};
-pub use resize::{resize_to_fit, upscale};
+pub use resize::{
+    resize_exact, resize_to_fit, resize_to_fit_with, unsharp, upscale, upscale_with, Sharpen,
+};
 pub use sniff::{sniff, ImageFormat, Sniffed};
 pub use watermark::apply_watermark;
 
