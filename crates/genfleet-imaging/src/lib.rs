@@ -22,6 +22,7 @@ mod error;
 mod jpeg;
 mod limits;
 mod matte;
+mod presets;
 mod resize;
 mod sniff;
 mod structure;
@@ -36,6 +37,7 @@ pub use jpeg::{ChromaSubsampling, JpegOptions};
 pub use image::DynamicImage;
 pub use limits::{inspect, ImageInfo, Limits};
 pub use matte::{alpha_iou, apply_matte, ClassicalMatte, Matte};
+pub use presets::{apply_preset, Preset, PresetFormat, Presets};
 pub use resize::{
     resize_exact, resize_to_fit, resize_to_fit_with, unsharp, upscale, upscale_with, Sharpen,
 };
