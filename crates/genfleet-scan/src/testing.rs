@@ -50,7 +50,7 @@ pub struct PrivateClamd {
     pub dir: PathBuf,
     pub socket: PathBuf,
     pub tcp_port: u16,
-    child: Child,
+    child: Option<Child>,
 }
 
 impl PrivateClamd {
@@ -131,29 +131,42 @@ impl PrivateClamd {
         );
         let conf_path = dir.join("clamd.conf");
         std::fs::write(&conf_path, conf).expect("clamd.conf");
-        let child = Command::new(clamd_binary())
-            .arg("--config-file")
-            .arg(&conf_path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot start {} ({e}); install the clamav-daemon package",
-                    clamd_binary().display()
-                )
-            });
+        let child = spawn_child(&conf_path);
         PrivateClamd {
             dir,
             socket,
             tcp_port,
-            child,
+            child: Some(child),
+        }
+    }
+
+    /// Kills clamd (as a crash would): its socket and port stop answering.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_file(&self.socket);
+    }
+
+    /// Starts clamd again on the same socket, port and database, and waits
+    /// until it answers.
+    ///
+    /// # Panics
+    /// When it does not answer within 60 s.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.child = Some(spawn_child(&self.dir.join("clamd.conf")));
+        if let Err(tail) = self.wait_ready() {
+            panic!("private clamd not ready again:\n{tail}");
         }
     }
 
     fn exited(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(Some(_)))
+        match &mut self.child {
+            Some(child) => matches!(child.try_wait(), Ok(Some(_))),
+            None => true,
+        }
     }
 
     fn wait_ready(&mut self) -> Result<(), String> {
@@ -173,6 +186,22 @@ impl PrivateClamd {
     fn tcp_accepts(&self) -> bool {
         std::net::TcpStream::connect(("127.0.0.1", self.tcp_port)).is_ok()
     }
+}
+
+fn spawn_child(conf: &Path) -> Child {
+    Command::new(clamd_binary())
+        .arg("--config-file")
+        .arg(conf)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot start {} ({e}); install the clamav-daemon package",
+                clamd_binary().display()
+            )
+        })
 }
 
 /// `zPING` on the unix socket answered `PONG`.
@@ -198,8 +227,7 @@ fn free_port() -> u16 {
 
 impl Drop for PrivateClamd {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
         if std::env::var_os("GENFLEET_KEEP_TEST_DIRS").is_none() {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
