@@ -2,6 +2,10 @@
 //! pipeline over a folder of local files, with no broker, database or
 //! network. The embedded default: what a user runs first, and a way to
 //! process a folder of product photos on a laptop.
+//!
+//! It does not scan for malware: it runs without services (no clamd), on
+//! files the user already holds; the worker scans every job input
+//! (`[scanner]`). `genfleet validate <image>` is the same.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};

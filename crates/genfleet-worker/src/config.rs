@@ -45,6 +45,7 @@ pub struct Config {
     pub limits: LimitsSection,
     pub http: HttpSection,
     pub providers: ProvidersSection,
+    pub scanner: ScannerSection,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -199,6 +200,12 @@ pub struct LimitsSection {
     pub max_pixels: u64,
     /// Largest provider output downloaded, in bytes.
     pub max_output_bytes: u64,
+    /// Input limits of one job class (`cpu`, `gpu`, `remote`) that differ
+    /// from the ones above, e.g. `[limits.classes.gpu] max_pixels =
+    /// 16000000`; any subset of `max_input_bytes`, `max_width`,
+    /// `max_height` and `max_pixels`, the rest as above. A job's class is
+    /// the queue it was delivered from.
+    pub classes: std::collections::BTreeMap<String, ClassLimits>,
 }
 
 impl Default for LimitsSection {
@@ -209,6 +216,56 @@ impl Default for LimitsSection {
             max_height: 16384,
             max_pixels: 50_000_000,
             max_output_bytes: 200 * 1024 * 1024,
+            classes: std::collections::BTreeMap::new(),
+        }
+    }
+}
+
+/// A job class's own input limits (`[limits.classes.<class>]`); a field
+/// left out keeps the value of `[limits]`. Provider outputs keep the global
+/// `max_output_bytes`: provider clients are shared by every class.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClassLimits {
+    /// Largest input accepted for this class, in bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_input_bytes: Option<u64>,
+    /// Widest image accepted for this class, in pixels.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_width: Option<u32>,
+    /// Tallest image accepted for this class, in pixels.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_height: Option<u32>,
+    /// Most pixels accepted for this class (width x height).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_pixels: Option<u64>,
+}
+
+/// The malware scan of every fetched input, before anything decodes it.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScannerSection {
+    /// Scan every input with clamd. When on, a job is never run unscanned:
+    /// while clamd is unreachable its jobs go back to the queue (and
+    /// `/readyz` fails).
+    pub enabled: bool,
+    /// clamd's address: `tcp:<host>:<port>` (clamd's `TCPSocket`) or
+    /// `unix:<path>` (its `LocalSocket`, e.g. `unix:/run/clamav/clamd.ctl`).
+    pub address: String,
+    /// Seconds one scan may take, connecting and sending included, before
+    /// clamd counts as unavailable.
+    pub timeout_seconds: u64,
+    /// Seconds connecting to clamd may take.
+    pub connect_timeout_seconds: u64,
+}
+
+impl Default for ScannerSection {
+    fn default() -> Self {
+        ScannerSection {
+            enabled: false,
+            address: "tcp:127.0.0.1:3310".into(),
+            timeout_seconds: 30,
+            connect_timeout_seconds: 5,
         }
     }
 }
@@ -769,6 +826,33 @@ impl Config {
         if self.limits.max_pixels == 0 || self.limits.max_input_bytes == 0 {
             return fail("limits.max_pixels and limits.max_input_bytes must be above 0".into());
         }
+        for (class, limits) in &self.limits.classes {
+            if genfleet_broker::JobClass::parse(class).is_none() {
+                return fail(format!(
+                    "limits.classes: {class:?} is not a job class, expected cpu, gpu or remote"
+                ));
+            }
+            let zero = [
+                ("max_input_bytes", limits.max_input_bytes == Some(0)),
+                ("max_width", limits.max_width == Some(0)),
+                ("max_height", limits.max_height == Some(0)),
+                ("max_pixels", limits.max_pixels == Some(0)),
+            ];
+            if let Some((key, _)) = zero.iter().find(|(_, zero)| *zero) {
+                return fail(format!("limits.classes.{class}.{key} must be above 0"));
+            }
+        }
+        if self.scanner.enabled {
+            if let Err(e) = self.scanner.address.parse::<genfleet_scan::ClamdAddress>() {
+                return fail(format!("scanner.address: {e}"));
+            }
+            if self.scanner.timeout_seconds == 0 || self.scanner.connect_timeout_seconds == 0 {
+                return fail(
+                    "scanner.timeout_seconds and scanner.connect_timeout_seconds must be above 0"
+                        .into(),
+                );
+            }
+        }
         Ok(())
     }
 
@@ -782,6 +866,7 @@ impl Config {
         format!("{host}-{}", std::process::id())
     }
 
+    /// The input limits of `[limits]`.
     pub fn imaging_limits(&self) -> genfleet_imaging::Limits {
         genfleet_imaging::Limits {
             max_bytes: self.limits.max_input_bytes,
@@ -789,6 +874,22 @@ impl Config {
             max_height: self.limits.max_height,
             max_pixels: self.limits.max_pixels,
             ..genfleet_imaging::Limits::default()
+        }
+    }
+
+    /// The input limits of jobs of `class`: `[limits]` with the class's
+    /// overrides from `[limits.classes.<class>]`.
+    pub fn imaging_limits_for(&self, class: genfleet_broker::JobClass) -> genfleet_imaging::Limits {
+        let base = self.imaging_limits();
+        let Some(o) = self.limits.classes.get(class.routing_key()) else {
+            return base;
+        };
+        genfleet_imaging::Limits {
+            max_bytes: o.max_input_bytes.unwrap_or(base.max_bytes),
+            max_width: o.max_width.unwrap_or(base.max_width),
+            max_height: o.max_height.unwrap_or(base.max_height),
+            max_pixels: o.max_pixels.unwrap_or(base.max_pixels),
+            ..base
         }
     }
 }
@@ -826,5 +927,64 @@ mod tests {
         let err = Config::load(Some(&bad)).unwrap_err().to_string();
         assert!(err.contains("worker.classes"), "{err}");
         std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn class_limits_override_only_their_class_and_fields() {
+        use genfleet_broker::JobClass;
+        let dir = std::env::temp_dir().join(format!("genfleet-limits-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("limits.toml");
+        std::fs::write(
+            &file,
+            "[limits]\nmax_pixels = 40000000\n\n\
+             [limits.classes.gpu]\nmax_pixels = 16000000\nmax_width = 4096\n",
+        )
+        .unwrap();
+        let config = Config::load(Some(&file)).unwrap();
+        let gpu = config.imaging_limits_for(JobClass::Gpu);
+        assert_eq!(gpu.max_pixels, 16_000_000);
+        assert_eq!(gpu.max_width, 4096);
+        // Fields the class leaves out keep [limits]' values.
+        assert_eq!(gpu.max_height, 16384);
+        assert_eq!(gpu.max_bytes, 50 * 1024 * 1024);
+        // Other classes keep [limits] whole.
+        for class in [JobClass::Cpu, JobClass::Remote] {
+            let limits = config.imaging_limits_for(class);
+            assert_eq!(limits.max_pixels, 40_000_000, "{class:?}");
+            assert_eq!(limits.max_width, 16384, "{class:?}");
+        }
+
+        // Errors name the key.
+        for (toml, key) in [
+            ("[limits.classes.fpga]\nmax_pixels = 1\n", "limits.classes"),
+            ("[limits.classes.cpu]\nmax_pixel = 1\n", "max_pixel"),
+            (
+                "[limits.classes.cpu]\nmax_pixels = 0\n",
+                "limits.classes.cpu.max_pixels",
+            ),
+            (
+                "[scanner]\nenabled = true\naddress = \"127.0.0.1:3310\"\n",
+                "scanner.address",
+            ),
+            ("[scanner]\nenabld = true\n", "enabld"),
+        ] {
+            std::fs::write(&file, toml).unwrap();
+            let err = Config::load(Some(&file)).unwrap_err().to_string();
+            assert!(err.contains(key), "{toml}: {err}");
+        }
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn the_scanner_is_off_by_default_and_takes_both_address_kinds() {
+        let config = Config::default();
+        assert!(!config.scanner.enabled);
+        let mut config = Config::default();
+        config.scanner.enabled = true;
+        for address in ["tcp:127.0.0.1:3310", "unix:/run/clamav/clamd.ctl"] {
+            config.scanner.address = address.into();
+            config.validate().unwrap();
+        }
     }
 }

@@ -3,6 +3,8 @@
 //! delivery back to the broker because our own infrastructure failed (store,
 //! ledger), so the job is retried rather than failed for something that was
 //! not the customer's fault. The class is decided where the error is born.
+//! A malware hit is a permanent failure (`malware`); a scanner that cannot
+//! be reached is a requeue, never a pass.
 
 use genfleet_proto::ErrorCode;
 
@@ -107,4 +109,34 @@ impl From<genfleet_providers::ProviderError> for JobFailure {
             retryable: error.is_retryable(),
         }
     }
+}
+
+/// How a scan that gave no verdict stops the job: clamd down or silent is
+/// our outage (requeue: the job is never run unscanned, nor failed for it);
+/// an input beyond clamd's stream limit is the input's (`too_large`); an
+/// answer we cannot read fails the job as `internal`, retryable.
+pub(crate) fn scan_stop(error: genfleet_scan::ScanError, index: usize) -> Stop {
+    use genfleet_scan::ScanError as E;
+    match error {
+        E::Unavailable(_) => Stop::Requeue {
+            reason: "scanner_unavailable",
+            detail: error.to_string(),
+        },
+        E::LimitExceeded(_) => Stop::Fail(JobFailure::new(
+            ErrorCode::TooLarge,
+            format!("inputs[{index}]: {error}"),
+        )),
+        E::Protocol(_) => Stop::Fail(JobFailure::new(
+            ErrorCode::Internal,
+            format!("inputs[{index}]: {error}"),
+        )),
+    }
+}
+
+/// A hit of the malware scanner: permanent, the same bytes match again.
+pub(crate) fn malware_found(signature: &str, index: usize) -> JobFailure {
+    JobFailure::new(
+        ErrorCode::Malware,
+        format!("inputs[{index}]: malware found by the scanner: {signature}"),
+    )
 }

@@ -1,6 +1,7 @@
 //! The health and metrics listener: `/metrics` (Prometheus text),
 //! `/healthz` (the process answers) and `/readyz` (broker and ledger
-//! reachable; Kubernetes stops routing work while it fails).
+//! reachable, and clamd when the scanner is enabled; Kubernetes stops
+//! routing work while it fails).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -12,6 +13,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 use genfleet_credits::Ledger;
+use genfleet_scan::Scanner;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
@@ -23,6 +25,7 @@ struct AppState {
     metrics: Metrics,
     readiness: Arc<Readiness>,
     ledger: Ledger,
+    scanner: Option<Arc<dyn Scanner>>,
 }
 
 /// Binds `listen` and serves until `shutdown`. Returns the bound address
@@ -35,6 +38,7 @@ pub async fn serve(
     metrics: Metrics,
     readiness: Arc<Readiness>,
     ledger: Ledger,
+    scanner: Option<Arc<dyn Scanner>>,
     shutdown: CancellationToken,
 ) -> Result<std::net::SocketAddr, WorkerError> {
     let listener = tokio::net::TcpListener::bind(listen)
@@ -51,6 +55,7 @@ pub async fn serve(
             metrics,
             readiness,
             ledger,
+            scanner,
         });
     tokio::spawn(async move {
         let _ = axum::serve(listener, app)
@@ -74,11 +79,26 @@ async fn ready_handler(State(state): State<AppState>) -> impl IntoResponse {
     if !state.readiness.broker_connected.load(Ordering::SeqCst) {
         return (StatusCode::SERVICE_UNAVAILABLE, "broker not connected\n");
     }
-    match tokio::time::timeout(Duration::from_secs(2), state.ledger.ping()).await {
-        Ok(Ok(())) => (StatusCode::OK, "ready\n"),
-        _ => (
+    if !matches!(
+        tokio::time::timeout(Duration::from_secs(2), state.ledger.ping()).await,
+        Ok(Ok(()))
+    ) {
+        return (
             StatusCode::SERVICE_UNAVAILABLE,
             "ledger database not reachable\n",
-        ),
+        );
     }
+    // With the scanner on, a worker without clamd can only requeue jobs.
+    if let Some(scanner) = &state.scanner {
+        if !matches!(
+            tokio::time::timeout(Duration::from_secs(2), scanner.ping()).await,
+            Ok(Ok(()))
+        ) {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "malware scanner (clamd) not reachable\n",
+            );
+        }
+    }
+    (StatusCode::OK, "ready\n")
 }

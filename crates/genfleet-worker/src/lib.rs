@@ -59,6 +59,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Work
         metrics,
         readiness.clone(),
         services.ledger.clone(),
+        services.scanner.clone(),
         http_shutdown.clone(),
     )
     .await?;

@@ -330,7 +330,8 @@ async fn execute(
                     "the job's deadline passed before a worker could start it",
                 )));
             }
-            let provider_inputs = prepare_inputs(services, job, tracker).await?;
+            let limits = services.input_limits_for(class_of(incoming, job));
+            let provider_inputs = prepare_inputs(services, job, &limits, tracker).await?;
             reserve(services, job, tracker).await?;
             generate_and_store(
                 services,
@@ -442,21 +443,21 @@ async fn execute(
     Ok(result)
 }
 
-/// Fetches every input, checks its hash, validates and sanitises it, and
-/// pre-processes the primary one.
+/// Fetches every input, checks its hash, scans it for malware (when a
+/// scanner is configured), validates and sanitises it under `limits` (its
+/// class's), and pre-processes the primary one. Nothing is decoded before
+/// every input has been scanned.
 async fn prepare_inputs(
     services: &Services,
     job: &ValidJob,
+    limits: &genfleet_imaging::Limits,
     tracker: &mut Tracker<'_>,
 ) -> Result<Vec<InputImage>, Stop> {
     let contract = job.job();
     tracker.begin(v1::Stage::Fetch, 0.05).await;
     let mut raw_inputs = Vec::with_capacity(contract.inputs.len());
     for (i, input) in contract.inputs.iter().enumerate() {
-        let bytes = services
-            .store
-            .fetch(&input.uri, services.input_limits.max_bytes)
-            .await?;
+        let bytes = services.store.fetch(&input.uri, limits.max_bytes).await?;
         if !input.sha256.is_empty() {
             use sha2::Digest as _;
             let actual = hex::encode(sha2::Sha256::digest(&bytes));
@@ -469,6 +470,7 @@ async fn prepare_inputs(
                 )));
             }
         }
+        scan_input(services, &bytes, i).await?;
         raw_inputs.push((role_of(input), bytes));
     }
 
@@ -478,7 +480,7 @@ async fn prepare_inputs(
     let steps = Step::from_contract(&contract.preprocess);
     let mut provider_inputs = Vec::with_capacity(raw_inputs.len());
     for (i, (role, bytes)) in raw_inputs.into_iter().enumerate() {
-        let limits = services.input_limits.clone();
+        let limits = limits.clone();
         let steps = if i == 0 { steps.clone() } else { Vec::new() };
         if i == 0 && !steps.is_empty() {
             tracker.begin(v1::Stage::Preprocess, 0.25).await;
@@ -507,6 +509,42 @@ async fn prepare_inputs(
     }
 
     Ok(provider_inputs)
+}
+
+/// Scans input `index` with the configured scanner: a hit ends the job as
+/// `malware` (before any credit is held); no verdict is a requeue or a
+/// failure as [`crate::failure::scan_stop`] decides, never a pass.
+async fn scan_input(services: &Services, bytes: &[u8], index: usize) -> Result<(), Stop> {
+    let Some(scanner) = &services.scanner else {
+        return Ok(());
+    };
+    let started = Instant::now();
+    let verdict = scanner.scan(bytes).await;
+    services
+        .metrics
+        .scan_duration_seconds
+        .observe(started.elapsed().as_secs_f64());
+    let outcome = match &verdict {
+        Ok(genfleet_scan::Verdict::Clean) => "clean",
+        Ok(genfleet_scan::Verdict::Infected { .. }) => "infected",
+        Err(_) => "error",
+    };
+    services
+        .metrics
+        .scans_total
+        .with_label_values(&[outcome])
+        .inc();
+    match verdict {
+        Ok(genfleet_scan::Verdict::Clean) => Ok(()),
+        Ok(genfleet_scan::Verdict::Infected { signature }) => {
+            warn!(input = index, %signature, "malware found in an input");
+            Err(Stop::Fail(crate::failure::malware_found(&signature, index)))
+        }
+        Err(e) => {
+            warn!(input = index, error = %e, "malware scan gave no verdict");
+            Err(crate::failure::scan_stop(e, index))
+        }
+    }
 }
 
 /// Holds the job's credits, once the inputs are known to be usable, so a
@@ -884,6 +922,21 @@ pub fn default_provider(kind: v1::JobKind) -> &'static str {
         v1::JobKind::Upscale | v1::JobKind::BatchEdit => "local",
         _ => "fal",
     }
+}
+
+/// The class a delivery came from: the first part of its routing key
+/// (`cpu`, `gpu.high`, `remote.low`; lane moves and retry queues keep the
+/// job's class in it), or the kind's default class for a key that names
+/// none.
+pub(crate) fn class_of(incoming: &Incoming, job: &ValidJob) -> genfleet_broker::JobClass {
+    class_of_key(incoming.routing_key()).unwrap_or_else(|| default_class(job.kind()))
+}
+
+fn class_of_key(routing_key: &str) -> Option<genfleet_broker::JobClass> {
+    routing_key
+        .split('.')
+        .next()
+        .and_then(genfleet_broker::JobClass::parse)
 }
 
 /// Queue class of a job kind: local CPU work or provider-bound.
@@ -1322,6 +1375,20 @@ mod tests {
             attempt_outcome(&ProviderError::DeadlineExceeded),
             "deadline_exceeded"
         );
+    }
+
+    #[test]
+    fn the_class_comes_from_the_routing_key() {
+        use genfleet_broker::JobClass;
+        for (key, class) in [
+            ("cpu", Some(JobClass::Cpu)),
+            ("gpu.high", Some(JobClass::Gpu)),
+            ("remote.low", Some(JobClass::Remote)),
+            ("", None),
+            ("fpga", None),
+        ] {
+            assert_eq!(class_of_key(key), class, "{key:?}");
+        }
     }
 
     #[test]

@@ -7,8 +7,8 @@
 use std::sync::{Arc, Mutex};
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// Buckets for whole jobs and provider calls: from a fast local resize to a
@@ -58,6 +58,12 @@ pub struct Metrics {
     pub provider_breakers_open: IntGaugeVec,
     /// Calls inside a provider client now, by provider.
     pub provider_calls_in_flight: IntGaugeVec,
+    /// Inputs scanned for malware, by outcome (`clean`, `infected`,
+    /// `error`: no verdict, see the log and `genfleet_requeues_total`).
+    pub scans_total: IntCounterVec,
+    /// Time of one malware scan (connect, send, clamd's verdict), every
+    /// outcome.
+    pub scan_duration_seconds: Histogram,
     /// Read state into gauges right before each scrape.
     hooks: Arc<Mutex<Vec<RenderHook>>>,
 }
@@ -94,6 +100,14 @@ impl Metrics {
                 .register(Box::new(g.clone()))
                 .expect("unique metric name");
             g
+        };
+        let plain_histogram = |name: &str, help: &str, buckets: &[f64]| {
+            let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec()))
+                .expect("valid histogram definition");
+            registry
+                .register(Box::new(h.clone()))
+                .expect("unique metric name");
+            h
         };
         let gauge = |name: &str, help: &str| {
             let g = IntGauge::new(name, help).expect("valid gauge");
@@ -189,6 +203,16 @@ impl Metrics {
                 "Calls inside a provider client now, by provider",
                 &["provider"],
             ),
+            scans_total: counter(
+                "genfleet_scans_total",
+                "Inputs scanned for malware, by outcome (clean, infected, error)",
+                &["outcome"],
+            ),
+            scan_duration_seconds: plain_histogram(
+                "genfleet_scan_duration_seconds",
+                "Time of one malware scan of an input",
+                STAGE_BUCKETS,
+            ),
             hooks: Arc::default(),
             registry,
         }
@@ -242,8 +266,12 @@ mod tests {
         m.job_duration_seconds
             .with_label_values(&["upscale", "failed"])
             .observe(0.2);
+        m.scans_total.with_label_values(&["infected"]).inc();
+        m.scan_duration_seconds.observe(0.01);
         let text = m.render();
         assert!(text.contains("genfleet_job_errors_total{code=\"too_large\"} 1"));
+        assert!(text.contains("genfleet_scans_total{outcome=\"infected\"} 1"));
+        assert!(text.contains("genfleet_scan_duration_seconds_count 1"));
         assert!(text
             .contains("genfleet_job_duration_seconds_count{kind=\"upscale\",status=\"failed\"} 1"));
     }

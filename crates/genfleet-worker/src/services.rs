@@ -1,5 +1,6 @@
 //! Everything a job needs from the outside, built once at start-up and
-//! shared by all jobs: store, ledger, providers, limits, metrics.
+//! shared by all jobs: store, ledger, providers, the malware scanner,
+//! limits, metrics.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,6 +13,7 @@ use genfleet_providers::{
     OpenAiProvider, Provider, ReplicateConfig, ReplicateProvider, RetryPolicy, TokenSource,
     VertexConfig, VertexProvider,
 };
+use genfleet_scan::{ClamdConfig, ClamdScanner, Scanner};
 use genfleet_storage::{Store, StoreConfig, UrlSigner};
 
 /// Each provider's model per job kind.
@@ -35,6 +37,11 @@ pub struct Services {
     pub retry: RetryPolicy,
     pub metrics: Metrics,
     pub cpu: CpuPool,
+    /// Scans every fetched input before it is decoded; `None` when
+    /// `scanner.enabled` is off.
+    pub scanner: Option<Arc<dyn Scanner>>,
+    /// `[limits]`, for jobs whose class has no overrides (and for the local
+    /// provider); see [`Services::input_limits_for`].
     pub input_limits: Limits,
     /// Provider outputs are untrusted too; same pixel limits, own byte cap.
     pub output_limits: Limits,
@@ -118,6 +125,7 @@ impl Services {
             "local".into(),
             Arc::new(LocalProvider::new(input_limits.clone(), cpu.clone())),
         );
+        let scanner = scanner(&config)?;
         let retry = RetryPolicy {
             max_attempts: config.providers.retry.max_attempts,
             initial_delay: Duration::from_millis(config.providers.retry.initial_delay_ms),
@@ -134,9 +142,16 @@ impl Services {
             retry,
             metrics,
             cpu,
+            scanner,
             input_limits,
             output_limits,
         })
+    }
+
+    /// Input limits of a job delivered from `class`'s queues: `[limits]`
+    /// with `[limits.classes.<class>]` on top.
+    pub fn input_limits_for(&self, class: genfleet_broker::JobClass) -> Limits {
+        self.config.imaging_limits_for(class)
     }
 
     /// Runs CPU-bound work on the [`CpuPool`].
@@ -149,6 +164,24 @@ impl Services {
             crate::failure::JobFailure::new(genfleet_proto::ErrorCode::Internal, message)
         })?
     }
+}
+
+/// The clamd client of `[scanner]`, when enabled. Not connected here: a
+/// clamd that starts after the worker is fine (`/readyz` waits for it).
+fn scanner(config: &Config) -> Result<Option<Arc<dyn Scanner>>, WorkerError> {
+    let section = &config.scanner;
+    if !section.enabled {
+        return Ok(None);
+    }
+    let address = section
+        .address
+        .parse()
+        .map_err(|e| WorkerError::Startup(format!("scanner.address: {e}")))?;
+    Ok(Some(Arc::new(ClamdScanner::new(ClamdConfig {
+        address,
+        connect_timeout: Duration::from_secs(section.connect_timeout_seconds),
+        timeout: Duration::from_secs(section.timeout_seconds),
+    }))))
 }
 
 /// Wraps `provider` in a breaker per model and this worker's limits for
