@@ -10,7 +10,7 @@ use std::path::Path;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use genfleet_imaging::{Encoding, Limits};
-use genfleet_worker::pipeline::{self, RenderSpec, Step, PRESETS};
+use genfleet_worker::pipeline::{self, RenderSpec, Step};
 
 fn read(relative: &str) -> Vec<u8> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(relative);
@@ -37,12 +37,11 @@ fn stages(c: &mut Criterion) {
         b.iter(|| genfleet_imaging::resize_to_fit(black_box(&decoded), 1024))
     });
 
-    let spec = RenderSpec {
-        presets: vec![PRESETS[0].clone()],
-        encodings: vec![Encoding::jpeg(85)],
-        quality: 85,
-        watermark: false,
-    };
+    let spec = RenderSpec::single(
+        genfleet_imaging::Presets::builtin().original(),
+        Encoding::jpeg(85),
+        false,
+    );
     let mut group = c.benchmark_group("batch pipeline");
     group.sample_size(20);
     group.bench_function("2048 progressive jpeg -> 1024 jpeg q85", |b| {

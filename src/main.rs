@@ -86,14 +86,23 @@ enum Command {
         /// Folder for the outputs.
         #[arg(long)]
         out: PathBuf,
-        /// Long side of the outputs in pixels; smaller images are not enlarged.
-        #[arg(long, default_value_t = 2048)]
-        long_side: u32,
-        #[arg(long, value_enum, default_value = "jpeg")]
-        format: OutputFormat,
-        /// JPEG quality 1..=100.
+        /// Long side of the outputs in pixels; smaller images are not
+        /// enlarged. Default 2048, or none with --preset (the preset sizes).
+        #[arg(long)]
+        long_side: Option<u32>,
+        /// Output format; default JPEG, or the preset's own with --preset.
+        #[arg(long, value_enum)]
+        format: Option<OutputFormat>,
+        /// JPEG / lossy WebP quality 1..=100.
         #[arg(long, default_value_t = 85)]
         quality: u8,
+        /// Render with this preset: amazon-main, shopify-square, etsy,
+        /// thumbnail-256, thumbnail-512, original, or one from --presets.
+        #[arg(long)]
+        preset: Option<String>,
+        /// A TOML file of extra presets (same shape as the built-ins).
+        #[arg(long)]
+        presets: Option<PathBuf>,
         /// Overlay the free-tier watermark.
         #[arg(long)]
         watermark: bool,
@@ -201,7 +210,9 @@ enum CreditsCommand {
 enum OutputFormat {
     Jpeg,
     Png,
+    /// Lossy WebP.
     Webp,
+    WebpLossless,
 }
 
 fn main() -> ExitCode {
@@ -237,17 +248,40 @@ fn run(cli: Cli) -> Result<ExitCode> {
             long_side,
             format,
             quality,
+            preset,
+            presets,
             watermark,
             threads,
         } => {
-            let encoding = match format {
-                OutputFormat::Jpeg => Encoding::jpeg(quality.clamp(1, 100)),
+            let quality = quality.clamp(1, 100);
+            let encoding = format.map(|format| match format {
+                OutputFormat::Jpeg => Encoding::jpeg(quality),
                 OutputFormat::Png => Encoding::Png,
-                OutputFormat::Webp => Encoding::WebpLossless,
+                OutputFormat::Webp => Encoding::Webp { quality },
+                OutputFormat::WebpLossless => Encoding::WebpLossless,
+            });
+            let known = genfleet_worker::services::load_presets(presets.as_deref())?;
+            let (preset, long_side, encoding) = match preset {
+                Some(name) => {
+                    let preset = known.get(&name).cloned().with_context(|| {
+                        let names: Vec<&str> = known.iter().map(|p| p.name.as_str()).collect();
+                        format!(
+                            "unknown preset {name:?}, expected one of {}",
+                            names.join(", ")
+                        )
+                    })?;
+                    (preset, long_side, encoding)
+                }
+                None => (
+                    known.original(),
+                    Some(long_side.unwrap_or(2048)),
+                    Some(encoding.unwrap_or(Encoding::jpeg(quality))),
+                ),
             };
             let options = BatchOptions {
                 long_side,
                 encoding,
+                preset,
                 watermark,
                 threads,
                 ..BatchOptions::default()

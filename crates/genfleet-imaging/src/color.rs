@@ -130,11 +130,10 @@ mod tests {
         let srgb = icc_of("photos/p12_boats_dusk_srgb_icc_1000x625.jpg");
         // Adobe RGB's green primary is far more saturated than sRGB's, so
         // pure green lies outside sRGB and clips; a mid grey stays grey.
-        let mut image =
-            DynamicImage::ImageRgb8(RgbImage::from_fn(2, 1, |x, _| match x {
-                0 => Rgb([0, 200, 0]),
-                _ => Rgb([128, 128, 128]),
-            }));
+        let mut image = DynamicImage::ImageRgb8(RgbImage::from_fn(2, 1, |x, _| match x {
+            0 => Rgb([0, 200, 0]),
+            _ => Rgb([128, 128, 128]),
+        }));
         let original = image.clone();
         assert_eq!(
             to_srgb(&mut image, Some(&srgb)).unwrap(),
@@ -150,7 +149,10 @@ mod tests {
         // The same colour expressed in sRGB needs red pulled to 0 and more
         // green drive: it must have changed, and stayed green.
         assert_ne!(green, &Rgb([0, 200, 0]));
-        assert!(green[1] > 200 && green[0] < 40 && green[2] < 40, "{green:?}");
+        assert!(
+            green[1] > 200 && green[0] < 40 && green[2] < 40,
+            "{green:?}"
+        );
         let grey = rgb.get_pixel(1, 0);
         assert!(
             grey.0.iter().all(|c| c.abs_diff(grey[0]) <= 1),

@@ -327,11 +327,7 @@ mod tests {
             },
         )
         .unwrap();
-        for encoding in [
-            Encoding::jpeg(85),
-            Encoding::Png,
-            Encoding::WebpLossless,
-        ] {
+        for encoding in [Encoding::jpeg(85), Encoding::Png, Encoding::WebpLossless] {
             let out = encode(&s.image, encoding).unwrap();
             for needle in [b"<script".as_slice(), b"PK\x03\x04"] {
                 assert!(
@@ -450,14 +446,17 @@ mod tests {
     /// the test does not trust the code it tests.
     #[test]
     fn orientation_matches_the_stored_pixels_turned_by_hand() {
-        let cases: [(&str, fn(&DynamicImage) -> DynamicImage); 3] = [
+        type Turn = fn(&DynamicImage) -> DynamicImage;
+        let cases: [(&str, Turn); 3] = [
             ("photos/p08_dogs_portrait_orient6_1000x667.jpg", |i| {
                 i.rotate90()
             }),
             ("photos/p09_interior_still_life_orient8_1000x750.jpg", |i| {
                 i.rotate270()
             }),
-            ("photos/p10_fig_plate_orient3_1000x677.jpg", |i| i.rotate180()),
+            ("photos/p10_fig_plate_orient3_1000x677.jpg", |i| {
+                i.rotate180()
+            }),
         ];
         for (name, turn) in cases {
             let bytes = read(CORPUS, name);
@@ -466,7 +465,10 @@ mod tests {
             let by_hand = turn(&stored).to_rgb8();
             let diff = mean_abs_diff(&ours.image.to_rgb8(), &by_hand);
             // Two JPEG decoders differ by rounding only.
-            assert!(diff < 1.5, "{name}: differs from the hand-turned pixels by {diff}");
+            assert!(
+                diff < 1.5,
+                "{name}: differs from the hand-turned pixels by {diff}"
+            );
             // And not by luck: the unturned pixels are far off.
             let unturned = stored.resize_exact(
                 by_hand.width(),
@@ -483,8 +485,18 @@ mod tests {
         // (file, long side, shrink-on-load, output size)
         let cases = [
             // 1000x667 stored, shown portrait: 1/2 gives 500 >= 300, 1/4 < 300.
-            ("photos/p08_dogs_portrait_orient6_1000x667.jpg", 300, 2, (200, 300)),
-            ("photos/p08_dogs_portrait_orient6_1000x667.jpg", 250, 4, (167, 250)),
+            (
+                "photos/p08_dogs_portrait_orient6_1000x667.jpg",
+                300,
+                2,
+                (200, 300),
+            ),
+            (
+                "photos/p08_dogs_portrait_orient6_1000x667.jpg",
+                250,
+                4,
+                (167, 250),
+            ),
             ("photos/p01_foliage_sky_1000x750.jpg", 2048, 1, (1000, 750)),
             ("photos/p01_foliage_sky_1000x750.jpg", 120, 8, (120, 90)),
             // CMYK goes through image's decoder: no DCT scaling there.
@@ -513,8 +525,14 @@ mod tests {
     #[test]
     fn colour_profiles_end_as_srgb() {
         let cases = [
-            ("photos/p07_forest_stream_adobergb_1000x667.jpg", ProfileOutcome::Converted),
-            ("photos/p12_boats_dusk_srgb_icc_1000x625.jpg", ProfileOutcome::AlreadySrgb),
+            (
+                "photos/p07_forest_stream_adobergb_1000x667.jpg",
+                ProfileOutcome::Converted,
+            ),
+            (
+                "photos/p12_boats_dusk_srgb_icc_1000x625.jpg",
+                ProfileOutcome::AlreadySrgb,
+            ),
             ("photos/p01_foliage_sky_1000x750.jpg", ProfileOutcome::None),
             // CMYK without a profile: the decoder's conversion is all.
             ("formats/f08_clock_cmyk_1440x1080.jpg", ProfileOutcome::None),
@@ -542,7 +560,12 @@ mod tests {
             for i in 0..3u8 {
                 let frame = RgbaImage::from_pixel(8, 8, image::Rgba([i * 80, 0, 0, 255]));
                 encoder
-                    .encode_frame(Frame::from_parts(frame, 0, 0, Delay::from_numer_denom_ms(10, 1)))
+                    .encode_frame(Frame::from_parts(
+                        frame,
+                        0,
+                        0,
+                        Delay::from_numer_denom_ms(10, 1),
+                    ))
                     .unwrap();
             }
         }
@@ -552,7 +575,9 @@ mod tests {
             max_frames: 2,
             ..Limits::default()
         };
-        let err = decode_sanitised(&gif, &limits).map(|s| s.source).unwrap_err();
+        let err = decode_sanitised(&gif, &limits)
+            .map(|s| s.source)
+            .unwrap_err();
         assert_eq!(
             (err.code(), err.to_string().as_str()),
             ("too_large", "image has 3 frames, above the 2 frame limit")

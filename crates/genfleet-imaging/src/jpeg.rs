@@ -97,8 +97,7 @@ pub(crate) fn decode(
     fit_long_side: Option<u32>,
     max_alloc: u64,
 ) -> Result<Option<Decoded>, ImagingError> {
-    let invalid =
-        |e: turbojpeg::Error| ImagingError::Invalid(format!("jpeg data is corrupt: {e}"));
+    let invalid = |e: turbojpeg::Error| ImagingError::Invalid(format!("jpeg data is corrupt: {e}"));
     let mut decompressor = Decompressor::new()
         .map_err(|e| ImagingError::Internal(format!("libjpeg-turbo init failed: {e}")))?;
     let header = decompressor.read_header(bytes).map_err(invalid)?;
@@ -179,7 +178,8 @@ fn encode_pixels(
     format: PixelFormat,
     options: JpegOptions,
 ) -> Result<Vec<u8>, ImagingError> {
-    let internal = |e: turbojpeg::Error| ImagingError::Internal(format!("jpeg encoding failed: {e}"));
+    let internal =
+        |e: turbojpeg::Error| ImagingError::Internal(format!("jpeg encoding failed: {e}"));
     let mut compressor = Compressor::new().map_err(internal)?;
     compressor
         .set_quality(i32::from(options.quality.clamp(1, 100)))
@@ -191,8 +191,12 @@ fn encode_pixels(
         (_, ChromaSubsampling::Yuv444) => Subsamp::None,
     };
     compressor.set_subsamp(subsamp).map_err(internal)?;
-    compressor.set_progressive(options.progressive).map_err(internal)?;
-    compressor.set_optimize(options.progressive).map_err(internal)?;
+    compressor
+        .set_progressive(options.progressive)
+        .map_err(internal)?;
+    compressor
+        .set_optimize(options.progressive)
+        .map_err(internal)?;
     let channels = format.size();
     let width = width as usize;
     compressor
@@ -282,7 +286,9 @@ mod tests {
     #[test]
     fn output_buffer_is_checked_before_allocation() {
         let bytes = encode_rgb(&noisy(100, 100), JpegOptions::new(80)).unwrap();
-        let err = decode(&bytes, None, 100 * 100 * 3 - 1).map(|_| ()).unwrap_err();
+        let err = decode(&bytes, None, 100 * 100 * 3 - 1)
+            .map(|_| ())
+            .unwrap_err();
         assert_eq!(err.code(), "too_large", "{err}");
         // At 1/2 the same budget suffices.
         assert!(decode(&bytes, Some(50), 100 * 100 * 3 - 1).is_ok());

@@ -32,9 +32,9 @@ pub use color::ProfileOutcome;
 pub use decode::{decode_sanitised, decode_to_fit, Sanitised};
 pub use encode::{encode, Encoding};
 pub use error::ImagingError;
-pub use jpeg::{ChromaSubsampling, JpegOptions};
 /// The pixel buffer type every function here takes and returns.
 pub use image::DynamicImage;
+pub use jpeg::{ChromaSubsampling, JpegOptions};
 pub use limits::{inspect, ImageInfo, Limits};
 pub use matte::{alpha_iou, apply_matte, ClassicalMatte, Matte};
 pub use presets::{apply_preset, Preset, PresetFormat, Presets};

@@ -40,8 +40,9 @@ pub enum PresetFormat {
     WebpLossless,
 }
 
-/// One preset, as written in TOML. Every key is optional.
-#[derive(Clone, Debug, PartialEq, serde::Deserialize)]
+/// One preset, as written in TOML. Every key is optional; the default is
+/// "the image as it is".
+#[derive(Clone, Debug, Default, PartialEq, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Preset {
     /// Filled in from the table name.
@@ -129,6 +130,15 @@ impl Presets {
         self.by_name.get(name)
     }
 
+    /// The "original" preset (no resize, the job's formats): the built-in
+    /// one unless a presets file replaced it.
+    pub fn original(&self) -> Preset {
+        self.get("original").cloned().unwrap_or_else(|| Preset {
+            name: "original".into(),
+            ..Preset::default()
+        })
+    }
+
     /// Every preset, sorted by name.
     pub fn iter(&self) -> impl Iterator<Item = &Preset> {
         self.by_name.values()
@@ -161,7 +171,10 @@ impl Preset {
                 self.name
             )));
         }
-        for (key, side) in [("long_side", self.long_side), ("min_long_side", self.min_long_side)] {
+        for (key, side) in [
+            ("long_side", self.long_side),
+            ("min_long_side", self.min_long_side),
+        ] {
             if let Some(side) = side {
                 if side == 0 || side > MAX_SIDE {
                     return fail(key, format!("is {side}, expected 1..={MAX_SIDE}"));
@@ -170,15 +183,15 @@ impl Preset {
         }
         if let (Some(max), Some(min)) = (self.long_side, self.min_long_side) {
             if min > max {
-                return fail(
-                    "min_long_side",
-                    format!("is {min}, above long_side {max}"),
-                );
+                return fail("min_long_side", format!("is {min}, above long_side {max}"));
             }
         }
         if let Some([w, h]) = self.canvas {
             if w == 0 || h == 0 || w > MAX_SIDE || h > MAX_SIDE {
-                return fail("canvas", format!("is {w}x{h}, expected sides in 1..={MAX_SIDE}"));
+                return fail(
+                    "canvas",
+                    format!("is {w}x{h}, expected sides in 1..={MAX_SIDE}"),
+                );
             }
         }
         if let Some(fill) = self.product_fill {
@@ -196,7 +209,10 @@ impl Preset {
         }
         if let Some(background) = &self.background {
             if parse_hex_colour(background).is_none() {
-                return fail("background", format!("is {background:?}, expected \"#RRGGBB\""));
+                return fail(
+                    "background",
+                    format!("is {background:?}, expected \"#RRGGBB\""),
+                );
             }
         }
         Ok(())
@@ -352,8 +368,13 @@ fn flatten_onto(rgba: &RgbaImage, colour: [u8; 3]) -> RgbImage {
     RgbImage::from_fn(rgba.width(), rgba.height(), |x, y| {
         let p = rgba.get_pixel(x, y);
         let a = u32::from(p[3]);
-        let mix = |c: u8, bg: u8| ((u32::from(c) * a + u32::from(bg) * (255 - a) + 127) / 255) as u8;
-        Rgb([mix(p[0], colour[0]), mix(p[1], colour[1]), mix(p[2], colour[2])])
+        let mix =
+            |c: u8, bg: u8| ((u32::from(c) * a + u32::from(bg) * (255 - a) + 127) / 255) as u8;
+        Rgb([
+            mix(p[0], colour[0]),
+            mix(p[1], colour[1]),
+            mix(p[2], colour[2]),
+        ])
     })
 }
 
@@ -421,10 +442,16 @@ mod tests {
             ("[x]\nlong_side = 0", "preset \"x\": `long_side` is 0"),
             ("[x]\ncanvas = [0, 10]", "`canvas` is 0x10"),
             ("[x]\nproduct_fill = 0.5", "`product_fill` needs a `canvas`"),
-            ("[x]\ncanvas = [10, 10]\nproduct_fill = 1.5", "`product_fill` is 1.5"),
+            (
+                "[x]\ncanvas = [10, 10]\nproduct_fill = 1.5",
+                "`product_fill` is 1.5",
+            ),
             ("[x]\nquality = 0", "`quality` is 0"),
             ("[x]\nbackground = \"white\"", "`background` is \"white\""),
-            ("[x]\nlong_side = 100\nmin_long_side = 200", "`min_long_side` is 200"),
+            (
+                "[x]\nlong_side = 100\nmin_long_side = 200",
+                "`min_long_side` is 200",
+            ),
             ("[\"../etc\"]\nlong_side = 10", "name \"../etc\" must be"),
             ("[Big]\nlong_side = 10", "name \"Big\" must be"),
             ("[x]\nsize = 10", "unknown field `size`"),
@@ -455,7 +482,14 @@ mod tests {
             panic!("expected opaque RGB, got {:?}", out.color());
         };
         // Corners and edges pure white: RGB 255 exactly, as Amazon requires.
-        for (x, y) in [(0, 0), (1999, 0), (0, 1999), (1999, 1999), (1000, 2), (2, 1000)] {
+        for (x, y) in [
+            (0, 0),
+            (1999, 0),
+            (0, 1999),
+            (1999, 1999),
+            (1000, 2),
+            (2, 1000),
+        ] {
             assert_eq!(rgb.get_pixel(x, y), &Rgb([255, 255, 255]), "({x}, {y})");
         }
         // The product's box: where pixels are clearly not white.
@@ -465,9 +499,15 @@ mod tests {
         });
         let (x0, y0, x1, y1) = alpha_bounds(&mask).unwrap();
         let span = (x1 - x0 + 1).max(y1 - y0 + 1);
-        assert!((1650..=1710).contains(&span), "product spans {span} px of 2000");
+        assert!(
+            (1650..=1710).contains(&span),
+            "product spans {span} px of 2000"
+        );
         let centre_x = (x0 + x1) / 2;
-        assert!(centre_x.abs_diff(1000) <= 10, "product centred at x = {centre_x}");
+        assert!(
+            centre_x.abs_diff(1000) <= 10,
+            "product centred at x = {centre_x}"
+        );
     }
 
     #[test]

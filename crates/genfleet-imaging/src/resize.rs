@@ -246,7 +246,10 @@ pub fn unsharp(image: &DynamicImage, sharpen: Sharpen) -> Result<DynamicImage, I
     let threshold = i32::from(sharpen.threshold);
     let amount = sharpen.amount;
     let apply = |orig: &mut [u8], blurred: &[u8], channels: usize| {
-        for (px, bl) in orig.chunks_exact_mut(channels).zip(blurred.chunks_exact(channels)) {
+        for (px, bl) in orig
+            .chunks_exact_mut(channels)
+            .zip(blurred.chunks_exact(channels))
+        {
             for c in 0..3 {
                 let diff = i32::from(px[c]) - i32::from(bl[c]);
                 if diff.abs() > threshold {
@@ -312,7 +315,9 @@ fn lanczos_linear(
     mapper.backward_map(&resized, &mut out).map_err(mapping)?;
     let buffer = out.into_vec();
     let rebuilt = match out_type {
-        PixelType::U8x3 => image::RgbImage::from_raw(width, height, buffer).map(DynamicImage::ImageRgb8),
+        PixelType::U8x3 => {
+            image::RgbImage::from_raw(width, height, buffer).map(DynamicImage::ImageRgb8)
+        }
         _ => image::RgbaImage::from_raw(width, height, buffer).map(DynamicImage::ImageRgba8),
     };
     rebuilt.ok_or_else(|| ImagingError::Internal("gamma-correct resize buffer size".into()))
@@ -495,9 +500,16 @@ mod tests {
             let v = (100 + (x.saturating_sub(28).min(8) * 60 / 8)) as u8;
             image::Rgb([v, v, v])
         }));
-        let sharp = unsharp(&img, Sharpen { sigma: 2.0, amount: 1.0, threshold: 2 })
-            .unwrap()
-            .to_rgb8();
+        let sharp = unsharp(
+            &img,
+            Sharpen {
+                sigma: 2.0,
+                amount: 1.0,
+                threshold: 2,
+            },
+        )
+        .unwrap()
+        .to_rgb8();
         let orig = img.to_rgb8();
         // Overshoot on both sides of the edge...
         assert!(sharp.get_pixel(27, 8)[0] < orig.get_pixel(27, 8)[0]);
@@ -505,9 +517,14 @@ mod tests {
         // ...and the flat ends untouched.
         assert_eq!(sharp.get_pixel(2, 8), orig.get_pixel(2, 8));
         assert_eq!(sharp.get_pixel(62, 8), orig.get_pixel(62, 8));
-        let bad = Sharpen { sigma: 0.0, ..Sharpen::default() };
+        let bad = Sharpen {
+            sigma: 0.0,
+            ..Sharpen::default()
+        };
         assert_eq!(
-            upscale_with(&img, 2, Some(bad), &Limits::default()).unwrap_err().code(),
+            upscale_with(&img, 2, Some(bad), &Limits::default())
+                .unwrap_err()
+                .code(),
             "invalid_input"
         );
     }

@@ -121,10 +121,8 @@ pub(crate) fn jpeg_metadata(bytes: &[u8]) -> JpegMetadata<'_> {
                 meta.exif = data.strip_prefix(b"Exif\0\0");
             }
             Segment::App { marker: 0xE2, data } => {
-                if let Some(rest) = data.strip_prefix(ICC_TAG) {
-                    if let [seq, total, payload @ ..] = rest {
-                        chunks.push((*seq, *total, payload));
-                    }
+                if let Some([seq, total, payload @ ..]) = data.strip_prefix(ICC_TAG) {
+                    chunks.push((*seq, *total, payload));
                 }
             }
             _ => {}
@@ -143,7 +141,11 @@ fn assemble_icc(mut chunks: Vec<(u8, u8, &[u8])>) -> Option<Vec<u8>> {
         return None;
     }
     chunks.sort_by_key(|c| c.0);
-    if chunks.iter().enumerate().any(|(i, c)| usize::from(c.0) != i + 1) {
+    if chunks
+        .iter()
+        .enumerate()
+        .any(|(i, c)| usize::from(c.0) != i + 1)
+    {
         return None;
     }
     let size: usize = chunks.iter().map(|c| c.2.len()).sum();

@@ -11,17 +11,21 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use genfleet_imaging::{Encoding, Limits};
+use genfleet_imaging::{Encoding, Limits, Preset, Presets};
 use genfleet_proto::ErrorCode;
 
 use crate::failure::JobFailure;
-use crate::pipeline::{self, RenderSpec, Step, PRESETS};
+use crate::pipeline::{self, RenderSpec, Step};
 
 #[derive(Debug, Clone)]
 pub struct BatchOptions {
-    /// Fit every image inside this long side; never enlarges.
-    pub long_side: u32,
-    pub encoding: Encoding,
+    /// Fit every image inside this long side before the preset; never
+    /// enlarges. `None`: no pre-resize (the preset decides the size).
+    pub long_side: Option<u32>,
+    /// `None`: the preset's own format, else JPEG (PNG for transparency).
+    pub encoding: Option<Encoding>,
+    /// The output recipe (`original` by default).
+    pub preset: Preset,
     pub watermark: bool,
     pub limits: Limits,
     /// Worker threads; 0 means one per CPU.
@@ -31,8 +35,9 @@ pub struct BatchOptions {
 impl Default for BatchOptions {
     fn default() -> Self {
         BatchOptions {
-            long_side: 2048,
-            encoding: Encoding::jpeg(85),
+            long_side: Some(2048),
+            encoding: Some(Encoding::jpeg(85)),
+            preset: Presets::builtin().original(),
             watermark: false,
             limits: Limits::default(),
             threads: 0,
@@ -104,9 +109,9 @@ pub fn run(
     };
     let next = AtomicUsize::new(0);
     let spec = RenderSpec {
-        presets: vec![PRESETS[0].clone()],
-        encodings: vec![options.encoding],
-        quality: 85,
+        presets: vec![options.preset.clone()],
+        encodings: options.encoding.into_iter().collect(),
+        quality: None,
         watermark: options.watermark,
     };
     let mut items: Vec<BatchItem> = std::thread::scope(|scope| {
@@ -160,20 +165,23 @@ fn convert(
         ));
     }
     let bytes = std::fs::read(path).map_err(io_failure)?;
-    let prepared = pipeline::prepare(&bytes, &options.limits, &[Step::Resize(options.long_side)])?;
+    let steps: Vec<Step> = options.long_side.map(Step::Resize).into_iter().collect();
+    let prepared = pipeline::prepare(&bytes, &options.limits, &steps)?;
     let rendered = pipeline::render(&prepared.image, 0, spec)?;
     let Some(first) = rendered.into_iter().next() else {
         return Err(JobFailure::new(ErrorCode::Internal, "nothing was rendered"));
     };
-    let output = output_dir
-        .join(relative)
-        .with_extension(options.encoding.extension());
+    let extension = Path::new(&first.name)
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("bin");
+    let output = output_dir.join(relative).with_extension(extension);
     if let Some(parent) = output.parent() {
         std::fs::create_dir_all(parent).map_err(io_failure)?;
     }
     // Write then rename: an interrupted batch never leaves half a file under
     // the final name.
-    let partial = output.with_extension(format!("{}.partial", options.encoding.extension()));
+    let partial = output.with_extension(format!("{extension}.partial"));
     std::fs::write(&partial, &first.bytes).map_err(io_failure)?;
     std::fs::rename(&partial, &output).map_err(io_failure)?;
     Ok(Converted {

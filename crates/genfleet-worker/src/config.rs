@@ -198,8 +198,14 @@ pub struct LimitsSection {
     pub max_height: u32,
     /// Most pixels accepted (width x height), checked from the header.
     pub max_pixels: u64,
+    /// Most frames in an animated GIF, PNG or WebP (only the first is
+    /// decoded; the count is read from the container).
+    pub max_frames: u64,
     /// Largest provider output downloaded, in bytes.
     pub max_output_bytes: u64,
+    /// A TOML file of output presets added to the built-in ones (a preset
+    /// with a built-in's name replaces it); see the README's "Presets".
+    pub presets_file: Option<PathBuf>,
     /// Input limits of one job class (`cpu`, `gpu`, `remote`) that differ
     /// from the ones above, e.g. `[limits.classes.gpu] max_pixels =
     /// 16000000`; any subset of `max_input_bytes`, `max_width`,
@@ -215,7 +221,9 @@ impl Default for LimitsSection {
             max_width: 16384,
             max_height: 16384,
             max_pixels: 50_000_000,
+            max_frames: 1000,
             max_output_bytes: 200 * 1024 * 1024,
+            presets_file: None,
             classes: std::collections::BTreeMap::new(),
         }
     }
@@ -239,6 +247,9 @@ pub struct ClassLimits {
     /// Most pixels accepted for this class (width x height).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_pixels: Option<u64>,
+    /// Most frames accepted for this class.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_frames: Option<u64>,
 }
 
 /// The malware scan of every fetched input, before anything decodes it.
@@ -873,6 +884,7 @@ impl Config {
             max_width: self.limits.max_width,
             max_height: self.limits.max_height,
             max_pixels: self.limits.max_pixels,
+            max_frames: self.limits.max_frames,
             ..genfleet_imaging::Limits::default()
         }
     }
@@ -889,6 +901,7 @@ impl Config {
             max_width: o.max_width.unwrap_or(base.max_width),
             max_height: o.max_height.unwrap_or(base.max_height),
             max_pixels: o.max_pixels.unwrap_or(base.max_pixels),
+            max_frames: o.max_frames.unwrap_or(base.max_frames),
             ..base
         }
     }

@@ -299,7 +299,7 @@ async fn execute(
 ) -> Result<v1::JobResult, Stop> {
     let contract = job.job();
     let deadline = contract.deadline.as_ref().map(timestamp_to_system_time);
-    let render_spec = RenderSpec::from_contract(contract.outputs.as_ref())?;
+    let render_spec = RenderSpec::from_contract(contract.outputs.as_ref(), &services.presets)?;
     let providers = provider_chain(services, job)?;
     let amount = job.credit_amount();
 
@@ -784,7 +784,7 @@ pub(crate) async fn render_and_store(
         if is_mp4(&artifact.bytes) {
             rendered.push(pipeline::Rendered {
                 name: format!("{index}-video.mp4"),
-                preset: "original",
+                preset: "original".into(),
                 content_type: "video/mp4",
                 width: 0,
                 height: 0,
@@ -860,7 +860,7 @@ pub(crate) async fn render_and_store(
             bytes: stored.size,
             sha256: stored.sha256,
             content_type: item.content_type.to_string(),
-            preset: item.preset.to_string(),
+            preset: item.preset.clone(),
         });
     }
     Ok((outputs, provider_name, attempts))

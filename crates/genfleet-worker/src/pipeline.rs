@@ -3,7 +3,9 @@
 //! presets and formats. Pure CPU work over `genfleet-imaging`; callers run it
 //! off the async runtime (`spawn_blocking` with a bound).
 
-use genfleet_imaging::{DynamicImage, Encoding, ImageInfo, Limits};
+use genfleet_imaging::{
+    ClassicalMatte, DynamicImage, Encoding, ImageInfo, Limits, Preset, Presets,
+};
 use genfleet_proto::{v1, ErrorCode};
 
 use crate::failure::JobFailure;
@@ -30,72 +32,56 @@ impl Step {
     }
 }
 
-/// A named output size. Presets are data: adding one is adding a row.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Preset {
-    pub name: &'static str,
-    /// Long side to fit in; `None` keeps the generated size.
-    pub long_side: Option<u32>,
-}
-
-pub const PRESETS: &[Preset] = &[
-    Preset {
-        name: "original",
-        long_side: None,
-    },
-    Preset {
-        name: "thumbnail-256",
-        long_side: Some(256),
-    },
-    Preset {
-        name: "thumbnail-512",
-        long_side: Some(512),
-    },
-];
-
 /// What to render for every generated image.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RenderSpec {
     pub presets: Vec<Preset>,
-    /// Empty means "the default for the image": PNG when it has
-    /// transparency (a cut-out must keep it), JPEG otherwise.
+    /// The job's formats, applied to every preset. Empty means each
+    /// preset's own format, else PNG when the image has transparency (a
+    /// cut-out must keep it) and JPEG otherwise.
     pub encodings: Vec<Encoding>,
-    /// Quality of the default JPEG.
-    pub quality: u8,
+    /// The job's quality, when it set one: it overrides the presets'.
+    pub quality: Option<u8>,
     pub watermark: bool,
 }
+
+/// The quality used when neither the job nor the preset sets one.
+pub const DEFAULT_QUALITY: u8 = 85;
 
 impl RenderSpec {
     /// # Errors
     /// An unknown preset name: `invalid_input`, naming the known ones.
-    pub fn from_contract(spec: Option<&v1::OutputSpec>) -> Result<RenderSpec, JobFailure> {
+    pub fn from_contract(
+        spec: Option<&v1::OutputSpec>,
+        known: &Presets,
+    ) -> Result<RenderSpec, JobFailure> {
         let default = v1::OutputSpec::default();
         let spec = spec.unwrap_or(&default);
-        let quality = if spec.quality == 0 {
-            85
-        } else {
-            u8::try_from(spec.quality.min(100)).unwrap_or(85)
-        };
-        let mut encodings: Vec<Encoding> = spec
-            .formats
-            .iter()
-            .filter_map(|f| match v1::OutputFormat::try_from(*f) {
-                Ok(v1::OutputFormat::Jpeg) => Some(Encoding::jpeg(quality)),
-                Ok(v1::OutputFormat::Png) => Some(Encoding::Png),
-                Ok(v1::OutputFormat::Webp) => Some(Encoding::WebpLossless),
-                _ => None,
-            })
-            .collect();
-        encodings.dedup();
-        let mut presets = Vec::new();
+        let quality = (spec.quality != 0)
+            .then(|| u8::try_from(spec.quality.min(100)).unwrap_or(DEFAULT_QUALITY));
+        let q = quality.unwrap_or(DEFAULT_QUALITY);
+        let mut encodings: Vec<Encoding> = Vec::new();
+        for format in &spec.formats {
+            let encoding = match v1::OutputFormat::try_from(*format) {
+                Ok(v1::OutputFormat::Jpeg) => Encoding::jpeg(q),
+                Ok(v1::OutputFormat::Png) => Encoding::Png,
+                Ok(v1::OutputFormat::Webp) => Encoding::Webp { quality: q },
+                Ok(v1::OutputFormat::WebpLossless) => Encoding::WebpLossless,
+                _ => continue,
+            };
+            if !encodings.contains(&encoding) {
+                encodings.push(encoding);
+            }
+        }
+        let mut presets: Vec<Preset> = Vec::new();
         for name in &spec.presets {
-            let preset = PRESETS.iter().find(|p| p.name == name).ok_or_else(|| {
-                let known: Vec<&str> = PRESETS.iter().map(|p| p.name).collect();
+            let preset = known.get(name).ok_or_else(|| {
+                let names: Vec<&str> = known.iter().map(|p| p.name.as_str()).collect();
                 JobFailure::new(
                     ErrorCode::InvalidInput,
                     format!(
                         "field `outputs.presets`: unknown preset {name:?}, expected one of {}",
-                        known.join(", ")
+                        names.join(", ")
                     ),
                 )
             })?;
@@ -104,7 +90,7 @@ impl RenderSpec {
             }
         }
         if presets.is_empty() {
-            presets.push(PRESETS[0].clone());
+            presets.push(known.original());
         }
         Ok(RenderSpec {
             presets,
@@ -112,6 +98,40 @@ impl RenderSpec {
             quality,
             watermark: spec.watermark,
         })
+    }
+
+    /// One preset in one encoding: what `genfleet batch` renders.
+    pub fn single(preset: Preset, encoding: Encoding, watermark: bool) -> RenderSpec {
+        RenderSpec {
+            presets: vec![preset],
+            encodings: vec![encoding],
+            quality: None,
+            watermark,
+        }
+    }
+
+    /// The encodings for one preset's output.
+    fn encodings_for(&self, preset: &Preset, has_alpha: bool) -> Vec<Encoding> {
+        if !self.encodings.is_empty() {
+            return self.encodings.clone();
+        }
+        let encoding = match preset.encoding() {
+            Some(encoding) => with_quality(encoding, self.quality),
+            None if has_alpha => Encoding::Png,
+            None => Encoding::jpeg(self.quality.unwrap_or(DEFAULT_QUALITY)),
+        };
+        vec![encoding]
+    }
+}
+
+fn with_quality(encoding: Encoding, quality: Option<u8>) -> Encoding {
+    match (encoding, quality) {
+        (Encoding::Jpeg(mut options), Some(q)) => {
+            options.quality = q;
+            Encoding::Jpeg(options)
+        }
+        (Encoding::Webp { .. }, Some(q)) => Encoding::Webp { quality: q },
+        (encoding, _) => encoding,
     }
 }
 
@@ -153,46 +173,37 @@ pub fn prepare(bytes: &[u8], limits: &Limits, steps: &[Step]) -> Result<Prepared
 pub struct Rendered {
     /// File name inside the job's output folder: `<index>-<preset>.<ext>`.
     pub name: String,
-    pub preset: &'static str,
+    pub preset: String,
     pub content_type: &'static str,
     pub width: u32,
     pub height: u32,
     pub bytes: Vec<u8>,
 }
 
-/// Renders one generated image in every preset x encoding.
+/// Renders one generated image in every preset x encoding. Presets that
+/// remove a backdrop use the classical matte (the CPU path; a model-based
+/// matte plugs in behind the same `Matte` trait).
 ///
 /// # Errors
-/// An encoder failure (`internal`).
+/// An encoder failure (`internal`); an output too large for its format
+/// (`too_large`).
 pub fn render(
     image: &DynamicImage,
     index: usize,
     spec: &RenderSpec,
 ) -> Result<Vec<Rendered>, JobFailure> {
-    let default_encoding = [if image.color().has_alpha() {
-        Encoding::Png
-    } else {
-        Encoding::jpeg(spec.quality)
-    }];
-    let encodings: &[Encoding] = if spec.encodings.is_empty() {
-        &default_encoding
-    } else {
-        &spec.encodings
-    };
-    let mut out = Vec::with_capacity(spec.presets.len() * encodings.len());
+    let matte = ClassicalMatte::default();
+    let mut out = Vec::new();
     for preset in &spec.presets {
-        let mut sized = match preset.long_side {
-            Some(side) => genfleet_imaging::resize_to_fit(image, side)?,
-            None => image.clone(),
-        };
+        let mut sized = genfleet_imaging::apply_preset(image, preset, &matte)?;
         if spec.watermark {
             genfleet_imaging::apply_watermark(&mut sized);
         }
-        for encoding in encodings {
-            let bytes = genfleet_imaging::encode(&sized, *encoding)?;
+        for encoding in spec.encodings_for(preset, sized.color().has_alpha()) {
+            let bytes = genfleet_imaging::encode(&sized, encoding)?;
             out.push(Rendered {
                 name: format!("{index}-{}.{}", preset.name, encoding.extension()),
-                preset: preset.name,
+                preset: preset.name.clone(),
                 content_type: encoding.mime(),
                 width: sized.width(),
                 height: sized.height(),
@@ -206,12 +217,14 @@ pub fn render(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use genfleet_imaging::JpegOptions;
 
     #[test]
     fn render_spec_defaults_and_errors() {
-        let spec = RenderSpec::from_contract(None).unwrap();
+        let known = Presets::builtin();
+        let spec = RenderSpec::from_contract(None, &known).unwrap();
         assert_eq!(spec.encodings, vec![]);
-        assert_eq!(spec.quality, 85);
+        assert_eq!(spec.quality, None);
         assert_eq!(spec.presets[0].name, "original");
         // The default keeps transparency: PNG for a cut-out, JPEG otherwise.
         let cut_out = render(&DynamicImage::new_rgba8(8, 8), 0, &spec).unwrap();
@@ -220,31 +233,87 @@ mod tests {
         assert_eq!(photo[0].name, "0-original.jpg");
 
         let contract = v1::OutputSpec {
-            formats: vec![v1::OutputFormat::Webp as i32, v1::OutputFormat::Png as i32],
+            formats: vec![
+                v1::OutputFormat::Webp as i32,
+                v1::OutputFormat::WebpLossless as i32,
+                v1::OutputFormat::Png as i32,
+            ],
             presets: vec!["thumbnail-256".into()],
             quality: 70,
             watermark: true,
         };
-        let spec = RenderSpec::from_contract(Some(&contract)).unwrap();
-        assert_eq!(spec.encodings, vec![Encoding::WebpLossless, Encoding::Png]);
+        let spec = RenderSpec::from_contract(Some(&contract), &known).unwrap();
+        assert_eq!(
+            spec.encodings,
+            vec![
+                Encoding::Webp { quality: 70 },
+                Encoding::WebpLossless,
+                Encoding::Png
+            ]
+        );
         assert!(spec.watermark);
 
         let bad = v1::OutputSpec {
             presets: vec!["poster".into()],
             ..Default::default()
         };
-        let err = RenderSpec::from_contract(Some(&bad)).unwrap_err();
+        let err = RenderSpec::from_contract(Some(&bad), &known).unwrap_err();
         assert_eq!(err.code, ErrorCode::InvalidInput);
-        assert!(err.message.contains("thumbnail-256"));
+        assert!(err.message.contains("thumbnail-256"), "{}", err.message);
+        assert!(err.message.contains("amazon-main"), "{}", err.message);
+    }
+
+    /// Without job formats each preset renders in its own format; the
+    /// job's quality overrides the preset's.
+    #[test]
+    fn presets_pick_their_format_unless_the_job_names_one() {
+        let known = Presets::builtin();
+        let contract = v1::OutputSpec {
+            presets: vec![
+                "original".into(),
+                "thumbnail-256".into(),
+                "amazon-main".into(),
+            ],
+            quality: 77,
+            ..Default::default()
+        };
+        let spec = RenderSpec::from_contract(Some(&contract), &known).unwrap();
+        let image = DynamicImage::new_rgb8(400, 200);
+        let out = render(&image, 0, &spec).unwrap();
+        let summary: Vec<(&str, &str, u32, u32)> = out
+            .iter()
+            .map(|r| (r.name.as_str(), r.content_type, r.width, r.height))
+            .collect();
+        assert_eq!(
+            summary,
+            vec![
+                ("0-original.jpg", "image/jpeg", 400, 200),
+                ("0-thumbnail-256.webp", "image/webp", 256, 128),
+                ("0-amazon-main.jpg", "image/jpeg", 2000, 2000),
+            ]
+        );
+        let amazon = known.get("amazon-main").unwrap();
+        assert_eq!(
+            spec.encodings_for(amazon, false),
+            vec![Encoding::Jpeg(JpegOptions {
+                quality: 77,
+                progressive: true,
+                subsampling: genfleet_imaging::ChromaSubsampling::Yuv420,
+            })]
+        );
     }
 
     #[test]
     fn render_sizes_and_names() {
+        let known = Presets::builtin();
         let image = DynamicImage::new_rgb8(1000, 500);
         let spec = RenderSpec {
-            presets: PRESETS.to_vec(),
+            presets: ["original", "thumbnail-256", "thumbnail-512"]
+                .iter()
+                .filter_map(|n| known.get(n).cloned())
+                .collect(),
             encodings: vec![Encoding::jpeg(80), Encoding::Png],
-            quality: 80,
+            quality: Some(80),
             watermark: false,
         };
         let out = render(&image, 2, &spec).unwrap();

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use genfleet_credits::Ledger;
-use genfleet_imaging::Limits;
+use genfleet_imaging::{Limits, Presets};
 use genfleet_providers::{
     FalConfig, FalProvider, GuardConfig, Guarded, KServeConfig, KServeProvider, OpenAiConfig,
     OpenAiProvider, Provider, ReplicateConfig, ReplicateProvider, RetryPolicy, TokenSource,
@@ -45,6 +45,8 @@ pub struct Services {
     pub input_limits: Limits,
     /// Provider outputs are untrusted too; same pixel limits, own byte cap.
     pub output_limits: Limits,
+    /// Output presets: the built-ins plus `limits.presets_file`.
+    pub presets: Presets,
 }
 
 impl Services {
@@ -81,6 +83,7 @@ impl Services {
             ))
         };
 
+        let presets = load_presets(config.limits.presets_file.as_deref())?;
         let cpu = CpuPool::new(config.worker.imaging_threads);
         let input_limits = config.imaging_limits();
         let output_limits = Limits {
@@ -145,6 +148,7 @@ impl Services {
             scanner,
             input_limits,
             output_limits,
+            presets,
         })
     }
 
@@ -368,4 +372,23 @@ impl genfleet_providers::SubmissionLog for LedgerSubmissions {
             .await
             .map_err(|e| e.to_string())
     }
+}
+
+/// The built-in presets with those of `file` over them; a bad file stops
+/// the worker at start-up, naming the file and the preset.
+///
+/// # Errors
+/// The file cannot be read or is not a valid presets file.
+pub fn load_presets(file: Option<&std::path::Path>) -> Result<Presets, WorkerError> {
+    let builtin = Presets::builtin();
+    let Some(file) = file else {
+        return Ok(builtin);
+    };
+    let text = std::fs::read_to_string(file).map_err(|e| {
+        WorkerError::Startup(format!("limits.presets_file {}: {e}", file.display()))
+    })?;
+    let extra = Presets::parse(&text).map_err(|e| {
+        WorkerError::Startup(format!("limits.presets_file {}: {e}", file.display()))
+    })?;
+    Ok(builtin.merged(extra))
 }
