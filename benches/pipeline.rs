@@ -2,8 +2,12 @@
 //! header rejection of a decompression bomb, sanitising decode, resize, and
 //! the whole validate -> orient -> resize -> encode path `genfleet batch` runs.
 //!
+//! Then stage by stage on one 12 MP corpus photo (when `../shared/corpus`
+//! or `GENFLEET_CORPUS` is there): full decode, shrink-on-load decode, the
+//! resize to 2048, each encoder at 2048, the 2x upscale and a preset.
+//!
 //! `cargo bench --bench pipeline`. The side-by-side comparison with libvips
-//! on 12 MP photos belongs to the imaging performance work.
+//! is `benches/imaging_vs_vips.rs`.
 
 use std::hint::black_box;
 use std::path::Path;
@@ -53,5 +57,66 @@ fn stages(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, stages);
+fn corpus_stages(c: &mut Criterion) {
+    let corpus = std::env::var_os("GENFLEET_CORPUS")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus"));
+    let Ok(photo) = std::fs::read(corpus.join("photos/p01_foliage_sky_4000x3000.jpg")) else {
+        println!("corpus stages skipped: no {}", corpus.display());
+        return;
+    };
+    let limits = Limits::default();
+    let mut group = c.benchmark_group("12 MP stages");
+    group.sample_size(10);
+    group.bench_function("decode 4000x3000 jpeg (libjpeg-turbo)", |b| {
+        b.iter(|| genfleet_imaging::decode_sanitised(black_box(&photo), &limits))
+    });
+    group.bench_function("decode_to_fit 1024 (shrink-on-load 1/2 + lanczos3)", |b| {
+        b.iter(|| genfleet_imaging::decode_to_fit(black_box(&photo), &limits, Some(1024)))
+    });
+    let full = match genfleet_imaging::decode_sanitised(&photo, &limits) {
+        Ok(s) => s.image,
+        Err(e) => panic!("corpus photo must decode: {e}"),
+    };
+    group.bench_function("resize 4000x3000 -> 2048 lanczos3", |b| {
+        b.iter(|| genfleet_imaging::resize_to_fit(black_box(&full), 2048))
+    });
+    group.bench_function("resize 4000x3000 -> 2048 lanczos3, linear light", |b| {
+        b.iter(|| genfleet_imaging::resize_to_fit_with(black_box(&full), 2048, true))
+    });
+    let small = match genfleet_imaging::resize_to_fit(&full, 2048) {
+        Ok(image) => image,
+        Err(e) => panic!("resize: {e}"),
+    };
+    for (label, encoding) in [
+        ("encode 2048x1536 jpeg q85", Encoding::jpeg(85)),
+        ("encode 2048x1536 webp q80", Encoding::Webp { quality: 80 }),
+        ("encode 2048x1536 webp lossless", Encoding::WebpLossless),
+        ("encode 2048x1536 png", Encoding::Png),
+        (
+            "encode 2048x1536 avif q60 speed 8",
+            Encoding::Avif {
+                quality: 60,
+                speed: 8,
+            },
+        ),
+    ] {
+        group.bench_function(label, |b| {
+            b.iter(|| genfleet_imaging::encode(black_box(&small), encoding))
+        });
+    }
+    group.bench_function("upscale 2048x1536 x2 (banded)", |b| {
+        b.iter(|| genfleet_imaging::upscale(black_box(&small), 2, &limits))
+    });
+    let presets = genfleet_imaging::Presets::builtin();
+    if let Some(shopify) = presets.get("shopify-square") {
+        let matte = genfleet_imaging::ClassicalMatte::default();
+        group.bench_function("preset shopify-square from 2048x1536", |b| {
+            b.iter(|| genfleet_imaging::apply_preset(black_box(&small), shopify, &matte))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, stages, corpus_stages);
 criterion_main!(benches);

@@ -213,6 +213,7 @@ enum OutputFormat {
     /// Lossy WebP.
     Webp,
     WebpLossless,
+    Avif,
 }
 
 fn main() -> ExitCode {
@@ -259,6 +260,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 OutputFormat::Png => Encoding::Png,
                 OutputFormat::Webp => Encoding::Webp { quality },
                 OutputFormat::WebpLossless => Encoding::WebpLossless,
+                OutputFormat::Avif => Encoding::Avif {
+                    quality,
+                    speed: genfleet_imaging::AVIF_SPEED,
+                },
             });
             let known = genfleet_worker::services::load_presets(presets.as_deref())?;
             let (preset, long_side, encoding) = match preset {

@@ -67,6 +67,148 @@ fn batch_converts_the_examples_and_reports_rejections() {
     );
 }
 
+/// Real photos with EXIF (orientation, GPS), XMP, IPTC and ICC profiles go
+/// through `genfleet batch`; the outputs are read back as files: upright,
+/// and with no metadata of any kind left.
+#[test]
+fn batch_outputs_are_upright_and_carry_no_metadata() {
+    use image::ImageDecoder as _;
+    let input = repo_path("tests/fixtures/corpus/photos");
+    let out = TempDir::new("genfleet-cli-metadata");
+    let output = genfleet(
+        &[
+            "batch",
+            &input.display().to_string(),
+            "--out",
+            &out.0.display().to_string(),
+            "--long-side",
+            "800",
+        ],
+        &[],
+    );
+    assert!(output.status.success(), "{}", stdout(&output));
+    // (file, displayed width x height at a long side of 800)
+    let cases = [
+        ("p01_foliage_sky_1000x750.jpg", (800, 600)),
+        ("p07_forest_stream_adobergb_1000x667.jpg", (800, 534)),
+        ("p08_dogs_portrait_orient6_1000x667.jpg", (534, 800)),
+        ("p09_interior_still_life_orient8_1000x750.jpg", (600, 800)),
+        ("p10_fig_plate_orient3_1000x677.jpg", (800, 542)),
+        ("p12_boats_dusk_srgb_icc_1000x625.jpg", (800, 500)),
+    ];
+    for (name, size) in cases {
+        let source = std::fs::read(input.join(name)).unwrap();
+        // The inputs really carry what must go: an EXIF block with a GPS
+        // IFD (tag 0x8825, in either byte order).
+        let exif = image::ImageReader::new(std::io::Cursor::new(&source))
+            .with_guessed_format()
+            .unwrap()
+            .into_decoder()
+            .unwrap()
+            .exif_metadata()
+            .unwrap()
+            .unwrap_or_else(|| panic!("{name} has no EXIF"));
+        assert!(
+            contains(&exif, &[0x88, 0x25]) || contains(&exif, &[0x25, 0x88]),
+            "{name}: no GPS IFD in the input"
+        );
+        let bytes = std::fs::read(out.0.join(name)).unwrap();
+        let mut decoder = image::ImageReader::new(std::io::Cursor::new(&bytes))
+            .with_guessed_format()
+            .unwrap()
+            .into_decoder()
+            .unwrap();
+        assert_eq!(decoder.dimensions(), size, "{name}");
+        assert_eq!(decoder.exif_metadata().unwrap(), None, "{name}: EXIF left");
+        assert_eq!(decoder.icc_profile().unwrap(), None, "{name}: ICC left");
+        assert_eq!(
+            decoder.orientation().unwrap(),
+            image::metadata::Orientation::NoTransforms,
+            "{name}"
+        );
+        for needle in [
+            b"Exif".as_slice(),
+            b"GPS",
+            b"http://ns.adobe.com/xap",
+            b"Photoshop 3.0",
+            b"ICC_PROFILE",
+            b"Artist",
+        ] {
+            assert!(
+                !contains(&bytes, needle),
+                "{name}: output still holds {:?}",
+                String::from_utf8_lossy(needle)
+            );
+        }
+    }
+}
+
+/// A marketplace preset from the command line, and a user preset file.
+#[test]
+fn batch_renders_presets_including_user_ones() {
+    let input = repo_path("tests/fixtures/composites");
+    let out = TempDir::new("genfleet-cli-presets");
+    let output = genfleet(
+        &[
+            "batch",
+            &input.display().to_string(),
+            "--out",
+            &out.0.display().to_string(),
+            "--preset",
+            "amazon-main",
+        ],
+        &[],
+    );
+    assert!(output.status.success(), "{}", stdout(&output));
+    let amazon = std::fs::read(out.0.join("k01_tshirt_white.jpg")).unwrap();
+    let image = image::load_from_memory(&amazon).unwrap().to_rgb8();
+    assert_eq!(image.dimensions(), (2000, 2000));
+    assert_eq!(image.get_pixel(0, 0).0, [255, 255, 255]);
+
+    let presets = out.0.join("mine.toml");
+    std::fs::write(&presets, "[tiny]\nlong_side = 64\nformat = \"png\"\n").unwrap();
+    let tiny_out = out.0.join("tiny");
+    let output = genfleet(
+        &[
+            "batch",
+            &input.display().to_string(),
+            "--out",
+            &tiny_out.display().to_string(),
+            "--preset",
+            "tiny",
+            "--presets",
+            &presets.display().to_string(),
+        ],
+        &[],
+    );
+    assert!(output.status.success(), "{}", stdout(&output));
+    let png = std::fs::read(tiny_out.join("k01_tshirt_white.png")).unwrap();
+    let info = genfleet_imaging::inspect(&png, &Default::default()).unwrap();
+    assert_eq!((info.width, info.height), (64, 64));
+
+    let output = genfleet(
+        &[
+            "batch",
+            &input.display().to_string(),
+            "--out",
+            &tiny_out.display().to_string(),
+            "--preset",
+            "poster",
+        ],
+        &[],
+    );
+    assert!(!output.status.success());
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        err.contains("unknown preset \"poster\"") && err.contains("amazon-main"),
+        "{err}"
+    );
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
 #[test]
 fn validate_says_what_a_worker_would_decide() {
     let cases: &[(&str, bool, &str)] = &[

@@ -37,7 +37,7 @@ pub use image::DynamicImage;
 pub use jpeg::{ChromaSubsampling, JpegOptions};
 pub use limits::{inspect, ImageInfo, Limits};
 pub use matte::{alpha_iou, apply_matte, ClassicalMatte, Matte};
-pub use presets::{apply_preset, Preset, PresetFormat, Presets};
+pub use presets::{apply_preset, Preset, PresetFormat, Presets, AVIF_SPEED};
 pub use resize::{
     resize_exact, resize_to_fit, resize_to_fit_with, unsharp, upscale, upscale_with, Sharpen,
 };

@@ -67,6 +67,10 @@ impl RenderSpec {
                 Ok(v1::OutputFormat::Png) => Encoding::Png,
                 Ok(v1::OutputFormat::Webp) => Encoding::Webp { quality: q },
                 Ok(v1::OutputFormat::WebpLossless) => Encoding::WebpLossless,
+                Ok(v1::OutputFormat::Avif) => Encoding::Avif {
+                    quality: q,
+                    speed: genfleet_imaging::AVIF_SPEED,
+                },
                 _ => continue,
             };
             if !encodings.contains(&encoding) {
@@ -131,6 +135,7 @@ fn with_quality(encoding: Encoding, quality: Option<u8>) -> Encoding {
             Encoding::Jpeg(options)
         }
         (Encoding::Webp { .. }, Some(q)) => Encoding::Webp { quality: q },
+        (Encoding::Avif { speed, .. }, Some(q)) => Encoding::Avif { quality: q, speed },
         (encoding, _) => encoding,
     }
 }
