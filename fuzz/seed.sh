@@ -8,7 +8,7 @@ out="$here/corpus/sniff_decode"
 mkdir -p "$out"
 for dir in "$here/../tests/fixtures" "$here/../../shared/corpus/hostile" "$here/../../shared/corpus/formats"; do
   [ -d "$dir" ] || continue
-  find "$dir" -type f -size -1M ! -name '*.md' -print0 | while IFS= read -r -d '' f; do
+  find "$dir" -type f -size -1024k ! -name '*.md' -print0 | while IFS= read -r -d '' f; do
     cp "$f" "$out/$(sha1sum "$f" | cut -c1-16)"
   done
 done

@@ -20,6 +20,21 @@ fn genfleet(args: &[&str], env: &[(&str, &str)]) -> Output {
     command.output().expect("genfleet runs")
 }
 
+/// `genfleet batch <input> --out <out> <extra...>`, which must succeed.
+fn batch(input: &std::path::Path, out: &std::path::Path, extra: &[&str]) -> Output {
+    let (input, out) = (input.display().to_string(), out.display().to_string());
+    let mut args = vec!["batch", input.as_str(), "--out", out.as_str()];
+    args.extend_from_slice(extra);
+    let output = genfleet(&args, &[]);
+    assert!(
+        output.status.success(),
+        "{}\n{}",
+        stdout(&output),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
 fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).to_string()
 }
@@ -28,23 +43,8 @@ fn stdout(output: &Output) -> String {
 fn batch_converts_the_examples_and_reports_rejections() {
     let out = TempDir::new("genfleet-cli-batch");
     let examples = repo_path("examples/photos");
-    let output = genfleet(
-        &[
-            "batch",
-            &examples.display().to_string(),
-            "--out",
-            &out.0.display().to_string(),
-            "--long-side",
-            "512",
-        ],
-        &[],
-    );
+    let output = batch(&examples, &out.0, &["--long-side", "512"]);
     let text = stdout(&output);
-    assert!(
-        output.status.success(),
-        "{text}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
     assert!(
         text.contains("6 file(s): 5 converted, 1 rejected"),
         "{text}"
@@ -75,18 +75,7 @@ fn batch_outputs_are_upright_and_carry_no_metadata() {
     use image::ImageDecoder as _;
     let input = repo_path("tests/fixtures/corpus/photos");
     let out = TempDir::new("genfleet-cli-metadata");
-    let output = genfleet(
-        &[
-            "batch",
-            &input.display().to_string(),
-            "--out",
-            &out.0.display().to_string(),
-            "--long-side",
-            "800",
-        ],
-        &[],
-    );
-    assert!(output.status.success(), "{}", stdout(&output));
+    batch(&input, &out.0, &["--long-side", "800"]);
     // (file, displayed width x height at a long side of 800)
     let cases = [
         ("p01_foliage_sky_1000x750.jpg", (800, 600)),
@@ -148,18 +137,7 @@ fn batch_outputs_are_upright_and_carry_no_metadata() {
 fn batch_renders_presets_including_user_ones() {
     let input = repo_path("tests/fixtures/composites");
     let out = TempDir::new("genfleet-cli-presets");
-    let output = genfleet(
-        &[
-            "batch",
-            &input.display().to_string(),
-            "--out",
-            &out.0.display().to_string(),
-            "--preset",
-            "amazon-main",
-        ],
-        &[],
-    );
-    assert!(output.status.success(), "{}", stdout(&output));
+    batch(&input, &out.0, &["--preset", "amazon-main"]);
     let amazon = std::fs::read(out.0.join("k01_tshirt_white.jpg")).unwrap();
     let image = image::load_from_memory(&amazon).unwrap().to_rgb8();
     assert_eq!(image.dimensions(), (2000, 2000));
@@ -168,20 +146,11 @@ fn batch_renders_presets_including_user_ones() {
     let presets = out.0.join("mine.toml");
     std::fs::write(&presets, "[tiny]\nlong_side = 64\nformat = \"png\"\n").unwrap();
     let tiny_out = out.0.join("tiny");
-    let output = genfleet(
-        &[
-            "batch",
-            &input.display().to_string(),
-            "--out",
-            &tiny_out.display().to_string(),
-            "--preset",
-            "tiny",
-            "--presets",
-            &presets.display().to_string(),
-        ],
-        &[],
+    batch(
+        &input,
+        &tiny_out,
+        &["--preset", "tiny", "--presets", &presets.display().to_string()],
     );
-    assert!(output.status.success(), "{}", stdout(&output));
     let png = std::fs::read(tiny_out.join("k01_tshirt_white.png")).unwrap();
     let info = genfleet_imaging::inspect(&png, &Default::default()).unwrap();
     assert_eq!((info.width, info.height), (64, 64));

@@ -61,6 +61,31 @@ pub(crate) mod test_paths {
         "/../../tests/fixtures/composites/"
     );
 
+    /// Mean absolute difference per RGBA sample of two same-size images.
+    pub fn mean_abs_diff(a: &crate::DynamicImage, b: &crate::DynamicImage) -> f64 {
+        let (a, b) = (a.to_rgba8(), b.to_rgba8());
+        assert_eq!(a.dimensions(), b.dimensions());
+        let total: u64 = a
+            .as_raw()
+            .iter()
+            .zip(b.as_raw())
+            .map(|(x, y)| u64::from(x.abs_diff(*y)))
+            .sum();
+        total as f64 / a.as_raw().len() as f64
+    }
+
+    /// Largest absolute difference of any RGBA sample of two same-size images.
+    pub fn max_abs_diff(a: &crate::DynamicImage, b: &crate::DynamicImage) -> u8 {
+        let (a, b) = (a.to_rgba8(), b.to_rgba8());
+        assert_eq!(a.dimensions(), b.dimensions());
+        a.as_raw()
+            .iter()
+            .zip(b.as_raw())
+            .map(|(x, y)| x.abs_diff(*y))
+            .max()
+            .unwrap_or(0)
+    }
+
     pub fn read(dir: &str, name: &str) -> Vec<u8> {
         let path = format!("{dir}{name}");
         std::fs::read(&path).unwrap_or_else(|e| panic!("cannot read fixture {path}: {e}"))

@@ -337,6 +337,7 @@ fn lanczos(image: &DynamicImage, width: u32, height: u32) -> Result<DynamicImage
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_paths::{max_abs_diff, mean_abs_diff};
     use image::{ColorType, Rgba, RgbaImage};
 
     fn blank(width: u32, height: u32, color: ColorType) -> DynamicImage {
@@ -437,28 +438,6 @@ mod tests {
             let v = (x.wrapping_mul(2_654_435_761) ^ y.wrapping_mul(40_503)) >> 7;
             image::Rgb([v as u8, (v >> 8) as u8, (x + y) as u8])
         }))
-    }
-
-    fn max_abs_diff(a: &DynamicImage, b: &DynamicImage) -> u8 {
-        assert_eq!((a.width(), a.height()), (b.width(), b.height()));
-        a.to_rgba8()
-            .as_raw()
-            .iter()
-            .zip(b.to_rgba8().as_raw())
-            .map(|(x, y)| x.abs_diff(*y))
-            .max()
-            .unwrap_or(0)
-    }
-
-    fn mean_abs_diff(a: &DynamicImage, b: &DynamicImage) -> f64 {
-        let (a, b) = (a.to_rgba8(), b.to_rgba8());
-        let total: u64 = a
-            .as_raw()
-            .iter()
-            .zip(b.as_raw())
-            .map(|(x, y)| u64::from(x.abs_diff(*y)))
-            .sum();
-        total as f64 / a.as_raw().len() as f64
     }
 
     /// Bands must join seamlessly: the banded upscale equals one whole-image
