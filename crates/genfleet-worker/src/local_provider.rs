@@ -62,6 +62,7 @@ impl Provider for LocalProvider {
                 })
             }
         };
+        let sharpen = sharpen_parameter(request.parameters.get("sharpen"))?;
         let Some(input) = request.inputs.first() else {
             return Err(ProviderError::Unsupported {
                 message: "the local provider needs an input image".into(),
@@ -76,7 +77,8 @@ impl Provider for LocalProvider {
                     .map_err(|e| e.to_string())?
                     .image;
                 let image = if factor > 1 {
-                    genfleet_imaging::upscale(&image, factor, &limits).map_err(|e| e.to_string())?
+                    genfleet_imaging::upscale_with(&image, factor, sharpen, &limits)
+                        .map_err(|e| e.to_string())?
                 } else {
                     image
                 };
@@ -106,5 +108,49 @@ impl Provider for LocalProvider {
             attempts: 1,
             request_id: None,
         })
+    }
+}
+
+/// `parameters.sharpen` of an upscale: absent or `false` for none, `true`
+/// for the default unsharp mask, or a number for its amount (0..=5).
+fn sharpen_parameter(
+    value: Option<&serde_json::Value>,
+) -> Result<Option<genfleet_imaging::Sharpen>, ProviderError> {
+    let bad = || ProviderError::Unsupported {
+        message: "parameters.sharpen: expected true, false or an amount from 0 to 5".into(),
+    };
+    match value {
+        None | Some(serde_json::Value::Bool(false)) | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::Bool(true)) => Ok(Some(genfleet_imaging::Sharpen::default())),
+        Some(v) => {
+            let amount = v.as_f64().filter(|a| (0.0..=5.0).contains(a)).ok_or_else(bad)?;
+            Ok(Some(genfleet_imaging::Sharpen {
+                amount: amount as f32,
+                ..genfleet_imaging::Sharpen::default()
+            }))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sharpen_parameter_forms() {
+        let default = genfleet_imaging::Sharpen::default();
+        let cases: [(Option<serde_json::Value>, Option<Option<f32>>); 7] = [
+            (None, Some(None)),
+            (Some(serde_json::json!(false)), Some(None)),
+            (Some(serde_json::json!(true)), Some(Some(default.amount))),
+            (Some(serde_json::json!(1.5)), Some(Some(1.5))),
+            (Some(serde_json::json!(9)), None),
+            (Some(serde_json::json!(-1)), None),
+            (Some(serde_json::json!("lots")), None),
+        ];
+        for (value, want) in cases {
+            let got = sharpen_parameter(value.as_ref()).ok().map(|s| s.map(|s| s.amount));
+            assert_eq!(got, want, "{value:?}");
+        }
     }
 }
