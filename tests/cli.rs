@@ -149,7 +149,12 @@ fn batch_renders_presets_including_user_ones() {
     batch(
         &input,
         &tiny_out,
-        &["--preset", "tiny", "--presets", &presets.display().to_string()],
+        &[
+            "--preset",
+            "tiny",
+            "--presets",
+            &presets.display().to_string(),
+        ],
     );
     let png = std::fs::read(tiny_out.join("k01_tshirt_white.png")).unwrap();
     let info = genfleet_imaging::inspect(&png, &Default::default()).unwrap();

@@ -123,7 +123,10 @@ fn sharpen_parameter(
         None | Some(serde_json::Value::Bool(false)) | Some(serde_json::Value::Null) => Ok(None),
         Some(serde_json::Value::Bool(true)) => Ok(Some(genfleet_imaging::Sharpen::default())),
         Some(v) => {
-            let amount = v.as_f64().filter(|a| (0.0..=5.0).contains(a)).ok_or_else(bad)?;
+            let amount = v
+                .as_f64()
+                .filter(|a| (0.0..=5.0).contains(a))
+                .ok_or_else(bad)?;
             Ok(Some(genfleet_imaging::Sharpen {
                 amount: amount as f32,
                 ..genfleet_imaging::Sharpen::default()
@@ -149,7 +152,9 @@ mod tests {
             (Some(serde_json::json!("lots")), None),
         ];
         for (value, want) in cases {
-            let got = sharpen_parameter(value.as_ref()).ok().map(|s| s.map(|s| s.amount));
+            let got = sharpen_parameter(value.as_ref())
+                .ok()
+                .map(|s| s.map(|s| s.amount));
             assert_eq!(got, want, "{value:?}");
         }
     }
