@@ -88,8 +88,12 @@ pub fn decode_to_fit(
     };
 
     let mut image = normalise(raw.image);
+    // resize_to_fit hands back a copy when the image already fits; the
+    // decoded buffer is ours, so only resize when there is work to do.
     if let Some(long_side) = fit_long_side {
-        image = resize_to_fit(&image, long_side)?;
+        if long_side == 0 || image.width().max(image.height()) > long_side {
+            image = resize_to_fit(&image, long_side)?;
+        }
     }
     let orientation_applied = raw.orientation != Orientation::NoTransforms;
     if orientation_applied {

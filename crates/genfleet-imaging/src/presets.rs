@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 
-use image::{DynamicImage, GrayImage, Rgb, RgbImage, Rgba, RgbaImage};
+use image::{DynamicImage, Rgb, RgbImage, Rgba, RgbaImage};
 
 use crate::encode::Encoding;
 use crate::error::ImagingError;
@@ -319,27 +319,24 @@ fn crop_to_product(image: &DynamicImage) -> DynamicImage {
     let DynamicImage::ImageRgba8(rgba) = image else {
         return image.clone();
     };
-    let alpha = GrayImage::from_fn(rgba.width(), rgba.height(), |x, y| {
-        image::Luma([rgba.get_pixel(x, y)[3]])
-    });
-    match alpha_bounds(&alpha) {
+    let product = rgba
+        .enumerate_pixels()
+        .filter(|(_, _, p)| p[3] >= PRODUCT_ALPHA)
+        .map(|(x, y, _)| (x, y));
+    match bounds(product) {
         Some((x0, y0, x1, y1)) => image.crop_imm(x0, y0, x1 - x0 + 1, y1 - y0 + 1),
         None => image.clone(),
     }
 }
 
-/// Inclusive bounds of alpha >= [`PRODUCT_ALPHA`].
-fn alpha_bounds(alpha: &GrayImage) -> Option<(u32, u32, u32, u32)> {
-    let mut bounds: Option<(u32, u32, u32, u32)> = None;
-    for (x, y, p) in alpha.enumerate_pixels() {
-        if p[0] >= PRODUCT_ALPHA {
-            bounds = Some(match bounds {
-                None => (x, y, x, y),
-                Some((x0, y0, x1, y1)) => (x0.min(x), y0.min(y), x1.max(x), y1.max(y)),
-            });
-        }
-    }
-    bounds
+/// Inclusive bounds of a set of pixel positions.
+fn bounds(points: impl Iterator<Item = (u32, u32)>) -> Option<(u32, u32, u32, u32)> {
+    points.fold(None, |acc, (x, y)| {
+        Some(match acc {
+            None => (x, y, x, y),
+            Some((x0, y0, x1, y1)) => (x0.min(x), y0.min(y), x1.max(x), y1.max(y)),
+        })
+    })
 }
 
 /// Centres `image` on a `width` x `height` canvas of `background` (or
@@ -353,15 +350,14 @@ fn place_on_canvas(
     let left = i64::from((width - image.width().min(width)) / 2);
     let top = i64::from((height - image.height().min(height)) / 2);
     match background {
-        Some(colour) if !image.color().has_alpha() => {
-            let mut canvas = RgbImage::from_pixel(width, height, Rgb(colour));
-            image::imageops::overlay(&mut canvas, &image.to_rgb8(), left, top);
-            DynamicImage::ImageRgb8(canvas)
-        }
         Some(colour) => {
             let mut canvas = RgbImage::from_pixel(width, height, Rgb(colour));
-            let flat = flatten_onto(&image.to_rgba8(), colour);
-            image::imageops::overlay(&mut canvas, &flat, left, top);
+            let opaque = if image.color().has_alpha() {
+                flatten_onto(&image.to_rgba8(), colour)
+            } else {
+                image.to_rgb8()
+            };
+            image::imageops::overlay(&mut canvas, &opaque, left, top);
             DynamicImage::ImageRgb8(canvas)
         }
         None => {
@@ -502,11 +498,11 @@ mod tests {
             assert_eq!(rgb.get_pixel(x, y), &Rgb([255, 255, 255]), "({x}, {y})");
         }
         // The product's box: where pixels are clearly not white.
-        let mask = GrayImage::from_fn(2000, 2000, |x, y| {
-            let p = rgb.get_pixel(x, y);
-            image::Luma([if p.0.iter().any(|&c| c < 235) { 255 } else { 0 }])
-        });
-        let (x0, y0, x1, y1) = alpha_bounds(&mask).unwrap();
+        let product = rgb
+            .enumerate_pixels()
+            .filter(|(_, _, p)| p.0.iter().any(|&c| c < 235))
+            .map(|(x, y, _)| (x, y));
+        let (x0, y0, x1, y1) = bounds(product).unwrap();
         let span = (x1 - x0 + 1).max(y1 - y0 + 1);
         assert!(
             (1650..=1710).contains(&span),
