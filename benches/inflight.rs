@@ -50,7 +50,7 @@ use genfleet_proto::v1;
 use genfleet_providers::fake_fal::FakeFal;
 use genfleet_providers::{
     FalConfig, FalProvider, GenerationRequest, GuardConfig, Guarded, InputImage, InputRole,
-    JobKind, Provider as _,
+    JobKind, Provider as _, Spool,
 };
 use support::*;
 
@@ -715,6 +715,10 @@ fn provider_calls(args: &[String]) {
             .pool_idle_timeout(Duration::from_secs(90))
             .build()
             .expect("http client");
+        // The worker's default spool: 64 MiB of waiting bytes in memory,
+        // the rest in files.
+        let spool_dir = std::env::temp_dir().join(format!("genfleet-bench-spool-{}", std::process::id()));
+        let spool = Spool::new(&spool_dir, 64 * 1024 * 1024).expect("spool folder");
         let fal = FalProvider::new(
             FalConfig {
                 base_url,
@@ -722,7 +726,8 @@ fn provider_calls(args: &[String]) {
                 ..FalConfig::default()
             },
             client,
-        );
+        )
+        .with_spool(spool.clone());
         let fal = Arc::new(Guarded::new(
             fal,
             GuardConfig {
@@ -744,7 +749,7 @@ fn provider_calls(args: &[String]) {
                 inputs: vec![InputImage {
                     role: InputRole::Product,
                     content_type: "image/jpeg".into(),
-                    bytes: photo.clone(),
+                    bytes: photo.clone().into(),
                 }],
                 deadline: Some(tokio::time::Instant::now() + Duration::from_secs(600)),
             })
@@ -783,6 +788,9 @@ fn provider_calls(args: &[String]) {
         let wall = started.elapsed();
         let cpu = cpu_ticks(me).saturating_sub(cpu_before);
         let peak_rss_kb = status_kb(me, "VmHWM");
+        drop(fal);
+        drop(spool);
+        let _ = std::fs::remove_dir_all(&spool_dir);
         if let Some(error) = first_error {
             eprintln!("provider layer: first error: {error}");
         }

@@ -80,6 +80,25 @@ pub(crate) fn to_srgb(
     Ok(ProfileOutcome::Converted)
 }
 
+/// Whether pixels tagged with `icc` are already sRGB (within one code
+/// value), so the profile can be dropped without converting anything. A
+/// profile we cannot use counts as sRGB, as [`to_srgb`] ignores it too.
+pub(crate) fn is_srgb_equivalent(icc: &[u8]) -> bool {
+    let Ok(source) = ColorProfile::new_from_slice(icc) else {
+        return true;
+    };
+    if source.color_space != DataColorSpace::Rgb {
+        return true;
+    }
+    let srgb = ColorProfile::new_srgb();
+    let Ok(transform) =
+        source.create_transform_8bit(Layout::Rgb, &srgb, Layout::Rgb, TransformOptions::default())
+    else {
+        return true;
+    };
+    is_identity(&*transform, Layout::Rgb).unwrap_or(false)
+}
+
 /// Whether `transform` leaves a 16^3 grid of colours (plus the greys)
 /// within one code value: the cheap way to skip embedded sRGB profiles,
 /// whatever their name or version, without converting megapixels for

@@ -22,6 +22,7 @@ mod error;
 mod jpeg;
 mod limits;
 mod matte;
+mod passthrough;
 mod presets;
 mod resize;
 mod sniff;
@@ -37,6 +38,7 @@ pub use image::DynamicImage;
 pub use jpeg::{ChromaSubsampling, JpegOptions};
 pub use limits::{inspect, ImageInfo, Limits};
 pub use matte::{alpha_iou, apply_matte, ClassicalMatte, Matte};
+pub use passthrough::{jpeg_passthrough, Passthrough};
 pub use presets::{apply_preset, Preset, PresetFormat, Presets, AVIF_SPEED};
 pub use resize::{
     resize_exact, resize_to_fit, resize_to_fit_with, unsharp, upscale, upscale_with, Sharpen,

@@ -276,6 +276,93 @@ pub(crate) fn jpeg_is_complete(bytes: &[u8]) -> bool {
         .is_some_and(|scan| scan.windows(2).rev().any(|w| w == JPEG_EOI))
 }
 
+/// The JPEG rebuilt from the segments its pixels need: SOI, the tables
+/// (DQT, DHT, DRI), the frame header, every scan with its entropy-coded
+/// data, EOI; plus the JFIF APP0 and the Adobe APP14 (whose transform flag
+/// says whether the samples are YCbCr). EXIF, XMP, ICC, IPTC, comments and
+/// any bytes after EOI are gone.
+///
+/// `None` for anything this cannot vouch for: a broken chain, no EOI, a
+/// frame other than 8-bit Huffman baseline, extended or progressive
+/// (arithmetic coding, 12-bit, lossless and hierarchical JPEGs are rare and
+/// not every provider's decoder reads them), a DNL segment, or a marker
+/// outside the standard set.
+pub(crate) fn strip_jpeg(bytes: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(bytes.len());
+    out.extend_from_slice(&[0xFF, 0xD8]);
+    let mut pos = 2;
+    let mut seen_frame = false;
+    loop {
+        if *bytes.get(pos)? != 0xFF {
+            return None;
+        }
+        while *bytes.get(pos + 1)? == 0xFF {
+            pos += 1;
+        }
+        let marker = *bytes.get(pos + 1)?;
+        if marker == 0xD9 {
+            out.extend_from_slice(&JPEG_EOI);
+            return seen_frame.then_some(out);
+        }
+        let len = bytes.get(pos + 2..pos + 4)?;
+        let len = usize::from(u16::from_be_bytes([len[0], len[1]]));
+        if len < 2 {
+            return None;
+        }
+        let segment = bytes.get(pos..pos + 2 + len)?;
+        let data = &segment[4..];
+        let keep = match marker {
+            // SOF0 baseline, SOF1 extended, SOF2 progressive; 8-bit only.
+            0xC0..=0xC2 => {
+                if seen_frame || data.first() != Some(&8) {
+                    return None;
+                }
+                seen_frame = true;
+                true
+            }
+            0xDA => {
+                if !seen_frame {
+                    return None;
+                }
+                let scan_start = pos + 2 + len;
+                let scan_end = entropy_end(bytes, scan_start)?;
+                out.extend_from_slice(segment);
+                out.extend_from_slice(&bytes[scan_start..scan_end]);
+                pos = scan_end;
+                continue;
+            }
+            // DHT, DQT, DRI.
+            0xC4 | 0xDB | 0xDD => true,
+            0xE0 => data.starts_with(b"JFIF\0"),
+            0xEE => data.starts_with(b"Adobe"),
+            // Other APPn and COM: metadata.
+            0xE1..=0xED | 0xEF | 0xFE => false,
+            _ => return None,
+        };
+        if keep {
+            out.extend_from_slice(segment);
+        }
+        pos += 2 + len;
+    }
+}
+
+/// Where the entropy-coded data that starts at `start` ends: the first
+/// marker that is neither a stuffed zero (FF 00) nor a restart (FF D0-D7).
+fn entropy_end(bytes: &[u8], start: usize) -> Option<usize> {
+    let mut pos = start;
+    loop {
+        let ff = pos + memchr_ff(bytes.get(pos..)?)?;
+        match *bytes.get(ff + 1)? {
+            0x00 | 0xD0..=0xD7 | 0xFF => pos = ff + 1,
+            _ => return Some(ff),
+        }
+    }
+}
+
+fn memchr_ff(bytes: &[u8]) -> Option<usize> {
+    bytes.iter().position(|&b| b == 0xFF)
+}
+
 /// Whether the PNG has its IEND chunk.
 ///
 /// The png decoder stops once it has the pixel data and does not read on to

@@ -119,6 +119,12 @@ impl FakeFal {
             .unwrap_or(0)
     }
 
+    /// The `image_url` field (a data URI for our inputs) of the last
+    /// submit that carried one.
+    pub fn last_image_url(&self) -> Option<String> {
+        self.shared.lock().last_image_url.clone()
+    }
+
     /// Cancel requests received for known requests.
     pub fn cancellations(&self) -> u64 {
         self.shared.lock().cancellations
@@ -164,6 +170,8 @@ struct FakeState {
     flaky: HashMap<String, u32>,
     requests: HashMap<String, FakeRequest>,
     cancellations: u64,
+    /// `image_url` of the last submit that had one.
+    last_image_url: Option<String>,
 }
 
 struct FakeRequest {
@@ -293,6 +301,9 @@ fn submit(shared: &Shared, owner: &str, app: &str, body: &[u8]) -> Response {
             )
         }
     };
+    if let Some(url) = input.get("image_url").and_then(Value::as_str) {
+        state.last_image_url = Some(url.to_owned());
+    }
     let seed = input.get("seed").and_then(Value::as_u64);
     match behaviour {
         Behaviour::Reject => {

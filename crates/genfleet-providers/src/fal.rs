@@ -31,7 +31,7 @@ use crate::http::{
 use crate::retry::parse_retry_after;
 use crate::{
     Artifact, Checked, GenerationOutput, GenerationRequest, InputImage, InputRole, JobKind,
-    Provider, ProviderError, Resumable, SubmissionLog,
+    Provider, ProviderError, Resumable, Spool, SubmissionLog,
 };
 
 /// Consecutive failed status polls tolerated before the attempt fails. A
@@ -103,6 +103,7 @@ pub struct FalProvider {
     /// panicking at start-up, since `new` cannot fail.
     authorization: Result<HeaderValue, String>,
     submissions: Option<std::sync::Arc<dyn SubmissionLog>>,
+    spool: Spool,
 }
 
 impl fmt::Debug for FalProvider {
@@ -123,7 +124,16 @@ impl FalProvider {
             client,
             authorization,
             submissions: None,
+            spool: Spool::memory_only(),
         }
+    }
+
+    /// Copies outputs into `spool` (memory within its budget, files beyond)
+    /// instead of holding each in memory until the caller is done with it.
+    #[must_use]
+    pub fn with_spool(mut self, spool: Spool) -> Self {
+        self.spool = spool;
+        self
     }
 
     /// The built `Authorization` header, or why there is none.
@@ -174,7 +184,7 @@ impl Provider for FalProvider {
 impl Resumable for FalProvider {
     async fn submit(&self, request: &GenerationRequest) -> Result<String, ProviderError> {
         let authorization = self.authorization()?;
-        let input = build_input(request)?;
+        let input = build_input(&*request.load_inputs().await?)?;
         let submit_url = self.submit_url(&request.model)?;
         // No request timeout for fal: a parked render waits as long as the
         // caller's polls allow, and the caller cancels it past its deadline.
@@ -321,7 +331,6 @@ impl FalProvider {
         request: &GenerationRequest,
     ) -> Result<GenerationOutput, ProviderError> {
         let authorization = self.authorization()?;
-        let input = build_input(request)?;
         let submit_url = self.submit_url(&request.model)?;
         let deadline = request.deadline;
 
@@ -349,13 +358,13 @@ impl FalProvider {
                             code = err.code(),
                             "the recorded fal request cannot be resumed; submitting again"
                         );
-                        self.submit_and_wait(submit_url, &authorization, input, request)
+                        self.submit_and_wait(submit_url, &authorization, request)
                             .await?
                     }
                 }
             }
             None => {
-                self.submit_and_wait(submit_url, &authorization, input, request)
+                self.submit_and_wait(submit_url, &authorization, request)
                     .await?
             }
         };
@@ -406,10 +415,12 @@ impl FalProvider {
         &self,
         submit_url: Url,
         authorization: &HeaderValue,
-        input: Map<String, Value>,
         request: &GenerationRequest,
     ) -> Result<(Submitted, Url), ProviderError> {
         let deadline = request.deadline;
+        // Built (and the inputs read back from the spool) only to send: the
+        // body, data URIs and all, is gone once the submit is answered.
+        let input = build_input(&*request.load_inputs().await?)?;
         let submitted = self
             .submit(submit_url, authorization, input, deadline)
             .await?;
@@ -665,6 +676,7 @@ impl FalProvider {
     ) -> Result<Artifact, ProviderError> {
         http::download(
             &self.client,
+            &self.spool,
             &file.url,
             file.content_type,
             self.config.request_timeout,
@@ -720,8 +732,8 @@ pub(crate) fn build_input(
     if request.kind == JobKind::VirtualTryOn {
         let person = first(InputRole::Person).ok_or_else(|| missing("a person image"))?;
         let garment = first(InputRole::Garment).ok_or_else(|| missing("a garment image"))?;
-        input.insert("human_image_url".into(), data_uri(person).into());
-        input.insert("garment_image_url".into(), data_uri(garment).into());
+        input.insert("human_image_url".into(), data_uri(person)?.into());
+        input.insert("garment_image_url".into(), data_uri(garment)?.into());
     } else {
         let pictures: Vec<&InputImage> = request
             .inputs
@@ -740,7 +752,7 @@ pub(crate) fn build_input(
         let needs_image = !matches!(request.kind, JobKind::ProductPhoto);
         match primary {
             Some(primary) => {
-                input.insert("image_url".into(), data_uri(primary).into());
+                input.insert("image_url".into(), data_uri(primary)?.into());
             }
             None if needs_image => return Err(missing("an input image")),
             None => {}
@@ -749,13 +761,13 @@ pub(crate) fn build_input(
         if pictures.len() > 1 {
             let urls = pictures
                 .iter()
-                .map(|input| Value::from(data_uri(input)))
-                .collect();
+                .map(|input| data_uri(input).map(Value::from))
+                .collect::<Result<_, _>>()?;
             input.insert("image_urls".into(), Value::Array(urls));
         }
         if request.kind == JobKind::Inpaint {
             let mask = first(InputRole::Mask).ok_or_else(|| missing("a mask image"))?;
-            input.insert("mask_url".into(), data_uri(mask).into());
+            input.insert("mask_url".into(), data_uri(mask)?.into());
         }
     }
 

@@ -35,7 +35,7 @@ fn request(model: &str) -> GenerationRequest {
         inputs: vec![crate::InputImage {
             role: crate::InputRole::Product,
             content_type: "image/png".into(),
-            bytes: bytes::Bytes::from_static(b"\x89PNG\r\n\x1a\n"),
+            bytes: bytes::Bytes::from_static(b"\x89PNG\r\n\x1a\n").into(),
         }],
         deadline: None,
     }

@@ -64,7 +64,7 @@ fn image(role: InputRole, bytes: &'static [u8]) -> InputImage {
     InputImage {
         role,
         content_type: "image/png".into(),
-        bytes: bytes::Bytes::from_static(bytes),
+        bytes: bytes::Bytes::from_static(bytes).into(),
     }
 }
 
@@ -79,9 +79,54 @@ async fn ok_returns_the_generated_png() {
     assert_eq!(output.artifacts.len(), 1);
     let artifact = &output.artifacts[0];
     assert_eq!(artifact.content_type, "image/png");
-    assert!(artifact.bytes.starts_with(PNG_SIGNATURE));
+    assert!(artifact
+        .bytes
+        .resident()
+        .unwrap()
+        .starts_with(PNG_SIGNATURE));
     assert_eq!(fake.submissions_for("test/ok"), 1);
     assert_eq!(fake.submissions(), 1);
+}
+
+#[tokio::test]
+async fn spooled_inputs_are_sent_and_outputs_spooled_when_over_budget() {
+    // A spool with no memory budget: every byte waits in a file.
+    let dir = tempfile::tempdir().unwrap();
+    let spool = crate::Spool::new(dir.path(), 0).unwrap();
+    let fake = FakeFal::start().await.unwrap();
+    let provider = provider(&fake).with_spool(spool.clone());
+    let mut request = request("test/ok");
+    request.kind = JobKind::BatchEdit;
+    let photo = b"\xFF\xD8 not really a jpeg, but bytes to carry";
+    request.inputs = vec![InputImage {
+        role: InputRole::Product,
+        content_type: "image/jpeg".into(),
+        bytes: spool.keep(bytes::Bytes::from_static(photo)).await.unwrap(),
+    }];
+    assert!(request.inputs[0].bytes.is_spooled());
+
+    let output = generate_with_retries(&provider, &request, &policy())
+        .await
+        .unwrap();
+    use base64::Engine as _;
+    let expected = format!(
+        "data:image/jpeg;base64,{}",
+        base64::engine::general_purpose::STANDARD.encode(photo)
+    );
+    assert_eq!(fake.last_image_url().as_deref(), Some(expected.as_str()));
+    let artifact = &output.artifacts[0];
+    assert!(artifact.bytes.is_spooled());
+    assert!(artifact
+        .bytes
+        .bytes()
+        .await
+        .unwrap()
+        .starts_with(PNG_SIGNATURE));
+    // The input's file and the output's: both go when their handles do.
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
+    drop(output);
+    drop(request);
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }
 
 #[tokio::test]
@@ -93,7 +138,10 @@ async fn ok_returns_one_artifact_per_requested_image() {
         .await
         .unwrap();
     assert_eq!(output.artifacts.len(), 3);
-    assert_ne!(output.artifacts[0].bytes, output.artifacts[1].bytes);
+    assert_ne!(
+        output.artifacts[0].bytes.resident(),
+        output.artifacts[1].bytes.resident()
+    );
 }
 
 #[tokio::test]
@@ -243,7 +291,7 @@ async fn video_outputs_are_downloaded() {
     assert_eq!(output.artifacts.len(), 1);
     let video = &output.artifacts[0];
     assert_eq!(video.content_type, "video/mp4");
-    assert_eq!(&video.bytes[4..8], b"ftyp");
+    assert_eq!(&video.bytes.resident().unwrap()[4..8], b"ftyp");
 }
 
 #[tokio::test]
@@ -258,7 +306,11 @@ async fn sleep_completes_no_earlier_than_its_delay() {
     assert!(elapsed >= Duration::from_millis(200), "{elapsed:?}");
     assert_eq!(output.attempts, 1);
     assert_eq!(output.artifacts.len(), 1);
-    assert!(output.artifacts[0].bytes.starts_with(PNG_SIGNATURE));
+    assert!(output.artifacts[0]
+        .bytes
+        .resident()
+        .unwrap()
+        .starts_with(PNG_SIGNATURE));
     assert_eq!(fake.submissions_for("test/sleep-200"), 1);
 }
 
@@ -568,7 +620,10 @@ async fn a_later_attempt_of_the_job_resumes_the_recorded_request() {
     .unwrap();
     assert_eq!(fake.submissions_for("test/ok"), 1, "submitted twice");
     assert_eq!(again.request_id, first.request_id);
-    assert_eq!(again.artifacts[0].bytes, first.artifacts[0].bytes);
+    assert_eq!(
+        again.artifacts[0].bytes.resident(),
+        first.artifacts[0].bytes.resident()
+    );
 
     // Another job is not confused with it.
     let mut other = request("test/ok");

@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use url::Url;
 
 use crate::retry::parse_retry_after;
-use crate::{Artifact, InputImage, ProviderError};
+use crate::{Artifact, Blob, InputImage, ProviderError, Spool};
 
 /// Error bodies are small JSON documents; anything longer is not worth
 /// reading into memory just to build a message.
@@ -127,6 +127,7 @@ pub(crate) async fn error_body(response: Response) -> Bytes {
 /// attempt produces a new file); the size cap as a rejection.
 pub(crate) async fn download(
     client: &reqwest::Client,
+    spool: &Spool,
     raw_url: &str,
     content_type: Option<String>,
     request_timeout: Duration,
@@ -138,7 +139,7 @@ pub(crate) async fn download(
         check_size(bytes.len() as u64, limit)?;
         return Ok(Artifact {
             content_type: content_type.unwrap_or(mime),
-            bytes,
+            bytes: keep(spool, bytes).await?,
         });
     }
     let url = Url::parse(raw_url).map_err(|_| ProviderError::Malformed {
@@ -167,7 +168,7 @@ pub(crate) async fn download(
         .get(CONTENT_TYPE)
         .and_then(|value| value.to_str().ok())
         .map(str::to_owned);
-    let bytes = read_body(response, limit, deadline, || too_large_output(limit)).await?;
+    let bytes = receive(spool, response, limit, deadline).await?;
     let content_type = content_type
         .or(header_type)
         .unwrap_or_else(|| "application/octet-stream".to_owned());
@@ -175,6 +176,48 @@ pub(crate) async fn download(
         content_type,
         bytes,
     })
+}
+
+/// Keeps an output already in memory (decoded from an answer) in `spool`.
+///
+/// # Errors
+/// [`ProviderError::Unavailable`] when the spool file cannot be written:
+/// this machine's disk, and a new attempt may find room.
+pub(crate) async fn keep(spool: &Spool, bytes: Bytes) -> Result<Blob, ProviderError> {
+    spool.keep(bytes).await.map_err(spool_failed)
+}
+
+fn spool_failed(err: std::io::Error) -> ProviderError {
+    ProviderError::Unavailable {
+        message: format!("an output could not be spooled: {err}"),
+        retry_after: None,
+    }
+}
+
+/// Streams an output body into `spool`, failing as soon as it passes
+/// `limit`: no output is ever held in memory beyond the spool's budget.
+async fn receive(
+    spool: &Spool,
+    mut response: Response,
+    limit: u64,
+    deadline: Option<Instant>,
+) -> Result<Blob, ProviderError> {
+    let expected = response.content_length();
+    if expected.is_some_and(|len| len > limit) {
+        return Err(too_large_output(limit));
+    }
+    let mut receiver = spool.receiver(expected);
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|err| transport_error(err, deadline))?
+    {
+        if receiver.len() + chunk.len() as u64 > limit {
+            return Err(too_large_output(limit));
+        }
+        receiver.push(&chunk).await.map_err(spool_failed)?;
+    }
+    receiver.finish().await.map_err(spool_failed)
 }
 
 /// Decodes standard base64 from a provider answer (an inline image).
@@ -203,15 +246,39 @@ pub(crate) fn encode_base64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
+/// An input's bytes, loaded by [`crate::GenerationRequest::load_inputs`].
+///
+/// # Errors
+/// [`ProviderError::Unavailable`] for an input still in its spool file: a
+/// client built a body without loading the request first.
+pub(crate) fn input_bytes(image: &InputImage) -> Result<&Bytes, ProviderError> {
+    image
+        .bytes
+        .resident()
+        .ok_or_else(|| ProviderError::Unavailable {
+            message: "an input was not loaded from the spool before the request was built".into(),
+            retry_after: None,
+        })
+}
+
 /// `data:<type>;base64,<bytes>` for an input image.
-pub(crate) fn data_uri(image: &InputImage) -> String {
+///
+/// # Errors
+/// As [`input_bytes`].
+pub(crate) fn data_uri(image: &InputImage) -> Result<String, ProviderError> {
     let content_type = if image.content_type.is_empty() {
         "application/octet-stream"
     } else {
         image.content_type.as_str()
     };
-    let encoded = base64::engine::general_purpose::STANDARD.encode(&image.bytes);
-    format!("data:{content_type};base64,{encoded}")
+    let bytes = input_bytes(image)?;
+    let prefix_len = "data:;base64,".len() + content_type.len();
+    let mut uri = String::with_capacity(prefix_len + bytes.len().div_ceil(3) * 4);
+    uri.push_str("data:");
+    uri.push_str(content_type);
+    uri.push_str(";base64,");
+    base64::engine::general_purpose::STANDARD.encode_string(bytes, &mut uri);
+    Ok(uri)
 }
 
 /// Decodes the part of a `data:` URI after the scheme.
@@ -261,7 +328,14 @@ pub(crate) async fn read_body(
     if response.content_length().is_some_and(|len| len > limit) {
         return Err(too_large());
     }
-    let mut body = BytesMut::new();
+    // Sized from Content-Length (already checked against the limit), so a
+    // body is not copied as the buffer doubles.
+    let mut body = BytesMut::with_capacity(
+        response
+            .content_length()
+            .and_then(|len| usize::try_from(len).ok())
+            .unwrap_or(0),
+    );
     while let Some(chunk) = response
         .chunk()
         .await

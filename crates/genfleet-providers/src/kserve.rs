@@ -74,8 +74,8 @@ use tokio::time::Instant;
 use url::Url;
 
 use crate::http::{
-    self, check_size, encode_base64, read_body, retry_after_header, truncate, CONTROL_BODY_LIMIT,
-    DETAIL_CHARS,
+    self, check_size, encode_base64, input_bytes, read_body, retry_after_header, truncate,
+    CONTROL_BODY_LIMIT, DETAIL_CHARS,
 };
 use crate::kserve_tensor::{
     decode_bytes_elements, encode_bytes_elements, encoded_len, sniff_content_type, split_body,
@@ -350,8 +350,11 @@ impl KServeProvider {
     )]
     async fn infer(&self, request: &GenerationRequest) -> Result<GenerationOutput, ProviderError> {
         let path = model_path(&request.model)?;
-        let inputs = build_inputs(request, &self.config)?;
-        let encoded = encode_request(request, &inputs, &self.config)?;
+        let encoded = {
+            let loaded = request.load_inputs().await?;
+            let inputs = build_inputs(&loaded, &self.config)?;
+            encode_request(&loaded, &inputs, &self.config)?
+        };
         let url = self.url(&format!("{path}/infer"))?;
         let mut builder = self.client.post(url);
         builder = match encoded.header_len {
@@ -390,7 +393,7 @@ impl KServeProvider {
             .into_iter()
             .map(|bytes| Artifact {
                 content_type: sniff_content_type(&bytes).to_owned(),
-                bytes,
+                bytes: bytes.into(),
             })
             .collect();
         Ok(GenerationOutput {
@@ -500,16 +503,18 @@ pub(crate) fn build_inputs<'a>(
             kind = request.kind
         ),
     };
-    let image = |input: &'a InputImage, name: &'a str| Input {
-        name,
-        element: Element::Image(&input.bytes),
+    let image = |input: &'a InputImage, name: &'a str| -> Result<Input<'a>, ProviderError> {
+        Ok(Input {
+            name,
+            element: Element::Image(input_bytes(input)?),
+        })
     };
     let mut inputs = Vec::with_capacity(4);
     if request.kind == JobKind::VirtualTryOn {
         let person = first(InputRole::Person).ok_or_else(|| missing("a person image"))?;
         let garment = first(InputRole::Garment).ok_or_else(|| missing("a garment image"))?;
-        inputs.push(image(person, &config.image_input));
-        inputs.push(image(garment, &config.second_image_input));
+        inputs.push(image(person, &config.image_input)?);
+        inputs.push(image(garment, &config.second_image_input)?);
     } else {
         let primary = request
             .inputs
@@ -517,7 +522,7 @@ pub(crate) fn build_inputs<'a>(
             .find(|input| matches!(input.role, InputRole::Product | InputRole::Person))
             .or_else(|| first(InputRole::Reference));
         match (primary, request.kind) {
-            (Some(primary), _) => inputs.push(image(primary, &config.image_input)),
+            (Some(primary), _) => inputs.push(image(primary, &config.image_input)?),
             (None, JobKind::ProductPhoto | JobKind::ImageToVideo) => {
                 return Err(ProviderError::Unsupported {
                     message: format!(
@@ -530,7 +535,7 @@ pub(crate) fn build_inputs<'a>(
         }
         if request.kind == JobKind::Inpaint {
             let mask = first(InputRole::Mask).ok_or_else(|| missing("a mask image"))?;
-            inputs.push(image(mask, &config.mask_input));
+            inputs.push(image(mask, &config.mask_input)?);
         }
     }
     if !request.prompt.is_empty() {

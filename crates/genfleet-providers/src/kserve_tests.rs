@@ -46,7 +46,7 @@ fn image(role: InputRole, bytes: &'static [u8]) -> InputImage {
     InputImage {
         role,
         content_type: "image/png".into(),
-        bytes: Bytes::from_static(bytes),
+        bytes: Bytes::from_static(bytes).into(),
     }
 }
 
@@ -93,7 +93,11 @@ async fn matting_returns_a_png_sent_and_answered_in_binary_form() {
     assert_eq!(output.artifacts.len(), 1);
     let artifact = &output.artifacts[0];
     assert_eq!(artifact.content_type, "image/png");
-    assert!(artifact.bytes.starts_with(PNG_SIGNATURE));
+    assert!(artifact
+        .bytes
+        .resident()
+        .unwrap()
+        .starts_with(PNG_SIGNATURE));
 
     assert_eq!(fake.infer_calls_for("matting"), 1);
     let seen = fake.last_received().unwrap();
@@ -148,7 +152,11 @@ async fn json_mode_sends_base64_images_and_reads_base64_outputs() {
     let output = generate_with_retries(&provider, &request("matting"), &policy())
         .await
         .unwrap();
-    assert!(output.artifacts[0].bytes.starts_with(PNG_SIGNATURE));
+    assert!(output.artifacts[0]
+        .bytes
+        .resident()
+        .unwrap()
+        .starts_with(PNG_SIGNATURE));
     let seen = fake.last_received().unwrap();
     assert!(!seen.binary);
     assert_eq!(seen.outputs, vec![("OUTPUT_IMAGE".to_owned(), false)]);
@@ -179,7 +187,10 @@ async fn json_only_answers_are_read_even_when_binary_was_asked_for() {
         .artifacts
         .iter()
         .all(|a| a.content_type == "image/png"));
-    assert_ne!(output.artifacts[0].bytes, output.artifacts[1].bytes);
+    assert_ne!(
+        output.artifacts[0].bytes.resident(),
+        output.artifacts[1].bytes.resident()
+    );
     assert!(fake.last_received().unwrap().binary);
 }
 
@@ -192,7 +203,10 @@ async fn several_images_in_a_1_by_n_binary_answer_become_artifacts() {
         .await
         .unwrap();
     assert_eq!(output.artifacts.len(), 2);
-    assert_ne!(output.artifacts[0].bytes, output.artifacts[1].bytes);
+    assert_ne!(
+        output.artifacts[0].bytes.resident(),
+        output.artifacts[1].bytes.resident()
+    );
 }
 
 #[tokio::test]
@@ -204,7 +218,7 @@ async fn upscale_passes_its_scale_parameter() {
     let output = generate_with_retries(&provider(&fake), &request, &policy())
         .await
         .unwrap();
-    let png = &output.artifacts[0].bytes;
+    let png = output.artifacts[0].bytes.resident().unwrap();
     // IHDR width: the fake's 32 px times 4.
     assert_eq!(&png[16..20], &128u32.to_be_bytes());
     assert_eq!(

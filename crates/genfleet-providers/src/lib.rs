@@ -38,6 +38,7 @@ mod kserve_tensor;
 mod openai;
 mod replicate;
 mod retry;
+mod spool;
 mod vertex;
 mod vertex_auth;
 
@@ -77,6 +78,7 @@ pub use kserve::{Contract, KServeConfig, KServeProvider, ModelMetadata, TensorMe
 pub use openai::{OpenAiConfig, OpenAiProvider};
 pub use replicate::{ReplicateConfig, ReplicateProvider};
 pub use retry::{call_with_retries, generate_with_retries, parse_retry_after, RetryPolicy};
+pub use spool::{Blob, Spool};
 pub use vertex::{VertexConfig, VertexProvider};
 pub use vertex_auth::TokenSource;
 
@@ -107,7 +109,10 @@ pub enum InputRole {
 pub struct InputImage {
     pub role: InputRole,
     pub content_type: String,
-    pub bytes: bytes::Bytes,
+    /// In memory or in the worker's spool: clients read it back through
+    /// [`GenerationRequest::load_inputs`] right before building a request
+    /// body, so a call that waits holds no image bytes.
+    pub bytes: Blob,
 }
 
 // Image bytes are never printed: they are large and may be customer content.
@@ -164,11 +169,44 @@ impl fmt::Debug for GenerationRequest {
     }
 }
 
-/// One produced file, already copied out of the provider's short-lived URL.
+impl GenerationRequest {
+    /// This request with every input's bytes in memory, for building a
+    /// request body; borrowed as it is when none waits in a spool file.
+    /// Callers drop the loaded copy as soon as the body is built.
+    ///
+    /// # Errors
+    /// [`ProviderError::Unavailable`] when a spool file cannot be read
+    /// (this machine's disk: a later attempt may read it).
+    pub async fn load_inputs(
+        &self,
+    ) -> Result<std::borrow::Cow<'_, GenerationRequest>, ProviderError> {
+        if !self.inputs.iter().any(|input| input.bytes.is_spooled()) {
+            return Ok(std::borrow::Cow::Borrowed(self));
+        }
+        let mut loaded = self.clone();
+        for input in &mut loaded.inputs {
+            if input.bytes.is_spooled() {
+                let bytes = input
+                    .bytes
+                    .bytes()
+                    .await
+                    .map_err(|e| ProviderError::Unavailable {
+                        message: format!("a spooled input could not be read: {e}"),
+                        retry_after: None,
+                    })?;
+                input.bytes = Blob::from_bytes(bytes);
+            }
+        }
+        Ok(std::borrow::Cow::Owned(loaded))
+    }
+}
+
+/// One produced file, already copied out of the provider's short-lived URL
+/// (into the client's [`Spool`]: memory within its budget, else a file).
 #[derive(Clone)]
 pub struct Artifact {
     pub content_type: String,
-    pub bytes: bytes::Bytes,
+    pub bytes: Blob,
 }
 
 impl fmt::Debug for Artifact {

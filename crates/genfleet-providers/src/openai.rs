@@ -41,11 +41,12 @@ use tokio::time::Instant;
 use url::Url;
 
 use crate::http::{
-    self, decode_base64, read_body, scrub_prompts, truncate, CONTROL_BODY_LIMIT, DETAIL_CHARS,
+    self, decode_base64, input_bytes, read_body, scrub_prompts, truncate, CONTROL_BODY_LIMIT,
+    DETAIL_CHARS,
 };
 use crate::{
     Artifact, GenerationOutput, GenerationRequest, InputImage, InputRole, JobKind, Provider,
-    ProviderError,
+    ProviderError, Spool,
 };
 
 /// The name in logs and metric labels.
@@ -114,6 +115,7 @@ pub struct OpenAiProvider {
     /// Built once; unusable values are reported on every call rather than
     /// panicking at start-up, since `new` cannot fail.
     headers: Result<HeaderMap, String>,
+    spool: Spool,
 }
 
 impl fmt::Debug for OpenAiProvider {
@@ -133,7 +135,16 @@ impl OpenAiProvider {
             config,
             client,
             headers,
+            spool: Spool::memory_only(),
         }
+    }
+
+    /// Copies outputs into `spool` (memory within its budget, files beyond)
+    /// instead of holding each in memory until the caller is done with it.
+    #[must_use]
+    pub fn with_spool(mut self, spool: Spool) -> Self {
+        self.spool = spool;
+        self
     }
 }
 
@@ -171,7 +182,7 @@ impl Provider for OpenAiProvider {
             .headers
             .clone()
             .map_err(|message| ProviderError::Unauthorized { message })?;
-        let call = plan(request)?;
+        let call = plan(&*request.load_inputs().await?)?;
         let deadline = request.deadline;
         let (builder, stage, n) = match call {
             Call::Generations(body) => {
@@ -298,13 +309,14 @@ impl OpenAiProvider {
                         .to_owned();
                     Artifact {
                         content_type,
-                        bytes,
+                        bytes: http::keep(&self.spool, bytes).await?,
                     }
                 }
                 // No Authorization header: the file host is not the API.
                 (None, Some(url)) => {
                     http::download(
                         &self.client,
+                        &self.spool,
                         &url,
                         None,
                         self.config.request_timeout,
@@ -448,10 +460,10 @@ pub(crate) fn plan(request: &GenerationRequest) -> Result<Call, ProviderError> {
                     body: PartBody::Text(text_of(&value)),
                 })
                 .collect();
-            parts.push(file_part("image", image));
+            parts.push(file_part("image", image)?);
             if kind == JobKind::Inpaint {
                 let mask = mask.ok_or_else(|| missing("a mask image"))?;
-                parts.push(file_part("mask", mask));
+                parts.push(file_part("mask", mask)?);
             }
             for (key, value) in &request.parameters {
                 if key == "image" || key == "mask" {
@@ -516,7 +528,7 @@ fn text_of(value: &Value) -> String {
     }
 }
 
-fn file_part(name: &str, image: &InputImage) -> Part {
+fn file_part(name: &str, image: &InputImage) -> Result<Part, ProviderError> {
     let content_type = if image.content_type.is_empty() {
         "application/octet-stream".to_owned()
     } else {
@@ -529,14 +541,14 @@ fn file_part(name: &str, image: &InputImage) -> Part {
         "image/webp" => "webp",
         _ => "bin",
     };
-    Part {
+    Ok(Part {
         name: name.to_owned(),
         body: PartBody::File {
             filename: format!("{name}.{extension}"),
             content_type,
-            bytes: image.bytes.clone(),
+            bytes: input_bytes(image)?.clone(),
         },
-    }
+    })
 }
 
 /// The image an edit works on: the product or person, else a reference.

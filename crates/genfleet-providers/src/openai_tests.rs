@@ -65,7 +65,7 @@ fn image(role: InputRole, bytes: &'static [u8]) -> InputImage {
     InputImage {
         role,
         content_type: "image/png".into(),
-        bytes: bytes::Bytes::from_static(bytes),
+        bytes: bytes::Bytes::from_static(bytes).into(),
     }
 }
 
@@ -112,9 +112,16 @@ async fn generations_return_decoded_pngs() {
     assert_eq!(output.artifacts.len(), 2);
     for artifact in &output.artifacts {
         assert_eq!(artifact.content_type, "image/png");
-        assert!(artifact.bytes.starts_with(PNG_SIGNATURE));
+        assert!(artifact
+            .bytes
+            .resident()
+            .unwrap()
+            .starts_with(PNG_SIGNATURE));
     }
-    assert_ne!(output.artifacts[0].bytes, output.artifacts[1].bytes);
+    assert_ne!(
+        output.artifacts[0].bytes.resident(),
+        output.artifacts[1].bytes.resident()
+    );
     let seen = fake.last_call().unwrap();
     assert_eq!(seen.endpoint, "generations");
     assert_eq!(seen.authorization, format!("Bearer {KEY}"));
@@ -381,7 +388,11 @@ async fn url_outputs_are_downloaded_without_the_key() {
         .unwrap();
     assert_eq!(output.artifacts.len(), 2);
     assert_eq!(output.artifacts[0].content_type, "image/png");
-    assert!(output.artifacts[0].bytes.starts_with(PNG_SIGNATURE));
+    assert!(output.artifacts[0]
+        .bytes
+        .resident()
+        .unwrap()
+        .starts_with(PNG_SIGNATURE));
     assert_eq!(fake.downloads(), 2);
     assert!(!fake.key_reached_file_host());
 }

@@ -66,7 +66,7 @@ use crate::http::{
 };
 use crate::{
     Artifact, Checked, GenerationOutput, GenerationRequest, InputImage, InputRole, JobKind,
-    Provider, ProviderError, Resumable, SubmissionLog,
+    Provider, ProviderError, Resumable, Spool, SubmissionLog,
 };
 
 /// The name in logs, metric labels and the submission log.
@@ -154,6 +154,7 @@ pub struct ReplicateProvider {
     /// panicking at start-up, since `new` cannot fail.
     authorization: Result<HeaderValue, String>,
     submissions: Option<Arc<dyn SubmissionLog>>,
+    spool: Spool,
 }
 
 impl fmt::Debug for ReplicateProvider {
@@ -175,7 +176,16 @@ impl ReplicateProvider {
             client,
             authorization,
             submissions: None,
+            spool: Spool::memory_only(),
         }
+    }
+
+    /// Copies outputs into `spool` (memory within its budget, files beyond)
+    /// instead of holding each in memory until the caller is done with it.
+    #[must_use]
+    pub fn with_spool(mut self, spool: Spool) -> Self {
+        self.spool = spool;
+        self
     }
 
     /// Records predictions in `log` and resumes recorded ones.
@@ -229,7 +239,7 @@ impl Resumable for ReplicateProvider {
     )]
     async fn submit(&self, request: &GenerationRequest) -> Result<String, ProviderError> {
         let authorization = self.authorization()?;
-        let target = self.create_target(request)?;
+        let target = self.create_target(&*request.load_inputs().await?)?;
         let (record, _) = self.create(target, &authorization, request, false).await?;
         tracing::Span::current().record("prediction_id", record.id.as_str());
         serde_json::to_string(&record).map_err(|err| ProviderError::Malformed {
@@ -331,7 +341,7 @@ impl ReplicateProvider {
         let authorization = self.authorization()?;
         // Built first: a request this client cannot send fails before any
         // exchange, resumed or not.
-        let target = self.create_target(request)?;
+        let target = self.create_target(&*request.load_inputs().await?)?;
 
         let (record, prediction) = match self.recall(request).await {
             Some(earlier) => {
@@ -628,11 +638,7 @@ impl ReplicateProvider {
     /// Largest prediction body read: it echoes the input (inline images as
     /// base64, 4 bytes per 3) and may carry outputs inline as data URIs.
     fn prediction_limit(&self, request: &GenerationRequest) -> u64 {
-        let inputs: u64 = request
-            .inputs
-            .iter()
-            .map(|input| input.bytes.len() as u64)
-            .sum();
+        let inputs: u64 = request.inputs.iter().map(|input| input.bytes.len()).sum();
         let outputs = self
             .config
             .max_output_bytes
@@ -769,6 +775,7 @@ impl ReplicateProvider {
     ) -> Result<Artifact, ProviderError> {
         http::download(
             &self.client,
+            &self.spool,
             url,
             None,
             self.config.request_timeout,
@@ -938,19 +945,19 @@ pub(crate) fn build_input(
     if kind == JobKind::VirtualTryOn {
         let person = first(InputRole::Person).ok_or_else(|| missing("a person image"))?;
         let garment = first(InputRole::Garment).ok_or_else(|| missing("a garment image"))?;
-        input.insert("human_img".into(), data_uri(person).into());
-        input.insert("garm_img".into(), data_uri(garment).into());
+        input.insert("human_img".into(), data_uri(person)?.into());
+        input.insert("garm_img".into(), data_uri(garment)?.into());
     } else {
         match primary_image(request) {
             Some(image) => {
-                input.insert("image".into(), data_uri(image).into());
+                input.insert("image".into(), data_uri(image)?.into());
             }
             None if kind != JobKind::ProductPhoto => return Err(missing("an input image")),
             None => {}
         }
         if kind == JobKind::Inpaint {
             let mask = first(InputRole::Mask).ok_or_else(|| missing("a mask image"))?;
-            input.insert("mask".into(), data_uri(mask).into());
+            input.insert("mask".into(), data_uri(mask)?.into());
         }
     }
 

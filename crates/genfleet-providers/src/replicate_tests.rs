@@ -69,7 +69,7 @@ fn image(role: InputRole, bytes: &'static [u8]) -> InputImage {
     InputImage {
         role,
         content_type: "image/png".into(),
-        bytes: bytes::Bytes::from_static(bytes),
+        bytes: bytes::Bytes::from_static(bytes).into(),
     }
 }
 
@@ -91,7 +91,11 @@ async fn ok_polls_and_returns_the_generated_png() {
     assert_eq!(output.request_id, fake.last_prediction_id());
     assert_eq!(output.artifacts.len(), 1);
     assert_eq!(output.artifacts[0].content_type, "image/png");
-    assert!(output.artifacts[0].bytes.starts_with(PNG_SIGNATURE));
+    assert!(output.artifacts[0]
+        .bytes
+        .resident()
+        .unwrap()
+        .starts_with(PNG_SIGNATURE));
     assert_eq!(fake.creates_for("test/ok"), 1);
     // starting at create, processing at the first poll, done at the second.
     assert_eq!(fake.polls(), 2);
@@ -116,7 +120,10 @@ async fn ok_returns_one_artifact_per_requested_output() {
         .await
         .unwrap();
     assert_eq!(output.artifacts.len(), 3);
-    assert_ne!(output.artifacts[0].bytes, output.artifacts[1].bytes);
+    assert_ne!(
+        output.artifacts[0].bytes.resident(),
+        output.artifacts[1].bytes.resident()
+    );
     assert_eq!(fake.creates_for("stability-ai/sdxl"), 1);
     assert!(!fake.token_reached_file_host());
 }
@@ -345,7 +352,10 @@ async fn video_outputs_are_downloaded() {
         .unwrap();
     assert_eq!(output.artifacts.len(), 1);
     assert_eq!(output.artifacts[0].content_type, "video/mp4");
-    assert_eq!(&output.artifacts[0].bytes[4..8], b"ftyp");
+    assert_eq!(
+        &output.artifacts[0].bytes.resident().unwrap()[4..8],
+        b"ftyp"
+    );
     assert_eq!(
         fake.last_create().unwrap().input,
         json!({
@@ -611,7 +621,10 @@ async fn a_later_attempt_of_the_job_resumes_the_recorded_prediction() {
     .unwrap();
     assert_eq!(fake.creates_for("test/ok"), 1, "created twice");
     assert_eq!(again.request_id, first.request_id);
-    assert_eq!(again.artifacts[0].bytes, first.artifacts[0].bytes);
+    assert_eq!(
+        again.artifacts[0].bytes.resident(),
+        first.artifacts[0].bytes.resident()
+    );
 
     let mut other = request("test/ok");
     other.job_id = "job-8".into();
@@ -727,7 +740,11 @@ async fn resumable_submit_check_until_done() {
     };
     assert_eq!(checks, 2);
     assert_eq!(output.request_id.as_deref(), Some(id.as_str()));
-    assert!(output.artifacts[0].bytes.starts_with(PNG_SIGNATURE));
+    assert!(output.artifacts[0]
+        .bytes
+        .resident()
+        .unwrap()
+        .starts_with(PNG_SIGNATURE));
     assert_eq!(fake.creates(), 1);
     assert!(!fake.token_reached_file_host());
 }

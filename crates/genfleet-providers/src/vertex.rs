@@ -75,7 +75,7 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use url::Url;
 
-use crate::http::{self, encode_base64, truncate, CONTROL_BODY_LIMIT, DETAIL_CHARS};
+use crate::http::{self, encode_base64, input_bytes, truncate, CONTROL_BODY_LIMIT, DETAIL_CHARS};
 use crate::vertex_auth::TokenSource;
 use crate::{
     Artifact, GenerationOutput, GenerationRequest, InputImage, InputRole, JobKind, Provider,
@@ -293,7 +293,7 @@ impl VertexProvider {
             });
         }
         tracing::Span::current().record("model", model);
-        let (method, body) = build_body(request)?;
+        let (method, body) = build_body(&*request.load_inputs().await?)?;
         let url = self.url(model, method)?;
         let deadline = request.deadline;
 
@@ -410,8 +410,8 @@ fn primary(request: &GenerationRequest) -> Option<&InputImage> {
         .or_else(|| first(request, InputRole::Reference))
 }
 
-fn inline_image(image: &InputImage) -> Value {
-    json!({"bytesBase64Encoded": encode_base64(&image.bytes)})
+fn inline_image(image: &InputImage) -> Result<Value, ProviderError> {
+    Ok(json!({"bytesBase64Encoded": encode_base64(input_bytes(image)?)}))
 }
 
 fn predict_body(request: &GenerationRequest) -> Result<Value, ProviderError> {
@@ -425,8 +425,8 @@ fn predict_body(request: &GenerationRequest) -> Result<Value, ProviderError> {
                 .or_else(|| first(request, InputRole::Product))
                 .ok_or_else(|| missing(request, "a garment image"))?;
             json!({
-                "personImage": {"image": inline_image(person)},
-                "productImages": [{"image": inline_image(garment)}],
+                "personImage": {"image": inline_image(person)?},
+                "productImages": [{"image": inline_image(garment)?}],
             })
         }
         JobKind::Upscale => {
@@ -434,7 +434,7 @@ fn predict_body(request: &GenerationRequest) -> Result<Value, ProviderError> {
             let factor = upscale_factor(overrides.remove("scale").as_ref())?;
             parameters.insert("mode".into(), "upscale".into());
             parameters.insert("upscaleConfig".into(), json!({"upscaleFactor": factor}));
-            json!({"prompt": request.prompt, "image": inline_image(image)})
+            json!({"prompt": request.prompt, "image": inline_image(image)?})
         }
         JobKind::ProductPhoto if primary(request).is_none() => {
             if !request.aspect_ratio.is_empty() {
@@ -469,7 +469,7 @@ fn predict_body(request: &GenerationRequest) -> Result<Value, ProviderError> {
                 Some(mask) => json!({
                     "referenceType": "REFERENCE_TYPE_MASK",
                     "referenceId": 2,
-                    "referenceImage": inline_image(mask),
+                    "referenceImage": inline_image(mask)?,
                     "maskImageConfig": {"maskMode": "MASK_MODE_USER_PROVIDED"},
                 }),
                 None => json!({
@@ -485,7 +485,7 @@ fn predict_body(request: &GenerationRequest) -> Result<Value, ProviderError> {
                     {
                         "referenceType": "REFERENCE_TYPE_RAW",
                         "referenceId": 1,
-                        "referenceImage": inline_image(image),
+                        "referenceImage": inline_image(image)?,
                     },
                     mask_reference,
                 ],
@@ -560,7 +560,9 @@ fn gemini_body(request: &GenerationRequest) -> Result<Value, ProviderError> {
         } else {
             input.content_type.as_str()
         };
-        parts.push(json!({"inlineData": {"mimeType": mime, "data": encode_base64(&input.bytes)}}));
+        parts.push(
+            json!({"inlineData": {"mimeType": mime, "data": encode_base64(input_bytes(input)?)}}),
+        );
     }
     let mut config = Map::new();
     config.insert("responseModalities".into(), json!(["TEXT", "IMAGE"]));
@@ -628,7 +630,7 @@ fn decoded(
         content_type: mime
             .filter(|m| !m.is_empty())
             .unwrap_or_else(|| "image/png".to_owned()),
-        bytes,
+        bytes: bytes.into(),
     })
 }
 

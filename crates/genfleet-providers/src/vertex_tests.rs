@@ -77,14 +77,18 @@ fn png(role: InputRole, variant: u32) -> InputImage {
 }
 
 fn b64(image: &InputImage) -> String {
-    base64::engine::general_purpose::STANDARD.encode(&image.bytes)
+    base64::engine::general_purpose::STANDARD.encode(image.bytes.resident().unwrap())
 }
 
 fn assert_pngs(output: &crate::GenerationOutput, count: usize) {
     assert_eq!(output.artifacts.len(), count, "{output:?}");
     for artifact in &output.artifacts {
         assert_eq!(artifact.content_type, "image/png");
-        assert!(artifact.bytes.starts_with(PNG_SIGNATURE));
+        assert!(artifact
+            .bytes
+            .resident()
+            .unwrap()
+            .starts_with(PNG_SIGNATURE));
     }
 }
 
@@ -104,7 +108,10 @@ async fn imagen_ok_sends_the_documented_generation_body() {
         .unwrap();
     assert_eq!(output.attempts, 1);
     assert_pngs(&output, 2);
-    assert_ne!(output.artifacts[0].bytes, output.artifacts[1].bytes);
+    assert_ne!(
+        output.artifacts[0].bytes.resident(),
+        output.artifacts[1].bytes.resident()
+    );
     assert_eq!(fake.token_requests(), 1);
 
     let received = fake.received();
@@ -397,7 +404,7 @@ async fn the_fake_refuses_try_on_inputs_that_are_not_images() {
         InputImage {
             role: InputRole::Person,
             content_type: "image/png".into(),
-            bytes: bytes::Bytes::from_static(b"not an image"),
+            bytes: bytes::Bytes::from_static(b"not an image").into(),
         },
         png(InputRole::Garment, 1),
     ];
@@ -780,7 +787,10 @@ async fn upscale_sends_the_factor_and_gets_a_bigger_image() {
         .unwrap();
     assert_pngs(&output, 1);
     // 64 px times 4, in the IHDR width field.
-    assert_eq!(&output.artifacts[0].bytes[16..20], &256u32.to_be_bytes());
+    assert_eq!(
+        &output.artifacts[0].bytes.resident().unwrap()[16..20],
+        &256u32.to_be_bytes()
+    );
     assert_eq!(
         fake.last_body("imagen-4.0-upscale-preview").unwrap(),
         json!({

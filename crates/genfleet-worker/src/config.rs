@@ -73,6 +73,14 @@ pub struct WorkerSection {
     /// killed, job panicked) before its next start fails it with
     /// `internal` instead of running it.
     pub max_starts_per_job: u16,
+    /// Folder for image bytes that wait (inputs during a provider call,
+    /// outputs until an imaging slot frees) beyond `spool_memory_bytes`;
+    /// empty means `genfleet-spool` in the system's temporary folder. Each
+    /// process uses its own subfolder and removes those of dead ones.
+    pub spool_dir: String,
+    /// Bytes of waiting inputs and outputs held in memory, all jobs
+    /// together; the rest wait in `spool_dir`. 0 keeps everything on disk.
+    pub spool_memory_bytes: u64,
 }
 
 impl WorkerSection {
@@ -95,6 +103,8 @@ impl Default for WorkerSection {
             imaging_threads: 0,
             max_in_flight_per_workspace: 0,
             max_starts_per_job: 4,
+            spool_dir: String::new(),
+            spool_memory_bytes: 64 * 1024 * 1024,
         }
     }
 }

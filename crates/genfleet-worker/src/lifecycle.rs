@@ -14,7 +14,6 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use genfleet_broker::{Incoming, Outgoing, Publisher};
 use genfleet_credits::Settlement;
-use genfleet_imaging::Encoding;
 use genfleet_proto::pbjson_types;
 use genfleet_proto::{v1, ContentType, ErrorCode, ValidJob};
 use genfleet_providers::{GenerationRequest, InputImage, InputRole, JobKind};
@@ -485,26 +484,36 @@ async fn prepare_inputs(
         if i == 0 && !steps.is_empty() {
             tracker.begin(v1::Stage::Preprocess, 0.25).await;
         }
-        let (content_type, encoded) = services
+        let prepared = services
             .cpu_bound(move || {
-                let prepared =
-                    pipeline::prepare(&bytes, &limits, &steps).map_err(|f| prefix_failure(f, i))?;
-                // Masks and cut-outs keep their alpha losslessly; photos go
-                // to the provider as high-quality JPEG (a fraction of the
-                // upload size of PNG).
-                let encoding = if role == InputRole::Mask || prepared.image.color().has_alpha() {
-                    Encoding::Png
-                } else {
-                    Encoding::jpeg(92)
-                };
-                let bytes = genfleet_imaging::encode(&prepared.image, encoding)?;
-                Ok((encoding.mime().to_string(), bytes))
+                pipeline::prepare_for_provider(&bytes, &limits, &steps, role == InputRole::Mask)
+                    .map_err(|f| prefix_failure(f, i))
             })
             .await?;
+        services
+            .metrics
+            .provider_inputs_total
+            .with_label_values(&[if prepared.passed_through {
+                "passed_through"
+            } else {
+                "reencoded"
+            }])
+            .inc();
+        // The input waits in the spool for the whole provider call (a retry
+        // or a failover sends it again), out of memory when the budget is
+        // spent.
+        let bytes = services
+            .spool
+            .keep(Bytes::from(prepared.bytes))
+            .await
+            .map_err(|e| Stop::Requeue {
+                reason: "spool_unavailable",
+                detail: e.to_string(),
+            })?;
         provider_inputs.push(InputImage {
             role,
-            content_type,
-            bytes: Bytes::from(encoded),
+            content_type: prepared.content_type.to_string(),
+            bytes,
         });
     }
 
@@ -781,22 +790,29 @@ pub(crate) async fn render_and_store(
     tracker.begin(v1::Stage::Postprocess, 0.7).await;
     let mut rendered = Vec::new();
     for (index, artifact) in output.artifacts.into_iter().enumerate() {
-        if is_mp4(&artifact.bytes) {
-            rendered.push(pipeline::Rendered {
-                name: format!("{index}-video.mp4"),
-                preset: "original".into(),
-                content_type: "video/mp4",
-                width: 0,
-                height: 0,
-                bytes: artifact.bytes.to_vec(),
-            });
-            continue;
-        }
         let limits = services.output_limits.clone();
         let spec = render_spec.clone();
-        let bytes = artifact.bytes;
+        let blob = artifact.bytes;
         let outputs = services
             .cpu_bound(move || {
+                // Read back from the spool only now, with an imaging slot:
+                // outputs that wait for one hold no memory.
+                let bytes = blob.bytes_blocking().map_err(|e| {
+                    JobFailure::new(
+                        ErrorCode::Internal,
+                        format!("a provider output could not be read back from the spool: {e}"),
+                    )
+                })?;
+                if is_mp4(&bytes) {
+                    return Ok(vec![pipeline::Rendered {
+                        name: format!("{index}-video.mp4"),
+                        preset: "original".into(),
+                        content_type: "video/mp4",
+                        width: 0,
+                        height: 0,
+                        bytes: Vec::from(bytes),
+                    }]);
+                }
                 // Provider outputs are untrusted input as well: same sniffing,
                 // limits and re-encoding.
                 let prepared = pipeline::prepare(&bytes, &limits, &[]).map_err(|f| {

@@ -9,7 +9,6 @@
 
 use crate::cpu::CpuPool;
 use async_trait::async_trait;
-use bytes::Bytes;
 use genfleet_imaging::{ClassicalMatte, Encoding, Limits, Matte as _};
 use genfleet_providers::{
     Artifact, GenerationOutput, GenerationRequest, JobKind, Provider, ProviderError,
@@ -68,7 +67,14 @@ impl Provider for LocalProvider {
                 message: "the local provider needs an input image".into(),
             });
         };
-        let bytes = input.bytes.clone();
+        let bytes = input
+            .bytes
+            .bytes()
+            .await
+            .map_err(|e| ProviderError::Unavailable {
+                message: format!("a spooled input could not be read: {e}"),
+                retry_after: None,
+            })?;
         let limits = self.limits.clone();
         let encoded = self
             .cpu
@@ -103,7 +109,7 @@ impl Provider for LocalProvider {
         Ok(GenerationOutput {
             artifacts: vec![Artifact {
                 content_type: "image/png".into(),
-                bytes: Bytes::from(encoded),
+                bytes: encoded.into(),
             }],
             attempts: 1,
             request_id: None,

@@ -64,6 +64,9 @@ pub struct Metrics {
     /// Time of one malware scan (connect, send, clamd's verdict), every
     /// outcome.
     pub scan_duration_seconds: Histogram,
+    /// Inputs prepared for a provider, by how: `passed_through` (the
+    /// upload's JPEG data, metadata stripped) or `reencoded`.
+    pub provider_inputs_total: IntCounterVec,
     /// Read state into gauges right before each scrape.
     hooks: Arc<Mutex<Vec<RenderHook>>>,
 }
@@ -212,6 +215,11 @@ impl Metrics {
                 "genfleet_scan_duration_seconds",
                 "Time of one malware scan of an input",
                 STAGE_BUCKETS,
+            ),
+            provider_inputs_total: counter(
+                "genfleet_provider_inputs_total",
+                "Inputs prepared for a provider, by how (passed_through, reencoded)",
+                &["path"],
             ),
             hooks: Arc::default(),
             registry,

@@ -173,6 +173,62 @@ pub fn prepare(bytes: &[u8], limits: &Limits, steps: &[Step]) -> Result<Prepared
     })
 }
 
+/// The JPEG quality of inputs re-encoded for a provider: high, because the
+/// model sees every artefact, and still a fraction of a PNG's size.
+pub const PROVIDER_INPUT_QUALITY: u8 = 92;
+
+/// One input, ready to send to a provider.
+pub struct ProviderInput {
+    pub content_type: &'static str,
+    pub bytes: Vec<u8>,
+    /// The upload's own JPEG data (metadata stripped), not a re-encode.
+    pub passed_through: bool,
+}
+
+/// Validates, sanitises and pre-processes an input for a provider.
+///
+/// An upright sRGB JPEG that no step changes goes as it came, minus every
+/// metadata segment and anything after its end marker
+/// ([`genfleet_imaging::jpeg_passthrough`]): no decode-encode round trip,
+/// no generation loss. Everything else is decoded and encoded from clean
+/// pixels: masks and images with transparency as PNG (alpha kept
+/// losslessly), photos as JPEG at [`PROVIDER_INPUT_QUALITY`].
+///
+/// # Errors
+/// As [`prepare`].
+pub fn prepare_for_provider(
+    bytes: &[u8],
+    limits: &Limits,
+    steps: &[Step],
+    is_mask: bool,
+) -> Result<ProviderInput, JobFailure> {
+    let fit = match steps {
+        [] => Some(None),
+        [Step::Resize(long_side)] => Some(Some(*long_side)),
+        _ => None,
+    };
+    if let (Some(fit), false) = (fit, is_mask) {
+        if let Some(passed) = genfleet_imaging::jpeg_passthrough(bytes, limits, fit)? {
+            return Ok(ProviderInput {
+                content_type: Encoding::jpeg(PROVIDER_INPUT_QUALITY).mime(),
+                bytes: passed.bytes,
+                passed_through: true,
+            });
+        }
+    }
+    let prepared = prepare(bytes, limits, steps)?;
+    let encoding = if is_mask || prepared.image.color().has_alpha() {
+        Encoding::Png
+    } else {
+        Encoding::jpeg(PROVIDER_INPUT_QUALITY)
+    };
+    Ok(ProviderInput {
+        content_type: encoding.mime(),
+        bytes: genfleet_imaging::encode(&prepared.image, encoding)?,
+        passed_through: false,
+    })
+}
+
 /// One encoded output, not yet stored.
 #[derive(Debug, Clone)]
 pub struct Rendered {

@@ -10,7 +10,7 @@ use genfleet_credits::Ledger;
 use genfleet_imaging::{Limits, Presets};
 use genfleet_providers::{
     FalConfig, FalProvider, GuardConfig, Guarded, KServeConfig, KServeProvider, OpenAiConfig,
-    OpenAiProvider, Provider, ReplicateConfig, ReplicateProvider, RetryPolicy, TokenSource,
+    OpenAiProvider, Provider, ReplicateConfig, ReplicateProvider, RetryPolicy, Spool, TokenSource,
     VertexConfig, VertexProvider,
 };
 use genfleet_scan::{ClamdConfig, ClamdScanner, Scanner};
@@ -47,6 +47,10 @@ pub struct Services {
     pub output_limits: Limits,
     /// Output presets: the built-ins plus `limits.presets_file`.
     pub presets: Presets,
+    /// Where inputs and downloaded outputs wait: `worker.spool_memory_bytes`
+    /// in memory, the rest in this process's folder under
+    /// `worker.spool_dir`.
+    pub spool: Spool,
 }
 
 impl Services {
@@ -91,6 +95,7 @@ impl Services {
             ..input_limits.clone()
         };
 
+        let spool = open_spool(&config.worker)?;
         let http = reqwest_client()?;
         let fal = FalProvider::new(
             FalConfig {
@@ -103,7 +108,8 @@ impl Services {
             },
             http.clone(),
         )
-        .with_submission_log(Arc::new(LedgerSubmissions(ledger.clone())));
+        .with_submission_log(Arc::new(LedgerSubmissions(ledger.clone())))
+        .with_spool(spool.clone());
         let mut providers: HashMap<String, Arc<dyn Provider>> = HashMap::new();
         let fal_section = &config.providers.fal;
         // Breaker per model, limits per provider account.
@@ -119,6 +125,7 @@ impl Services {
         add_remote_providers(
             &config,
             &http,
+            &spool,
             &ledger,
             &metrics,
             &mut providers,
@@ -149,6 +156,7 @@ impl Services {
             input_limits,
             output_limits,
             presets,
+            spool,
         })
     }
 
@@ -222,9 +230,58 @@ fn guarded<P: Provider + 'static>(
 
 /// Registers every enabled remote provider besides fal, with its default
 /// models per job kind.
+/// This process's spool: its own subfolder of `worker.spool_dir`, after
+/// removing the subfolders of processes that died without cleaning up
+/// (a kill -9 leaves its spool files behind).
+fn open_spool(worker: &crate::config::WorkerSection) -> Result<Spool, WorkerError> {
+    let base = if worker.spool_dir.is_empty() {
+        std::env::temp_dir().join("genfleet-spool")
+    } else {
+        std::path::PathBuf::from(&worker.spool_dir)
+    };
+    let failed = |e: std::io::Error| {
+        WorkerError::Startup(format!("worker.spool_dir {}: {e}", base.display()))
+    };
+    std::fs::create_dir_all(&base).map_err(failed)?;
+    remove_stale_spools(&base);
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    let own = base.join(format!("run-{}-{started}", std::process::id()));
+    Spool::new(own, worker.spool_memory_bytes).map_err(failed)
+}
+
+/// Removes `run-<pid>-*` folders whose process is gone, and those carrying
+/// this process's own pid (a restarted container is pid 1 again).
+fn remove_stale_spools(base: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return;
+    };
+    let own_pid = std::process::id();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("run-"))
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let alive = std::path::Path::new(&format!("/proc/{pid}")).exists();
+        if pid == own_pid || !alive {
+            if let Err(e) = std::fs::remove_dir_all(entry.path()) {
+                tracing::warn!(error = %e, "could not remove a dead worker's spool folder");
+            }
+        }
+    }
+}
+
 fn add_remote_providers(
     config: &Config,
     http: &reqwest::Client,
+    spool: &Spool,
     ledger: &Ledger,
     metrics: &Metrics,
     providers: &mut HashMap<String, Arc<dyn Provider>>,
@@ -258,7 +315,8 @@ fn add_remote_providers(
             },
             http.clone(),
         )
-        .with_submission_log(Arc::new(LedgerSubmissions(ledger.clone())));
+        .with_submission_log(Arc::new(LedgerSubmissions(ledger.clone())))
+        .with_spool(spool.clone());
         add(
             "replicate",
             guarded(replicate, &section.limits, metrics),
@@ -305,7 +363,8 @@ fn add_remote_providers(
                 max_output_bytes,
             },
             http.clone(),
-        );
+        )
+        .with_spool(spool.clone());
         add(
             "openai",
             guarded(openai, &section.limits, metrics),

@@ -1,0 +1,501 @@
+//! Where a job's image bytes wait: in memory while the process's budget
+//! allows, else in a temporary file.
+//!
+//! A worker holding 2,000 slow provider calls holds 2,000 jobs' inputs (for
+//! a retry or a failover) and, when the renders finish together, 2,000
+//! downloaded outputs waiting for one of a few imaging slots. Held as
+//! `Bytes`, that is hundreds of MB for nothing: the bytes are needed again
+//! only when a request is (re)sent or an imaging slot frees. A [`Spool`]
+//! keeps them in memory up to a byte budget shared by the whole process,
+//! and writes the rest to files in its directory, which the kernel keeps in
+//! its page cache while there is room and writes back when there is not.
+//! Downloads stream into the spool chunk by chunk, so even an output being
+//! received is never held twice.
+//!
+//! A [`Blob`] is the handle: cheap to clone, its memory budget or file
+//! released when the last clone drops.
+
+use std::io::{self, Write as _};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::AsyncWriteExt as _;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// The budget is counted in KiB: a semaphore takes at most `u32::MAX`
+/// permits at once, and KiB keeps any single blob's count well inside.
+const UNIT: u64 = 1024;
+
+/// Writes to a spool file go through a buffer this large, so a download
+/// arriving in 16 kB chunks costs one blocking hand-off per 256 kB.
+const FILE_BUFFER: usize = 256 * 1024;
+
+/// Image bytes a job holds; see the module docs.
+#[derive(Clone)]
+pub struct Blob {
+    len: u64,
+    body: Body,
+}
+
+#[derive(Clone)]
+enum Body {
+    Memory {
+        bytes: Bytes,
+        /// Held only to return its share of the budget on drop.
+        _budget: Option<Arc<OwnedSemaphorePermit>>,
+    },
+    /// Deleted when the last clone drops.
+    File(Arc<tempfile::TempPath>),
+}
+
+// Never the bytes: they are customer images.
+impl std::fmt::Debug for Blob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Blob")
+            .field("len", &self.len)
+            .field("spooled", &self.is_spooled())
+            .finish()
+    }
+}
+
+impl Blob {
+    /// Bytes kept in memory outside any budget: for what is small or
+    /// already in memory anyway (tests, inline outputs of a JSON answer).
+    pub fn from_bytes(bytes: impl Into<Bytes>) -> Blob {
+        let bytes = bytes.into();
+        Blob {
+            len: bytes.len() as u64,
+            body: Body::Memory {
+                bytes,
+                _budget: None,
+            },
+        }
+    }
+
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The bytes, when they are in memory.
+    pub fn resident(&self) -> Option<&Bytes> {
+        match &self.body {
+            Body::Memory { bytes, .. } => Some(bytes),
+            Body::File(_) => None,
+        }
+    }
+
+    /// Whether the bytes wait in a spool file rather than in memory.
+    pub fn is_spooled(&self) -> bool {
+        matches!(self.body, Body::File(_))
+    }
+
+    /// The bytes, read back from the spool file when they are there.
+    ///
+    /// # Errors
+    /// The spool file could not be read.
+    pub async fn bytes(&self) -> io::Result<Bytes> {
+        match &self.body {
+            Body::Memory { bytes, .. } => Ok(bytes.clone()),
+            Body::File(path) => tokio::fs::read(path.as_ref() as &Path)
+                .await
+                .map(Bytes::from),
+        }
+    }
+
+    /// [`Blob::bytes`] for code already off the async runtime (the imaging
+    /// pool).
+    ///
+    /// # Errors
+    /// The spool file could not be read.
+    pub fn bytes_blocking(&self) -> io::Result<Bytes> {
+        match &self.body {
+            Body::Memory { bytes, .. } => Ok(bytes.clone()),
+            Body::File(path) => std::fs::read(path.as_ref() as &Path).map(Bytes::from),
+        }
+    }
+}
+
+impl From<Bytes> for Blob {
+    fn from(bytes: Bytes) -> Blob {
+        Blob::from_bytes(bytes)
+    }
+}
+
+impl From<Vec<u8>> for Blob {
+    fn from(bytes: Vec<u8>) -> Blob {
+        Blob::from_bytes(bytes)
+    }
+}
+
+/// The process's place for waiting bytes: a memory budget and a folder.
+#[derive(Clone)]
+pub struct Spool {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// `None`: everything stays in memory, unbudgeted.
+    dir: Option<PathBuf>,
+    budget: Arc<Semaphore>,
+    budget_bytes: u64,
+}
+
+impl std::fmt::Debug for Spool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Spool")
+            .field("dir", &self.inner.dir)
+            .field("budget_bytes", &self.inner.budget_bytes)
+            .field(
+                "budget_left_bytes",
+                &(self.inner.budget.available_permits() as u64 * UNIT),
+            )
+            .finish()
+    }
+}
+
+impl Default for Spool {
+    fn default() -> Spool {
+        Spool::memory_only()
+    }
+}
+
+impl Spool {
+    /// Everything in memory, without a budget: tests and one-shot commands.
+    pub fn memory_only() -> Spool {
+        Spool {
+            inner: Arc::new(Inner {
+                dir: None,
+                budget: Arc::new(Semaphore::new(0)),
+                budget_bytes: 0,
+            }),
+        }
+    }
+
+    /// Up to `memory_budget_bytes` in memory (rounded down to KiB), the rest
+    /// in files under `dir`, which is created if missing.
+    ///
+    /// # Errors
+    /// `dir` cannot be created.
+    pub fn new(dir: impl Into<PathBuf>, memory_budget_bytes: u64) -> io::Result<Spool> {
+        let dir = dir.into();
+        std::fs::create_dir_all(&dir)?;
+        let units = usize::try_from(memory_budget_bytes / UNIT)
+            .unwrap_or(usize::MAX)
+            .min(Semaphore::MAX_PERMITS);
+        Ok(Spool {
+            inner: Arc::new(Inner {
+                dir: Some(dir),
+                budget: Arc::new(Semaphore::new(units)),
+                budget_bytes: memory_budget_bytes,
+            }),
+        })
+    }
+
+    /// Bytes of the memory budget not taken now.
+    pub fn budget_left_bytes(&self) -> u64 {
+        self.inner.budget.available_permits() as u64 * UNIT
+    }
+
+    /// Keeps `bytes`: in memory when the budget has room, else in a file
+    /// (and the memory is freed when the caller drops its copy).
+    ///
+    /// # Errors
+    /// The spool file could not be written.
+    pub async fn keep(&self, bytes: Bytes) -> io::Result<Blob> {
+        let Some(dir) = &self.inner.dir else {
+            return Ok(Blob::from_bytes(bytes));
+        };
+        if let Some(permit) = self.take(units_for(bytes.len() as u64)) {
+            return Ok(Blob {
+                len: bytes.len() as u64,
+                body: Body::Memory {
+                    bytes,
+                    _budget: permit.map(Arc::new),
+                },
+            });
+        }
+        let dir = dir.clone();
+        let len = bytes.len() as u64;
+        let path = tokio::task::spawn_blocking(move || -> io::Result<tempfile::TempPath> {
+            let mut file = tempfile::Builder::new().prefix("blob-").tempfile_in(&dir)?;
+            file.write_all(&bytes)?;
+            Ok(file.into_temp_path())
+        })
+        .await
+        .map_err(io::Error::other)??;
+        Ok(Blob {
+            len,
+            body: Body::File(Arc::new(path)),
+        })
+    }
+
+    /// Starts receiving a body of `expected` bytes, when known.
+    pub(crate) fn receiver(&self, expected: Option<u64>) -> Receiver {
+        let mut receiver = Receiver {
+            spool: self.clone(),
+            state: State::Memory {
+                buf: BytesMut::new(),
+                permit: None,
+                units: 0,
+            },
+            len: 0,
+            straight_to_file: false,
+        };
+        // Reserve the whole known length at once: one budget check and one
+        // allocation instead of growing by doubling.
+        if let Some(expected) = expected {
+            if self.inner.dir.is_none() {
+                receiver.reserve(expected);
+            } else if let Some(permit) = self.take(units_for(expected)) {
+                receiver.reserve(expected);
+                if let State::Memory {
+                    permit: held,
+                    units,
+                    ..
+                } = &mut receiver.state
+                {
+                    *units = units_for(expected);
+                    *held = permit;
+                }
+            } else {
+                // It will not fit: no use filling memory until it runs out.
+                receiver.straight_to_file = true;
+            }
+        }
+        receiver
+    }
+
+    /// `units` of the budget now, or `None` when it has not got them;
+    /// `Some(None)` when there is no budget to take from.
+    fn take(&self, units: u32) -> Option<Option<OwnedSemaphorePermit>> {
+        if self.inner.dir.is_none() {
+            return Some(None);
+        }
+        if units == 0 {
+            return Some(None);
+        }
+        self.inner
+            .budget
+            .clone()
+            .try_acquire_many_owned(units)
+            .ok()
+            .map(Some)
+    }
+}
+
+fn units_for(len: u64) -> u32 {
+    u32::try_from(len.div_ceil(UNIT)).unwrap_or(u32::MAX)
+}
+
+/// A body arriving chunk by chunk into a [`Spool`]: in memory while the
+/// budget grants each chunk, then (for good) in a file.
+pub(crate) struct Receiver {
+    spool: Spool,
+    state: State,
+    len: u64,
+    /// The announced length is over the budget left: spill at once.
+    straight_to_file: bool,
+}
+
+enum State {
+    Memory {
+        buf: BytesMut,
+        permit: Option<OwnedSemaphorePermit>,
+        units: u32,
+    },
+    File {
+        writer: tokio::io::BufWriter<tokio::fs::File>,
+        path: tempfile::TempPath,
+    },
+}
+
+impl Receiver {
+    fn reserve(&mut self, expected: u64) {
+        if let State::Memory { buf, .. } = &mut self.state {
+            // A lying Content-Length cannot make us allocate more than the
+            // caller's cap, which it checked before calling.
+            buf.reserve(usize::try_from(expected).unwrap_or(0));
+        }
+    }
+
+    pub(crate) fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Appends `chunk`.
+    ///
+    /// # Errors
+    /// The spool file could not be created or written.
+    pub(crate) async fn push(&mut self, chunk: &[u8]) -> io::Result<()> {
+        self.len += chunk.len() as u64;
+        if let State::Memory { buf, permit, units } = &mut self.state {
+            let needed = units_for(self.len);
+            let granted = !self.straight_to_file
+                && (needed <= *units
+                    || match self.spool.take(needed - *units) {
+                        Some(Some(more)) => {
+                            match permit {
+                                Some(held) => held.merge(more),
+                                None => *permit = Some(more),
+                            }
+                            *units = needed;
+                            true
+                        }
+                        Some(None) => true,
+                        None => false,
+                    });
+            if granted {
+                buf.extend_from_slice(chunk);
+                return Ok(());
+            }
+            // Over budget: what arrived so far moves to a file, and its
+            // memory (and budget) go back.
+            let received = std::mem::take(buf).freeze();
+            *permit = None;
+            self.spill(received).await?;
+        }
+        if let State::File { writer, .. } = &mut self.state {
+            writer.write_all(chunk).await?;
+        }
+        Ok(())
+    }
+
+    async fn spill(&mut self, received: Bytes) -> io::Result<()> {
+        let dir = self
+            .spool
+            .inner
+            .dir
+            .clone()
+            .ok_or_else(|| io::Error::other("a memory-only spool has no folder"))?;
+        let (file, path) = tokio::task::spawn_blocking(move || {
+            tempfile::Builder::new()
+                .prefix("download-")
+                .tempfile_in(&dir)
+                .map(tempfile::NamedTempFile::into_parts)
+        })
+        .await
+        .map_err(io::Error::other)??;
+        let mut writer =
+            tokio::io::BufWriter::with_capacity(FILE_BUFFER, tokio::fs::File::from_std(file));
+        writer.write_all(&received).await?;
+        self.state = State::File { writer, path };
+        Ok(())
+    }
+
+    /// The received body.
+    ///
+    /// # Errors
+    /// The spool file could not be flushed.
+    pub(crate) async fn finish(self) -> io::Result<Blob> {
+        let len = self.len;
+        match self.state {
+            State::Memory { buf, permit, .. } => Ok(Blob {
+                len,
+                body: Body::Memory {
+                    bytes: buf.freeze(),
+                    _budget: permit.map(Arc::new),
+                },
+            }),
+            State::File { mut writer, path } => {
+                writer.flush().await?;
+                Ok(Blob {
+                    len,
+                    body: Body::File(Arc::new(path)),
+                })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spool(budget: u64) -> (tempfile::TempDir, Spool) {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::new(dir.path().join("spool"), budget).unwrap();
+        (dir, spool)
+    }
+
+    fn files_in(spool: &Spool) -> usize {
+        let dir = spool.inner.dir.as_ref().unwrap();
+        std::fs::read_dir(dir).unwrap().count()
+    }
+
+    #[tokio::test]
+    async fn keeps_in_memory_within_the_budget_and_spills_beyond_it() {
+        let (_dir, spool) = spool(10 * 1024);
+        let small = spool.keep(Bytes::from(vec![1u8; 6 * 1024])).await.unwrap();
+        assert!(!small.is_spooled());
+        assert_eq!(spool.budget_left_bytes(), 4 * 1024);
+
+        // 6 KiB more does not fit the 4 KiB left: it goes to a file.
+        let big = spool.keep(Bytes::from(vec![2u8; 6 * 1024])).await.unwrap();
+        assert!(big.is_spooled());
+        assert_eq!(files_in(&spool), 1);
+        assert_eq!(big.bytes().await.unwrap(), vec![2u8; 6 * 1024]);
+        assert_eq!(big.bytes_blocking().unwrap(), vec![2u8; 6 * 1024]);
+        assert_eq!(small.bytes().await.unwrap(), vec![1u8; 6 * 1024]);
+
+        // Budget and file come back when the last clone goes.
+        let small_copy = small.clone();
+        drop(small);
+        assert_eq!(spool.budget_left_bytes(), 4 * 1024);
+        drop(small_copy);
+        assert_eq!(spool.budget_left_bytes(), 10 * 1024);
+        drop(big);
+        assert_eq!(files_in(&spool), 0);
+    }
+
+    #[tokio::test]
+    async fn a_download_spills_mid_body_and_keeps_every_byte() {
+        let (_dir, spool) = spool(8 * 1024);
+        // Unknown length: the budget is taken chunk by chunk.
+        let mut receiver = spool.receiver(None);
+        let body: Vec<u8> = (0..40_000u32).map(|i| (i % 251) as u8).collect();
+        for chunk in body.chunks(3000) {
+            receiver.push(chunk).await.unwrap();
+        }
+        assert_eq!(receiver.len(), body.len() as u64);
+        let blob = receiver.finish().await.unwrap();
+        assert!(blob.is_spooled());
+        // What was held in memory before the spill was given back.
+        assert_eq!(spool.budget_left_bytes(), 8 * 1024);
+        assert_eq!(blob.bytes().await.unwrap(), body);
+        assert_eq!(blob.len(), body.len() as u64);
+    }
+
+    #[tokio::test]
+    async fn a_known_length_is_reserved_at_once() {
+        let (_dir, spool) = spool(64 * 1024);
+        let mut receiver = spool.receiver(Some(20 * 1024));
+        assert_eq!(spool.budget_left_bytes(), 44 * 1024);
+        receiver.push(&[7u8; 20 * 1024]).await.unwrap();
+        let blob = receiver.finish().await.unwrap();
+        assert!(!blob.is_spooled());
+        assert_eq!(spool.budget_left_bytes(), 44 * 1024);
+        drop(blob);
+        assert_eq!(spool.budget_left_bytes(), 64 * 1024);
+
+        // A known length over the budget goes straight to a file.
+        let mut receiver = spool.receiver(Some(100 * 1024));
+        receiver.push(&[1u8; 100 * 1024]).await.unwrap();
+        assert!(receiver.finish().await.unwrap().is_spooled());
+    }
+
+    #[tokio::test]
+    async fn memory_only_never_touches_disk() {
+        let spool = Spool::memory_only();
+        let blob = spool.keep(Bytes::from(vec![0u8; 1 << 20])).await.unwrap();
+        assert!(!blob.is_spooled());
+        let mut receiver = spool.receiver(Some(10));
+        receiver.push(b"0123456789").await.unwrap();
+        let blob = receiver.finish().await.unwrap();
+        assert_eq!(blob.bytes().await.unwrap(), &b"0123456789"[..]);
+    }
+}
