@@ -716,9 +716,11 @@ fn provider_calls(args: &[String]) {
             .build()
             .expect("http client");
         // The worker's default spool: 64 MiB of waiting bytes in memory,
-        // the rest in files.
+        // the rest in files, and 32 MiB of submit bodies at once.
         let spool_dir = std::env::temp_dir().join(format!("genfleet-bench-spool-{}", std::process::id()));
-        let spool = Spool::new(&spool_dir, 64 * 1024 * 1024).expect("spool folder");
+        let spool = Spool::new(&spool_dir, 64 * 1024 * 1024)
+            .expect("spool folder")
+            .with_send_budget(32 * 1024 * 1024);
         let fal = FalProvider::new(
             FalConfig {
                 base_url,

@@ -203,3 +203,139 @@ base_url = "{kserve}"
     let status = worker.terminate(Duration::from_secs(20));
     assert!(status.is_some_and(|s| s.success()), "{}", worker.log_tail());
 }
+
+/// The upload reaches fal as it came, minus its metadata, when nothing has
+/// to change its pixels; a photo stored rotated is re-encoded upright. Both
+/// inputs and the downloaded output wait in the spool's files here (a zero
+/// memory budget), which are gone once the jobs are done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fal_gets_clean_uploads_as_they_came_and_the_spool_empties() {
+    use base64::Engine as _;
+    let vhost = Vhost::create();
+    let schema = Schema::new();
+    let dir = TempDir::new("genfleet-passthrough");
+    let store = store_with_photo(&dir.0);
+    let corpus = repo_path("tests/fixtures/corpus/photos");
+    // EXIF with GPS, orientation 1: passes through.
+    let upright = std::fs::read(corpus.join("p01_foliage_sky_1000x750.jpg")).unwrap();
+    std::fs::write(store.join("uploads/upright.jpg"), &upright).unwrap();
+    // Orientation 6: must be turned, so re-encoded.
+    std::fs::copy(
+        corpus.join("p08_dogs_portrait_orient6_1000x667.jpg"),
+        store.join("uploads/rotated.jpg"),
+    )
+    .unwrap();
+    let fal = FakeFal::start().await.unwrap();
+    let ledger = Ledger::connect(PG_URL, &schema.name, 2).await.unwrap();
+    ledger.migrate().await.unwrap();
+    ledger.grant("acme/spool", 10, "test").await.unwrap();
+    let (conn, queue) = results_queue(&vhost.url()).await;
+    let broker = genfleet_broker::Broker::connect(&vhost.url(), "passthrough-test")
+        .await
+        .unwrap();
+    let publisher = broker.publisher().await.unwrap();
+
+    let port = free_port();
+    let config = write_config(
+        &dir.0,
+        &WorkerSettings {
+            amqp_url: vhost.url(),
+            schema: &schema.name,
+            storage_root: &store,
+            fal_base_url: fal.base_url.as_str(),
+            concurrency: 2,
+            grace_seconds: 10,
+            http_port: port,
+            fal_poll_ms: 50,
+        },
+    );
+    let spool = dir.0.join("spool");
+    let toml = std::fs::read_to_string(&config).unwrap().replacen(
+        "grace_period_seconds = 10\n",
+        &format!(
+            "grace_period_seconds = 10\nspool_dir = \"{}\"\nspool_memory_bytes = 0\n",
+            spool.display()
+        ),
+        1,
+    );
+    std::fs::write(&config, toml).unwrap();
+    let mut worker = WorkerProcess::start(&config, dir.0.join("worker.log"));
+    wait_ready(&mut worker, port, Duration::from_secs(60)).await;
+
+    let mut sent = Vec::new();
+    for upload in ["upright", "rotated"] {
+        let mut job = fal_product_job("spool", "test/ok", "a vase", 1, v1::Priority::Normal);
+        job.inputs[0].uri = format!("s3://genfleet/uploads/{upload}.jpg");
+        publish_job(
+            &publisher,
+            "remote",
+            &genfleet_proto::encode_json(&job),
+            Some(&job.job_id),
+        )
+        .await;
+        // One at a time, so the fake's last input is this job's.
+        let got = collect_results(&conn, &queue, 1, Duration::from_secs(60)).await;
+        let (result, _) = got
+            .results
+            .get(&job.job_id)
+            .unwrap_or_else(|| panic!("no result for {upload}:\n{}", worker.log_tail()));
+        assert_eq!(
+            result.status,
+            v1::JobStatus::Succeeded as i32,
+            "{upload}: {result:?}\n{}",
+            worker.log_tail()
+        );
+        let uri = fal.last_image_url().expect("fal got an image_url");
+        let data = uri
+            .strip_prefix("data:image/jpeg;base64,")
+            .expect("a JPEG data URI");
+        sent.push(
+            base64::engine::general_purpose::STANDARD
+                .decode(data)
+                .unwrap(),
+        );
+    }
+
+    let has = |bytes: &[u8], needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
+    let (upright_sent, rotated_sent) = (&sent[0], &sent[1]);
+    for bytes in &sent {
+        assert!(bytes.starts_with(&[0xFF, 0xD8]) && bytes.ends_with(&[0xFF, 0xD9]));
+        assert!(
+            !has(bytes, b"Exif"),
+            "EXIF (and its GPS) reached the provider"
+        );
+    }
+    // The upright upload's own entropy-coded data: the same pixels, bit for
+    // bit, from fewer bytes.
+    assert!(upright_sent.len() < upright.len());
+    let decoded = |bytes: &[u8]| image::load_from_memory(bytes).unwrap().to_rgb8();
+    assert_eq!(decoded(upright_sent), decoded(&upright));
+    // The rotated one went through pixels: stored 1000x667, sent upright.
+    let rotated = decoded(rotated_sent);
+    assert_eq!(rotated.dimensions(), (667, 1000));
+
+    let (_, metrics) = http_get(port, "/metrics").await.unwrap();
+    assert!(
+        metrics.contains("genfleet_provider_inputs_total{path=\"passed_through\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("genfleet_provider_inputs_total{path=\"reencoded\"} 1"));
+    // Every spooled input and output was removed with its job.
+    let left: Vec<_> = walk_files(&spool);
+    assert!(left.is_empty(), "spool files left: {left:?}");
+    let status = worker.terminate(Duration::from_secs(20));
+    assert!(status.is_some_and(|s| s.success()), "{}", worker.log_tail());
+}
+
+fn walk_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(walk_files(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}

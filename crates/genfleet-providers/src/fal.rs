@@ -184,8 +184,12 @@ impl Provider for FalProvider {
 impl Resumable for FalProvider {
     async fn submit(&self, request: &GenerationRequest) -> Result<String, ProviderError> {
         let authorization = self.authorization()?;
-        let input = build_input(&*request.load_inputs().await?)?;
         let submit_url = self.submit_url(&request.model)?;
+        let _room = self
+            .spool
+            .room_to_send(body_estimate(request), request.deadline)
+            .await?;
+        let input = build_input(&*request.load_inputs().await?)?;
         // No request timeout for fal: a parked render waits as long as the
         // caller's polls allow, and the caller cancels it past its deadline.
         let submitted = self.submit(submit_url, &authorization, input, None).await?;
@@ -418,12 +422,19 @@ impl FalProvider {
         request: &GenerationRequest,
     ) -> Result<(Submitted, Url), ProviderError> {
         let deadline = request.deadline;
-        // Built (and the inputs read back from the spool) only to send: the
-        // body, data URIs and all, is gone once the submit is answered.
-        let input = build_input(&*request.load_inputs().await?)?;
-        let submitted = self
-            .submit(submit_url, authorization, input, deadline)
-            .await?;
+        // Built (and the inputs read back from the spool) only to send, and
+        // only while the spool's send budget has room: the body, data URIs
+        // and all, is gone once fal answers the submit, which it does at
+        // once (the render runs after).
+        let submitted = {
+            let _room = self
+                .spool
+                .room_to_send(body_estimate(request), deadline)
+                .await?;
+            let input = build_input(&*request.load_inputs().await?)?;
+            self.submit(submit_url, authorization, input, deadline)
+                .await?
+        };
         tracing::Span::current().record("request_id", submitted.request_id.as_str());
         tracing::debug!(request_id = %submitted.request_id, "submitted to the fal queue");
         if let Some(log) = &self.submissions {
@@ -694,6 +705,24 @@ impl FalProvider {
     ) -> Result<Response, ProviderError> {
         http::send(builder, self.config.request_timeout, deadline).await
     }
+}
+
+/// Memory a submit of `request` holds while it is built and sent: each input
+/// as base64 (4/3) twice, in the JSON value and in the serialised body, and
+/// the primary picture once more in `image_urls` of a multi-image edit.
+fn body_estimate(request: &GenerationRequest) -> u64 {
+    let inputs: u64 = request.inputs.iter().map(|input| input.bytes.len()).sum();
+    let repeated = if request.inputs.len() > 1 {
+        request
+            .inputs
+            .iter()
+            .map(|input| input.bytes.len())
+            .max()
+            .unwrap_or(0)
+    } else {
+        0
+    };
+    (inputs + repeated).saturating_mul(8) / 3 + 4096
 }
 
 /// Builds the model input JSON for `request`.

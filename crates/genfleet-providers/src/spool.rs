@@ -143,6 +143,9 @@ struct Inner {
     dir: Option<PathBuf>,
     budget: Arc<Semaphore>,
     budget_bytes: u64,
+    /// Request bodies with inline images being built and sent at once, in
+    /// KiB; `None`: no bound.
+    sending: Option<(Arc<Semaphore>, u32)>,
 }
 
 impl std::fmt::Debug for Spool {
@@ -172,6 +175,7 @@ impl Spool {
                 dir: None,
                 budget: Arc::new(Semaphore::new(0)),
                 budget_bytes: 0,
+                sending: None,
             }),
         }
     }
@@ -192,8 +196,55 @@ impl Spool {
                 dir: Some(dir),
                 budget: Arc::new(Semaphore::new(units)),
                 budget_bytes: memory_budget_bytes,
+                sending: None,
             }),
         })
+    }
+
+    /// Bounds the request bodies with inline images (base64 data URIs)
+    /// being built and sent at once to `bytes`: 2,000 jobs submitting
+    /// together would otherwise each hold their body at the same moment.
+    /// A body larger than the whole bound waits until it can go alone.
+    ///
+    /// Call before cloning the spool into clients.
+    #[must_use]
+    pub fn with_send_budget(self, bytes: u64) -> Spool {
+        let units = units_for(bytes).max(1);
+        let inner = Inner {
+            dir: self.inner.dir.clone(),
+            budget: Arc::clone(&self.inner.budget),
+            budget_bytes: self.inner.budget_bytes,
+            sending: Some((Arc::new(Semaphore::new(units as usize)), units)),
+        };
+        Spool {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// Waits for room to build and send a body of about `bytes`, until
+    /// `deadline`; the room is given back when the permit drops.
+    ///
+    /// # Errors
+    /// [`crate::ProviderError::DeadlineExceeded`] when the deadline passes
+    /// first.
+    pub(crate) async fn room_to_send(
+        &self,
+        bytes: u64,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Result<Option<OwnedSemaphorePermit>, crate::ProviderError> {
+        let Some((sending, total)) = &self.inner.sending else {
+            return Ok(None);
+        };
+        let units = units_for(bytes).clamp(1, *total);
+        let acquire = Arc::clone(sending).acquire_many_owned(units);
+        let permit = match deadline {
+            Some(deadline) => tokio::time::timeout_at(deadline, acquire)
+                .await
+                .map_err(|_| crate::ProviderError::DeadlineExceeded)?,
+            None => acquire.await,
+        };
+        // The semaphore is never closed.
+        Ok(permit.ok())
     }
 
     /// Bytes of the memory budget not taken now.
@@ -486,6 +537,43 @@ mod tests {
         let mut receiver = spool.receiver(Some(100 * 1024));
         receiver.push(&[1u8; 100 * 1024]).await.unwrap();
         assert!(receiver.finish().await.unwrap().is_spooled());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn sends_wait_for_room_and_give_up_at_the_deadline() {
+        let spool = Spool::memory_only().with_send_budget(100 * 1024);
+        let first = spool.room_to_send(60 * 1024, None).await.unwrap();
+        assert!(first.is_some());
+        // 60 + 60 KiB does not fit in 100: the second waits...
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        let waiting = {
+            let spool = spool.clone();
+            tokio::spawn(async move { spool.room_to_send(60 * 1024, Some(deadline)).await })
+        };
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        // ...until the first body is sent.
+        drop(first);
+        let second = waiting.await.unwrap().unwrap();
+        assert!(second.is_some());
+        // A body bigger than the whole budget goes alone, once the room is
+        // free; while it is not, the deadline ends the wait.
+        let err = spool
+            .room_to_send(
+                1 << 30,
+                Some(tokio::time::Instant::now() + std::time::Duration::from_secs(1)),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), "deadline_exceeded");
+        drop(second);
+        assert!(spool.room_to_send(1 << 30, None).await.unwrap().is_some());
+        // Without a send budget nothing waits.
+        assert!(Spool::memory_only()
+            .room_to_send(1 << 30, None)
+            .await
+            .unwrap()
+            .is_none());
     }
 
     #[tokio::test]

@@ -81,6 +81,10 @@ pub struct WorkerSection {
     /// Bytes of waiting inputs and outputs held in memory, all jobs
     /// together; the rest wait in `spool_dir`. 0 keeps everything on disk.
     pub spool_memory_bytes: u64,
+    /// Bytes of request bodies with inline images (fal submits: base64
+    /// data URIs) built and being sent at once, all jobs together; a submit
+    /// waits for room. 0 means no bound.
+    pub send_memory_bytes: u64,
 }
 
 impl WorkerSection {
@@ -105,6 +109,7 @@ impl Default for WorkerSection {
             max_starts_per_job: 4,
             spool_dir: String::new(),
             spool_memory_bytes: 64 * 1024 * 1024,
+            send_memory_bytes: 32 * 1024 * 1024,
         }
     }
 }

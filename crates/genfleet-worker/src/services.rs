@@ -249,7 +249,11 @@ fn open_spool(worker: &crate::config::WorkerSection) -> Result<Spool, WorkerErro
         .unwrap_or_default()
         .as_nanos();
     let own = base.join(format!("run-{}-{started}", std::process::id()));
-    Spool::new(own, worker.spool_memory_bytes).map_err(failed)
+    let spool = Spool::new(own, worker.spool_memory_bytes).map_err(failed)?;
+    Ok(match worker.send_memory_bytes {
+        0 => spool,
+        bytes => spool.with_send_budget(bytes),
+    })
 }
 
 /// Removes `run-<pid>-*` folders whose process is gone, and those carrying
