@@ -153,6 +153,7 @@ pub(crate) async fn download(
             ),
         });
     }
+    let _slot = spool.download_slot(deadline).await?;
     let response = send(client.get(url), request_timeout, deadline).await?;
     let status = response.status();
     if !status.is_success() {

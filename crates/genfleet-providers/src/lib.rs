@@ -78,7 +78,7 @@ pub use kserve::{Contract, KServeConfig, KServeProvider, ModelMetadata, TensorMe
 pub use openai::{OpenAiConfig, OpenAiProvider};
 pub use replicate::{ReplicateConfig, ReplicateProvider};
 pub use retry::{call_with_retries, generate_with_retries, parse_retry_after, RetryPolicy};
-pub use spool::{Blob, Spool};
+pub use spool::{Blob, Spool, DOWNLOADS_AT_ONCE};
 pub use vertex::{VertexConfig, VertexProvider};
 pub use vertex_auth::TokenSource;
 

@@ -31,6 +31,13 @@ const UNIT: u64 = 1024;
 /// arriving in 16 kB chunks costs one blocking hand-off per 256 kB.
 const FILE_BUFFER: usize = 256 * 1024;
 
+/// Downloads streaming into one spool at once. Each holds a connection's
+/// read buffer, which hyper grows to match a fast sender (hundreds of kB
+/// for an image); 2,000 renders that finish in the same poll would
+/// otherwise all download at the same moment. 64 at a time still fill any
+/// link a worker has.
+pub const DOWNLOADS_AT_ONCE: usize = 64;
+
 /// Image bytes a job holds; see the module docs.
 #[derive(Clone)]
 pub struct Blob {
@@ -146,6 +153,8 @@ struct Inner {
     /// Request bodies with inline images being built and sent at once, in
     /// KiB; `None`: no bound.
     sending: Option<(Arc<Semaphore>, u32)>,
+    /// [`DOWNLOADS_AT_ONCE`] permits; `None` for a memory-only spool.
+    downloads: Option<Arc<Semaphore>>,
 }
 
 impl std::fmt::Debug for Spool {
@@ -176,6 +185,7 @@ impl Spool {
                 budget: Arc::new(Semaphore::new(0)),
                 budget_bytes: 0,
                 sending: None,
+                downloads: None,
             }),
         }
     }
@@ -197,6 +207,7 @@ impl Spool {
                 budget: Arc::new(Semaphore::new(units)),
                 budget_bytes: memory_budget_bytes,
                 sending: None,
+                downloads: Some(Arc::new(Semaphore::new(DOWNLOADS_AT_ONCE))),
             }),
         })
     }
@@ -215,6 +226,7 @@ impl Spool {
             budget: Arc::clone(&self.inner.budget),
             budget_bytes: self.inner.budget_bytes,
             sending: Some((Arc::new(Semaphore::new(units as usize)), units)),
+            downloads: self.inner.downloads.clone(),
         };
         Spool {
             inner: Arc::new(inner),
@@ -244,6 +256,29 @@ impl Spool {
             None => acquire.await,
         };
         // The semaphore is never closed.
+        Ok(permit.ok())
+    }
+
+    /// Waits, until `deadline`, for one of the [`DOWNLOADS_AT_ONCE`] download
+    /// slots; held until the body is received.
+    ///
+    /// # Errors
+    /// [`crate::ProviderError::DeadlineExceeded`] when the deadline passes
+    /// first.
+    pub(crate) async fn download_slot(
+        &self,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Result<Option<OwnedSemaphorePermit>, crate::ProviderError> {
+        let Some(downloads) = &self.inner.downloads else {
+            return Ok(None);
+        };
+        let acquire = Arc::clone(downloads).acquire_owned();
+        let permit = match deadline {
+            Some(deadline) => tokio::time::timeout_at(deadline, acquire)
+                .await
+                .map_err(|_| crate::ProviderError::DeadlineExceeded)?,
+            None => acquire.await,
+        };
         Ok(permit.ok())
     }
 

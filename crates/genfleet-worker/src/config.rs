@@ -85,6 +85,11 @@ pub struct WorkerSection {
     /// data URIs) built and being sent at once, all jobs together; a submit
     /// waits for room. 0 means no bound.
     pub send_memory_bytes: u64,
+    /// Jobs fetching, scanning and preparing their inputs at once. Each
+    /// holds its uploads in memory until an imaging slot has prepared them;
+    /// without this bound, 2,000 jobs starting together read 2,000 uploads
+    /// at the same moment and hold them all while they queue for the CPU.
+    pub max_concurrent_fetches: u16,
 }
 
 impl WorkerSection {
@@ -110,6 +115,7 @@ impl Default for WorkerSection {
             spool_dir: String::new(),
             spool_memory_bytes: 64 * 1024 * 1024,
             send_memory_bytes: 32 * 1024 * 1024,
+            max_concurrent_fetches: 64,
         }
     }
 }

@@ -454,6 +454,10 @@ async fn prepare_inputs(
 ) -> Result<Vec<InputImage>, Stop> {
     let contract = job.job();
     tracker.begin(v1::Stage::Fetch, 0.05).await;
+    // Held until the inputs are prepared: the uploads wait for an imaging
+    // slot in memory, so only this many jobs' uploads are read at once.
+    // The semaphore is never closed.
+    let preparing = services.fetches.acquire().await.ok();
     let mut raw_inputs = Vec::with_capacity(contract.inputs.len());
     for (i, input) in contract.inputs.iter().enumerate() {
         let bytes = services.store.fetch(&input.uri, limits.max_bytes).await?;
@@ -506,18 +510,24 @@ async fn prepare_inputs(
             .spool
             .keep(Bytes::from(prepared.bytes))
             .await
-            .map_err(|e| Stop::Requeue {
-                reason: "spool_unavailable",
-                detail: e.to_string(),
-            })?;
+            .map_err(spool_stop)?;
         provider_inputs.push(InputImage {
             role,
             content_type: prepared.content_type.to_string(),
             bytes,
         });
     }
+    drop(preparing);
 
     Ok(provider_inputs)
+}
+
+/// This machine's disk refused a spool file: not the job's fault.
+fn spool_stop(err: std::io::Error) -> Stop {
+    Stop::Requeue {
+        reason: "spool_unavailable",
+        detail: err.to_string(),
+    }
 }
 
 /// Scans input `index` with the configured scanner: a hit ends the job as

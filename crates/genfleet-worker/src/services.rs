@@ -51,6 +51,9 @@ pub struct Services {
     /// in memory, the rest in this process's folder under
     /// `worker.spool_dir`.
     pub spool: Spool,
+    /// `worker.max_concurrent_fetches` permits: held while a job fetches
+    /// and scans its inputs.
+    pub fetches: Arc<tokio::sync::Semaphore>,
 }
 
 impl Services {
@@ -141,6 +144,7 @@ impl Services {
             initial_delay: Duration::from_millis(config.providers.retry.initial_delay_ms),
             max_delay: Duration::from_millis(config.providers.retry.max_delay_ms),
         };
+        let config_fetches = config.worker.max_concurrent_fetches;
         Ok(Services {
             worker_name: config.worker_name(),
             config,
@@ -157,6 +161,9 @@ impl Services {
             output_limits,
             presets,
             spool,
+            fetches: Arc::new(tokio::sync::Semaphore::new(usize::from(
+                config_fetches.max(1),
+            ))),
         })
     }
 
