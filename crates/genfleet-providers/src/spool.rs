@@ -611,6 +611,28 @@ mod tests {
             .is_none());
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn downloads_take_turns_beyond_the_slot_count() {
+        let (_dir, spool) = spool(1024);
+        let mut held = Vec::new();
+        for _ in 0..DOWNLOADS_AT_ONCE {
+            held.push(spool.download_slot(None).await.unwrap().unwrap());
+        }
+        // One more waits, and gives up at its deadline.
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
+        let err = spool.download_slot(Some(deadline)).await.unwrap_err();
+        assert_eq!(err.code(), "deadline_exceeded");
+        // A finished download lets the next one start.
+        held.pop();
+        assert!(spool.download_slot(None).await.unwrap().is_some());
+        // A memory-only spool (tests, one-shot commands) has no gate.
+        assert!(Spool::memory_only()
+            .download_slot(None)
+            .await
+            .unwrap()
+            .is_none());
+    }
+
     #[tokio::test]
     async fn memory_only_never_touches_disk() {
         let spool = Spool::memory_only();
