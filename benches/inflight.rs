@@ -240,6 +240,9 @@ struct Figures {
     cpu_ticks: u64,
     /// Jobs that finished as expected.
     ok: usize,
+    /// The most jobs at the fake at once (submitted, output not yet
+    /// downloaded); `None` where the fake runs in another process.
+    at_provider: Option<u64>,
     /// A line on what went wrong, if anything.
     trouble: Option<String>,
 }
@@ -265,7 +268,7 @@ fn mb(kb: u64) -> f64 {
 
 fn print_row(name: &str, run: usize, f: &Figures, knobs: &Knobs) {
     println!(
-        "{name:<16} run {run}: {:>6.2} s wall ({:.2} s publishing), idle {:>6.1} MB, peak {:>6.1} MB RSS ({:>5.1} kB/job), CPU {:>6.2} s = {:>6.3} ms/job, {}/{} ok{}",
+        "{name:<16} run {run}: {:>6.2} s wall ({:.2} s publishing), idle {:>6.1} MB, peak {:>6.1} MB RSS ({:>5.1} kB/job), CPU {:>6.2} s = {:>6.3} ms/job, {}/{} ok, at the provider at once: {}{}",
         f.wall.as_secs_f64(),
         f.publish.as_secs_f64(),
         mb(f.idle_rss_kb),
@@ -275,6 +278,8 @@ fn print_row(name: &str, run: usize, f: &Figures, knobs: &Knobs) {
         f.cpu_ms_per_job(knobs),
         f.ok,
         knobs.jobs,
+        f.at_provider
+            .map_or_else(|| "-".to_string(), |n| n.to_string()),
         f.trouble
             .as_deref()
             .map(|t| format!(" -- {t}"))
@@ -585,6 +590,7 @@ async fn genfleet_run(
     })
     .await
     .expect("worker stopped");
+    let at_provider = Some(fake.max_outstanding());
     drop(fake);
     Figures {
         wall,
@@ -593,6 +599,7 @@ async fn genfleet_run(
         peak_rss_kb,
         cpu_ticks: cpu_after.saturating_sub(cpu_before),
         ok,
+        at_provider,
         trouble,
     }
 }
@@ -684,6 +691,7 @@ fn provider_run(knobs: &Knobs) -> Figures {
         peak_rss_kb: field("peak_rss_kb"),
         cpu_ticks: field("cpu_ticks"),
         ok,
+        at_provider: None,
         trouble: (ok < knobs.jobs).then(|| result.to_owned()),
     }
 }
@@ -979,6 +987,7 @@ async fn celery_run(knobs: &Knobs, fake_rt: &tokio::runtime::Runtime, venv: &Pat
         let _ = std::fs::copy(&log, &kept);
         println!("celery log kept in {}", kept.display());
     }
+    let at_provider = Some(fake.max_outstanding());
     drop(fake);
     Figures {
         wall,
@@ -987,6 +996,7 @@ async fn celery_run(knobs: &Knobs, fake_rt: &tokio::runtime::Runtime, venv: &Pat
         peak_rss_kb,
         cpu_ticks: cpu_after.saturating_sub(cpu_before),
         ok: ok.min(knobs.jobs),
+        at_provider,
         trouble,
     }
 }

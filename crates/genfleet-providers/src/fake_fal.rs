@@ -78,6 +78,7 @@ impl FakeFal {
             origin: format!("http://{address}"),
             next_id: AtomicU64::new(1),
             downloads: AtomicU64::new(0),
+            max_outstanding: AtomicU64::new(0),
             state: Mutex::new(FakeState::default()),
         });
         let router = Router::new()
@@ -119,6 +120,13 @@ impl FakeFal {
             .unwrap_or(0)
     }
 
+    /// The most requests accepted and not yet downloaded at one moment
+    /// (each request counted as one output): for one-image jobs, the most
+    /// a client had at this provider at once.
+    pub fn max_outstanding(&self) -> u64 {
+        self.shared.max_outstanding.load(Ordering::Relaxed)
+    }
+
     /// The `image_url` field (a data URI for our inputs) of the last
     /// submit that carried one.
     pub fn last_image_url(&self) -> Option<String> {
@@ -151,6 +159,8 @@ struct Shared {
     origin: String,
     next_id: AtomicU64,
     downloads: AtomicU64,
+    /// The most accepted submits not yet matched by an output download.
+    max_outstanding: AtomicU64,
     state: Mutex<FakeState>,
 }
 
@@ -347,7 +357,12 @@ fn submit(shared: &Shared, owner: &str, app: &str, body: &[u8]) -> Response {
         }
         _ => {}
     }
-    let id = format!("req{:08}", shared.next_id.fetch_add(1, Ordering::Relaxed));
+    let number = shared.next_id.fetch_add(1, Ordering::Relaxed);
+    let outstanding = number.saturating_sub(shared.downloads.load(Ordering::Relaxed));
+    shared
+        .max_outstanding
+        .fetch_max(outstanding, Ordering::Relaxed);
+    let id = format!("req{number:08}");
     let num_images = input
         .get("num_images")
         .and_then(Value::as_u64)
