@@ -120,13 +120,9 @@ fn decode_jpeg(
         return Ok(None);
     };
     let metadata = structure::jpeg_metadata(bytes);
-    let orientation = metadata
-        .exif
-        .and_then(Orientation::from_exif_chunk)
-        .unwrap_or(Orientation::NoTransforms);
     Ok(Some(Raw {
         image: DynamicImage::ImageRgb8(decoded.image),
-        orientation,
+        orientation: metadata.orientation(),
         icc: metadata.icc,
         shrink: decoded.shrink,
     }))

@@ -53,11 +53,7 @@ pub fn jpeg_passthrough(
         return Ok(None);
     }
     let metadata = structure::jpeg_metadata(bytes);
-    let orientation = metadata
-        .exif
-        .and_then(Orientation::from_exif_chunk)
-        .unwrap_or(Orientation::NoTransforms);
-    if orientation != Orientation::NoTransforms {
+    if metadata.orientation() != Orientation::NoTransforms {
         return Ok(None);
     }
     if metadata

@@ -104,6 +104,15 @@ pub(crate) struct JpegMetadata<'a> {
     pub icc: Option<Vec<u8>>,
 }
 
+impl JpegMetadata<'_> {
+    /// The EXIF orientation; "normal" when there is none or it is unreadable.
+    pub(crate) fn orientation(&self) -> image::metadata::Orientation {
+        self.exif
+            .and_then(image::metadata::Orientation::from_exif_chunk)
+            .unwrap_or(image::metadata::Orientation::NoTransforms)
+    }
+}
+
 /// Largest ICC profile we reassemble: real profiles are a few kB (a big
 /// LUT-based printer profile is ~2 MB), and 255 chunks of 64 kB is the
 /// format's own ceiling.

@@ -115,6 +115,23 @@ pub struct InputImage {
     pub bytes: Blob,
 }
 
+impl InputImage {
+    /// The image's bytes, read back from the spool if they wait there.
+    ///
+    /// # Errors
+    /// [`ProviderError::Unavailable`] when the spool file cannot be read
+    /// (this machine's disk: a later attempt may read it).
+    pub async fn load(&self) -> Result<bytes::Bytes, ProviderError> {
+        self.bytes
+            .bytes()
+            .await
+            .map_err(|e| ProviderError::Unavailable {
+                message: format!("a spooled input could not be read: {e}"),
+                retry_after: None,
+            })
+    }
+}
+
 // Image bytes are never printed: they are large and may be customer content.
 impl fmt::Debug for InputImage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -186,15 +203,7 @@ impl GenerationRequest {
         let mut loaded = self.clone();
         for input in &mut loaded.inputs {
             if input.bytes.is_spooled() {
-                let bytes = input
-                    .bytes
-                    .bytes()
-                    .await
-                    .map_err(|e| ProviderError::Unavailable {
-                        message: format!("a spooled input could not be read: {e}"),
-                        retry_after: None,
-                    })?;
-                input.bytes = Blob::from_bytes(bytes);
+                input.bytes = Blob::from_bytes(input.load().await?);
             }
         }
         Ok(std::borrow::Cow::Owned(loaded))

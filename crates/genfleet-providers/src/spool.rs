@@ -248,15 +248,7 @@ impl Spool {
             return Ok(None);
         };
         let units = units_for(bytes).clamp(1, *total);
-        let acquire = Arc::clone(sending).acquire_many_owned(units);
-        let permit = match deadline {
-            Some(deadline) => tokio::time::timeout_at(deadline, acquire)
-                .await
-                .map_err(|_| crate::ProviderError::DeadlineExceeded)?,
-            None => acquire.await,
-        };
-        // The semaphore is never closed.
-        Ok(permit.ok())
+        acquire_until(sending, units, deadline).await
     }
 
     /// Waits, until `deadline`, for one of the [`DOWNLOADS_AT_ONCE`] download
@@ -272,14 +264,7 @@ impl Spool {
         let Some(downloads) = &self.inner.downloads else {
             return Ok(None);
         };
-        let acquire = Arc::clone(downloads).acquire_owned();
-        let permit = match deadline {
-            Some(deadline) => tokio::time::timeout_at(deadline, acquire)
-                .await
-                .map_err(|_| crate::ProviderError::DeadlineExceeded)?,
-            None => acquire.await,
-        };
-        Ok(permit.ok())
+        acquire_until(downloads, 1, deadline).await
     }
 
     /// Bytes of the memory budget not taken now.
@@ -372,6 +357,23 @@ impl Spool {
             .ok()
             .map(Some)
     }
+}
+
+/// `units` of `semaphore`, waiting no later than `deadline`.
+async fn acquire_until(
+    semaphore: &Arc<Semaphore>,
+    units: u32,
+    deadline: Option<tokio::time::Instant>,
+) -> Result<Option<OwnedSemaphorePermit>, crate::ProviderError> {
+    let acquire = Arc::clone(semaphore).acquire_many_owned(units);
+    let permit = match deadline {
+        Some(deadline) => tokio::time::timeout_at(deadline, acquire)
+            .await
+            .map_err(|_| crate::ProviderError::DeadlineExceeded)?,
+        None => acquire.await,
+    };
+    // Our semaphores are never closed.
+    Ok(permit.ok())
 }
 
 fn units_for(len: u64) -> u32 {

@@ -67,14 +67,7 @@ impl Provider for LocalProvider {
                 message: "the local provider needs an input image".into(),
             });
         };
-        let bytes = input
-            .bytes
-            .bytes()
-            .await
-            .map_err(|e| ProviderError::Unavailable {
-                message: format!("a spooled input could not be read: {e}"),
-                retry_after: None,
-            })?;
+        let bytes = input.load().await?;
         let limits = self.limits.clone();
         let encoded = self
             .cpu
