@@ -207,6 +207,36 @@ mod tests {
     }
 
     #[test]
+    fn a_jfif_thumbnail_is_dropped() {
+        // p01 with its APP0 replaced by a JFIF APP0 carrying a 2x2 RGB
+        // thumbnail of a colour the photo does not have.
+        let upload = read(CORPUS, "photos/p01_foliage_sky_1000x750.jpg");
+        let mut rest = &upload[2..];
+        if rest.starts_with(&[0xFF, 0xE0]) {
+            let len = usize::from(u16::from_be_bytes([rest[2], rest[3]]));
+            rest = &rest[2 + len..];
+        }
+        let mut app0 = b"JFIF\0\x01\x02\x00\x00\x01\x00\x01\x02\x02".to_vec();
+        app0.extend_from_slice(&[0xAB, 0xCD, 0xEF].repeat(4));
+        let mut with_thumbnail = vec![0xFF, 0xD8, 0xFF, 0xE0];
+        with_thumbnail.extend_from_slice(&u16::try_from(app0.len() + 2).unwrap().to_be_bytes());
+        with_thumbnail.extend_from_slice(&app0);
+        with_thumbnail.extend_from_slice(rest);
+
+        let sent = jpeg_passthrough(&with_thumbnail, &limits(), None)
+            .unwrap()
+            .expect("passes through");
+        // A bare 16-byte JFIF header (thumbnail 0x0) right after SOI.
+        assert_eq!(&sent.bytes[2..6], &[0xFF, 0xE0, 0x00, 0x10]);
+        assert_eq!(&sent.bytes[6..11], b"JFIF\0");
+        assert_eq!(&sent.bytes[18..20], &[0, 0]);
+        assert!(!sent.bytes.windows(3).any(|w| w == [0xAB, 0xCD, 0xEF]));
+        let original = decode_sanitised(&upload, &limits()).unwrap().image;
+        let passed = decode_sanitised(&sent.bytes, &limits()).unwrap().image;
+        assert_eq!(original.as_bytes(), passed.as_bytes());
+    }
+
+    #[test]
     fn header_limits_still_refuse() {
         let upload = read(HOSTILE, "h08_jpeg_header_65500x65500.jpg");
         assert!(matches!(

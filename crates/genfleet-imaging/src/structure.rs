@@ -287,9 +287,9 @@ pub(crate) fn jpeg_is_complete(bytes: &[u8]) -> bool {
 
 /// The JPEG rebuilt from the segments its pixels need: SOI, the tables
 /// (DQT, DHT, DRI), the frame header, every scan with its entropy-coded
-/// data, EOI; plus the JFIF APP0 and the Adobe APP14 (whose transform flag
-/// says whether the samples are YCbCr). EXIF, XMP, ICC, IPTC, comments and
-/// any bytes after EOI are gone.
+/// data, EOI; plus the JFIF APP0 (without its thumbnail) and the Adobe
+/// APP14 (whose transform flag says whether the samples are YCbCr). EXIF,
+/// XMP, ICC, IPTC, thumbnails, comments and any bytes after EOI are gone.
 ///
 /// `None` for anything this cannot vouch for: a broken chain, no EOI, a
 /// frame other than 8-bit Huffman baseline, extended or progressive
@@ -342,7 +342,16 @@ pub(crate) fn strip_jpeg(bytes: &[u8]) -> Option<Vec<u8>> {
             }
             // DHT, DQT, DRI.
             0xC4 | 0xDB | 0xDD => true,
-            0xE0 => data.starts_with(b"JFIF\0"),
+            0xE0 => {
+                // JFIF without its optional thumbnail: an edited photo's
+                // thumbnail can still show what the edit removed.
+                if data.starts_with(b"JFIF\0") && data.len() >= 14 {
+                    out.extend_from_slice(&[0xFF, 0xE0, 0x00, 0x10]);
+                    out.extend_from_slice(&data[..12]);
+                    out.extend_from_slice(&[0, 0]);
+                }
+                false
+            }
             0xEE => data.starts_with(b"Adobe"),
             // Other APPn and COM: metadata.
             0xE1..=0xED | 0xEF | 0xFE => false,
