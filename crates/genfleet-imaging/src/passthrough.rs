@@ -111,6 +111,18 @@ mod tests {
         (found, trailing)
     }
 
+    /// The sent file holds the upload's own entropy-coded data: both decode
+    /// to the same pixels, bit for bit.
+    fn assert_same_pixels(upload: &[u8], sent: &[u8]) {
+        let original = decode_sanitised(upload, &limits()).unwrap().image;
+        let passed = decode_sanitised(sent, &limits()).unwrap().image;
+        assert_eq!(
+            (original.width(), original.height()),
+            (passed.width(), passed.height())
+        );
+        assert_eq!(original.as_bytes(), passed.as_bytes());
+    }
+
     #[test]
     fn a_clean_photo_goes_through_stripped_with_the_same_pixels() {
         // p01 carries EXIF (with a GPS block) and no rotation.
@@ -126,15 +138,8 @@ mod tests {
         assert!(!trailing);
         assert!(!sent.bytes.windows(4).any(|w| w == b"Exif"));
         assert!(sent.bytes.len() < upload.len());
-        // The entropy-coded data is the upload's own: decoding both gives
-        // the same pixels, bit for bit.
-        let original = decode_sanitised(&upload, &limits()).unwrap().image;
-        let passed = decode_sanitised(&sent.bytes, &limits()).unwrap().image;
-        assert_eq!(original.as_bytes(), passed.as_bytes());
-        assert_eq!(
-            (sent.source.width, sent.source.height),
-            (original.width(), original.height())
-        );
+        assert_same_pixels(&upload, &sent.bytes);
+        assert_eq!((sent.source.width, sent.source.height), (1000, 750));
     }
 
     #[test]
@@ -201,9 +206,7 @@ mod tests {
         let sent = jpeg_passthrough(&upload, &limits(), Some(2048))
             .unwrap()
             .expect("progressive Huffman JPEGs pass through");
-        let original = decode_sanitised(&upload, &limits()).unwrap().image;
-        let passed = decode_sanitised(&sent.bytes, &limits()).unwrap().image;
-        assert_eq!(original.as_bytes(), passed.as_bytes());
+        assert_same_pixels(&upload, &sent.bytes);
     }
 
     #[test]
@@ -231,9 +234,7 @@ mod tests {
         assert_eq!(&sent.bytes[6..11], b"JFIF\0");
         assert_eq!(&sent.bytes[18..20], &[0, 0]);
         assert!(!sent.bytes.windows(3).any(|w| w == [0xAB, 0xCD, 0xEF]));
-        let original = decode_sanitised(&upload, &limits()).unwrap().image;
-        let passed = decode_sanitised(&sent.bytes, &limits()).unwrap().image;
-        assert_eq!(original.as_bytes(), passed.as_bytes());
+        assert_same_pixels(&upload, &sent.bytes);
     }
 
     #[test]
