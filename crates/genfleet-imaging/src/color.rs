@@ -49,16 +49,7 @@ pub(crate) fn to_srgb(
         DynamicImage::ImageRgba8(_) => Layout::Rgba,
         _ => return Ok(ProfileOutcome::Ignored),
     };
-    let Ok(source) = ColorProfile::new_from_slice(icc) else {
-        return Ok(ProfileOutcome::Ignored);
-    };
-    if source.color_space != DataColorSpace::Rgb {
-        return Ok(ProfileOutcome::Ignored);
-    }
-    let srgb = ColorProfile::new_srgb();
-    let Ok(transform) =
-        source.create_transform_8bit(layout, &srgb, layout, TransformOptions::default())
-    else {
+    let Some(transform) = transform_to_srgb(icc, layout) else {
         return Ok(ProfileOutcome::Ignored);
     };
     let failed = |e: moxcms::CmsError| ImagingError::Internal(format!("colour conversion: {e}"));
@@ -84,19 +75,29 @@ pub(crate) fn to_srgb(
 /// value), so the profile can be dropped without converting anything. A
 /// profile we cannot use counts as sRGB, as [`to_srgb`] ignores it too.
 pub(crate) fn is_srgb_equivalent(icc: &[u8]) -> bool {
-    let Ok(source) = ColorProfile::new_from_slice(icc) else {
-        return true;
-    };
+    transform_to_srgb(icc, Layout::Rgb)
+        .is_none_or(|transform| is_identity(&*transform, Layout::Rgb).unwrap_or(false))
+}
+
+/// The 8-bit transform from an embedded RGB profile to sRGB, or `None` for
+/// a profile we cannot use (unreadable, not RGB, not transformable): those
+/// are ignored and the pixels taken as sRGB.
+fn transform_to_srgb(
+    icc: &[u8],
+    layout: Layout,
+) -> Option<std::sync::Arc<moxcms::Transform8BitExecutor>> {
+    let source = ColorProfile::new_from_slice(icc).ok()?;
     if source.color_space != DataColorSpace::Rgb {
-        return true;
+        return None;
     }
-    let srgb = ColorProfile::new_srgb();
-    let Ok(transform) =
-        source.create_transform_8bit(Layout::Rgb, &srgb, Layout::Rgb, TransformOptions::default())
-    else {
-        return true;
-    };
-    is_identity(&*transform, Layout::Rgb).unwrap_or(false)
+    source
+        .create_transform_8bit(
+            layout,
+            &ColorProfile::new_srgb(),
+            layout,
+            TransformOptions::default(),
+        )
+        .ok()
 }
 
 /// Whether `transform` leaves a 16^3 grid of colours (plus the greys)

@@ -320,22 +320,18 @@ impl Spool {
         // Reserve the whole known length at once: one budget check and one
         // allocation instead of growing by doubling.
         if let Some(expected) = expected {
-            if self.inner.dir.is_none() {
-                receiver.reserve(expected);
-            } else if let Some(permit) = self.take(units_for(expected)) {
-                receiver.reserve(expected);
-                if let State::Memory {
-                    permit: held,
-                    units,
-                    ..
-                } = &mut receiver.state
-                {
-                    *units = units_for(expected);
-                    *held = permit;
+            match self.take(units_for(expected)) {
+                Some(granted) => {
+                    if let State::Memory { buf, permit, units } = &mut receiver.state {
+                        // A lying Content-Length cannot make us allocate more
+                        // than the caller's cap, which it checked first.
+                        buf.reserve(usize::try_from(expected).unwrap_or(0));
+                        *units = units_for(expected);
+                        *permit = granted;
+                    }
                 }
-            } else {
                 // It will not fit: no use filling memory until it runs out.
-                receiver.straight_to_file = true;
+                None => receiver.straight_to_file = true,
             }
         }
         receiver
@@ -403,14 +399,6 @@ enum State {
 }
 
 impl Receiver {
-    fn reserve(&mut self, expected: u64) {
-        if let State::Memory { buf, .. } = &mut self.state {
-            // A lying Content-Length cannot make us allocate more than the
-            // caller's cap, which it checked before calling.
-            buf.reserve(usize::try_from(expected).unwrap_or(0));
-        }
-    }
-
     pub(crate) fn len(&self) -> u64 {
         self.len
     }
