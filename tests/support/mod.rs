@@ -172,13 +172,16 @@ signing_key = "e2e-signing-key"
 [http]
 listen = "127.0.0.1:{port}"
 
+[providers]
+max_wait_seconds = 30
+
 [providers.fal]
 base_url = "{fal}"
 key = "fal-test-key"
 poll_interval_ms = {poll}
 request_timeout_seconds = 10
-max_wait_seconds = 30
 
+[providers.fal.limits]
 # The flaky fake fails every job's first two calls, so ten flaky jobs at
 # once look like an outage of that model; here they test per-job retries,
 # not the breaker (tested in genfleet-providers, also against the fake).

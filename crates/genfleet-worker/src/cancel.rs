@@ -15,37 +15,31 @@
 //! A job that was already settled keeps its result: a cancel cannot undo a
 //! delivered generation or refund a captured charge.
 
-use genfleet_broker::{Incoming, Publisher};
-use genfleet_proto::{v1, ContentType, ErrorCode, ValidJob};
+use genfleet_broker::Incoming;
+use genfleet_proto::{ContentType, ErrorCode};
 use tracing::{info, warn};
 
-use crate::failure::{JobFailure, Stop};
-use crate::lifecycle::{self, Disposition};
+use crate::disposition::{DeadLetter, Disposition, RequeueReason};
+use crate::failure::Stop;
+use crate::job::park;
 use crate::services::Services;
 
 /// Longest cancel reason kept (it reaches the job's result).
 const REASON_CHARS: usize = 200;
 
-/// Handles one delivery of the cancel queue.
-pub async fn handle_request(
-    services: &Services,
-    publisher: &Publisher,
-    incoming: &Incoming,
-) -> Disposition {
+/// Handles one delivery of the cancel queue; the caller settles the
+/// disposition.
+pub(crate) async fn handle_request(services: &Services, incoming: &Incoming) -> Disposition {
     let content_type = ContentType::from_header(incoming.content_type());
     let request = match genfleet_proto::decode_cancel(incoming.body(), &content_type) {
         Ok(request) => request,
         Err(error) => {
             warn!(reason = %error.message, "message is not a valid cancel request; dead-lettering it");
-            return lifecycle::dead_letter(
-                services,
-                publisher,
-                incoming,
-                ErrorCode::InvalidInput,
-                &error.message,
-                None,
-            )
-            .await;
+            return Disposition::DeadLetter(DeadLetter {
+                code: ErrorCode::InvalidInput,
+                reason: error.message,
+                job_id: None,
+            });
         }
     };
     let reason: String = request
@@ -64,10 +58,10 @@ pub async fn handle_request(
         Ok(first) => first,
         Err(e) => {
             warn!(job_id, error = %e, "ledger unavailable while recording a cancel request");
-            return Disposition::Requeue("ledger_unavailable");
+            return Disposition::Requeue(RequeueReason::LedgerUnavailable);
         }
     };
-    let cancelled = match crate::parking::cancel_requests(services, job_id).await {
+    let cancelled = match park::cancel_requests(services, job_id).await {
         Ok(n) => n,
         Err(Stop::Requeue { reason, .. }) => return Disposition::Requeue(reason),
         Err(_) => 0,
@@ -83,40 +77,4 @@ pub async fn handle_request(
         "cancel request recorded"
     );
     Disposition::Ack
-}
-
-/// The result of a job cancelled before it finished.
-pub(crate) fn cancelled_result(services: &Services, job: &ValidJob, reason: &str) -> v1::JobResult {
-    let mut failure = JobFailure::new(ErrorCode::Cancelled, format!("cancelled: {reason}"));
-    failure.retryable = false;
-    lifecycle::failed_result(services, job.job_id(), Some(job.tenant()), &failure)
-}
-
-/// Ends a delivered job that has a cancel request: its provider requests
-/// are stopped, its credits released, its result published.
-pub(crate) async fn finish_cancelled(
-    services: &Services,
-    publisher: &Publisher,
-    incoming: &Incoming,
-    job: &ValidJob,
-    reason: &str,
-) -> Disposition {
-    if let Err(Stop::Requeue { reason, .. }) =
-        crate::parking::cancel_requests(services, job.job_id()).await
-    {
-        return Disposition::Requeue(reason);
-    }
-    let mut result = cancelled_result(services, job, reason);
-    if let Err(stop) =
-        lifecycle::release_with_result(services, publisher, incoming, job, &mut result).await
-    {
-        return stop;
-    }
-    services
-        .metrics
-        .job_errors_total
-        .with_label_values(&[ErrorCode::Cancelled.as_str()])
-        .inc();
-    info!("job cancelled before it finished");
-    lifecycle::publish_result(services, publisher, incoming, &result).await
 }

@@ -7,6 +7,7 @@
 //! "Configuration").
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
@@ -317,9 +318,13 @@ impl Default for HttpSection {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProvidersSection {
+    /// Longest a job waits on its provider chain (calls and retry sleeps)
+    /// when it has no earlier deadline, in seconds. Parked jobs have their
+    /// own bound, `providers.park.max_wait_seconds`.
+    pub max_wait_seconds: u64,
     pub fal: FalSection,
     pub replicate: ReplicateSection,
     pub vertex: VertexSection,
@@ -327,6 +332,21 @@ pub struct ProvidersSection {
     pub kserve: KServeSection,
     pub retry: RetrySection,
     pub park: ParkSection,
+}
+
+impl Default for ProvidersSection {
+    fn default() -> Self {
+        ProvidersSection {
+            max_wait_seconds: 600,
+            fal: FalSection::default(),
+            replicate: ReplicateSection::default(),
+            vertex: VertexSection::default(),
+            openai: OpenAiSection::default(),
+            kserve: KServeSection::default(),
+            retry: RetrySection::default(),
+            park: ParkSection::default(),
+        }
+    }
 }
 
 /// Circuit breaker and limits of one provider on this worker.
@@ -572,79 +592,122 @@ impl Default for ParkSection {
     }
 }
 
+/// fal's queue API. Registered as provider `fal` when enabled (the
+/// default provider of the provider-bound kinds, so on by default).
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FalSection {
+    pub enabled: bool,
     /// fal queue API base URL.
     pub base_url: String,
     /// fal API key (`Authorization: Key ...`). Also read from `FAL_KEY`.
     pub key: Secret,
     /// File holding the key (a mounted secret); wins over `key`.
     pub key_file: Option<PathBuf>,
-    /// Timeout of one HTTP request to fal, in seconds.
+    /// Timeout of one HTTP request, in seconds.
     pub request_timeout_seconds: u64,
     /// Pause between status polls, in milliseconds.
     pub poll_interval_ms: u64,
-    /// Longest a job may wait on fal when it has no deadline, in seconds.
-    pub max_wait_seconds: u64,
-    /// Calls to fal in flight at once from this worker.
-    pub max_concurrent: usize,
-    /// Calls per second from this worker; 0 means no limit. fal's account
-    /// limit is global: divide it by the number of workers.
-    pub rate_per_second: f64,
-    /// Calls allowed back to back before the rate applies.
-    pub burst: u32,
-    /// Consecutive retryable failures of one model that open its circuit
-    /// breaker (calls are then refused without reaching fal).
-    pub breaker_failure_threshold: u32,
-    /// Seconds an open breaker waits before letting one probe call through.
-    pub breaker_open_seconds: u64,
-    /// Default fal model per job kind, when the job names none.
-    pub models: FalModels,
+    pub limits: ProviderLimits,
+    pub models: KindModels,
+    // Earlier releases' flat keys, still read (with a warning) so that
+    // existing configuration files keep their meaning: `max_wait_seconds`
+    // is now `providers.max_wait_seconds`, the others live under
+    // `providers.fal.limits`. Never written back.
+    #[serde(skip_serializing)]
+    max_wait_seconds: Option<u64>,
+    #[serde(skip_serializing)]
+    max_concurrent: Option<usize>,
+    #[serde(skip_serializing)]
+    rate_per_second: Option<f64>,
+    #[serde(skip_serializing)]
+    burst: Option<u32>,
+    #[serde(skip_serializing)]
+    breaker_failure_threshold: Option<u32>,
+    #[serde(skip_serializing)]
+    breaker_open_seconds: Option<u64>,
 }
 
 impl Default for FalSection {
     fn default() -> Self {
         FalSection {
+            enabled: true,
             base_url: "https://queue.fal.run".into(),
             key: Secret::default(),
             key_file: None,
             request_timeout_seconds: 60,
             poll_interval_ms: 500,
-            max_wait_seconds: 600,
-            max_concurrent: 64,
-            rate_per_second: 0.0,
-            burst: 1,
-            breaker_failure_threshold: 5,
-            breaker_open_seconds: 30,
-            models: FalModels::default(),
+            limits: ProviderLimits::default(),
+            models: kind_models(&[
+                ("product_photo", "fal-ai/flux-pro/kontext"),
+                ("background_removal", "fal-ai/birefnet/v2"),
+                ("upscale", "fal-ai/clarity-upscaler"),
+                ("inpaint", "fal-ai/flux-pro/v1/fill"),
+                ("virtual_try_on", "fal-ai/kling/v1-5/kolors-virtual-try-on"),
+                (
+                    "image_to_video",
+                    "fal-ai/kling-video/v2.1/standard/image-to-video",
+                ),
+                ("batch_edit", "fal-ai/flux-pro/kontext"),
+            ]),
+            max_wait_seconds: None,
+            max_concurrent: None,
+            rate_per_second: None,
+            burst: None,
+            breaker_failure_threshold: None,
+            breaker_open_seconds: None,
         }
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct FalModels {
-    pub product_photo: String,
-    pub background_removal: String,
-    pub upscale: String,
-    pub inpaint: String,
-    pub virtual_try_on: String,
-    pub image_to_video: String,
-    pub batch_edit: String,
-}
-
-impl Default for FalModels {
-    fn default() -> Self {
-        FalModels {
-            product_photo: "fal-ai/flux-pro/kontext".into(),
-            background_removal: "fal-ai/birefnet/v2".into(),
-            upscale: "fal-ai/clarity-upscaler".into(),
-            inpaint: "fal-ai/flux-pro/v1/fill".into(),
-            virtual_try_on: "fal-ai/kling/v1-5/kolors-virtual-try-on".into(),
-            image_to_video: "fal-ai/kling-video/v2.1/standard/image-to-video".into(),
-            batch_edit: "fal-ai/flux-pro/kontext".into(),
+impl ProvidersSection {
+    /// Moves the earlier releases' flat `[providers.fal]` keys to where
+    /// they live now; returns the keys moved, for a warning.
+    fn adopt_legacy_fal_keys(&mut self) -> Vec<&'static str> {
+        let fal = &mut self.fal;
+        let limits = &mut fal.limits;
+        let mut moved = Vec::new();
+        if let Some(v) = fal.max_wait_seconds.take() {
+            self.max_wait_seconds = v;
+            moved.push("max_wait_seconds -> providers.max_wait_seconds");
         }
+        if let Some(v) = fal.max_concurrent.take() {
+            limits.max_concurrent = v;
+            moved.push("max_concurrent -> providers.fal.limits.max_concurrent");
+        }
+        if let Some(v) = fal.rate_per_second.take() {
+            limits.rate_per_second = v;
+            moved.push("rate_per_second -> providers.fal.limits.rate_per_second");
+        }
+        if let Some(v) = fal.burst.take() {
+            limits.burst = v;
+            moved.push("burst -> providers.fal.limits.burst");
+        }
+        if let Some(v) = fal.breaker_failure_threshold.take() {
+            limits.breaker_failure_threshold = v;
+            moved.push(
+                "breaker_failure_threshold -> providers.fal.limits.breaker_failure_threshold",
+            );
+        }
+        if let Some(v) = fal.breaker_open_seconds.take() {
+            limits.breaker_open_seconds = v;
+            moved.push("breaker_open_seconds -> providers.fal.limits.breaker_open_seconds");
+        }
+        moved
+    }
+
+    /// Timeout of one HTTP request to provider `name` (its own setting; 60
+    /// seconds for one without, such as `local`).
+    pub fn request_timeout(&self, name: &str) -> Duration {
+        let seconds = match name {
+            "fal" => self.fal.request_timeout_seconds,
+            "replicate" => self.replicate.request_timeout_seconds,
+            "vertex" => self.vertex.request_timeout_seconds,
+            "openai" => self.openai.request_timeout_seconds,
+            "kserve" => self.kserve.request_timeout_seconds,
+            _ => 60,
+        };
+        Duration::from_secs(seconds)
     }
 }
 
@@ -703,6 +766,13 @@ impl Config {
                 }
             }
         };
+        let moved = config.providers.adopt_legacy_fal_keys();
+        if !moved.is_empty() {
+            tracing::warn!(
+                moved = ?moved,
+                "[providers.fal] uses keys of an earlier release; they still apply, but move them"
+            );
+        }
         from_env(&mut config.providers.fal.key, "FAL_KEY");
         from_env(&mut config.providers.replicate.token, "REPLICATE_API_TOKEN");
         from_env(&mut config.providers.openai.api_key, "OPENAI_API_KEY");
@@ -781,7 +851,7 @@ impl Config {
             }
         }
         for kind in &self.providers.park.kinds {
-            if crate::lifecycle::kind_from_label(kind).is_none() {
+            if crate::kinds::kind_from_label(kind).is_none() {
                 return fail(format!(
                     "providers.park.kinds: {kind:?} is not a job kind, expected e.g. image_to_video"
                 ));
@@ -839,13 +909,14 @@ impl Config {
             );
         }
         for (provider, models) in [
+            ("fal", &self.providers.fal.models),
             ("replicate", &self.providers.replicate.models),
             ("vertex", &self.providers.vertex.models),
             ("openai", &self.providers.openai.models),
             ("kserve", &self.providers.kserve.models),
         ] {
             for kind in models.keys() {
-                if crate::lifecycle::kind_from_label(kind).is_none() {
+                if crate::kinds::kind_from_label(kind).is_none() {
                     return fail(format!(
                         "providers.{provider}.models: {kind:?} is not a job kind, expected e.g. product_photo"
                     ));

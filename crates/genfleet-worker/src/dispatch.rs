@@ -20,12 +20,12 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 
-use genfleet_broker::{Incoming, JobClass, Lane};
+use genfleet_broker::{JobClass, Lane};
 use tokio::sync::Notify;
 
 /// A delivery taken from the broker, waiting for a slot. Generic so the
 /// scheduling can be tested without a broker.
-pub(crate) struct Waiting<T = Incoming> {
+pub(crate) struct Waiting<T = crate::job::Delivery> {
     pub item: T,
     pub class: JobClass,
     pub lane: Lane,
@@ -33,7 +33,7 @@ pub(crate) struct Waiting<T = Incoming> {
     pub workspace: Option<String>,
 }
 
-pub(crate) struct Dispatcher<T = Incoming> {
+pub(crate) struct Dispatcher<T = crate::job::Delivery> {
     state: Mutex<State<T>>,
     ready: Notify,
     cap: usize,

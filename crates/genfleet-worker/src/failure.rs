@@ -8,6 +8,8 @@
 
 use genfleet_proto::ErrorCode;
 
+use crate::disposition::RequeueReason;
+
 /// A terminal failure, published as the job's `error`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JobFailure {
@@ -35,9 +37,9 @@ impl JobFailure {
 #[derive(Debug)]
 pub enum Stop {
     Fail(JobFailure),
-    /// Return the delivery to the queue; the reason is for logs and metrics.
+    /// Return the delivery to the queue; `detail` is for the log.
     Requeue {
-        reason: &'static str,
+        reason: RequeueReason,
         detail: String,
     },
     /// The provider is rendering the job: park it in a retry queue for
@@ -51,13 +53,23 @@ impl From<JobFailure> for Stop {
     }
 }
 
+impl Stop {
+    pub(crate) fn requeue(reason: RequeueReason, detail: impl ToString) -> Stop {
+        Stop::Requeue {
+            reason,
+            detail: detail.to_string(),
+        }
+    }
+}
+
 impl From<genfleet_imaging::ImagingError> for JobFailure {
     fn from(error: genfleet_imaging::ImagingError) -> Self {
-        let code = match error.code() {
-            "unsupported_type" => ErrorCode::UnsupportedType,
-            "too_large" => ErrorCode::TooLarge,
-            "invalid_input" => ErrorCode::InvalidInput,
-            _ => ErrorCode::Internal,
+        use genfleet_imaging::ImagingError as E;
+        let code = match &error {
+            E::UnsupportedType { .. } => ErrorCode::UnsupportedType,
+            E::TooLarge(_) => ErrorCode::TooLarge,
+            E::Invalid(_) => ErrorCode::InvalidInput,
+            E::Internal(_) => ErrorCode::Internal,
         };
         JobFailure::new(code, error.to_string())
     }
@@ -73,10 +85,7 @@ impl From<genfleet_storage::StorageError> for Stop {
             E::TooLarge { .. } => {
                 Stop::Fail(JobFailure::new(ErrorCode::TooLarge, error.to_string()))
             }
-            E::Unavailable(_) => Stop::Requeue {
-                reason: "storage_unavailable",
-                detail: error.to_string(),
-            },
+            E::Unavailable(_) => Stop::requeue(RequeueReason::StorageUnavailable, error),
         }
     }
 }
@@ -92,22 +101,36 @@ impl From<genfleet_credits::CreditsError> for Stop {
             E::Invalid(_) => {
                 Stop::Fail(JobFailure::new(ErrorCode::InvalidInput, error.to_string()))
             }
-            E::Unavailable(_) | E::Database(_) => Stop::Requeue {
-                reason: "ledger_unavailable",
-                detail: error.to_string(),
-            },
+            E::Unavailable(_) | E::Database(_) => {
+                Stop::requeue(RequeueReason::LedgerUnavailable, error)
+            }
         }
     }
 }
 
 impl From<genfleet_providers::ProviderError> for JobFailure {
     fn from(error: genfleet_providers::ProviderError) -> Self {
-        let code = ErrorCode::parse(error.code()).unwrap_or(ErrorCode::Internal);
+        let code = provider_error_code(&error);
         JobFailure {
             code,
             message: error.to_string(),
             retryable: error.is_retryable(),
         }
+    }
+}
+
+/// The result code of a provider's error. Bad credentials share
+/// `provider_unavailable` with outages: to the customer the provider could
+/// not serve the job; operators get their own attempt outcome.
+pub(crate) fn provider_error_code(error: &genfleet_providers::ProviderError) -> ErrorCode {
+    use genfleet_providers::ProviderError as E;
+    match error {
+        E::Rejected { .. } => ErrorCode::ProviderRejected,
+        E::Unavailable { .. } | E::Unauthorized { .. } | E::Malformed { .. } => {
+            ErrorCode::ProviderUnavailable
+        }
+        E::DeadlineExceeded => ErrorCode::DeadlineExceeded,
+        E::Unsupported { .. } => ErrorCode::InvalidInput,
     }
 }
 
@@ -118,10 +141,7 @@ impl From<genfleet_providers::ProviderError> for JobFailure {
 pub(crate) fn scan_stop(error: genfleet_scan::ScanError, index: usize) -> Stop {
     use genfleet_scan::ScanError as E;
     match error {
-        E::Unavailable(_) => Stop::Requeue {
-            reason: "scanner_unavailable",
-            detail: error.to_string(),
-        },
+        E::Unavailable(_) => Stop::requeue(RequeueReason::ScannerUnavailable, error),
         E::LimitExceeded(_) => Stop::Fail(JobFailure::new(
             ErrorCode::TooLarge,
             format!("inputs[{index}]: {error}"),
@@ -139,4 +159,51 @@ pub(crate) fn malware_found(signature: &str, index: usize) -> JobFailure {
         ErrorCode::Malware,
         format!("inputs[{index}]: malware found by the scanner: {signature}"),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use genfleet_providers::ProviderError;
+
+    /// The worker's typed mapping must agree with the code each crate
+    /// states for its own errors (they share the contract's names).
+    #[test]
+    fn typed_codes_agree_with_the_crates_own_codes() {
+        let provider_errors = [
+            ProviderError::Rejected {
+                message: "nsfw".into(),
+            },
+            ProviderError::Unavailable {
+                message: "503".into(),
+                retry_after: None,
+            },
+            ProviderError::Unauthorized {
+                message: "401".into(),
+            },
+            ProviderError::Malformed {
+                message: "{".into(),
+            },
+            ProviderError::DeadlineExceeded,
+            ProviderError::Unsupported {
+                message: "mask".into(),
+            },
+        ];
+        for error in &provider_errors {
+            assert_eq!(provider_error_code(error).as_str(), error.code(), "{error}");
+        }
+        use genfleet_imaging::ImagingError;
+        let imaging_errors = [
+            ImagingError::UnsupportedType {
+                found: "svg".into(),
+            },
+            ImagingError::TooLarge("big".into()),
+            ImagingError::Invalid("bad".into()),
+            ImagingError::Internal("bug".into()),
+        ];
+        for error in imaging_errors {
+            let code = error.code();
+            assert_eq!(JobFailure::from(error).code.as_str(), code);
+        }
+    }
 }

@@ -5,18 +5,21 @@
 //! Architecture invariant: this is the only crate that knows all the others;
 //! contract types are converted to domain calls here, once, and nowhere
 //! else.
+#![forbid(unsafe_code)]
 
 pub mod batch;
-pub mod cancel;
+mod cancel;
 pub mod config;
 pub mod cpu;
+mod delivery;
 mod dispatch;
+pub mod disposition;
 mod failure;
 pub mod http;
-pub mod lifecycle;
+mod job;
+pub mod kinds;
 mod local_provider;
 pub mod metrics;
-mod parking;
 pub mod pipeline;
 pub mod runner;
 pub mod services;
@@ -27,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::{Config, Secret};
 pub use failure::JobFailure;
-pub use lifecycle::{default_class, default_provider, lane_of};
+pub use kinds::{default_class, default_provider, lane_of};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {

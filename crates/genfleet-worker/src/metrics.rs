@@ -35,6 +35,7 @@ pub struct Metrics {
     pub dead_letters_total: IntCounterVec,
     /// Deliveries handed back to the queue (infrastructure failure, panic).
     pub requeues_total: IntCounterVec,
+    pub deliveries_total: IntCounterVec,
     /// Parks of long renders (first submit and every look that found the
     /// provider still rendering), by provider.
     pub jobs_parked_total: IntCounterVec,
@@ -152,6 +153,11 @@ impl Metrics {
                 "genfleet_requeues_total",
                 "Deliveries returned to their queue for another attempt, by reason",
                 &["reason"],
+            ),
+            deliveries_total: counter(
+                "genfleet_deliveries_total",
+                "Deliveries settled with the broker, by disposition (ack, requeue, park, move_down, dead_letter, redeliver, channel_lost)",
+                &["disposition"],
             ),
             jobs_parked_total: counter(
                 "genfleet_jobs_parked_total",

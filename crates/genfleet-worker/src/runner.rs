@@ -10,16 +10,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use genfleet_broker::{Broker, Incoming, JobClass, Lane, Publisher, Topology};
-use genfleet_proto::ContentType;
+use genfleet_broker::{Broker, JobClass, Lane, Publisher, Topology};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
+use crate::delivery::{self, Source};
 use crate::dispatch::{Dispatcher, Waiting};
-use crate::lifecycle::{self, Disposition};
+use crate::disposition::{Disposition, RedeliverReason};
+use crate::job::{self, Delivery};
 use crate::services::Services;
 use crate::WorkerError;
 
@@ -158,14 +159,20 @@ async fn session(
                     }
                     next = consumer.next() => match next {
                         Some(Ok(incoming)) => {
+                            let delivery = Delivery::new(incoming, class, lane);
                             let waiting = Waiting {
-                                workspace: workspace_of(&incoming),
-                                item: incoming,
+                                workspace: job::decode::workspace_of(&delivery.decoded),
+                                item: delivery,
                                 class,
                                 lane,
                             };
                             if let Err((waiting, below)) = dispatcher.admit(waiting) {
-                                jobs.spawn(move_down(services.clone(), publisher.clone(), waiting, below));
+                                let services = services.clone();
+                                let publisher = publisher.clone();
+                                jobs.spawn(async move {
+                                    let source = Source::Job { class: waiting.class, lane: waiting.lane };
+                                    delivery::settle(&services, &publisher, &waiting.item.incoming, source, Disposition::MoveDown(below)).await;
+                                });
                             }
                             services.metrics.jobs_waiting.set(gauge_value(dispatcher.waiting_len()));
                         }
@@ -192,19 +199,8 @@ async fn session(
                     }
                     next = cancels.next() => match next {
                         Some(Ok(incoming)) => {
-                            let disposition =
-                                crate::cancel::handle_request(&services, &publisher, &incoming).await;
-                            let settled = match disposition {
-                                Disposition::Ack | Disposition::Park(_) => incoming.ack().await,
-                                Disposition::Requeue(_) => {
-                                    // The ledger is down: pause, then hand it back.
-                                    tokio::time::sleep(Duration::from_secs(1)).await;
-                                    incoming.nack(true).await
-                                }
-                            };
-                            if let Err(e) = settled {
-                                warn!(error = %e, "ack of a cancel request failed; it comes back");
-                            }
+                            let disposition = crate::cancel::handle_request(&services, &incoming).await;
+                            delivery::settle(&services, &publisher, &incoming, Source::CancelRequest, disposition).await;
                         }
                         Some(Err(e)) => break Err(WorkerError::from(e)),
                         None => break Err(WorkerError::Broker("cancel consumer stream ended".into())),
@@ -283,8 +279,24 @@ async fn session(
     }
     // Deliveries that never got a slot go straight back to their queues for
     // another worker (on a dead connection the broker has them back already).
+    let never_started = if outcome.is_err() {
+        Disposition::ChannelLost
+    } else {
+        Disposition::Redeliver(RedeliverReason::NeverStarted)
+    };
     for waiting in dispatcher.take_all_waiting() {
-        let _ = waiting.item.nack(true).await;
+        let source = Source::Job {
+            class: waiting.class,
+            lane: waiting.lane,
+        };
+        delivery::settle(
+            services,
+            &publisher,
+            &waiting.item.incoming,
+            source,
+            never_started.clone(),
+        )
+        .await;
     }
     services.metrics.jobs_waiting.set(0);
     if outcome.is_ok() && shutdown.is_cancelled() {
@@ -307,60 +319,9 @@ fn gauge_value(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-/// `org/workspace` of a job message, for fairness; `None` when the message
-/// does not decode or names no valid tenant (it is rejected when it runs).
-fn workspace_of(incoming: &Incoming) -> Option<String> {
-    let content_type = ContentType::from_header(incoming.content_type());
-    let job = genfleet_proto::decode_job(incoming.body(), &content_type).ok()?;
-    let tenant = job.tenant?;
-    (genfleet_proto::is_valid_tenant_id(&tenant.org)
-        && genfleet_proto::is_valid_tenant_id(&tenant.workspace))
-    .then(|| format!("{}/{}", tenant.org, tenant.workspace))
-}
-
-/// Republishes a delivery one lane down (confirmed), then acks it. If the
-/// publish is not confirmed the delivery goes back to its queue instead.
-async fn move_down(
-    services: Arc<Services>,
-    publisher: Arc<Publisher>,
-    waiting: Waiting,
-    below: Lane,
-) {
-    let key = waiting.class.lane_routing_key(below);
-    let moved = publisher
-        .forward(
-            genfleet_broker::JOBS_EXCHANGE,
-            &key,
-            &waiting.item,
-            &[(HEADER_MOVED_FROM, waiting.lane.label().to_string())],
-        )
-        .await;
-    match moved {
-        Ok(()) => {
-            services
-                .metrics
-                .jobs_demoted_total
-                .with_label_values(&[waiting.class.routing_key(), waiting.lane.label()])
-                .inc();
-            if let Err(e) = waiting.item.ack().await {
-                // The copy is queued; the original comes back too and runs
-                // as a duplicate, which job_id idempotency absorbs.
-                warn!(error = %e, "ack after moving a job down a lane failed");
-            }
-        }
-        Err(e) => {
-            warn!(error = %e, "moving a job down a lane was not confirmed; returning it to its queue");
-            let _ = waiting.item.nack(true).await;
-        }
-    }
-}
-
 /// Cancel requests handled at once by one worker; each is a couple of
 /// ledger queries and maybe one provider call.
 const CANCEL_PREFETCH: u16 = 4;
-
-/// Header on a job moved down a lane: the lane it left.
-const HEADER_MOVED_FROM: &str = "x-genfleet-moved-from";
 
 /// Runs one delivery in its own task so that a panic in the job is caught
 /// here: the delivery is handed back to the queue (the quorum queue's
@@ -368,136 +329,46 @@ const HEADER_MOVED_FROM: &str = "x-genfleet-moved-from";
 async fn run_delivery(
     services: Arc<Services>,
     publisher: Arc<Publisher>,
-    incoming: Incoming,
+    delivery: Delivery,
     connection_lost: CancellationToken,
 ) {
-    let incoming = Arc::new(incoming);
-    let mut job = {
+    let delivery = Arc::new(delivery);
+    let mut run = {
         let services = services.clone();
         let publisher = publisher.clone();
-        let incoming = incoming.clone();
-        tokio::spawn(async move { lifecycle::handle(&services, &publisher, &incoming).await })
+        let delivery = delivery.clone();
+        tokio::spawn(async move { job::handle(&services, &publisher, &delivery).await })
     };
-    let joined = tokio::select! {
-        joined = &mut job => joined,
+    let disposition = tokio::select! {
+        joined = &mut run => match joined {
+            Ok(disposition) => disposition,
+            Err(e) => {
+                // Counted as a start that crashed (the ledger's attempts), and
+                // by the broker as a failed delivery, unlike a requeue.
+                error!(error = %e, "job task panicked; returning the delivery to its queue");
+                Disposition::Redeliver(RedeliverReason::Panic)
+            }
+        },
         () = connection_lost.cancelled() => {
             // The delivery's channel is gone, so this run can never ack: the
             // broker redelivers the job to a live session, which resumes from
             // the ledger (hold, outcome, provider submission). Running on
             // would only race that run. Every step is cancel safe (one
             // transaction per ledger call, atomic object writes).
-            job.abort();
-            info!("broker connection lost; stopping a job the broker will redeliver");
-            return;
+            run.abort();
+            Disposition::ChannelLost
         }
     };
-    let disposition = match joined {
-        Ok(d) => d,
-        Err(e) => {
-            error!(error = %e, "job task panicked; returning the delivery to its queue");
-            services
-                .metrics
-                .requeues_total
-                .with_label_values(&["panic"])
-                .inc();
-            // Counted as a start that crashed (the ledger's attempts), and by
-            // the broker as a failed delivery, unlike a requeue below.
-            if let Err(e) = incoming.nack(true).await {
-                warn!(error = %e, "nack failed; the broker will redeliver the job");
-            }
-            return;
-        }
+    let source = Source::Job {
+        class: delivery.class,
+        lane: delivery.lane,
     };
-    let settled = match disposition {
-        Disposition::Ack => incoming.ack().await,
-        Disposition::Requeue(_) => requeue_later(&services, &publisher, &incoming).await,
-        Disposition::Park(delay) => park(&publisher, &incoming, delay).await,
-    };
-    if let Err(e) = settled {
-        warn!(error = %e, "ack/nack failed; the broker will redeliver the job");
-    }
-}
-
-/// Parks a job whose provider is rendering: the same message goes to the
-/// retry queue of `delay` (it returns to its own queue and lane after it),
-/// counted in [`genfleet_broker::HEADER_PARKS`], then the delivery is
-/// acked. If the publish is not confirmed the delivery goes back to its
-/// queue instead, and the next worker finds the recorded request.
-async fn park(
-    publisher: &Publisher,
-    incoming: &Incoming,
-    delay: Duration,
-) -> Result<(), genfleet_broker::BrokerError> {
-    let parked_at = incoming.parked_at().unwrap_or_else(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs())
-    });
-    let forwarded = publisher
-        .forward(
-            genfleet_broker::RETRY_EXCHANGE,
-            incoming.routing_key(),
-            incoming,
-            &[
-                (genfleet_broker::HEADER_DELAY, Topology::delay_label(delay)),
-                (
-                    genfleet_broker::HEADER_PARKS,
-                    incoming.parks().saturating_add(1).to_string(),
-                ),
-                (genfleet_broker::HEADER_PARKED_AT, parked_at.to_string()),
-            ],
-        )
-        .await;
-    match forwarded {
-        Ok(()) => incoming.ack().await,
-        Err(e) => {
-            warn!(error = %e, "parking publish not confirmed; returning the job to its queue");
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            incoming.nack(true).await
-        }
-    }
-}
-
-/// Our infrastructure failed (ledger, store, broker), not the job: send it
-/// through a retry queue, so it comes back after a pause without counting
-/// as a failed delivery towards the poison limit. Only if that publish is
-/// not confirmed does the delivery go back to its queue directly.
-async fn requeue_later(
-    services: &Services,
-    publisher: &Publisher,
-    incoming: &Incoming,
-) -> Result<(), genfleet_broker::BrokerError> {
-    let requeues = usize::try_from(incoming.requeues()).unwrap_or(usize::MAX);
-    let delays = &services.config.broker.requeue_delays_seconds;
-    let delay = delays.get(requeues).or(delays.last()).copied().unwrap_or(5);
-    let forwarded = publisher
-        .forward(
-            genfleet_broker::RETRY_EXCHANGE,
-            incoming.routing_key(),
-            incoming,
-            &[
-                (
-                    genfleet_broker::HEADER_DELAY,
-                    Topology::delay_label(Duration::from_secs(delay)),
-                ),
-                (genfleet_broker::HEADER_REQUEUES, (requeues + 1).to_string()),
-            ],
-        )
-        .await;
-    match forwarded {
-        Ok(()) => {
-            info!(
-                retry_in_s = delay,
-                requeues = requeues + 1,
-                "job sent to a retry queue"
-            );
-            incoming.ack().await
-        }
-        Err(e) => {
-            warn!(error = %e, "retry queue publish not confirmed; returning the job to its queue");
-            // A short pause so an outage does not become a hot redelivery loop.
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            incoming.nack(true).await
-        }
-    }
+    delivery::settle(
+        &services,
+        &publisher,
+        &delivery.incoming,
+        source,
+        disposition,
+    )
+    .await;
 }

@@ -100,30 +100,7 @@ impl Services {
 
         let spool = open_spool(&config.worker)?;
         let http = reqwest_client()?;
-        let fal = FalProvider::new(
-            FalConfig {
-                base_url: url::Url::parse(&config.providers.fal.base_url)
-                    .map_err(|e| WorkerError::Startup(format!("providers.fal.base_url: {e}")))?,
-                key: config.providers.fal.key.expose().to_string(),
-                request_timeout: Duration::from_secs(config.providers.fal.request_timeout_seconds),
-                poll_interval: Duration::from_millis(config.providers.fal.poll_interval_ms),
-                max_output_bytes: config.limits.max_output_bytes,
-            },
-            http.clone(),
-        )
-        .with_submission_log(Arc::new(LedgerSubmissions(ledger.clone())))
-        .with_spool(spool.clone());
         let mut providers: HashMap<String, Arc<dyn Provider>> = HashMap::new();
-        let fal_section = &config.providers.fal;
-        // Breaker per model, limits per provider account.
-        let fal_limits = crate::config::ProviderLimits {
-            max_concurrent: fal_section.max_concurrent,
-            rate_per_second: fal_section.rate_per_second,
-            burst: fal_section.burst,
-            breaker_failure_threshold: fal_section.breaker_failure_threshold,
-            breaker_open_seconds: fal_section.breaker_open_seconds,
-        };
-        providers.insert("fal".into(), guarded(fal, &fal_limits, &metrics));
         let mut default_models = HashMap::new();
         add_remote_providers(
             &config,
@@ -235,8 +212,6 @@ fn guarded<P: Provider + 'static>(
     guarded
 }
 
-/// Registers every enabled remote provider besides fal, with its default
-/// models per job kind.
 /// This process's spool: its own subfolder of `worker.spool_dir`, after
 /// removing the subfolders of processes that died without cleaning up
 /// (a kill -9 leaves its spool files behind).
@@ -289,6 +264,8 @@ fn remove_stale_spools(base: &std::path::Path) {
     }
 }
 
+/// Registers every enabled remote provider, each with its own limits and
+/// default models per job kind.
 fn add_remote_providers(
     config: &Config,
     http: &reqwest::Client,
@@ -307,11 +284,32 @@ fn add_remote_providers(
         let by_kind = models
             .iter()
             .filter_map(|(kind, model)| {
-                crate::lifecycle::kind_from_label(kind).map(|kind| (kind, model.clone()))
+                crate::kinds::kind_from_label(kind).map(|kind| (kind, model.clone()))
             })
             .collect();
         default_models.insert(name.to_string(), by_kind);
     };
+
+    let section = &config.providers.fal;
+    if section.enabled {
+        let fal = FalProvider::new(
+            FalConfig {
+                base_url: url("providers.fal.base_url", &section.base_url)?,
+                key: section.key.expose().to_string(),
+                request_timeout: Duration::from_secs(section.request_timeout_seconds),
+                poll_interval: Duration::from_millis(section.poll_interval_ms),
+                max_output_bytes,
+            },
+            http.clone(),
+        )
+        .with_submission_log(Arc::new(LedgerSubmissions(ledger.clone())))
+        .with_spool(spool.clone());
+        add(
+            "fal",
+            guarded(fal, &section.limits, metrics),
+            &section.models,
+        );
+    }
 
     let section = &config.providers.replicate;
     if section.enabled {
