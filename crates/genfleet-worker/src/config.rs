@@ -1013,6 +1013,59 @@ mod tests {
     }
 
     #[test]
+    fn fal_is_configured_like_every_provider_and_old_flat_keys_still_apply() {
+        let dir = std::env::temp_dir().join(format!("genfleet-config-fal-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let current = dir.join("current.toml");
+        std::fs::write(
+            &current,
+            "[providers]\nmax_wait_seconds = 90\n[providers.fal.limits]\nmax_concurrent = 7\n\
+             [providers.fal.models]\nupscale = \"fal-ai/esrgan\"\n",
+        )
+        .unwrap();
+        let config = Config::load(Some(&current)).unwrap();
+        assert_eq!(config.providers.max_wait_seconds, 90);
+        assert_eq!(config.providers.fal.limits.max_concurrent, 7);
+        assert_eq!(config.providers.fal.models["upscale"], "fal-ai/esrgan");
+        // The other kinds keep their defaults.
+        assert_eq!(
+            config.providers.fal.models["inpaint"],
+            "fal-ai/flux-pro/v1/fill"
+        );
+        assert!(config.providers.fal.enabled);
+        assert_eq!(
+            config.providers.request_timeout("fal"),
+            Duration::from_secs(60)
+        );
+        assert_eq!(
+            config.providers.request_timeout("vertex"),
+            Duration::from_secs(120)
+        );
+
+        let legacy = dir.join("legacy.toml");
+        std::fs::write(
+            &legacy,
+            "[providers.fal]\nmax_wait_seconds = 30\nmax_concurrent = 9\nrate_per_second = 2.5\n\
+             burst = 3\nbreaker_failure_threshold = 1000\nbreaker_open_seconds = 7\n",
+        )
+        .unwrap();
+        let config = Config::load(Some(&legacy)).unwrap();
+        assert_eq!(config.providers.max_wait_seconds, 30);
+        let limits = &config.providers.fal.limits;
+        assert_eq!(limits.max_concurrent, 9);
+        assert_eq!(limits.rate_per_second, 2.5);
+        assert_eq!(limits.burst, 3);
+        assert_eq!(limits.breaker_failure_threshold, 1000);
+        assert_eq!(limits.breaker_open_seconds, 7);
+
+        let bad_kind = dir.join("bad_kind.toml");
+        std::fs::write(&bad_kind, "[providers.fal.models]\nvideo = \"x\"\n").unwrap();
+        let err = Config::load(Some(&bad_kind)).unwrap_err().to_string();
+        assert!(err.contains("providers.fal.models"), "{err}");
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
     fn file_and_errors_name_the_key() {
         let dir = std::env::temp_dir().join(format!("genfleet-config-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
