@@ -3,6 +3,7 @@
 //!
 //! Only this crate knows lapin. It deals in bytes and header strings: it does
 //! not know the contract's message types, which the worker encodes.
+#![forbid(unsafe_code)]
 
 mod consumer;
 mod dlq;

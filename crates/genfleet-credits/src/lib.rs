@@ -24,6 +24,7 @@
 //! Every method is a single transaction, so dropping its future (cancel) at
 //! any `.await` leaves the ledger as it was before the call or as after it,
 //! never in between.
+#![forbid(unsafe_code)]
 
 mod error;
 mod ledger;

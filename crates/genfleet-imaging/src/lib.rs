@@ -14,6 +14,7 @@
 //! Metadata (EXIF, GPS, ICC, XMP, trailing polyglot payloads) never survives:
 //! outputs are encoded from decoded pixels only, so nothing from the input
 //! container is copied across.
+#![forbid(unsafe_code)]
 
 mod color;
 mod decode;

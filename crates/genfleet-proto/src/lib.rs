@@ -5,6 +5,7 @@
 //! This crate knows the shape of messages and nothing of brokers, databases
 //! or images. Conversions from contract types to domain calls happen once, in
 //! the worker.
+#![forbid(unsafe_code)]
 
 mod codec;
 mod ids;

@@ -28,6 +28,7 @@
 //! `fake_openai` and `fake_kserve` serve real loopback HTTP servers shaped
 //! like each provider's API, including its failure modes, for this crate's
 //! and the workspace's tests.
+#![forbid(unsafe_code)]
 
 mod error;
 mod fal;

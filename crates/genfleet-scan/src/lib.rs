@@ -10,6 +10,7 @@
 //! Architecture invariant: this crate knows bytes and clamd, not images,
 //! jobs or the contract. It never decodes what it scans, and it never logs
 //! or returns the bytes.
+#![forbid(unsafe_code)]
 
 mod clamd;
 mod error;

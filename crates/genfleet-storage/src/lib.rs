@@ -9,6 +9,7 @@
 //! The store is an `object_store::ObjectStore`; today the local filesystem
 //! backend (tests, `genfleet batch`, single-node installs). S3/GCS/Azure are
 //! the same trait with another constructor.
+#![forbid(unsafe_code)]
 
 mod signing;
 
