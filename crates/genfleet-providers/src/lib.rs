@@ -15,14 +15,19 @@
 //! concurrency limit and a per-process rate limit per provider, and is
 //! itself a [`Provider`].
 //!
-//! Clients: [`FalProvider`] (fal's queue API), [`ReplicateProvider`]
-//! (Replicate predictions, `Prefer: wait`), [`VertexProvider`] (Imagen
-//! predict, virtual try-on, Gemini image generation; OAuth tokens from a
-//! [`TokenSource`]), [`OpenAiProvider`] (OpenAI-compatible image generations
-//! and masked edits) and [`KServeProvider`] (Open Inference Protocol / KServe
-//! v2, Triton: the GPU pool's own models). fal and Replicate are also
-//! [`Resumable`]: the worker parks long renders on them and cancels their
-//! requests.
+//! Clients, one folder each (`fal/`, `replicate/`, `vertex/`, `openai/`,
+//! `kserve/`: the client, its fake and its tests): [`FalProvider`] (fal's
+//! queue API), [`ReplicateProvider`] (Replicate predictions, `Prefer:
+//! wait`), [`VertexProvider`] (Imagen predict, virtual try-on, Gemini image
+//! generation; OAuth tokens from a [`TokenSource`]), [`OpenAiProvider`]
+//! (OpenAI-compatible image generations and masked edits) and
+//! [`KServeProvider`] (Open Inference Protocol / KServe v2, Triton: the GPU
+//! pool's own models). Each has a `Config` with the knobs they share where
+//! they apply (`base_url`, a credential, `request_timeout`, `poll_interval`
+//! for those that poll, `max_output_bytes`). The queue-style ones, fal and
+//! Replicate, are also [`Resumable`]: the worker parks long renders on them
+//! and cancels their requests, and a [`SubmissionLog`] lets a redelivered
+//! job resume its request (see `resume`, which both share).
 //!
 //! With the `fake` feature, `fake_fal`, `fake_replicate`, `fake_vertex`,
 //! `fake_openai` and `fake_kserve` serve real loopback HTTP servers shaped
@@ -31,44 +36,35 @@
 #![forbid(unsafe_code)]
 
 mod error;
-mod fal;
 mod guard;
 mod http;
-mod kserve;
-mod kserve_tensor;
-mod openai;
-mod replicate;
+mod resume;
 mod retry;
 mod spool;
+
+mod fal;
+mod kserve;
+mod openai;
+mod replicate;
 mod vertex;
-mod vertex_auth;
 
 #[cfg(any(test, feature = "fake"))]
-pub mod fake_fal;
-#[cfg(any(test, feature = "fake"))]
-pub mod fake_kserve;
-#[cfg(any(test, feature = "fake"))]
-pub mod fake_openai;
-#[cfg(any(test, feature = "fake"))]
-pub mod fake_replicate;
-#[cfg(any(test, feature = "fake"))]
-pub mod fake_vertex;
-#[cfg(test)]
-mod fal_resume_tests;
-#[cfg(test)]
-mod fal_tests;
-#[cfg(test)]
-mod guard_tests;
-#[cfg(test)]
-mod kserve_tests;
-#[cfg(test)]
-mod openai_tests;
-#[cfg(test)]
-mod replicate_tests;
+mod fake_media;
 #[cfg(test)]
 mod scripted;
-#[cfg(test)]
-mod vertex_tests;
+
+// The fakes' public paths from before the providers had folders, which the
+// workspace's tests and benches use.
+#[cfg(any(test, feature = "fake"))]
+pub use fal::fake as fake_fal;
+#[cfg(any(test, feature = "fake"))]
+pub use kserve::fake as fake_kserve;
+#[cfg(any(test, feature = "fake"))]
+pub use openai::fake as fake_openai;
+#[cfg(any(test, feature = "fake"))]
+pub use replicate::fake as fake_replicate;
+#[cfg(any(test, feature = "fake"))]
+pub use vertex::fake as fake_vertex;
 
 use std::fmt;
 
@@ -78,10 +74,10 @@ pub use guard::{BreakerState, GuardConfig, GuardSnapshot, Guarded};
 pub use kserve::{Contract, KServeConfig, KServeProvider, ModelMetadata, TensorMetadata};
 pub use openai::{OpenAiConfig, OpenAiProvider};
 pub use replicate::{ReplicateConfig, ReplicateProvider};
+pub use resume::{Checked, Resumable, SubmissionLog};
 pub use retry::{call_with_retries, generate_with_retries, parse_retry_after, RetryPolicy};
 pub use spool::{Blob, Spool, DOWNLOADS_AT_ONCE};
-pub use vertex::{VertexConfig, VertexProvider};
-pub use vertex_auth::TokenSource;
+pub use vertex::{TokenSource, VertexConfig, VertexProvider};
 
 /// What a job asks the provider to produce.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -149,7 +145,9 @@ impl fmt::Debug for InputImage {
 pub struct GenerationRequest {
     pub job_id: String,
     pub kind: JobKind,
-    /// Provider model path, for fal `owner/app[/path]` such as `fal-ai/flux/dev`.
+    /// The provider's model name, in its own form: `owner/app[/path]` on fal
+    /// (`fal-ai/flux/dev`), `owner/name[:version]` on Replicate, a bare model
+    /// id on Vertex, OpenAI and KServe (`imagen-4.0-generate-001`).
     pub model: String,
     pub prompt: String,
     /// Sent only when non-empty.
@@ -239,74 +237,6 @@ pub struct GenerationOutput {
 }
 
 /// One AI provider.
-/// Remembers which provider request a job's generation is waiting on, so a
-/// job redelivered after its worker died resumes that request instead of
-/// submitting (and paying for) it again. A record lives while some worker
-/// waits on the request or died waiting: a provider forgets it when it
-/// returns an error (the next attempt must submit anew).
-///
-/// `submission` is the provider's own opaque resume data (for fal: the
-/// request id and its status/result/cancel URLs). Errors are strings because
-/// a failing log only costs idempotency, never the job: providers log them
-/// and go on.
-#[async_trait::async_trait]
-pub trait SubmissionLog: Send + Sync {
-    async fn recall(&self, job_id: &str, provider: &str) -> Result<Option<String>, String>;
-    async fn remember(&self, job_id: &str, provider: &str, submission: &str) -> Result<(), String>;
-    async fn forget(&self, job_id: &str, provider: &str) -> Result<(), String>;
-}
-
-/// What one look at a submitted request found.
-#[derive(Debug)]
-pub enum Checked {
-    /// Queued or rendering at the provider: look again later.
-    Running,
-    /// Finished; its outputs are already copied out of the provider.
-    Done(GenerationOutput),
-}
-
-/// A provider whose requests live on its side between calls (a queue API),
-/// so a long render need not hold a worker: the worker submits, parks the
-/// job in a delay queue, and any worker later checks on the request.
-///
-/// A submission record is the provider's own resume data (JSON: request id
-/// and the URLs to poll and cancel it), opaque to callers, who store it with
-/// the job. It never holds a key. Every method makes at most one exchange
-/// per step and never sleeps: waiting is the caller's business.
-#[async_trait::async_trait]
-pub trait Resumable: Send + Sync {
-    /// Submits `request` and returns its submission record.
-    ///
-    /// # Errors
-    ///
-    /// As [`Provider::generate`]; nothing was submitted unless the error is
-    /// a transport failure after sending (the provider may then run it
-    /// anyway, which is why callers store the record before anything else).
-    async fn submit(&self, request: &GenerationRequest) -> Result<String, ProviderError>;
-
-    /// Looks once at the request `submission` names; when it has finished,
-    /// copies its outputs.
-    ///
-    /// # Errors
-    ///
-    /// A retryable error: the look failed, the request may still be fine.
-    /// A permanent one: the request failed, was rejected (safety), or is
-    /// unknown to the provider; it will not finish.
-    async fn check(
-        &self,
-        request: &GenerationRequest,
-        submission: &str,
-    ) -> Result<Checked, ProviderError>;
-
-    /// Asks the provider to stop the request, so it is not rendered and
-    /// billed for nothing.
-    ///
-    /// # Errors
-    ///
-    /// When the provider could not be told; the request may then still run.
-    async fn cancel(&self, submission: &str) -> Result<(), ProviderError>;
-}
-
 #[async_trait::async_trait]
 pub trait Provider: Send + Sync {
     /// Stable, low-cardinality name used in logs and metric labels.
@@ -328,8 +258,8 @@ pub trait Provider: Send + Sync {
         request: &GenerationRequest,
     ) -> Result<GenerationOutput, ProviderError>;
 
-    /// The queue-style face of this provider, when it has one (fal,
-    /// Replicate): lets the worker park long renders and cancel requests.
+    /// The queue-style face of this provider, when it has one (fal and
+    /// Replicate do): lets the worker park long renders and cancel requests.
     fn resumable(&self) -> Option<&dyn Resumable> {
         None
     }

@@ -23,8 +23,8 @@ use crate::{GenerationOutput, GenerationRequest, Provider, ProviderError};
 
 /// A malformed answer is worth one more try (a truncated body through a
 /// proxy), but a provider that changed its output shape will keep doing so;
-/// stop after this many malformed answers even if attempts remain. fal has
-/// no idempotency key, so each retry may also be billed.
+/// stop after this many malformed answers even if attempts remain. No
+/// client here sends an idempotency key, so each retry may also be billed.
 const MALFORMED_ANSWER_LIMIT: u32 = 2;
 
 /// How long past the deadline a provider call may run before it is dropped.

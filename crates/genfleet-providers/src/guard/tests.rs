@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::fake_fal::FakeFal;
-use crate::guard::MAX_TRACKED_MODELS;
+use super::MAX_TRACKED_MODELS;
+use crate::fal::fake::FakeFal;
 use crate::scripted::{request_for, Scripted};
 use crate::{
     generate_with_retries, BreakerState, FalConfig, FalProvider, GenerationOutput,

@@ -12,9 +12,9 @@ use serde_json::{json, Value};
 use tokio::time::Instant;
 use url::Url;
 
-use crate::fake_fal::gradient_png;
-use crate::fake_vertex::FakeVertex;
-use crate::vertex::{build_body, parse_proto_duration, status_error, Method};
+use super::client::{build_body, parse_proto_duration, status_error, Method};
+use super::fake::FakeVertex;
+use crate::fake_media::gradient_png;
 use crate::{
     generate_with_retries, GenerationRequest, InputImage, InputRole, JobKind, Provider,
     ProviderError, RetryPolicy, TokenSource, VertexConfig, VertexProvider,

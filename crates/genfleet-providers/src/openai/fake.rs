@@ -41,7 +41,7 @@ use serde_json::{json, Value};
 use tokio::sync::oneshot;
 use url::Url;
 
-use crate::fake_fal::gradient_png;
+use crate::fake_media::gradient_png;
 
 /// How long `test/slow` takes to answer.
 pub const SLOW_ANSWER: Duration = Duration::from_secs(3);
@@ -579,20 +579,20 @@ mod tests {
     #[test]
     fn parses_what_the_client_frames() {
         let parts = vec![
-            crate::openai::Part {
+            crate::openai::client::Part {
                 name: "prompt".into(),
-                body: crate::openai::PartBody::Text("line one\r\nline two".into()),
+                body: crate::openai::client::PartBody::Text("line one\r\nline two".into()),
             },
-            crate::openai::Part {
+            crate::openai::client::Part {
                 name: "image".into(),
-                body: crate::openai::PartBody::File {
+                body: crate::openai::client::PartBody::File {
                     filename: "image.png".into(),
                     content_type: "image/png".into(),
                     bytes: bytes::Bytes::from_static(b"\r\n--not-it\r\n"),
                 },
             },
         ];
-        let body = crate::openai::encode_multipart(&parts, "b0undary");
+        let body = crate::openai::client::encode_multipart(&parts, "b0undary");
         let parsed = parse_multipart(&body, "b0undary").unwrap();
         assert_eq!(parsed.len(), 2);
         assert_eq!(parsed[0].name, "prompt");

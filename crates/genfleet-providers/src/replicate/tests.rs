@@ -9,7 +9,8 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
-use crate::fake_replicate::FakeReplicate;
+use super::fake::FakeReplicate;
+use crate::resume::MemoryLog;
 use crate::{
     generate_with_retries, Checked, GenerationRequest, InputImage, InputRole, JobKind, Provider,
     ProviderError, ReplicateConfig, ReplicateProvider, Resumable, RetryPolicy,
@@ -459,7 +460,7 @@ async fn outputs_over_the_size_cap_are_refused() {
 
 #[test]
 fn builds_the_input_per_kind() {
-    use crate::replicate::build_input;
+    use super::client::build_input;
 
     let mut request = request("a/b");
     request.negative_prompt = "blurry".into();
@@ -538,45 +539,6 @@ fn builds_the_input_per_kind() {
     assert_eq!(build_input(&request).unwrap_err().code(), "invalid_input");
 }
 
-/// A [`SubmissionLog`](crate::SubmissionLog) in memory, as the ledger would
-/// keep it.
-#[derive(Default)]
-struct MemoryLog(std::sync::Mutex<std::collections::HashMap<(String, String), String>>);
-
-#[async_trait::async_trait]
-impl crate::SubmissionLog for MemoryLog {
-    async fn recall(&self, job_id: &str, provider: &str) -> Result<Option<String>, String> {
-        let map = self.0.lock().unwrap();
-        Ok(map
-            .get(&(job_id.to_string(), provider.to_string()))
-            .cloned())
-    }
-    async fn remember(&self, job_id: &str, provider: &str, submission: &str) -> Result<(), String> {
-        let mut map = self.0.lock().unwrap();
-        map.insert((job_id.into(), provider.into()), submission.into());
-        Ok(())
-    }
-    async fn forget(&self, job_id: &str, provider: &str) -> Result<(), String> {
-        let mut map = self.0.lock().unwrap();
-        map.remove(&(job_id.to_string(), provider.to_string()));
-        Ok(())
-    }
-}
-
-impl MemoryLog {
-    /// What an earlier attempt of `job-7` would have recorded.
-    fn plant(&self, record: &Value) {
-        let mut map = self.0.lock().unwrap();
-        map.insert(("job-7".into(), "replicate".into()), record.to_string());
-    }
-
-    fn recorded(&self) -> Option<String> {
-        let map = self.0.lock().unwrap();
-        map.get(&("job-7".to_string(), "replicate".to_string()))
-            .cloned()
-    }
-}
-
 fn logged_provider(fake: &FakeReplicate, log: &Arc<MemoryLog>) -> ReplicateProvider {
     provider(fake).with_submission_log(log.clone())
 }
@@ -606,7 +568,7 @@ async fn a_later_attempt_of_the_job_resumes_the_recorded_prediction() {
     )
     .await
     .unwrap();
-    let recorded = log.recorded().unwrap();
+    let recorded = log.recorded("replicate").unwrap();
     assert!(!recorded.contains(TOKEN), "{recorded}");
     assert_eq!(
         serde_json::from_str::<Value>(&recorded).unwrap(),
@@ -640,7 +602,7 @@ async fn a_later_attempt_of_the_job_resumes_the_recorded_prediction() {
 async fn an_unknown_recorded_prediction_is_created_again() {
     let fake = FakeReplicate::start().await.unwrap();
     let log = Arc::new(MemoryLog::default());
-    log.plant(&record(&fake, "gone1"));
+    log.plant("replicate", &record(&fake, "gone1"));
     let output = generate_with_retries(
         &logged_provider(&fake, &log),
         &request("test/ok"),
@@ -661,7 +623,7 @@ async fn a_cancelled_recorded_prediction_is_created_again() {
     let stuck = provider.submit(&request("test/stuck")).await.unwrap();
     provider.cancel(&stuck).await.unwrap();
     let log = Arc::new(MemoryLog::default());
-    log.plant(&serde_json::from_str(&stuck).unwrap());
+    log.plant("replicate", &serde_json::from_str(&stuck).unwrap());
     let output = generate_with_retries(
         &logged_provider(&fake, &log),
         &request("test/ok"),
@@ -679,13 +641,16 @@ async fn a_cancelled_recorded_prediction_is_created_again() {
 async fn a_recorded_prediction_off_the_api_origin_is_ignored() {
     let fake = FakeReplicate::start().await.unwrap();
     let log = Arc::new(MemoryLog::default());
-    log.plant(&json!({
-        "id": "evil",
-        "urls": {
-            "get": "https://attacker.example/v1/predictions/evil",
-            "cancel": "https://attacker.example/v1/predictions/evil/cancel",
-        },
-    }));
+    log.plant(
+        "replicate",
+        &json!({
+            "id": "evil",
+            "urls": {
+                "get": "https://attacker.example/v1/predictions/evil",
+                "cancel": "https://attacker.example/v1/predictions/evil/cancel",
+            },
+        }),
+    );
     let output = generate_with_retries(
         &logged_provider(&fake, &log),
         &request("test/ok"),
@@ -710,7 +675,7 @@ async fn a_failed_attempt_forgets_its_prediction() {
     )
     .await;
     assert!(failed.is_err());
-    assert_eq!(log.recorded(), None);
+    assert_eq!(log.recorded("replicate"), None);
 }
 
 #[tokio::test]

@@ -1,54 +1,5 @@
-//! Replicate's predictions API: create a prediction (holding the request
-//! open with `Prefer: wait` while it runs), poll `urls.get` until it
-//! finishes, copy the output files out of Replicate's short-lived URLs.
-//!
-//! One [`ReplicateProvider::generate`] call is one attempt; it never creates
-//! twice (Replicate has no idempotency key, so a second create may be billed
-//! twice). It rides out a few transient failures while *polling*, because
-//! giving up there would make the caller create a prediction that is still
-//! running. With a [`SubmissionLog`], each prediction is recorded under the
-//! job id as soon as create answers, and a later attempt of the same job
-//! (its worker died) resumes it instead of creating another. The record is
-//! written after create answers, so a worker that dies while create holds
-//! the request open (`Prefer: wait`) leaves nothing to resume: the next
-//! attempt creates again. [`ReplicateConfig::wait_seconds`] = 0 narrows that
-//! window to one round trip.
-//!
-//! The model name picks the endpoint: `owner/name` creates through
-//! `POST /v1/models/{owner}/{name}/predictions` (the model's latest
-//! version), `owner/name:version` through `POST /v1/predictions`.
-//!
-//! The input JSON, per job kind (images as base64 data URIs; then
-//! `request.parameters` merged over it, a parameter winning over a field
-//! built here):
-//!
-//! | kind                | fields                                                                  |
-//! |---------------------|-------------------------------------------------------------------------|
-//! | `ProductPhoto`      | prompt, negative_prompt, seed, num_outputs, aspect_ratio, `image` if any |
-//! | `BatchEdit`         | the same, `image` required                                              |
-//! | `Inpaint`           | the same, `image` and `mask` required                                   |
-//! | `BackgroundRemoval` | `image` only                                                            |
-//! | `Upscale`           | `image` only (`scale` comes from parameters)                            |
-//! | `VirtualTryOn`      | `human_img`, `garm_img` (IDM-VTON's names), prompt, negative_prompt, seed |
-//! | `ImageToVideo`      | `image`, prompt, negative_prompt, seed, aspect_ratio                    |
-//!
-//! prompt, negative_prompt and aspect_ratio are sent only when non-empty.
-//! Utility models (background removal, upscalers) get no generation fields
-//! and try-on/video models no `num_outputs`: their schemas have none, and a
-//! field a model does not declare is at best ignored.
-//!
-//! A prediction's end state is classified here:
-//!
-//! | status      | outcome                                                          |
-//! |-------------|------------------------------------------------------------------|
-//! | `succeeded` | outputs downloaded; none at all is `Malformed`                    |
-//! | `failed`    | `Rejected`: a safety message (NSFW, safety, sensitive) or the model failing on this input; see [`failure`] |
-//! | `canceled`  | `Rejected` ("canceled at the provider")                          |
-//! | `aborted`   | `Unavailable`: stopped before it ran, not billed, worth a retry   |
-//!
-//! The token goes only to URLs on the configured base URL's origin, never
-//! to the file host. Logs carry the provider, prediction id and status codes
-//! only: never the token, prompt, bytes or URLs.
+//! [`ReplicateProvider`]: its configuration, one attempt through the
+//! predictions API and the classification of each answer and end state.
 
 use std::fmt;
 use std::sync::Arc;
@@ -64,18 +15,14 @@ use url::Url;
 use crate::http::{
     self, data_uri, describe_transport, scrub_prompts, truncate, CONTROL_BODY_LIMIT, DETAIL_CHARS,
 };
+use crate::resume::{SubmissionRecord, Submissions, CANCEL_TIMEOUT, STATUS_POLL_FAILURE_LIMIT};
 use crate::{
-    Artifact, Checked, GenerationOutput, GenerationRequest, InputImage, InputRole, JobKind,
-    Provider, ProviderError, Resumable, Spool, SubmissionLog,
+    Artifact, GenerationOutput, GenerationRequest, InputImage, InputRole, JobKind, Provider,
+    ProviderError, Resumable, Spool, SubmissionLog,
 };
 
 /// The name in logs, metric labels and the submission log.
-const PROVIDER: &str = "replicate";
-/// Consecutive failed polls tolerated before the attempt gives up on its
-/// prediction. A blip while polling should not turn into a (billed) create.
-const STATUS_POLL_FAILURE_LIMIT: u32 = 3;
-/// The cancel after a missed deadline is best-effort; don't hold the worker.
-const CANCEL_TIMEOUT: Duration = Duration::from_secs(2);
+pub(super) const PROVIDER: &str = "replicate";
 /// Replicate holds a `Prefer: wait` request at most this long.
 const MAX_WAIT_SECONDS: u32 = 60;
 /// Room beyond the `Prefer: wait` hold for the create exchange itself.
@@ -148,12 +95,12 @@ impl fmt::Debug for ReplicateConfig {
 
 /// A [`Provider`] (and [`Resumable`]) for models hosted on Replicate.
 pub struct ReplicateProvider {
-    config: ReplicateConfig,
-    client: reqwest::Client,
+    pub(super) config: ReplicateConfig,
+    pub(super) client: reqwest::Client,
     /// Built once; an unusable token is reported on every call rather than
     /// panicking at start-up, since `new` cannot fail.
     authorization: Result<HeaderValue, String>,
-    submissions: Option<Arc<dyn SubmissionLog>>,
+    pub(super) submissions: Submissions,
     spool: Spool,
 }
 
@@ -175,7 +122,7 @@ impl ReplicateProvider {
             config,
             client,
             authorization,
-            submissions: None,
+            submissions: Submissions::new(PROVIDER),
             spool: Spool::memory_only(),
         }
     }
@@ -191,7 +138,7 @@ impl ReplicateProvider {
     /// Records predictions in `log` and resumes recorded ones.
     #[must_use]
     pub fn with_submission_log(mut self, log: Arc<dyn SubmissionLog>) -> Self {
-        self.submissions = Some(log);
+        self.submissions.set_log(log);
         self
     }
 }
@@ -207,15 +154,9 @@ impl Provider for ReplicateProvider {
         request: &GenerationRequest,
     ) -> Result<GenerationOutput, ProviderError> {
         let generated = self.generate_once(request).await;
-        if generated.is_err() {
-            // This attempt is over: the next one must not resume it.
-            if let Some(log) = &self.submissions {
-                if let Err(e) = log.forget(&request.job_id, PROVIDER).await {
-                    tracing::warn!(error = %e, "could not forget the replicate prediction");
-                }
-            }
-        }
-        generated
+        self.submissions
+            .forget_on_error(&request.job_id, generated)
+            .await
     }
 
     fn resumable(&self) -> Option<&dyn Resumable> {
@@ -223,71 +164,8 @@ impl Provider for ReplicateProvider {
     }
 }
 
-/// The queue-style face: `submit` creates without `Prefer: wait` and returns
-/// the prediction's record (`{"id", "urls": {"get", "cancel"}}`, never the
-/// token); `check` is one poll; `cancel` one cancel.
-///
-/// A record that is not JSON of that shape, or whose URLs leave the
-/// configured origin, fails as [`ProviderError::Unsupported`]: permanent,
-/// since looking again cannot make it readable.
-#[async_trait::async_trait]
-impl Resumable for ReplicateProvider {
-    #[tracing::instrument(
-        name = "replicate_submit",
-        skip_all,
-        fields(provider = PROVIDER, job_id = %request.job_id, prediction_id = tracing::field::Empty)
-    )]
-    async fn submit(&self, request: &GenerationRequest) -> Result<String, ProviderError> {
-        let authorization = self.authorization()?;
-        let target = self.create_target(&*request.load_inputs().await?)?;
-        let (record, _) = self.create(target, &authorization, request, false).await?;
-        tracing::Span::current().record("prediction_id", record.id.as_str());
-        serde_json::to_string(&record).map_err(|err| ProviderError::Malformed {
-            message: format!("could not encode the prediction record: {err}"),
-        })
-    }
-
-    #[tracing::instrument(
-        name = "replicate_check",
-        skip_all,
-        fields(provider = PROVIDER, job_id = %request.job_id)
-    )]
-    async fn check(
-        &self,
-        request: &GenerationRequest,
-        submission: &str,
-    ) -> Result<Checked, ProviderError> {
-        let authorization = self.authorization()?;
-        let record = self.parse_record(submission)?;
-        let prediction = self.poll(&record, &authorization, request).await?;
-        if !finished(&prediction)? {
-            return Ok(Checked::Running);
-        }
-        let output = self.finish(&record, &prediction, request).await?;
-        Ok(Checked::Done(output))
-    }
-
-    async fn cancel(&self, submission: &str) -> Result<(), ProviderError> {
-        let authorization = self.authorization()?;
-        let record = self.parse_record(submission)?;
-        let url = self.api_url(&record.urls.cancel, "urls.cancel")?;
-        let builder = self.client.post(url).header(AUTHORIZATION, authorization);
-        let response = http::send(builder, self.config.request_timeout, None).await?;
-        let status = response.status();
-        // 404: Replicate no longer knows it (finished long ago, expired):
-        // nothing is running to stop.
-        if status.is_success() || status == StatusCode::NOT_FOUND {
-            tracing::info!(prediction_id = %record.id, status = status.as_u16(), "asked replicate to cancel a prediction");
-            return Ok(());
-        }
-        let headers = response.headers().clone();
-        let body = http::error_body(response).await;
-        Err(status_error("cancel", status, &headers, &body, None))
-    }
-}
-
 /// Where a create goes and what it carries.
-struct CreateTarget {
+pub(super) struct CreateTarget {
     url: Url,
     body: Value,
 }
@@ -295,21 +173,27 @@ struct CreateTarget {
 /// A prediction's resume data, as kept in the submission log or handed to
 /// [`Resumable`] callers. Holds no token.
 #[derive(Debug, Clone, Deserialize, Serialize)]
-struct Record {
-    id: String,
-    urls: RecordUrls,
+pub(super) struct Record {
+    pub(super) id: String,
+    pub(super) urls: RecordUrls,
+}
+
+impl SubmissionRecord for Record {
+    fn id(&self) -> &str {
+        &self.id
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
-struct RecordUrls {
-    get: String,
-    cancel: String,
+pub(super) struct RecordUrls {
+    pub(super) get: String,
+    pub(super) cancel: String,
 }
 
 /// The parts of a prediction this client reads. `input` (which echoes the
 /// prompt) is deliberately not among them.
 #[derive(Debug, Deserialize)]
-struct Prediction {
+pub(super) struct Prediction {
     id: String,
     status: String,
     #[serde(default)]
@@ -338,65 +222,43 @@ impl ReplicateProvider {
         &self,
         request: &GenerationRequest,
     ) -> Result<GenerationOutput, ProviderError> {
-        let authorization = self.authorization()?;
+        let authorization = &self.authorization()?;
         // Built first: a request this client cannot send fails before any
         // exchange, resumed or not.
         let target = self.create_target(&*request.load_inputs().await?)?;
 
-        let (record, prediction) = match self.recall(request).await {
-            Some(earlier) => {
-                tracing::Span::current().record("prediction_id", earlier.id.as_str());
-                match self
-                    .wait_until_finished(&earlier, &authorization, request, true)
-                    .await
-                {
+        let (record, prediction) = self
+            .submissions
+            .resume_or_submit(
+                &request.job_id,
+                |recorded| self.parse_record(recorded),
+                |earlier| async move {
+                    tracing::Span::current().record("prediction_id", earlier.id.as_str());
+                    let prediction = self
+                        .wait_until_finished(&earlier, authorization, request, true)
+                        .await?;
                     // Stopped rather than judged (a `Cancel-After` of the
                     // dead attempt, an infrastructure abort): run it again.
-                    Ok(prediction)
-                        if matches!(prediction.status.as_str(), "canceled" | "aborted") =>
-                    {
+                    // Succeeded, or failed on its input, is this job's
+                    // outcome: running it again would be billed.
+                    if matches!(prediction.status.as_str(), "canceled" | "aborted") {
                         tracing::warn!(
                             prediction_id = %earlier.id,
                             status = %prediction.status,
                             "the recorded replicate prediction was stopped; creating again"
                         );
-                        self.create_and_wait(target, &authorization, request)
-                            .await?
+                        return Ok(None);
                     }
-                    // Succeeded, or failed on its input: either is this
-                    // job's outcome, and running it again would be billed.
-                    Ok(prediction) => {
-                        tracing::info!(
-                            prediction_id = %earlier.id,
-                            "resumed the replicate prediction an earlier attempt of this job created"
-                        );
-                        (earlier, prediction)
-                    }
-                    Err(err) if err.is_retryable() || err.code() == "deadline_exceeded" => {
-                        return Err(err)
-                    }
-                    // Unknown to Replicate (expired, another account): create anew.
-                    Err(err) => {
-                        tracing::warn!(
-                            prediction_id = %earlier.id,
-                            code = err.code(),
-                            "the recorded replicate prediction cannot be resumed; creating again"
-                        );
-                        self.create_and_wait(target, &authorization, request)
-                            .await?
-                    }
-                }
-            }
-            None => {
-                self.create_and_wait(target, &authorization, request)
-                    .await?
-            }
-        };
+                    Ok(Some((earlier, prediction)))
+                },
+                || self.create_and_wait(target, authorization, request),
+            )
+            .await?;
         self.finish(&record, &prediction, request).await
     }
 
     /// The built `Authorization` header, or why there is none.
-    fn authorization(&self) -> Result<HeaderValue, ProviderError> {
+    pub(super) fn authorization(&self) -> Result<HeaderValue, ProviderError> {
         self.authorization
             .clone()
             .map_err(|message| ProviderError::Unauthorized { message })
@@ -404,7 +266,7 @@ impl ReplicateProvider {
 
     /// The outputs of a finished prediction, downloaded, or the error its
     /// end state means.
-    async fn finish(
+    pub(super) async fn finish(
         &self,
         record: &Record,
         prediction: &Prediction,
@@ -427,48 +289,6 @@ impl ReplicateProvider {
         })
     }
 
-    /// The prediction an earlier attempt of this job recorded, if any and
-    /// if its URLs still point at the configured origin.
-    async fn recall(&self, request: &GenerationRequest) -> Option<Record> {
-        let log = self.submissions.as_ref()?;
-        let recorded = match log.recall(&request.job_id, PROVIDER).await {
-            Ok(recorded) => recorded?,
-            Err(e) => {
-                tracing::warn!(error = %e, "could not read the replicate submission log");
-                return None;
-            }
-        };
-        match self.parse_record(&recorded) {
-            Ok(record) => Some(record),
-            Err(_) => {
-                tracing::warn!("ignoring an unreadable replicate submission record");
-                None
-            }
-        }
-    }
-
-    /// A record from the log or a [`Resumable`] caller, refused when its
-    /// URLs leave the configured origin: the token is attached to them.
-    fn parse_record(&self, raw: &str) -> Result<Record, ProviderError> {
-        let record: Record =
-            serde_json::from_str(raw).map_err(|err| ProviderError::Unsupported {
-                message: format!(
-                    "the submission record is not a replicate prediction record (id, urls.get, urls.cancel): {}",
-                    http::json_problem(&err)
-                ),
-            })?;
-        for (raw, what) in [
-            (&record.urls.get, "urls.get"),
-            (&record.urls.cancel, "urls.cancel"),
-        ] {
-            self.api_url(raw, what)
-                .map_err(|err| ProviderError::Unsupported {
-                    message: format!("the submission record is unusable: {err}"),
-                })?;
-        }
-        Ok(record)
-    }
-
     async fn create_and_wait(
         &self,
         target: CreateTarget,
@@ -478,14 +298,7 @@ impl ReplicateProvider {
         let (record, prediction) = self.create(target, authorization, request, true).await?;
         tracing::Span::current().record("prediction_id", record.id.as_str());
         tracing::debug!(prediction_id = %record.id, status = %prediction.status, "created a replicate prediction");
-        if let Some(log) = &self.submissions {
-            // Recorded before waiting: a worker that dies from here on leaves
-            // the prediction for the job's next attempt to resume.
-            let recorded = serde_json::to_string(&record).unwrap_or_default();
-            if let Err(e) = log.remember(&request.job_id, PROVIDER, &recorded).await {
-                tracing::warn!(error = %e, "could not record the replicate prediction");
-            }
-        }
+        self.submissions.remember(&request.job_id, &record).await;
         if finished(&prediction)? {
             return Ok((record, prediction));
         }
@@ -498,7 +311,10 @@ impl ReplicateProvider {
     /// The create URL and body for `request`, after checking that the model
     /// is `owner/name` or `owner/name:version` so a model name cannot point
     /// the token elsewhere.
-    fn create_target(&self, request: &GenerationRequest) -> Result<CreateTarget, ProviderError> {
+    pub(super) fn create_target(
+        &self,
+        request: &GenerationRequest,
+    ) -> Result<CreateTarget, ProviderError> {
         let input = build_input(request)?;
         let model = request.model.as_str();
         let invalid = || {
@@ -541,7 +357,7 @@ impl ReplicateProvider {
 
     /// Parses a URL Replicate handed back and refuses one off the base
     /// URL's origin: the token is attached to it.
-    fn api_url(&self, raw: &str, what: &str) -> Result<Url, ProviderError> {
+    pub(super) fn api_url(&self, raw: &str, what: &str) -> Result<Url, ProviderError> {
         let url = Url::parse(raw).map_err(|_| ProviderError::Malformed {
             message: format!("{what} is not a valid URL"),
         })?;
@@ -555,7 +371,7 @@ impl ReplicateProvider {
 
     /// Creates the prediction; with `wait`, asks Replicate to hold the
     /// answer until it finishes (or the hold ends).
-    async fn create(
+    pub(super) async fn create(
         &self,
         target: CreateTarget,
         authorization: &HeaderValue,
@@ -712,7 +528,7 @@ impl ReplicateProvider {
     }
 
     /// One `GET urls.get`.
-    async fn poll(
+    pub(super) async fn poll(
         &self,
         record: &Record,
         authorization: &HeaderValue,
@@ -810,7 +626,7 @@ fn valid_segment(segment: &str) -> bool {
 ///
 /// [`ProviderError::Malformed`] for a status Replicate does not document:
 /// polling on would never end.
-fn finished(prediction: &Prediction) -> Result<bool, ProviderError> {
+pub(super) fn finished(prediction: &Prediction) -> Result<bool, ProviderError> {
     match prediction.status.as_str() {
         "starting" | "processing" => Ok(false),
         "succeeded" | "failed" | "canceled" | "aborted" => Ok(true),
@@ -1001,7 +817,7 @@ async fn check_status(
 /// Classifies a non-2xx answer from the API: 401/403 credentials; 429 and
 /// 5xx transient (429 with the body's "resets in ~Ns" when no Retry-After
 /// header says when); 400, 404, 422 and other 4xx permanent.
-fn status_error(
+pub(super) fn status_error(
     stage: &str,
     status: StatusCode,
     headers: &HeaderMap,

@@ -50,12 +50,10 @@ use serde_json::{json, Map, Value};
 use tokio::sync::oneshot;
 use url::Url;
 
-pub use crate::fake_fal::gradient_png;
+use super::client::HEADER_LENGTH;
+use super::tensor::{decode_bytes_elements, encode_bytes_elements, split_body, take_sections};
+pub use crate::fake_media::gradient_png;
 use crate::http::encode_base64;
-use crate::kserve::HEADER_LENGTH;
-use crate::kserve_tensor::{
-    decode_bytes_elements, encode_bytes_elements, split_body, take_sections,
-};
 
 /// How long `slow` takes to answer: well past the timeouts tests set, well
 /// short of a test's patience if a client waits it out.

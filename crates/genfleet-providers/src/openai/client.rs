@@ -1,33 +1,5 @@
-//! OpenAI-compatible image APIs: `POST /v1/images/generations` (JSON) and
-//! `POST /v1/images/edits` (multipart), both synchronous: one exchange
-//! answers with the images, inline as base64 or as short-lived URLs. There
-//! is no queue to resume or cancel, so this provider is not [`Resumable`].
-//!
-//! | kind                                  | call                                      |
-//! |---------------------------------------|-------------------------------------------|
-//! | `ProductPhoto` without an input image | generations `{model, prompt, n, size?, response_format}` |
-//! | `ProductPhoto` with one, `BatchEdit`  | edits: `model, prompt, n, image, size?, response_format` |
-//! | `Inpaint` (the magic eraser)          | edits with a `mask` part: its transparent pixels are repainted; no mask is `Unsupported` |
-//! | anything else                         | `Unsupported`                             |
-//!
-//! `n` is `count` (0 meaning 1); `size` comes from `aspect_ratio` (1:1 →
-//! 1024x1024; 16:9, 3:2, 4:3 → 1536x1024; 9:16, 2:3, 3:4 → 1024x1536; else
-//! none, the model's default); `response_format` is `b64_json` except for
-//! `gpt-image*` models, which always answer base64 and refuse the field.
-//! `request.parameters` are merged last and win (`size`, `quality`,
-//! `background`, ...); a parameter set to null removes a field built here.
-//! In an edit, parameters become text parts; `image` and `mask` come from
-//! the inputs only. The API has no negative prompt or seed.
-//!
-//! The multipart body is built by hand ([`encode_multipart`]): reqwest's
-//! `multipart` feature would add crates (mime_guess, unicase) to the
-//! workspace for what is a few lines of framing here.
-//!
-//! Errors are `{"error": {"message", "type", "code"}}` and classified in
-//! [`status_error`]. The key goes only to the configured base URL; output
-//! URLs are fetched without it.
-//!
-//! [`Resumable`]: crate::Resumable
+//! [`OpenAiProvider`]: its configuration, the call per job kind, the
+//! hand-built multipart body and the classification of each answer.
 
 use std::fmt;
 use std::time::Duration;

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::fake_fal::FakeFal;
+use super::fake::FakeFal;
 use crate::{Checked, FalConfig, FalProvider, GenerationRequest, JobKind, Provider, ProviderError};
 
 fn provider(fake: &FakeFal) -> FalProvider {

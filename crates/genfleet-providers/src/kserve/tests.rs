@@ -11,9 +11,9 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
-use crate::fake_kserve::FakeKServe;
-use crate::kserve::{parse_answer, status_error};
-use crate::kserve_tensor::encode_bytes_elements;
+use super::client::{parse_answer, status_error};
+use super::fake::FakeKServe;
+use super::tensor::encode_bytes_elements;
 use crate::{
     generate_with_retries, Contract, GenerationRequest, InputImage, InputRole, JobKind,
     KServeConfig, KServeProvider, Provider, ProviderError, RetryPolicy,
@@ -782,7 +782,7 @@ fn contracts_refuse_batched_inputs_and_report_unknown_ones() {
         json!([{"name": "INPUT_IMAGE", "datatype": "BYTES", "shape": [-1, 1]}]),
         output.clone(),
     );
-    let err = crate::kserve::contract(&config, "m", &batched).unwrap_err();
+    let err = super::client::contract(&config, "m", &batched).unwrap_err();
     assert!(
         err.to_string()
             .contains("has shape [-1, 1], expected [1] or [-1]"),
@@ -793,13 +793,13 @@ fn contracts_refuse_batched_inputs_and_report_unknown_ones() {
                {"name": "STRENGTH", "datatype": "FP32", "shape": [1]}]),
         output,
     );
-    let contract = crate::kserve::contract(&config, "m", &extra).unwrap();
+    let contract = super::client::contract(&config, "m", &extra).unwrap();
     assert_eq!(contract.other_inputs, ["STRENGTH"]);
     let no_output = metadata(
         json!([{"name": "INPUT_IMAGE", "datatype": "BYTES", "shape": [1]}]),
         json!([{"name": "OUT", "datatype": "BYTES", "shape": [-1]}]),
     );
-    let err = crate::kserve::contract(&config, "m", &no_output).unwrap_err();
+    let err = super::client::contract(&config, "m", &no_output).unwrap_err();
     assert!(
         err.to_string()
             .contains("has no output \"OUTPUT_IMAGE\"; found outputs [\"OUT\"]"),
@@ -840,7 +840,7 @@ fn parses_binary_answers_with_other_outputs_around_ours() {
     let types: Vec<&str> = answer
         .images
         .iter()
-        .map(|i| crate::kserve_tensor::sniff_content_type(i))
+        .map(|i| super::tensor::sniff_content_type(i))
         .collect();
     assert_eq!(types, ["image/jpeg", "image/webp"]);
 }

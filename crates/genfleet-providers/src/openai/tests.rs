@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::json;
 use tokio::time::Instant;
 
-use crate::fake_openai::FakeOpenAi;
+use super::fake::FakeOpenAi;
 use crate::{
     generate_with_retries, GenerationRequest, InputImage, InputRole, JobKind, OpenAiConfig,
     OpenAiProvider, Provider, ProviderError, RetryPolicy,
@@ -493,13 +493,13 @@ async fn outputs_over_the_size_cap_are_refused() {
 
 #[test]
 fn plans_print_no_prompt_or_image_bytes() {
-    let call = crate::openai::plan(&inpaint("test/ok")).unwrap();
+    let call = super::client::plan(&inpaint("test/ok")).unwrap();
     let text = format!("{call:?}");
     assert!(!text.contains("remove the logo"), "{text}");
     assert!(!text.contains("PRODUCT"), "{text}");
     assert!(text.contains("Edits"), "{text}");
 
-    let call = crate::openai::plan(&request("test/ok")).unwrap();
+    let call = super::client::plan(&request("test/ok")).unwrap();
     let text = format!("{call:?}");
     assert!(!text.contains("sneaker"), "{text}");
     assert!(text.contains("Generations"), "{text}");

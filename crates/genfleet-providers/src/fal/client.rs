@@ -1,18 +1,5 @@
-//! fal's queue API: submit, poll the status URL, fetch the result, copy the
-//! output files out of fal's short-lived URLs.
-//!
-//! One [`FalProvider::generate`] call is one attempt; it never resubmits
-//! (fal has no idempotency key, so a resubmit may be billed twice). It does
-//! ride out a few transient failures while *polling*, because giving up
-//! there would make the caller resubmit a request that is still running.
-//! With a [`SubmissionLog`], each submission is recorded under the job id
-//! before it is polled, and a later attempt of the same job (its worker
-//! died) resumes the recorded request instead of submitting again.
-//!
-//! Each HTTP answer is classified here, where its meaning is known: see
-//! [`status_error`]. The key goes only to URLs on the configured base URL's
-//! origin, never to the file host. Logs carry the provider, request id and
-//! status codes only: never the key, prompt, bytes or URLs.
+//! [`FalProvider`]: its configuration, one attempt through the queue API
+//! and the classification of each answer.
 
 use std::fmt;
 use std::time::{Duration, SystemTime};
@@ -28,17 +15,16 @@ use crate::http::{
     self, data_uri, describe_transport, oversized, read_body, truncate, CONTROL_BODY_LIMIT,
     DETAIL_CHARS,
 };
+use crate::resume::{SubmissionRecord, Submissions, CANCEL_TIMEOUT, STATUS_POLL_FAILURE_LIMIT};
 use crate::retry::parse_retry_after;
 use crate::{
-    Artifact, Checked, GenerationOutput, GenerationRequest, InputImage, InputRole, JobKind,
-    Provider, ProviderError, Resumable, Spool, SubmissionLog,
+    Artifact, GenerationOutput, GenerationRequest, InputImage, InputRole, JobKind, Provider,
+    ProviderError, Resumable, Spool, SubmissionLog,
 };
 
-/// Consecutive failed status polls tolerated before the attempt fails. A
-/// blip while polling should not turn into a (billed) resubmit.
-const STATUS_POLL_FAILURE_LIMIT: u32 = 3;
-/// The cancel after a missed deadline is best-effort; don't hold the worker.
-const CANCEL_TIMEOUT: Duration = Duration::from_secs(2);
+/// The name in logs, metric labels and the submission log.
+const PROVIDER: &str = "fal";
+
 /// Above this an `x-ratelimit-reset` value is a Unix time, not seconds.
 const UNIX_TIME_THRESHOLD: u64 = 1_000_000_000;
 
@@ -98,12 +84,12 @@ impl fmt::Debug for FalConfig {
 /// A [`Provider`] for models hosted on fal, through its queue API.
 pub struct FalProvider {
     config: FalConfig,
-    client: reqwest::Client,
+    pub(super) client: reqwest::Client,
     /// Built once; an unusable key is reported on every call rather than
     /// panicking at start-up, since `new` cannot fail.
     authorization: Result<HeaderValue, String>,
-    submissions: Option<std::sync::Arc<dyn SubmissionLog>>,
-    spool: Spool,
+    pub(super) submissions: Submissions,
+    pub(super) spool: Spool,
 }
 
 impl fmt::Debug for FalProvider {
@@ -123,7 +109,7 @@ impl FalProvider {
             config,
             client,
             authorization,
-            submissions: None,
+            submissions: Submissions::new(PROVIDER),
             spool: Spool::memory_only(),
         }
     }
@@ -137,7 +123,7 @@ impl FalProvider {
     }
 
     /// The built `Authorization` header, or why there is none.
-    fn authorization(&self) -> Result<HeaderValue, ProviderError> {
+    pub(super) fn authorization(&self) -> Result<HeaderValue, ProviderError> {
         self.authorization
             .clone()
             .map_err(|message| ProviderError::Unauthorized { message })
@@ -146,7 +132,7 @@ impl FalProvider {
     /// Records submissions in `log` and resumes recorded ones.
     #[must_use]
     pub fn with_submission_log(mut self, log: std::sync::Arc<dyn SubmissionLog>) -> Self {
-        self.submissions = Some(log);
+        self.submissions.set_log(log);
         self
     }
 }
@@ -154,7 +140,7 @@ impl FalProvider {
 #[async_trait::async_trait]
 impl Provider for FalProvider {
     fn name(&self) -> &str {
-        "fal"
+        PROVIDER
     }
 
     fn resumable(&self) -> Option<&dyn Resumable> {
@@ -166,143 +152,39 @@ impl Provider for FalProvider {
         request: &GenerationRequest,
     ) -> Result<GenerationOutput, ProviderError> {
         let generated = self.generate_once(request).await;
-        if generated.is_err() {
-            // This attempt is over: the next one must not resume it.
-            if let Some(log) = &self.submissions {
-                if let Err(e) = log.forget(&request.job_id, "fal").await {
-                    tracing::warn!(error = %e, "could not forget the fal submission");
-                }
-            }
-        }
-        generated
+        self.submissions
+            .forget_on_error(&request.job_id, generated)
+            .await
     }
 }
 
-/// The parking face of fal's queue API: submit once, look at the status
-/// now and then (any worker), fetch and copy the result when completed.
-#[async_trait::async_trait]
-impl Resumable for FalProvider {
-    async fn submit(&self, request: &GenerationRequest) -> Result<String, ProviderError> {
-        let authorization = self.authorization()?;
-        let submit_url = self.submit_url(&request.model)?;
-        let _room = self
-            .spool
-            .room_to_send(body_estimate(request), request.deadline)
-            .await?;
-        let input = build_input(&*request.load_inputs().await?)?;
-        // No request timeout for fal: a parked render waits as long as the
-        // caller's polls allow, and the caller cancels it past its deadline.
-        let submitted = self.submit(submit_url, &authorization, input, None).await?;
-        tracing::debug!(request_id = %submitted.request_id, "submitted to the fal queue for parking");
-        serde_json::to_string(&submitted).map_err(|e| ProviderError::Malformed {
-            message: format!("submit answer could not be recorded: {e}"),
-        })
-    }
-
-    async fn check(
-        &self,
-        request: &GenerationRequest,
-        submission: &str,
-    ) -> Result<Checked, ProviderError> {
-        let authorization = self.authorization()?;
-        let submitted = self.parse_record(submission)?;
-        let status_url = self.queue_url(&submitted.status_url, "status_url")?;
-        let deadline = request.deadline;
-        let status = self
-            .poll_status(&status_url, &authorization, deadline)
-            .await?;
-        if matches!(status.status.as_str(), "IN_QUEUE" | "IN_PROGRESS") {
-            return Ok(Checked::Running);
-        }
-        let raw = status
-            .response_url
-            .as_deref()
-            .unwrap_or(&submitted.response_url);
-        let response_url = self.queue_url(raw, "response_url")?;
-        let output = self
-            .fetch_result(&response_url, &authorization, request.count, deadline)
-            .await?;
-        let mut artifacts = Vec::new();
-        for file in output_files(output)? {
-            artifacts.push(self.download(file, deadline).await?);
-        }
-        Ok(Checked::Done(GenerationOutput {
-            artifacts,
-            attempts: 1,
-            request_id: Some(submitted.request_id),
-        }))
-    }
-
-    async fn cancel(&self, submission: &str) -> Result<(), ProviderError> {
-        let authorization = self.authorization()?;
-        let submitted = self.parse_record(submission)?;
-        let Some(raw) = submitted.cancel_url.as_deref() else {
-            return Err(ProviderError::Unsupported {
-                message: "the fal submission has no cancel_url".into(),
-            });
-        };
-        let url = self.queue_url(raw, "cancel_url")?;
-        let builder = self
-            .client
-            .request(Method::PUT, url)
-            .header(AUTHORIZATION, authorization);
-        let response = self.send(builder, None).await?;
-        // fal answers the outcome in the body (CANCELLATION_REQUESTED,
-        // ALREADY_COMPLETED, NOT_FOUND); a 4xx for an unknown or finished
-        // request means there is nothing left to stop.
-        if response.status().is_server_error() || response.status().as_u16() == 429 {
-            return Err(check_status(response, "cancel").await.err().unwrap_or(
-                ProviderError::Malformed {
-                    message: "cancel answered an error status".into(),
-                },
-            ));
-        }
-        tracing::info!(
-            request_id = %submitted.request_id,
-            status = response.status().as_u16(),
-            "asked fal to cancel a request"
-        );
-        Ok(())
-    }
-}
-
-impl FalProvider {
-    /// A submission record this client wrote, refusing one whose URLs
-    /// leave the configured origin (the key would follow them).
-    fn parse_record(&self, submission: &str) -> Result<Submitted, ProviderError> {
-        let submitted: Submitted =
-            serde_json::from_str(submission).map_err(|_| ProviderError::Rejected {
-                message: "the recorded fal submission is unreadable".into(),
-            })?;
-        self.queue_url(&submitted.status_url, "status_url")
-            .map_err(|_| ProviderError::Rejected {
-                message: "the recorded fal submission points outside the fal base URL".into(),
-            })?;
-        Ok(submitted)
-    }
-}
-
-/// `POST {base}/{model}` answer.
+/// `POST {base}/{model}` answer, and the submission record: it holds no key.
 #[derive(Debug, Deserialize, serde::Serialize)]
-struct Submitted {
-    request_id: String,
-    status_url: String,
-    response_url: String,
+pub(super) struct Submitted {
+    pub(super) request_id: String,
+    pub(super) status_url: String,
+    pub(super) response_url: String,
     #[serde(default)]
-    cancel_url: Option<String>,
+    pub(super) cancel_url: Option<String>,
+}
+
+impl SubmissionRecord for Submitted {
+    fn id(&self) -> &str {
+        &self.request_id
+    }
 }
 
 /// `GET .../requests/{id}/status` answer.
 #[derive(Debug, Deserialize)]
-struct QueueStatus {
-    status: String,
+pub(super) struct QueueStatus {
+    pub(super) status: String,
     #[serde(default)]
-    response_url: Option<String>,
+    pub(super) response_url: Option<String>,
 }
 
 /// The parts of a model's output this crate understands.
 #[derive(Debug, Deserialize)]
-struct ModelOutput {
+pub(super) struct ModelOutput {
     #[serde(default)]
     images: Vec<OutputFile>,
     #[serde(default)]
@@ -318,7 +200,7 @@ struct ModelOutput {
 }
 
 #[derive(Debug, Deserialize)]
-struct OutputFile {
+pub(super) struct OutputFile {
     url: String,
     #[serde(default)]
     content_type: Option<String>,
@@ -334,46 +216,27 @@ impl FalProvider {
         &self,
         request: &GenerationRequest,
     ) -> Result<GenerationOutput, ProviderError> {
-        let authorization = self.authorization()?;
+        let authorization = &self.authorization()?;
         let submit_url = self.submit_url(&request.model)?;
         let deadline = request.deadline;
 
-        let (submitted, response_url) = match self.recall(request).await {
-            Some(earlier) => {
-                tracing::Span::current().record("request_id", earlier.request_id.as_str());
-                match self
-                    .wait_until_completed(&earlier, &authorization, deadline)
-                    .await
-                {
-                    Ok(url) => {
-                        tracing::info!(
-                            request_id = %earlier.request_id,
-                            "resumed the fal request an earlier attempt of this job submitted"
-                        );
-                        (earlier, url)
-                    }
-                    Err(err) if err.is_retryable() || err.code() == "deadline_exceeded" => {
-                        return Err(err)
-                    }
-                    // Gone (expired at fal, unknown id): submit anew.
-                    Err(err) => {
-                        tracing::warn!(
-                            request_id = %earlier.request_id,
-                            code = err.code(),
-                            "the recorded fal request cannot be resumed; submitting again"
-                        );
-                        self.submit_and_wait(submit_url, &authorization, request)
-                            .await?
-                    }
-                }
-            }
-            None => {
-                self.submit_and_wait(submit_url, &authorization, request)
-                    .await?
-            }
-        };
+        let (submitted, response_url) = self
+            .submissions
+            .resume_or_submit(
+                &request.job_id,
+                |recorded| self.parse_record(recorded),
+                |earlier| async move {
+                    tracing::Span::current().record("request_id", earlier.request_id.as_str());
+                    let url = self
+                        .wait_until_completed(&earlier, authorization, deadline)
+                        .await?;
+                    Ok(Some((earlier, url)))
+                },
+                || self.submit_and_wait(submit_url, authorization, request),
+            )
+            .await?;
         let output = self
-            .fetch_result(&response_url, &authorization, request.count, deadline)
+            .fetch_result(&response_url, authorization, request.count, deadline)
             .await?;
         let files = output_files(output)?;
 
@@ -391,28 +254,6 @@ impl FalProvider {
             attempts: 1,
             request_id: Some(submitted.request_id),
         })
-    }
-
-    /// The submission an earlier attempt of this job recorded, if any and
-    /// if it still points at our queue origin.
-    async fn recall(&self, request: &GenerationRequest) -> Option<Submitted> {
-        let log = self.submissions.as_ref()?;
-        let recorded = match log.recall(&request.job_id, "fal").await {
-            Ok(recorded) => recorded?,
-            Err(e) => {
-                tracing::warn!(error = %e, "could not read the fal submission log");
-                return None;
-            }
-        };
-        match serde_json::from_str::<Submitted>(&recorded) {
-            Ok(submitted) if self.queue_url(&submitted.status_url, "status_url").is_ok() => {
-                Some(submitted)
-            }
-            _ => {
-                tracing::warn!("ignoring an unreadable fal submission record");
-                None
-            }
-        }
     }
 
     async fn submit_and_wait(
@@ -437,14 +278,7 @@ impl FalProvider {
         };
         tracing::Span::current().record("request_id", submitted.request_id.as_str());
         tracing::debug!(request_id = %submitted.request_id, "submitted to the fal queue");
-        if let Some(log) = &self.submissions {
-            // Recorded before waiting: a worker that dies from here on leaves
-            // the request for the job's next attempt to resume.
-            let record = serde_json::to_string(&submitted).unwrap_or_default();
-            if let Err(e) = log.remember(&request.job_id, "fal", &record).await {
-                tracing::warn!(error = %e, "could not record the fal submission");
-            }
-        }
+        self.submissions.remember(&request.job_id, &submitted).await;
         let response_url = self
             .wait_until_completed(&submitted, authorization, deadline)
             .await?;
@@ -453,7 +287,7 @@ impl FalProvider {
 
     /// `{base}/{model}` after checking that `model` is an `owner/app[/path]`
     /// path, so a model name cannot point the key elsewhere.
-    fn submit_url(&self, model: &str) -> Result<Url, ProviderError> {
+    pub(super) fn submit_url(&self, model: &str) -> Result<Url, ProviderError> {
         let valid_segment = |segment: &str| {
             !segment.is_empty()
                 && segment != "."
@@ -476,7 +310,7 @@ impl FalProvider {
 
     /// Parses a URL fal handed back and refuses one off the base URL's
     /// origin: the key is attached to it.
-    fn queue_url(&self, raw: &str, what: &str) -> Result<Url, ProviderError> {
+    pub(super) fn queue_url(&self, raw: &str, what: &str) -> Result<Url, ProviderError> {
         let url = Url::parse(raw).map_err(|_| ProviderError::Malformed {
             message: format!("{what} is not a valid URL"),
         })?;
@@ -488,7 +322,7 @@ impl FalProvider {
         Ok(url)
     }
 
-    async fn submit(
+    pub(super) async fn submit(
         &self,
         url: Url,
         authorization: &HeaderValue,
@@ -588,7 +422,7 @@ impl FalProvider {
         }
     }
 
-    async fn poll_status(
+    pub(super) async fn poll_status(
         &self,
         url: &Url,
         authorization: &HeaderValue,
@@ -648,7 +482,7 @@ impl FalProvider {
         }
     }
 
-    async fn fetch_result(
+    pub(super) async fn fetch_result(
         &self,
         url: &Url,
         authorization: &HeaderValue,
@@ -680,7 +514,7 @@ impl FalProvider {
 
     /// Copies one output out of fal's short-lived URL (or data URI). No
     /// Authorization header: the file host is not the queue API.
-    async fn download(
+    pub(super) async fn download(
         &self,
         file: OutputFile,
         deadline: Option<Instant>,
@@ -698,7 +532,7 @@ impl FalProvider {
     }
 
     /// Sends with a timeout of `request_timeout`, cut short by the deadline.
-    async fn send(
+    pub(super) async fn send(
         &self,
         builder: RequestBuilder,
         deadline: Option<Instant>,
@@ -710,7 +544,7 @@ impl FalProvider {
 /// Memory a submit of `request` holds while it is built and sent: each input
 /// as base64 (4/3) twice, in the JSON value and in the serialised body, and
 /// the primary picture once more in `image_urls` of a multi-image edit.
-fn body_estimate(request: &GenerationRequest) -> u64 {
+pub(super) fn body_estimate(request: &GenerationRequest) -> u64 {
     let inputs: u64 = request.inputs.iter().map(|input| input.bytes.len()).sum();
     let repeated = if request.inputs.len() > 1 {
         request
@@ -808,7 +642,7 @@ pub(crate) fn build_input(
 }
 
 /// The files a model output names, in order, or why there are none to take.
-fn output_files(output: ModelOutput) -> Result<Vec<OutputFile>, ProviderError> {
+pub(super) fn output_files(output: ModelOutput) -> Result<Vec<OutputFile>, ProviderError> {
     let flagged = output
         .has_nsfw_concepts
         .iter()
@@ -833,7 +667,10 @@ fn output_files(output: ModelOutput) -> Result<Vec<OutputFile>, ProviderError> {
 }
 
 /// Passes 2xx answers through and turns any other into its error.
-async fn check_status(response: Response, stage: &str) -> Result<Response, ProviderError> {
+pub(super) async fn check_status(
+    response: Response,
+    stage: &str,
+) -> Result<Response, ProviderError> {
     let status = response.status();
     if status.is_success() {
         return Ok(response);

@@ -60,7 +60,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 use url::Url;
 
-use crate::fake_fal::gradient_png;
+use crate::fake_media::gradient_png;
 
 /// Side of the square PNGs served (small: they travel as base64 JSON).
 const IMAGE_SIDE: u32 = 64;

@@ -260,7 +260,7 @@ mod tests {
 
     #[test]
     fn sniffs_image_types() {
-        let png = crate::fake_fal::gradient_png(2, 2, 0);
+        let png = crate::fake_media::gradient_png(2, 2, 0);
         assert_eq!(sniff_content_type(&png), "image/png");
         assert_eq!(sniff_content_type(b"\xFF\xD8\xFF\xE0rest"), "image/jpeg");
         assert_eq!(sniff_content_type(b"RIFF\x10\0\0\0WEBPVP8 "), "image/webp");

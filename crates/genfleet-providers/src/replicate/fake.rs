@@ -51,7 +51,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use url::Url;
 
-use crate::fake_fal::{gradient_png, mp4};
+use crate::fake_media::{gradient_png, mp4};
 
 /// Side of the square PNGs served for image outputs.
 const IMAGE_SIDE: u32 = 256;
@@ -299,7 +299,7 @@ impl Behaviour {
     }
 }
 
-/// One handler for every route, matched by hand like fake_fal's.
+/// One handler for every route, matched by hand like the fal fake's.
 async fn handle(
     State(shared): State<Arc<Shared>>,
     method: Method,

@@ -7,7 +7,8 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
-use crate::fake_fal::FakeFal;
+use super::fake::FakeFal;
+use crate::resume::MemoryLog;
 use crate::{
     generate_with_retries, FalConfig, FalProvider, GenerationRequest, InputImage, InputRole,
     JobKind, ProviderError, RetryPolicy,
@@ -483,7 +484,7 @@ fn builds_the_model_input() {
         .parameters
         .insert("num_inference_steps".into(), json!(28));
     request.parameters.insert("seed".into(), json!(99));
-    let input = crate::fal::build_input(&request).unwrap();
+    let input = super::client::build_input(&request).unwrap();
     assert_eq!(
         Value::Object(input),
         json!({
@@ -505,7 +506,7 @@ fn routes_images_by_role() {
         image(InputRole::Garment, b"g"),
         image(InputRole::Person, b"p"),
     ];
-    let input = crate::fal::build_input(&request).unwrap();
+    let input = super::client::build_input(&request).unwrap();
     assert_eq!(input["human_image_url"], "data:image/png;base64,cA==");
     assert_eq!(input["garment_image_url"], "data:image/png;base64,Zw==");
     assert!(!input.contains_key("image_url"));
@@ -515,7 +516,7 @@ fn routes_images_by_role() {
         image(InputRole::Mask, b"m"),
         image(InputRole::Product, b"p"),
     ];
-    let input = crate::fal::build_input(&request).unwrap();
+    let input = super::client::build_input(&request).unwrap();
     assert_eq!(input["image_url"], "data:image/png;base64,cA==");
     assert_eq!(input["mask_url"], "data:image/png;base64,bQ==");
     assert!(!input.contains_key("image_urls"));
@@ -525,7 +526,7 @@ fn routes_images_by_role() {
         image(InputRole::Reference, b"r"),
         image(InputRole::Product, b"p"),
     ];
-    let input = crate::fal::build_input(&request).unwrap();
+    let input = super::client::build_input(&request).unwrap();
     assert_eq!(input["image_url"], "data:image/png;base64,cA==");
     assert_eq!(
         input["image_urls"],
@@ -535,7 +536,7 @@ fn routes_images_by_role() {
     request.kind = JobKind::Upscale;
     request.inputs.clear();
     assert!(matches!(
-        crate::fal::build_input(&request),
+        super::client::build_input(&request),
         Err(ProviderError::Unsupported { .. })
     ));
 }
@@ -556,38 +557,6 @@ fn debug_output_hides_secrets_and_content() {
     };
     let text = format!("{config:?}");
     assert!(!text.contains("SECRET"), "{text}");
-}
-
-/// A [`SubmissionLog`] in memory, as the ledger would keep it.
-#[derive(Default)]
-struct MemoryLog(std::sync::Mutex<std::collections::HashMap<(String, String), String>>);
-
-#[async_trait::async_trait]
-impl crate::SubmissionLog for MemoryLog {
-    async fn recall(&self, job_id: &str, provider: &str) -> Result<Option<String>, String> {
-        let map = self.0.lock().unwrap();
-        Ok(map
-            .get(&(job_id.to_string(), provider.to_string()))
-            .cloned())
-    }
-    async fn remember(&self, job_id: &str, provider: &str, submission: &str) -> Result<(), String> {
-        let mut map = self.0.lock().unwrap();
-        map.insert((job_id.into(), provider.into()), submission.into());
-        Ok(())
-    }
-    async fn forget(&self, job_id: &str, provider: &str) -> Result<(), String> {
-        let mut map = self.0.lock().unwrap();
-        map.remove(&(job_id.to_string(), provider.to_string()));
-        Ok(())
-    }
-}
-
-impl MemoryLog {
-    /// What an earlier attempt of `job-7` would have recorded.
-    fn plant(&self, record: &Value) {
-        let mut map = self.0.lock().unwrap();
-        map.insert(("job-7".into(), "fal".into()), record.to_string());
-    }
 }
 
 fn logged_provider(fake: &FakeFal, log: &std::sync::Arc<MemoryLog>) -> FalProvider {
@@ -646,7 +615,7 @@ async fn an_unknown_recorded_request_is_submitted_again() {
         "status_url": format!("{base}/test/ok/requests/gone-1/status"),
         "response_url": format!("{base}/test/ok/requests/gone-1"),
     });
-    log.plant(&stale);
+    log.plant("fal", &stale);
     let output = generate_with_retries(
         &logged_provider(&fake, &log),
         &request("test/ok"),
@@ -669,7 +638,7 @@ async fn a_recorded_request_off_the_queue_origin_is_ignored() {
         "status_url": "https://attacker.example/status",
         "response_url": "https://attacker.example/result",
     });
-    log.plant(&stale);
+    log.plant("fal", &stale);
     generate_with_retries(
         &logged_provider(&fake, &log),
         &request("test/ok"),

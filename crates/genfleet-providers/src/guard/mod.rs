@@ -583,3 +583,6 @@ impl Bucket {
         Some(ready_at)
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,33 @@
+//! fal's queue API: submit, poll the status URL, fetch the result, copy the
+//! output files out of fal's short-lived URLs.
+//!
+//! One [`FalProvider::generate`](crate::Provider::generate) call is one
+//! attempt; it never resubmits (fal has no idempotency key, so a resubmit
+//! may be billed twice). It does ride out a few transient failures while
+//! *polling*, because giving up there would make the caller resubmit a
+//! request that is still running. With a
+//! [`SubmissionLog`](crate::SubmissionLog), each submission is recorded
+//! under the job id before it is polled, and a later attempt of the same job
+//! (its worker died) resumes the recorded request instead of submitting
+//! again (see [`crate::resume`]).
+//!
+//! Each HTTP answer is classified in [`client`], where its meaning is known.
+//! The key goes only to URLs on the configured base URL's origin, never to
+//! the file host. Logs carry the provider, request id and status codes only:
+//! never the key, prompt, bytes or URLs.
+//!
+//! [`resume`] is the [`Resumable`](crate::Resumable) face the worker parks
+//! long renders on; `fake` (tests and the `fake` feature) is a loopback
+//! server shaped like `queue.fal.run`.
+
+mod client;
+mod resume;
+
+#[cfg(any(test, feature = "fake"))]
+pub mod fake;
+#[cfg(test)]
+mod resume_tests;
+#[cfg(test)]
+mod tests;
+
+pub use client::{FalConfig, FalProvider};

@@ -1,0 +1,67 @@
+//! Replicate's predictions API: create a prediction (holding the request
+//! open with `Prefer: wait` while it runs), poll `urls.get` until it
+//! finishes, copy the output files out of Replicate's short-lived URLs.
+//!
+//! One [`ReplicateProvider::generate`](crate::Provider::generate) call is
+//! one attempt; it never creates twice (Replicate has no idempotency key, so
+//! a second create may be billed twice). It rides out a few transient
+//! failures while *polling*, because giving up there would make the caller
+//! create a prediction that is still running. With a
+//! [`SubmissionLog`](crate::SubmissionLog), each prediction is recorded
+//! under the job id as soon as create answers, and a later attempt of the
+//! same job (its worker died) resumes it instead of creating another (see
+//! [`crate::resume`]). The record is written after create answers, so a
+//! worker that dies while create holds the request open (`Prefer: wait`)
+//! leaves nothing to resume: the next attempt creates again.
+//! [`ReplicateConfig::wait_seconds`] = 0 narrows that window to one round
+//! trip.
+//!
+//! The model name picks the endpoint: `owner/name` creates through
+//! `POST /v1/models/{owner}/{name}/predictions` (the model's latest
+//! version), `owner/name:version` through `POST /v1/predictions`.
+//!
+//! The input JSON, per job kind (images as base64 data URIs; then
+//! `request.parameters` merged over it, a parameter winning over a field
+//! built here):
+//!
+//! | kind                | fields                                                                  |
+//! |---------------------|-------------------------------------------------------------------------|
+//! | `ProductPhoto`      | prompt, negative_prompt, seed, num_outputs, aspect_ratio, `image` if any |
+//! | `BatchEdit`         | the same, `image` required                                              |
+//! | `Inpaint`           | the same, `image` and `mask` required                                   |
+//! | `BackgroundRemoval` | `image` only                                                            |
+//! | `Upscale`           | `image` only (`scale` comes from parameters)                            |
+//! | `VirtualTryOn`      | `human_img`, `garm_img` (IDM-VTON's names), prompt, negative_prompt, seed |
+//! | `ImageToVideo`      | `image`, prompt, negative_prompt, seed, aspect_ratio                    |
+//!
+//! prompt, negative_prompt and aspect_ratio are sent only when non-empty.
+//! Utility models (background removal, upscalers) get no generation fields
+//! and try-on/video models no `num_outputs`: their schemas have none, and a
+//! field a model does not declare is at best ignored.
+//!
+//! A prediction's end state is classified in [`client`]:
+//!
+//! | status      | outcome                                                          |
+//! |-------------|------------------------------------------------------------------|
+//! | `succeeded` | outputs downloaded; none at all is `Malformed`                    |
+//! | `failed`    | `Rejected`: a safety message (NSFW, safety, sensitive) or the model failing on this input; see `client::failure` |
+//! | `canceled`  | `Rejected` ("canceled at the provider")                          |
+//! | `aborted`   | `Unavailable`: stopped before it ran, not billed, worth a retry   |
+//!
+//! The token goes only to URLs on the configured base URL's origin, never
+//! to the file host. Logs carry the provider, prediction id and status codes
+//! only: never the token, prompt, bytes or URLs.
+//!
+//! [`resume`] is the [`Resumable`](crate::Resumable) face the worker parks
+//! long renders on; `fake` (tests and the `fake` feature) is a loopback
+//! server shaped like Replicate's API.
+
+mod client;
+mod resume;
+
+#[cfg(any(test, feature = "fake"))]
+pub mod fake;
+#[cfg(test)]
+mod tests;
+
+pub use client::{ReplicateConfig, ReplicateProvider};

@@ -1,0 +1,297 @@
+//! Requests that live at the provider between calls, for the queue-style
+//! providers (fal, Replicate): their [`Resumable`] face, the
+//! [`SubmissionLog`] a job's request is recorded in, and [`Submissions`],
+//! the one place that reads and writes that log for them.
+//!
+//! Neither provider has an idempotency key, so a second submit of the same
+//! job may be billed twice. An attempt therefore records its request right
+//! after the submit, and a later attempt of the same job (its worker died)
+//! follows the record instead of submitting again. Each client supplies only
+//! what is its own: the record's shape, how a recalled one is checked (its
+//! URLs must stay on the configured origin, the credential follows them) and
+//! how it is waited on.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::{GenerationOutput, GenerationRequest, ProviderError};
+
+/// Remembers which provider request a job's generation is waiting on, so a
+/// job redelivered after its worker died resumes that request instead of
+/// submitting (and paying for) it again. A record lives while some worker
+/// waits on the request or died waiting: a provider forgets it when it
+/// returns an error (the next attempt must submit anew).
+///
+/// `submission` is the provider's own opaque resume data (its request id and
+/// the URLs to poll and cancel it). Errors are strings because a failing log
+/// only costs idempotency, never the job: providers log them and go on.
+#[async_trait::async_trait]
+pub trait SubmissionLog: Send + Sync {
+    async fn recall(&self, job_id: &str, provider: &str) -> Result<Option<String>, String>;
+    async fn remember(&self, job_id: &str, provider: &str, submission: &str) -> Result<(), String>;
+    async fn forget(&self, job_id: &str, provider: &str) -> Result<(), String>;
+}
+
+/// What one look at a submitted request found.
+#[derive(Debug)]
+pub enum Checked {
+    /// Queued or rendering at the provider: look again later.
+    Running,
+    /// Finished; its outputs are already copied out of the provider.
+    Done(GenerationOutput),
+}
+
+/// A provider whose requests live on its side between calls (a queue API),
+/// so a long render need not hold a worker: the worker submits, parks the
+/// job in a delay queue, and any worker later checks on the request.
+///
+/// A submission record is the provider's own resume data (JSON: request id
+/// and the URLs to poll and cancel it), opaque to callers, who store it with
+/// the job. It never holds a key. Every method makes at most one exchange
+/// per step and never sleeps: waiting is the caller's business.
+#[async_trait::async_trait]
+pub trait Resumable: Send + Sync {
+    /// Submits `request` and returns its submission record.
+    ///
+    /// # Errors
+    ///
+    /// As [`Provider::generate`](crate::Provider::generate); nothing was
+    /// submitted unless the error is a transport failure after sending (the
+    /// provider may then run it anyway, which is why callers store the
+    /// record before anything else).
+    async fn submit(&self, request: &GenerationRequest) -> Result<String, ProviderError>;
+
+    /// Looks once at the request `submission` names; when it has finished,
+    /// copies its outputs.
+    ///
+    /// # Errors
+    ///
+    /// A retryable error: the look failed, the request may still be fine.
+    /// A permanent one: the request failed, was rejected (safety), or is
+    /// unknown to the provider; it will not finish.
+    async fn check(
+        &self,
+        request: &GenerationRequest,
+        submission: &str,
+    ) -> Result<Checked, ProviderError>;
+
+    /// Asks the provider to stop the request, so it is not rendered and
+    /// billed for nothing.
+    ///
+    /// # Errors
+    ///
+    /// When the provider could not be told; the request may then still run.
+    async fn cancel(&self, submission: &str) -> Result<(), ProviderError>;
+}
+
+/// Consecutive failed status polls tolerated before an attempt gives up on
+/// its request. A blip while polling should not turn into a (billed)
+/// resubmit.
+pub(crate) const STATUS_POLL_FAILURE_LIMIT: u32 = 3;
+
+/// The cancel of a request nobody waits for any more is best-effort; it
+/// must not hold the worker.
+pub(crate) const CANCEL_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A provider's resume data for one request, as its client records it.
+pub(crate) trait SubmissionRecord: Serialize {
+    /// The provider's id for the request, for logs.
+    fn id(&self) -> &str;
+}
+
+/// One client's view of the [`SubmissionLog`]: the log, when there is one,
+/// under the client's provider name. A failing log is only a warning, as
+/// the log's contract says.
+pub(crate) struct Submissions {
+    provider: &'static str,
+    log: Option<Arc<dyn SubmissionLog>>,
+}
+
+impl Submissions {
+    /// No log: every attempt submits anew.
+    pub(crate) fn new(provider: &'static str) -> Self {
+        Self {
+            provider,
+            log: None,
+        }
+    }
+
+    pub(crate) fn set_log(&mut self, log: Arc<dyn SubmissionLog>) {
+        self.log = Some(log);
+    }
+
+    /// `record` as the JSON a [`Resumable`] caller stores.
+    pub(crate) fn encode(&self, record: &impl SubmissionRecord) -> Result<String, ProviderError> {
+        serde_json::to_string(record).map_err(|e| ProviderError::Malformed {
+            message: format!(
+                "the {} submission record could not be encoded: {e}",
+                self.provider
+            ),
+        })
+    }
+
+    /// Follows the request an earlier attempt of the job recorded, else (or
+    /// when that request is gone) submits anew. `parse` reads a recorded
+    /// record and refuses one this client must not follow; `follow` waits
+    /// on a recalled request and answers `None` when it was stopped rather
+    /// than judged (run it again); `submit` submits and waits, and records
+    /// its request with [`remember`](Self::remember) before it waits.
+    ///
+    /// # Errors
+    ///
+    /// `submit`'s, and `follow`'s when it is retryable or the deadline's:
+    /// the recorded request may still be fine, and another submit would be
+    /// billed again.
+    pub(crate) async fn resume_or_submit<R, T, Follow, Submit>(
+        &self,
+        job_id: &str,
+        parse: impl FnOnce(&str) -> Result<R, ProviderError>,
+        follow: impl FnOnce(R) -> Follow,
+        submit: impl FnOnce() -> Submit,
+    ) -> Result<(R, T), ProviderError>
+    where
+        R: SubmissionRecord,
+        Follow: std::future::Future<Output = Result<Option<(R, T)>, ProviderError>>,
+        Submit: std::future::Future<Output = Result<(R, T), ProviderError>>,
+    {
+        let provider = self.provider;
+        if let Some(earlier) = self.recall(job_id, parse).await {
+            let request_id = earlier.id().to_owned();
+            match follow(earlier).await {
+                Ok(Some(resumed)) => {
+                    tracing::info!(
+                        provider,
+                        request_id = %request_id,
+                        "resumed the {provider} request an earlier attempt of this job submitted"
+                    );
+                    return Ok(resumed);
+                }
+                // Stopped rather than judged: `follow` has said why.
+                Ok(None) => {}
+                Err(err) if err.is_retryable() || err.code() == "deadline_exceeded" => {
+                    return Err(err)
+                }
+                // Gone (expired at the provider, unknown id): submit anew.
+                Err(err) => tracing::warn!(
+                    provider,
+                    request_id = %request_id,
+                    code = err.code(),
+                    "the recorded {provider} request cannot be resumed; submitting again"
+                ),
+            }
+        }
+        submit().await
+    }
+
+    /// The record an earlier attempt of `job_id` left, if any and if
+    /// `parse` accepts it.
+    async fn recall<R>(
+        &self,
+        job_id: &str,
+        parse: impl FnOnce(&str) -> Result<R, ProviderError>,
+    ) -> Option<R> {
+        let log = self.log.as_ref()?;
+        let provider = self.provider;
+        let recorded = match log.recall(job_id, provider).await {
+            Ok(recorded) => recorded?,
+            Err(e) => {
+                tracing::warn!(provider, error = %e, "could not read the {provider} submission log");
+                return None;
+            }
+        };
+        match parse(&recorded) {
+            Ok(record) => Some(record),
+            Err(_) => {
+                tracing::warn!(
+                    provider,
+                    "ignoring an unreadable {provider} submission record"
+                );
+                None
+            }
+        }
+    }
+
+    /// Records `record` for `job_id`. Called before waiting on it: a worker
+    /// that dies from there on leaves the request for the job's next
+    /// attempt to resume.
+    pub(crate) async fn remember(&self, job_id: &str, record: &impl SubmissionRecord) {
+        let Some(log) = &self.log else {
+            return;
+        };
+        let provider = self.provider;
+        let recorded = match self.encode(record) {
+            Ok(recorded) => recorded,
+            Err(e) => {
+                tracing::warn!(provider, error = %e, "could not record the {provider} submission");
+                return;
+            }
+        };
+        if let Err(e) = log.remember(job_id, provider, &recorded).await {
+            tracing::warn!(provider, error = %e, "could not record the {provider} submission");
+        }
+    }
+
+    /// Passes `attempt` through, forgetting the job's record when it failed:
+    /// that attempt is over, and the next one must not resume it.
+    pub(crate) async fn forget_on_error<T>(
+        &self,
+        job_id: &str,
+        attempt: Result<T, ProviderError>,
+    ) -> Result<T, ProviderError> {
+        if attempt.is_err() {
+            if let Some(log) = &self.log {
+                let provider = self.provider;
+                if let Err(e) = log.forget(job_id, provider).await {
+                    tracing::warn!(provider, error = %e, "could not forget the {provider} submission");
+                }
+            }
+        }
+        attempt
+    }
+}
+
+/// A [`SubmissionLog`] in memory, as the ledger would keep it.
+#[cfg(test)]
+#[derive(Default)]
+pub(crate) struct MemoryLog(
+    pub(crate) std::sync::Mutex<std::collections::HashMap<(String, String), String>>,
+);
+
+#[cfg(test)]
+#[async_trait::async_trait]
+impl SubmissionLog for MemoryLog {
+    async fn recall(&self, job_id: &str, provider: &str) -> Result<Option<String>, String> {
+        let map = self.0.lock().unwrap();
+        Ok(map
+            .get(&(job_id.to_string(), provider.to_string()))
+            .cloned())
+    }
+    async fn remember(&self, job_id: &str, provider: &str, submission: &str) -> Result<(), String> {
+        let mut map = self.0.lock().unwrap();
+        map.insert((job_id.into(), provider.into()), submission.into());
+        Ok(())
+    }
+    async fn forget(&self, job_id: &str, provider: &str) -> Result<(), String> {
+        let mut map = self.0.lock().unwrap();
+        map.remove(&(job_id.to_string(), provider.to_string()));
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+impl MemoryLog {
+    /// What an earlier attempt of `job-7` on `provider` would have recorded.
+    pub(crate) fn plant(&self, provider: &str, record: &serde_json::Value) {
+        let mut map = self.0.lock().unwrap();
+        map.insert(("job-7".into(), provider.into()), record.to_string());
+    }
+
+    /// What `job-7` has recorded on `provider`.
+    pub(crate) fn recorded(&self, provider: &str) -> Option<String> {
+        let map = self.0.lock().unwrap();
+        map.get(&("job-7".to_string(), provider.to_string()))
+            .cloned()
+    }
+}
