@@ -563,7 +563,7 @@ impl Default for KServeSection {
 }
 
 /// Long renders wait in the broker, not in a worker slot: the job is
-/// submitted to a queue-style provider (fal), then parked as a message in a
+/// submitted to a queue-style provider (fal, Replicate), then parked as a message in a
 /// retry queue; when it comes back, any worker looks at the request once and
 /// parks it again until the provider has finished.
 #[derive(Debug, Clone, Deserialize, Serialize)]
