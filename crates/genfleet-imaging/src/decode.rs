@@ -1,9 +1,10 @@
 //! Decoding untrusted bytes into clean pixels.
 //!
 //! Owns [`decode_sanitised`] and [`decode_to_fit`]: header check, decode
-//! under limits (JPEG through libjpeg-turbo with shrink-on-load, the rest
-//! through `image`), EXIF orientation, embedded ICC profile to sRGB, and
-//! normalisation to 8-bit RGB or RGBA. It deliberately returns pixels only:
+//! under limits (JPEG through [`crate::jpeg`], with shrink-on-load when
+//! built with libjpeg-turbo; the rest through `image`), EXIF orientation,
+//! embedded ICC profile to sRGB, and normalisation to 8-bit RGB or RGBA. It
+//! deliberately returns pixels only:
 //! metadata (EXIF, GPS, ICC, XMP, comments, trailing polyglot payloads) is
 //! dropped by construction because every output is re-encoded from these
 //! pixels.
@@ -62,8 +63,9 @@ pub fn decode_sanitised(bytes: &[u8], limits: &Limits) -> Result<Sanitised, Imag
 /// Like [`decode_sanitised`], and shrinks the result to fit inside
 /// `fit_long_side` (never enlarging): the thumbnail operation.
 ///
-/// JPEGs are shrunk in the DCT domain first, by the largest power of two
-/// that keeps the long side at or above the target, then by Lanczos3. The
+/// With libjpeg-turbo (the `simd-c` feature) JPEGs are shrunk in the DCT
+/// domain first, by the largest power of two that keeps the long side at or
+/// above the target; then everything is shrunk by Lanczos3. The
 /// resize runs before orientation and colour conversion, so both touch the
 /// small image only; a rotation commutes with fitting a long side.
 ///
@@ -109,7 +111,7 @@ pub fn decode_to_fit(
     })
 }
 
-/// libjpeg-turbo for YCbCr and grey JPEGs; `None` hands CMYK/YCCK to
+/// [`jpeg::decode`] for YCbCr and grey JPEGs; `None` hands CMYK/YCCK to
 /// `image`.
 fn decode_jpeg(
     bytes: &[u8],
@@ -492,6 +494,8 @@ mod tests {
             ("formats/f02_cups_exif_gps_512x320.png", 256, 1, (256, 160)),
         ];
         for (name, long_side, shrink, size) in cases {
+            // The pure-Rust backend decodes in full and resizes all the way.
+            let shrink = if jpeg::SHRINKS_ON_LOAD { shrink } else { 1 };
             let bytes = read(CORPUS, name);
             let s = decode_to_fit(&bytes, &limits, Some(long_side)).unwrap();
             assert_eq!(
@@ -503,7 +507,10 @@ mod tests {
         // Shrinking on load looks like decoding fully and resizing.
         let bytes = read(CORPUS, "photos/p01_foliage_sky_1000x750.jpg");
         let fast = decode_to_fit(&bytes, &limits, Some(400)).unwrap();
-        assert_eq!(fast.shrink_on_load, 2);
+        assert_eq!(
+            fast.shrink_on_load,
+            if jpeg::SHRINKS_ON_LOAD { 2 } else { 1 }
+        );
         let full = decode_sanitised(&bytes, &limits).unwrap();
         let slow = resize_to_fit(&full.image, 400).unwrap();
         let diff = mean_abs_diff(&fast.image, &slow);

@@ -4,8 +4,9 @@
 //! other metadata, which is what makes decode-then-encode a sanitiser. It
 //! does not resize or choose a format for the caller.
 //!
-//! Encoders: JPEG by libjpeg-turbo ([`crate::jpeg`]); lossy WebP by libwebp;
-//! AVIF by ravif (rav1e, with its assembly);
+//! Encoders: JPEG by [`crate::jpeg`] (jpeg-encoder, or libjpeg-turbo with
+//! the `simd-c` feature); lossy WebP by libwebp; AVIF by ravif (rav1e, with
+//! its assembly under `simd-c`);
 //! lossless WebP and PNG by `image` (its lossless WebP encoder is a fast
 //! single-pass one, several times faster than libwebp's at its default
 //! effort, at somewhat larger files).

@@ -8,8 +8,9 @@
 //! keeping only what the pixels need (tables, frame, scans) and dropping
 //! every metadata segment, comment and anything after the end marker, then
 //! proves the result decodes by running every entropy-coded block through
-//! libjpeg-turbo at 1/8 scale (Huffman decoding in full, the IDCT reduced
-//! to its DC term).
+//! [`jpeg::decode`]: with libjpeg-turbo at 1/8 scale (Huffman decoding in
+//! full, the IDCT reduced to its DC term), with the pure-Rust backend a full
+//! decode.
 //!
 //! Any doubt (an orientation to apply, a colour profile that is not sRGB,
 //! arithmetic coding, 12-bit samples, CMYK, a marker we do not know, damage)
@@ -66,8 +67,9 @@ pub fn jpeg_passthrough(
     let Some(stripped) = structure::strip_jpeg(bytes) else {
         return Ok(None);
     };
-    // The smallest decode libjpeg-turbo offers still reads every scan: what
-    // is sent is what was proven to decode.
+    // The smallest decode the backend offers (1/8 with libjpeg-turbo, full
+    // size without) still reads every scan: what is sent is what was proven
+    // to decode.
     match jpeg::decode(&stripped, Some(1), limits.max_decode_alloc_bytes) {
         Ok(Some(_)) => Ok(Some(Passthrough {
             bytes: stripped,

@@ -285,6 +285,52 @@ pub(crate) fn jpeg_is_complete(bytes: &[u8]) -> bool {
         .is_some_and(|scan| scan.windows(2).rev().any(|w| w == JPEG_EOI))
 }
 
+/// How many scans (SOS segments) the JPEG holds, counted up to `limit + 1`
+/// at most. The walk follows segment lengths, skips each scan's
+/// entropy-coded data, and stops at EOI or where the chain breaks (the
+/// decoder reports damage; this only counts). About 0.5 ms for a 1.7 MB
+/// photo here. Only the pure-Rust JPEG backend needs it (libjpeg-turbo
+/// counts scans itself); it is tested in both builds.
+#[cfg_attr(feature = "simd-c", allow(dead_code))]
+pub(crate) fn jpeg_scan_count(bytes: &[u8], limit: usize) -> usize {
+    let mut count = 0;
+    let mut pos = 2;
+    loop {
+        if bytes.get(pos) != Some(&0xFF) {
+            return count;
+        }
+        while bytes.get(pos + 1) == Some(&0xFF) {
+            pos += 1;
+        }
+        let Some(&marker) = bytes.get(pos + 1) else {
+            return count;
+        };
+        match marker {
+            0xD9 => return count,
+            // Standalone markers carry no length field.
+            0x01 | 0xD0..=0xD7 => {
+                pos += 2;
+                continue;
+            }
+            _ => {}
+        }
+        let Some(len) = bytes.get(pos + 2..pos + 4) else {
+            return count;
+        };
+        pos += 2 + usize::from(u16::from_be_bytes([len[0], len[1]]));
+        if marker == 0xDA {
+            count += 1;
+            if count > limit {
+                return count;
+            }
+            match entropy_end(bytes, pos) {
+                Some(end) => pos = end,
+                None => return count,
+            }
+        }
+    }
+}
+
 /// The JPEG rebuilt from the segments its pixels need: SOI, the tables
 /// (DQT, DHT, DRI), the frame header, every scan with its entropy-coded
 /// data, EOI; plus the JFIF APP0 (without its thumbnail) and the Adobe
@@ -439,6 +485,42 @@ mod tests {
         for (bytes, want) in cases {
             assert_eq!(jpeg_is_complete(bytes), *want, "{bytes:?}");
         }
+    }
+
+    #[test]
+    fn jpeg_scans() {
+        let cases: &[(&[u8], usize)] = &[
+            (b"\xFF\xD8\xFF\xDA\x00\x02\x12\x34\xFF\xD9", 1),
+            // Stuffed FF 00 and a restart marker inside the first scan.
+            (
+                b"\xFF\xD8\xFF\xDA\x00\x02\x12\xFF\x00\xFF\xD0\x34\xFF\xDA\x00\x02\x56\xFF\xD9",
+                2,
+            ),
+            // FF DA inside an APP1 payload is data, not a scan.
+            (
+                b"\xFF\xD8\xFF\xE1\x00\x04\xFF\xDA\xFF\xDA\x00\x02\x12\xFF\xD9",
+                1,
+            ),
+            // Nothing after EOI counts.
+            (
+                b"\xFF\xD8\xFF\xDA\x00\x02\x12\xFF\xD9\xFF\xDA\x00\x02\x12\xFF\xD9",
+                1,
+            ),
+            // A scan that never ends, and a broken chain, count what came.
+            (b"\xFF\xD8\xFF\xDA\x00\x02\x12\x34", 1),
+            (b"\xFF\xD8junk", 0),
+        ];
+        for (bytes, want) in cases {
+            assert_eq!(jpeg_scan_count(bytes, 10), *want, "{bytes:?}");
+        }
+        let mut many = b"\xFF\xD8".to_vec();
+        for _ in 0..5 {
+            many.extend_from_slice(b"\xFF\xDA\x00\x02\x12");
+        }
+        many.extend_from_slice(b"\xFF\xD9");
+        assert_eq!(jpeg_scan_count(&many, 10), 5);
+        // The walk stops once past the limit.
+        assert_eq!(jpeg_scan_count(&many, 2), 3);
     }
 
     #[test]
