@@ -68,7 +68,7 @@ fn corpus_stages(c: &mut Criterion) {
     let limits = Limits::default();
     let mut group = c.benchmark_group("12 MP stages");
     group.sample_size(10);
-    group.bench_function("decode 4000x3000 jpeg (libjpeg-turbo)", |b| {
+    group.bench_function("decode 4000x3000 jpeg", |b| {
         b.iter(|| genfleet_imaging::decode_sanitised(black_box(&photo), &limits))
     });
     group.bench_function("decode_to_fit 1024 (shrink-on-load 1/2 + lanczos3)", |b| {
