@@ -19,8 +19,8 @@ pub enum ProviderError {
     #[error("provider rejected the request: {message}")]
     Rejected { message: String },
 
-    /// Rate limiting, a 5xx, a timeout or a dropped connection: the same
-    /// request may succeed later.
+    /// A 5xx, a timeout or a dropped connection: the same request may
+    /// succeed later. Counts towards the model's circuit breaker.
     #[error("provider unavailable: {message}")]
     Unavailable {
         message: String,
@@ -48,18 +48,88 @@ pub enum ProviderError {
     /// the kind needs.
     #[error("{message}")]
     Unsupported { message: String },
+
+    /// The provider asked us to slow down (HTTP 429, or an explicit
+    /// rate-limit or full-queue answer): backpressure, not a failure of the
+    /// model. It never counts towards a circuit breaker; [`Guarded`]
+    /// feeds it to the provider's token bucket instead, and
+    /// [`generate_with_retries`] waits it out for as long as the deadline
+    /// allows.
+    ///
+    /// [`Guarded`]: crate::Guarded
+    /// [`generate_with_retries`]: crate::generate_with_retries
+    #[error("provider rate-limited the request: {message}")]
+    RateLimited {
+        message: String,
+        /// The provider's own hint for when to try again.
+        retry_after: Option<Duration>,
+    },
+
+    /// [`Guarded`] did not call the provider, and no call is worth making
+    /// before `retry_after`: the caller should put the job aside (a retry
+    /// queue, another provider) instead of holding a slot.
+    /// [`generate_with_retries`] returns it at once, without retrying; it
+    /// is no failure of the provider and counts towards no breaker.
+    ///
+    /// [`Guarded`]: crate::Guarded
+    /// [`generate_with_retries`]: crate::generate_with_retries
+    #[error("provider call deferred ({}): try again in {} ms", reason.label(), retry_after.as_millis())]
+    Deferred {
+        reason: DeferReason,
+        /// When a call may be let through (the breaker's next probe) or is
+        /// likely to find room.
+        retry_after: Duration,
+    },
+
+    /// This machine failed, not the provider: a spooled input or output
+    /// could not be read or written. Worth another attempt (the disk may
+    /// have room again), never counted against the provider's circuit.
+    #[error("local failure while calling the provider: {message}")]
+    Local { message: String },
+}
+
+/// Why [`Guarded`](crate::Guarded) deferred a call instead of making it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DeferReason {
+    /// The model's circuit breaker is open: the provider keeps failing for
+    /// it, and the next probe is `retry_after` away.
+    CircuitOpen,
+    /// The provider's concurrency limit stayed full for
+    /// [`GuardConfig::max_queue_wait`](crate::GuardConfig::max_queue_wait).
+    AtCapacity,
+}
+
+impl DeferReason {
+    /// Stable label for metrics and logs: `circuit_open`, `at_capacity`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::CircuitOpen => "circuit_open",
+            Self::AtCapacity => "at_capacity",
+        }
+    }
 }
 
 impl ProviderError {
     /// Whether the same request may succeed if sent again.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Self::Unavailable { .. } | Self::Malformed { .. })
+        matches!(
+            self,
+            Self::Unavailable { .. }
+                | Self::Malformed { .. }
+                | Self::RateLimited { .. }
+                | Self::Deferred { .. }
+                | Self::Local { .. }
+        )
     }
 
-    /// The provider's requested wait before the next attempt, if it gave one.
+    /// The provider's requested wait before the next attempt, if it gave
+    /// one (for [`Deferred`](Self::Deferred), [`Guarded`](crate::Guarded)'s).
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            Self::Unavailable { retry_after, .. } => *retry_after,
+            Self::Unavailable { retry_after, .. } | Self::RateLimited { retry_after, .. } => {
+                *retry_after
+            }
+            Self::Deferred { retry_after, .. } => Some(*retry_after),
             _ => None,
         }
     }
@@ -69,15 +139,20 @@ impl ProviderError {
     /// Unauthorized shares `provider_unavailable` with transient failures:
     /// from the customer's side the provider could not serve the job, and the
     /// distinction that matters to operators (alert, don't retry) is carried
-    /// by [`is_retryable`](Self::is_retryable) and the log line.
+    /// by [`is_retryable`](Self::is_retryable) and the log line. Rate
+    /// limits and deferrals read the same to the customer; a local failure
+    /// is ours (`internal`).
     pub fn code(&self) -> &'static str {
         match self {
             Self::Rejected { .. } => "provider_rejected",
-            Self::Unavailable { .. } | Self::Unauthorized { .. } | Self::Malformed { .. } => {
-                "provider_unavailable"
-            }
+            Self::Unavailable { .. }
+            | Self::Unauthorized { .. }
+            | Self::Malformed { .. }
+            | Self::RateLimited { .. }
+            | Self::Deferred { .. } => "provider_unavailable",
             Self::DeadlineExceeded => "deadline_exceeded",
             Self::Unsupported { .. } => "invalid_input",
+            Self::Local { .. } => "internal",
         }
     }
 }
@@ -133,16 +208,66 @@ mod tests {
             false,
             "invalid_input",
         );
+        check(
+            ProviderError::RateLimited {
+                message: msg(),
+                retry_after: None,
+            },
+            true,
+            "provider_unavailable",
+        );
+        for reason in [DeferReason::CircuitOpen, DeferReason::AtCapacity] {
+            check(
+                ProviderError::Deferred {
+                    reason,
+                    retry_after: Duration::from_secs(1),
+                },
+                true,
+                "provider_unavailable",
+            );
+        }
+        check(ProviderError::Local { message: msg() }, true, "internal");
     }
 
     #[test]
-    fn retry_after_only_from_unavailable() {
+    fn defer_reasons_have_stable_labels() {
+        assert_eq!(DeferReason::CircuitOpen.label(), "circuit_open");
+        assert_eq!(DeferReason::AtCapacity.label(), "at_capacity");
+        let err = ProviderError::Deferred {
+            reason: DeferReason::CircuitOpen,
+            retry_after: Duration::from_millis(1500),
+        };
+        assert_eq!(
+            err.to_string(),
+            "provider call deferred (circuit_open): try again in 1500 ms"
+        );
+    }
+
+    #[test]
+    fn retry_after_only_from_unavailable_rate_limited_and_deferred() {
         let hint = Some(Duration::from_secs(3));
         let err = ProviderError::Unavailable {
             message: "m".into(),
             retry_after: hint,
         };
         assert_eq!(err.retry_after(), hint);
+        let err = ProviderError::RateLimited {
+            message: "m".into(),
+            retry_after: hint,
+        };
+        assert_eq!(err.retry_after(), hint);
+        let err = ProviderError::Deferred {
+            reason: DeferReason::AtCapacity,
+            retry_after: Duration::from_secs(3),
+        };
+        assert_eq!(err.retry_after(), hint);
         assert_eq!(ProviderError::DeadlineExceeded.retry_after(), None);
+        assert_eq!(
+            ProviderError::Local {
+                message: "m".into()
+            }
+            .retry_after(),
+            None
+        );
     }
 }

@@ -15,6 +15,7 @@ use reqwest::{RequestBuilder, Response, StatusCode};
 use tokio::time::Instant;
 use url::Url;
 
+use crate::reread::ReadError;
 use crate::retry::parse_retry_after;
 use crate::{Artifact, Blob, InputImage, ProviderError, Spool};
 
@@ -75,9 +76,10 @@ pub(crate) async fn read_json<T: serde::de::DeserializeOwned>(
 }
 
 /// The class of a non-2xx status by the codes every provider shares:
-/// 401/403 credentials, 408/429/5xx transient, other 4xx permanent.
-/// Callers handle their provider's special cases (a safety code, a
-/// user-timeout 504) before falling back to this.
+/// 401/403 credentials, 429 rate-limited (backpressure, not a failure),
+/// 408/5xx transient, other 4xx permanent. Callers handle their provider's
+/// special cases (a safety code, a user-timeout 504) before falling back to
+/// this.
 pub(crate) fn classify_status(
     status: StatusCode,
     message: String,
@@ -85,7 +87,11 @@ pub(crate) fn classify_status(
 ) -> ProviderError {
     match status.as_u16() {
         401 | 403 => ProviderError::Unauthorized { message },
-        408 | 429 | 500..=599 => ProviderError::Unavailable {
+        429 => ProviderError::RateLimited {
+            message,
+            retry_after,
+        },
+        408 | 500..=599 => ProviderError::Unavailable {
             message,
             retry_after,
         },
@@ -122,9 +128,7 @@ pub(crate) async fn error_body(response: Response) -> Bytes {
 ///
 /// # Errors
 ///
-/// [`ProviderError::Malformed`] for a URL that is not http(s) or a broken
-/// data URI; [`ProviderError::Unavailable`] for a failed download (a new
-/// attempt produces a new file); the size cap as a rejection.
+/// As [`fetch_output`], whose read-again class is dropped.
 pub(crate) async fn download(
     client: &reqwest::Client,
     spool: &Spool,
@@ -134,35 +138,74 @@ pub(crate) async fn download(
     limit: u64,
     deadline: Option<Instant>,
 ) -> Result<Artifact, ProviderError> {
+    fetch_output(
+        client,
+        spool,
+        raw_url,
+        content_type,
+        request_timeout,
+        limit,
+        deadline,
+    )
+    .await
+    .map_err(|failed| failed.error)
+}
+
+/// [`download`], saying whether fetching the same URL again may help: it
+/// may after a transport failure, a 408, 429 or 5xx, or a local spool
+/// failure; it may not for a URL this client cannot fetch, an output over
+/// the cap, or any other 4xx (the file expired or is unknown: only a new
+/// request makes a new one).
+///
+/// # Errors
+///
+/// [`ProviderError::Malformed`] for a URL that is not http(s) or a broken
+/// data URI; [`ProviderError::Unavailable`] for a failed download;
+/// [`ProviderError::Local`] when the spool cannot take it; the size cap as
+/// a rejection.
+pub(crate) async fn fetch_output(
+    client: &reqwest::Client,
+    spool: &Spool,
+    raw_url: &str,
+    content_type: Option<String>,
+    request_timeout: Duration,
+    limit: u64,
+    deadline: Option<Instant>,
+) -> Result<Artifact, ReadError> {
     if let Some(rest) = raw_url.strip_prefix("data:") {
-        let (mime, bytes) = decode_data_uri(rest)?;
-        check_size(bytes.len() as u64, limit)?;
+        let (mime, bytes) = decode_data_uri(rest).map_err(ReadError::verdict)?;
+        check_size(bytes.len() as u64, limit).map_err(ReadError::verdict)?;
         return Ok(Artifact {
             content_type: content_type.unwrap_or(mime),
             bytes: keep(spool, bytes).await?,
         });
     }
-    let url = Url::parse(raw_url).map_err(|_| ProviderError::Malformed {
-        message: "an output URL is not a valid URL".into(),
+    let url = Url::parse(raw_url).map_err(|_| {
+        ReadError::verdict(ProviderError::Malformed {
+            message: "an output URL is not a valid URL".into(),
+        })
     })?;
     if !matches!(url.scheme(), "http" | "https") {
-        return Err(ProviderError::Malformed {
+        return Err(ReadError::verdict(ProviderError::Malformed {
             message: format!(
                 "an output URL has the unsupported scheme {:?}",
                 url.scheme()
             ),
-        });
+        }));
     }
     let _slot = spool.download_slot(deadline).await?;
     let response = send(client.get(url), request_timeout, deadline).await?;
     let status = response.status();
     if !status.is_success() {
-        // Whatever the code (404 for an expired file included), a new
-        // attempt produces a new file; nothing here is a policy decision.
-        return Err(ProviderError::Unavailable {
+        let error = ProviderError::Unavailable {
             message: format!("output download answered HTTP {}", status.as_u16()),
             retry_after: retry_after_header(response.headers()),
-        });
+        };
+        // A file host in trouble may serve the file later; a 404, 403 or
+        // 410 says it is gone (expired), and only a new request makes a
+        // new one, so that is worth another attempt, not another read.
+        let again = matches!(status.as_u16(), 408 | 429 | 500..=599);
+        return Err(ReadError::new(error, again));
     }
     let header_type = response
         .headers()
@@ -182,16 +225,17 @@ pub(crate) async fn download(
 /// Keeps an output already in memory (decoded from an answer) in `spool`.
 ///
 /// # Errors
-/// [`ProviderError::Unavailable`] when the spool file cannot be written:
-/// this machine's disk, and a new attempt may find room.
+/// [`ProviderError::Local`] when the spool file cannot be written: this
+/// machine's disk, not the provider, and a new attempt may find room.
 pub(crate) async fn keep(spool: &Spool, bytes: Bytes) -> Result<Blob, ProviderError> {
     spool.keep(bytes).await.map_err(spool_failed)
 }
 
+/// A spool write that failed: our disk, so [`ProviderError::Local`], which
+/// no breaker counts against the provider.
 fn spool_failed(err: std::io::Error) -> ProviderError {
-    ProviderError::Unavailable {
+    ProviderError::Local {
         message: format!("an output could not be spooled: {err}"),
-        retry_after: None,
     }
 }
 
@@ -250,16 +294,13 @@ pub(crate) fn encode_base64(bytes: &[u8]) -> String {
 /// An input's bytes, loaded by [`crate::GenerationRequest::load_inputs`].
 ///
 /// # Errors
-/// [`ProviderError::Unavailable`] for an input still in its spool file: a
-/// client built a body without loading the request first.
+/// [`ProviderError::Local`] for an input still in its spool file: a client
+/// built a body without loading the request first (our bug, not the
+/// provider's failure).
 pub(crate) fn input_bytes(image: &InputImage) -> Result<&Bytes, ProviderError> {
-    image
-        .bytes
-        .resident()
-        .ok_or_else(|| ProviderError::Unavailable {
-            message: "an input was not loaded from the spool before the request was built".into(),
-            retry_after: None,
-        })
+    image.bytes.resident().ok_or_else(|| ProviderError::Local {
+        message: "an input was not loaded from the spool before the request was built".into(),
+    })
 }
 
 /// `data:<type>;base64,<bytes>` for an input image.

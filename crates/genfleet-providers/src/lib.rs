@@ -38,6 +38,7 @@
 mod error;
 mod guard;
 mod http;
+mod reread;
 mod resume;
 mod retry;
 mod spool;
@@ -49,7 +50,11 @@ mod replicate;
 mod vertex;
 
 #[cfg(any(test, feature = "fake"))]
+pub mod fake_faults;
+#[cfg(any(test, feature = "fake"))]
 mod fake_media;
+#[cfg(test)]
+mod fault_table;
 #[cfg(test)]
 mod scripted;
 
@@ -68,7 +73,7 @@ pub use vertex::fake as fake_vertex;
 
 use std::fmt;
 
-pub use error::{Failed, ProviderError};
+pub use error::{DeferReason, Failed, ProviderError};
 pub use fal::{FalConfig, FalProvider};
 pub use guard::{BreakerState, GuardConfig, GuardSnapshot, Guarded};
 pub use kserve::{Contract, KServeConfig, KServeProvider, ModelMetadata, TensorMetadata};
@@ -116,16 +121,13 @@ impl InputImage {
     /// The image's bytes, read back from the spool if they wait there.
     ///
     /// # Errors
-    /// [`ProviderError::Unavailable`] when the spool file cannot be read
-    /// (this machine's disk: a later attempt may read it).
+    /// [`ProviderError::Local`] when the spool file cannot be read (this
+    /// machine's disk, not the provider: a later attempt may read it, and
+    /// no breaker counts it).
     pub async fn load(&self) -> Result<bytes::Bytes, ProviderError> {
-        self.bytes
-            .bytes()
-            .await
-            .map_err(|e| ProviderError::Unavailable {
-                message: format!("a spooled input could not be read: {e}"),
-                retry_after: None,
-            })
+        self.bytes.bytes().await.map_err(|e| ProviderError::Local {
+            message: format!("a spooled input could not be read: {e}"),
+        })
     }
 }
 
@@ -191,8 +193,8 @@ impl GenerationRequest {
     /// Callers drop the loaded copy as soon as the body is built.
     ///
     /// # Errors
-    /// [`ProviderError::Unavailable`] when a spool file cannot be read
-    /// (this machine's disk: a later attempt may read it).
+    /// [`ProviderError::Local`] when a spool file cannot be read (this
+    /// machine's disk: a later attempt may read it).
     pub async fn load_inputs(
         &self,
     ) -> Result<std::borrow::Cow<'_, GenerationRequest>, ProviderError> {

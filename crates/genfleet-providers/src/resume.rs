@@ -16,13 +16,16 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::reread::Failure;
 use crate::{GenerationOutput, GenerationRequest, ProviderError};
 
 /// Remembers which provider request a job's generation is waiting on, so a
 /// job redelivered after its worker died resumes that request instead of
 /// submitting (and paying for) it again. A record lives while some worker
-/// waits on the request or died waiting: a provider forgets it when it
-/// returns an error (the next attempt must submit anew).
+/// waits on the request or died waiting: a provider forgets it when the
+/// request failed at the provider or its deadline passed (the next attempt
+/// must submit anew), and keeps it while only reading it failed (the next
+/// attempt reads it again).
 ///
 /// `submission` is the provider's own opaque resume data (its request id and
 /// the URLs to poll and cancel it). Errors are strings because a failing log
@@ -86,11 +89,6 @@ pub trait Resumable: Send + Sync {
     async fn cancel(&self, submission: &str) -> Result<(), ProviderError>;
 }
 
-/// Consecutive failed status polls tolerated before an attempt gives up on
-/// its request. A blip while polling should not turn into a (billed)
-/// resubmit.
-pub(crate) const STATUS_POLL_FAILURE_LIMIT: u32 = 3;
-
 /// The cancel of a request nobody waits for any more is best-effort; it
 /// must not hold the worker.
 pub(crate) const CANCEL_TIMEOUT: Duration = Duration::from_secs(2);
@@ -132,6 +130,13 @@ impl Submissions {
         })
     }
 
+    /// Whether submissions are recorded: a client that holds a request open
+    /// while it renders (Replicate's `Prefer: wait`) must not, since the id
+    /// is only known, and recorded, once that answer arrives.
+    pub(crate) fn has_log(&self) -> bool {
+        self.log.is_some()
+    }
+
     /// Follows the request an earlier attempt of the job recorded, else (or
     /// when that request is gone) submits anew. `parse` reads a recorded
     /// record and refuses one this client must not follow; `follow` waits
@@ -141,20 +146,20 @@ impl Submissions {
     ///
     /// # Errors
     ///
-    /// `submit`'s, and `follow`'s when it is retryable or the deadline's:
-    /// the recorded request may still be fine, and another submit would be
-    /// billed again.
+    /// `submit`'s, and `follow`'s when it is retryable, the deadline's or
+    /// [`Failure::Unread`]: the provider has not refused the recorded
+    /// request for good, so this attempt does not pay for another.
     pub(crate) async fn resume_or_submit<R, T, Follow, Submit>(
         &self,
         job_id: &str,
         parse: impl FnOnce(&str) -> Result<R, ProviderError>,
         follow: impl FnOnce(R) -> Follow,
         submit: impl FnOnce() -> Submit,
-    ) -> Result<(R, T), ProviderError>
+    ) -> Result<(R, T), Failure>
     where
         R: SubmissionRecord,
-        Follow: std::future::Future<Output = Result<Option<(R, T)>, ProviderError>>,
-        Submit: std::future::Future<Output = Result<(R, T), ProviderError>>,
+        Follow: std::future::Future<Output = Result<Option<(R, T)>, Failure>>,
+        Submit: std::future::Future<Output = Result<(R, T), Failure>>,
     {
         let provider = self.provider;
         if let Some(earlier) = self.recall(job_id, parse).await {
@@ -170,16 +175,19 @@ impl Submissions {
                 }
                 // Stopped rather than judged: `follow` has said why.
                 Ok(None) => {}
-                Err(err) if err.is_retryable() || err.code() == "deadline_exceeded" => {
-                    return Err(err)
+                Err(Failure::Judged(err))
+                    if !err.is_retryable() && err.code() != "deadline_exceeded" =>
+                {
+                    // Gone (expired at the provider, unknown id): submit anew.
+                    tracing::warn!(
+                        provider,
+                        request_id = %request_id,
+                        code = err.code(),
+                        reason = %err,
+                        "the recorded {provider} request cannot be resumed; submitting again"
+                    );
                 }
-                // Gone (expired at the provider, unknown id): submit anew.
-                Err(err) => tracing::warn!(
-                    provider,
-                    request_id = %request_id,
-                    code = err.code(),
-                    "the recorded {provider} request cannot be resumed; submitting again"
-                ),
+                Err(failure) => return Err(failure),
             }
         }
         submit().await
@@ -233,22 +241,28 @@ impl Submissions {
         }
     }
 
-    /// Passes `attempt` through, forgetting the job's record when it failed:
-    /// that attempt is over, and the next one must not resume it.
-    pub(crate) async fn forget_on_error<T>(
+    /// Passes `attempt` through, forgetting the job's record when it ended
+    /// in a [`Failure::Judged`]: that request is over (or there was none),
+    /// and the next attempt must not resume it. A [`Failure::Unread`] keeps
+    /// the record, so the next attempt reads the same request again.
+    pub(crate) async fn settle<T>(
         &self,
         job_id: &str,
-        attempt: Result<T, ProviderError>,
+        attempt: Result<T, Failure>,
     ) -> Result<T, ProviderError> {
-        if attempt.is_err() {
-            if let Some(log) = &self.log {
-                let provider = self.provider;
-                if let Err(e) = log.forget(job_id, provider).await {
-                    tracing::warn!(provider, error = %e, "could not forget the {provider} submission");
+        match attempt {
+            Ok(value) => Ok(value),
+            Err(Failure::Unread(error)) => Err(error),
+            Err(Failure::Judged(error)) => {
+                if let Some(log) = &self.log {
+                    let provider = self.provider;
+                    if let Err(e) = log.forget(job_id, provider).await {
+                        tracing::warn!(provider, error = %e, "could not forget the {provider} submission");
+                    }
                 }
+                Err(error)
             }
         }
-        attempt
     }
 }
 

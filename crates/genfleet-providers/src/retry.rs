@@ -65,6 +65,13 @@ impl Default for RetryPolicy {
 /// workers hitting the same 429 spread out), or the error's Retry-After
 /// capped at `max_delay` when the provider sent one.
 ///
+/// A [`ProviderError::RateLimited`] answer is backpressure, not a failure:
+/// while the request has a deadline it does not use up one of
+/// `max_attempts` (the deadline bounds how long it is waited out); without
+/// one it counts like any other. A [`ProviderError::Deferred`] is returned
+/// at once: the provider was not called, and the caller decides where the
+/// job waits.
+///
 /// On success `attempts` in the output is the number of calls made.
 ///
 /// # Errors
@@ -105,6 +112,9 @@ where
     let max_attempts = policy.max_attempts.max(1);
     let mut rng = fastrand::Rng::new();
     let mut attempts: u32 = 0;
+    // Attempts that use up `max_attempts`: all but rate-limited ones under
+    // a deadline.
+    let mut counted: u32 = 0;
     let mut malformed: u32 = 0;
     loop {
         if request
@@ -127,11 +137,18 @@ where
             Ok(value) => return Ok((value, attempts)),
             Err(error) => error,
         };
+        if matches!(error, ProviderError::Deferred { .. }) {
+            // Nothing was called, and nothing will be before its
+            // `retry_after`: holding the job here would only keep its slot.
+            return Err(Failed { error, attempts });
+        }
+        if !(matches!(error, ProviderError::RateLimited { .. }) && request.deadline.is_some()) {
+            counted += 1;
+        }
         if matches!(error, ProviderError::Malformed { .. }) {
             malformed += 1;
         }
-        if !error.is_retryable() || attempts >= max_attempts || malformed >= MALFORMED_ANSWER_LIMIT
-        {
+        if !error.is_retryable() || counted >= max_attempts || malformed >= MALFORMED_ANSWER_LIMIT {
             return Err(Failed { error, attempts });
         }
         let delay = next_delay(policy, attempts - 1, error.retry_after(), &mut rng);
@@ -368,5 +385,93 @@ mod tests {
             .unwrap_err();
         assert_eq!(failed.attempts, 0);
         assert!(provider.call_times().is_empty());
+    }
+
+    fn rate_limited(retry_after: Option<Duration>) -> Result<(), ProviderError> {
+        Err(ProviderError::RateLimited {
+            message: "429".into(),
+            retry_after,
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rate_limits_under_a_deadline_are_waited_out_beyond_max_attempts() {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        // Six 429s and two 503s: more answers than `max_attempts` (4), but
+        // only the 503s use attempts up.
+        let mut script: Vec<_> = (0..6)
+            .map(|_| rate_limited(Some(Duration::from_secs(1))))
+            .collect();
+        script.insert(2, unavailable(None));
+        script.insert(5, unavailable(None));
+        script.push(Ok(()));
+        let provider = Scripted::new(script);
+        let start = Instant::now();
+        let output = generate_with_retries(&provider, &request(Some(deadline)), &policy())
+            .await
+            .unwrap();
+        assert_eq!(output.attempts, 9);
+        assert_eq!(provider.calls(), 9);
+        // Each 429's Retry-After of 1 s was waited out (capped at 2 s).
+        assert!(
+            start.elapsed() >= Duration::from_secs(6),
+            "{:?}",
+            start.elapsed()
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rate_limits_stop_at_the_deadline() {
+        let deadline = Instant::now() + Duration::from_millis(3500);
+        let provider = Scripted::new(
+            (0..20)
+                .map(|_| rate_limited(Some(Duration::from_secs(1))))
+                .collect(),
+        );
+        let failed = generate_with_retries(&provider, &request(Some(deadline)), &policy())
+            .await
+            .unwrap_err();
+        assert!(matches!(failed.error, ProviderError::DeadlineExceeded));
+        // Calls at 0, 1, 2 and 3 s; the wait after the fourth would pass it.
+        assert_eq!(failed.attempts, 4);
+        assert!(Instant::now() < deadline);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rate_limits_without_a_deadline_count_as_attempts() {
+        let provider = Scripted::new((0..10).map(|_| rate_limited(None)).collect());
+        let failed = generate_with_retries(&provider, &request(None), &policy())
+            .await
+            .unwrap_err();
+        assert_eq!(failed.attempts, 4);
+        assert!(matches!(failed.error, ProviderError::RateLimited { .. }));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn deferrals_are_returned_at_once() {
+        for reason in [
+            crate::DeferReason::CircuitOpen,
+            crate::DeferReason::AtCapacity,
+        ] {
+            let provider = Scripted::new(vec![
+                Err(ProviderError::Deferred {
+                    reason,
+                    retry_after: Duration::from_secs(20),
+                }),
+                Ok(()),
+            ]);
+            let start = Instant::now();
+            let deadline = start + Duration::from_secs(600);
+            let failed = generate_with_retries(&provider, &request(Some(deadline)), &policy())
+                .await
+                .unwrap_err();
+            assert_eq!(failed.attempts, 1);
+            assert_eq!(provider.calls(), 1);
+            assert_eq!(start.elapsed(), Duration::ZERO);
+            assert!(
+                matches!(failed.error, ProviderError::Deferred { reason: r, retry_after } if r == reason && retry_after == Duration::from_secs(20)),
+                "{failed}"
+            );
+        }
     }
 }

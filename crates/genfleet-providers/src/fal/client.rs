@@ -15,7 +15,8 @@ use crate::http::{
     self, data_uri, describe_transport, oversized, read_body, truncate, CONTROL_BODY_LIMIT,
     DETAIL_CHARS,
 };
-use crate::resume::{SubmissionRecord, Submissions, CANCEL_TIMEOUT, STATUS_POLL_FAILURE_LIMIT};
+use crate::reread::{read_again, Failure, ReadError};
+use crate::resume::{SubmissionRecord, Submissions, CANCEL_TIMEOUT};
 use crate::retry::parse_retry_after;
 use crate::{
     Artifact, GenerationOutput, GenerationRequest, InputImage, InputRole, JobKind, Provider,
@@ -152,9 +153,7 @@ impl Provider for FalProvider {
         request: &GenerationRequest,
     ) -> Result<GenerationOutput, ProviderError> {
         let generated = self.generate_once(request).await;
-        self.submissions
-            .forget_on_error(&request.job_id, generated)
-            .await
+        self.submissions.settle(&request.job_id, generated).await
     }
 }
 
@@ -215,7 +214,7 @@ impl FalProvider {
     async fn generate_once(
         &self,
         request: &GenerationRequest,
-    ) -> Result<GenerationOutput, ProviderError> {
+    ) -> Result<GenerationOutput, Failure> {
         let authorization = &self.authorization()?;
         let submit_url = self.submit_url(&request.model)?;
         let deadline = request.deadline;
@@ -235,15 +234,9 @@ impl FalProvider {
                 || self.submit_and_wait(submit_url, authorization, request),
             )
             .await?;
-        let output = self
-            .fetch_result(&response_url, authorization, request.count, deadline)
+        let artifacts = self
+            .collect(&submitted, &response_url, authorization, request)
             .await?;
-        let files = output_files(output)?;
-
-        let mut artifacts = Vec::with_capacity(files.len());
-        for file in files {
-            artifacts.push(self.download(file, deadline).await?);
-        }
         tracing::debug!(
             request_id = %submitted.request_id,
             artifacts = artifacts.len(),
@@ -256,12 +249,51 @@ impl FalProvider {
         })
     }
 
+    /// Reads the completed request's result and copies its outputs, each
+    /// read repeated on the same request until it answers, fal judges the
+    /// request, or the deadline passes: the render is done and paid for,
+    /// and only reading it is left.
+    async fn collect(
+        &self,
+        submitted: &Submitted,
+        response_url: &Url,
+        authorization: &HeaderValue,
+        request: &GenerationRequest,
+    ) -> Result<Vec<Artifact>, Failure> {
+        let id = submitted.request_id.as_str();
+        let deadline = request.deadline;
+        let pace = self.config.poll_interval;
+        let output = read_again(PROVIDER, id, "result", deadline, pace, || {
+            self.read_result(response_url, authorization, request.count, deadline)
+        })
+        .await?;
+        let files = output_files(output).inspect_err(|err| {
+            if err.is_retryable() {
+                tracing::warn!(
+                    request_id = %id,
+                    code = err.code(),
+                    reason = %err,
+                    "fal's result for the request is unusable; the next attempt submits anew"
+                );
+            }
+        })?;
+        let mut artifacts = Vec::with_capacity(files.len());
+        for file in &files {
+            let artifact = read_again(PROVIDER, id, "output", deadline, pace, || {
+                self.fetch_file(file, deadline)
+            })
+            .await?;
+            artifacts.push(artifact);
+        }
+        Ok(artifacts)
+    }
+
     async fn submit_and_wait(
         &self,
         submit_url: Url,
         authorization: &HeaderValue,
         request: &GenerationRequest,
-    ) -> Result<(Submitted, Url), ProviderError> {
+    ) -> Result<(Submitted, Url), Failure> {
         let deadline = request.deadline;
         // Built (and the inputs read back from the spool) only to send, and
         // only while the spool's send budget has room: the body, data URIs
@@ -360,31 +392,39 @@ impl FalProvider {
     }
 
     /// Polls the status URL until fal reports the request finished, and
-    /// returns the URL of its result.
+    /// returns the URL of its result. A failed poll (reset, truncated,
+    /// 5xx, 429, timeout) is polled again with backoff: the request exists,
+    /// and giving up on it would make the next attempt submit (and pay
+    /// for) it again.
     ///
     /// # Errors
     ///
     /// [`ProviderError::DeadlineExceeded`] (after a best-effort cancel) when
-    /// the deadline passes first; the poll's own error after
-    /// [`STATUS_POLL_FAILURE_LIMIT`] consecutive retryable failures, or at
-    /// once for a permanent one.
+    /// the deadline passes first; a permanent answer (an unknown request)
+    /// at once; [`Failure::Unread`] when, without a deadline, polls kept
+    /// failing for too long.
     async fn wait_until_completed(
         &self,
         submitted: &Submitted,
         authorization: &HeaderValue,
         deadline: Option<Instant>,
-    ) -> Result<Url, ProviderError> {
+    ) -> Result<Url, Failure> {
         let status_url = self.queue_url(&submitted.status_url, "status_url")?;
-        let mut failures = 0;
+        let id = submitted.request_id.as_str();
+        let pace = self.config.poll_interval;
         loop {
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 self.cancel(submitted, authorization).await;
-                return Err(ProviderError::DeadlineExceeded);
+                return Err(ProviderError::DeadlineExceeded.into());
             }
-            match self.poll_status(&status_url, authorization, deadline).await {
-                Ok(status) if matches!(status.status.as_str(), "IN_QUEUE" | "IN_PROGRESS") => {
-                    failures = 0;
-                }
+            let polled = read_again(PROVIDER, id, "status", deadline, pace, || async {
+                self.poll_status(&status_url, authorization, deadline)
+                    .await
+                    .map_err(ReadError::from)
+            })
+            .await;
+            match polled {
+                Ok(status) if matches!(status.status.as_str(), "IN_QUEUE" | "IN_PROGRESS") => {}
                 // COMPLETED, or a status this client does not know: either
                 // way the result URL says what happened (fal never reports
                 // FAILED; a failed request reads COMPLETED).
@@ -392,7 +432,7 @@ impl FalProvider {
                     if status.status != "COMPLETED" {
                         tracing::warn!(
                             request_id = %submitted.request_id,
-                            status = %status.status,
+                            status = %truncate(&status.status, 40),
                             "unknown fal queue status, fetching the result"
                         );
                     }
@@ -400,22 +440,13 @@ impl FalProvider {
                         .response_url
                         .as_deref()
                         .unwrap_or(&submitted.response_url);
-                    return self.queue_url(raw, "response_url");
+                    return Ok(self.queue_url(raw, "response_url")?);
                 }
-                Err(ProviderError::DeadlineExceeded) => {
+                Err(Failure::Judged(ProviderError::DeadlineExceeded)) => {
                     self.cancel(submitted, authorization).await;
-                    return Err(ProviderError::DeadlineExceeded);
+                    return Err(ProviderError::DeadlineExceeded.into());
                 }
-                Err(err) if err.is_retryable() && failures + 1 < STATUS_POLL_FAILURE_LIMIT => {
-                    failures += 1;
-                    tracing::warn!(
-                        request_id = %submitted.request_id,
-                        code = err.code(),
-                        error = %err,
-                        "fal status poll failed, polling again"
-                    );
-                }
-                Err(err) => return Err(err),
+                Err(failure) => return Err(failure),
             }
             let wake = Instant::now() + self.config.poll_interval;
             tokio::time::sleep_until(deadline.map_or(wake, |d| wake.min(d))).await;
@@ -482,6 +513,8 @@ impl FalProvider {
         }
     }
 
+    /// One read of the result, as [`read_result`](Self::read_result)
+    /// without its read-again class.
     pub(super) async fn fetch_result(
         &self,
         url: &Url,
@@ -489,14 +522,48 @@ impl FalProvider {
         count: u32,
         deadline: Option<Instant>,
     ) -> Result<ModelOutput, ProviderError> {
+        self.read_result(url, authorization, count, deadline)
+            .await
+            .map_err(|failed| failed.error)
+    }
+
+    /// One read of a completed request's result, and whether another read
+    /// may do better.
+    ///
+    /// The trap: a failed request reads COMPLETED, and only the result's
+    /// status code tells that it failed, with fal's error body (`detail`,
+    /// `error_type` or `X-Fal-Error-Type`). That is fal's verdict on the
+    /// request: final. A 5xx without fal's error body (a proxy or gateway
+    /// in trouble, an outage), a 408 or 429, a reset and a truncated or
+    /// malformed body are failures to read a result that may be fine: read
+    /// it again.
+    pub(super) async fn read_result(
+        &self,
+        url: &Url,
+        authorization: &HeaderValue,
+        count: u32,
+        deadline: Option<Instant>,
+    ) -> Result<ModelOutput, ReadError> {
         let builder = self
             .client
             .get(url.clone())
             .header(AUTHORIZATION, authorization.clone());
         let response = self.send(builder, deadline).await?;
-        // The trap: a failed request reads COMPLETED, and only this status
-        // code tells that it failed.
-        let response = check_status(response, "result").await?;
+        let status = response.status();
+        if !status.is_success() {
+            let headers = response.headers().clone();
+            let body = http::error_body(response).await;
+            let error = status_error("result", status, &headers, &body);
+            let again = match status.as_u16() {
+                408 | 429 => true,
+                500..=599 => {
+                    let (detail, error_type) = error_detail(&body, &headers);
+                    detail.is_none() && error_type.is_none()
+                }
+                _ => false,
+            };
+            return Err(ReadError::new(error, again));
+        }
         // Outputs may come inline as base64 data URIs (4 bytes per 3), one
         // per requested output; twice the cap per output leaves room for the
         // JSON around them.
@@ -506,9 +573,25 @@ impl FalProvider {
             .saturating_mul(u64::from(count.max(1)))
             .saturating_mul(2)
             .max(CONTROL_BODY_LIMIT);
-        let body = read_body(response, limit, deadline, oversized("result", limit)).await?;
-        serde_json::from_slice(&body).map_err(|err| ProviderError::Malformed {
-            message: format!("result is not the expected JSON: {err}"),
+        let body = read_body(response, limit, deadline, oversized("result", limit))
+            .await
+            .map_err(|error| {
+                // Over the limit: the same result would be as large again.
+                let again = !matches!(error, ProviderError::Malformed { .. });
+                ReadError::new(error, again)
+            })?;
+        serde_json::from_slice(&body).map_err(|err| {
+            // A body cut short with a valid frame (a proxy's truncation):
+            // the result itself may be fine.
+            ReadError::new(
+                ProviderError::Malformed {
+                    message: format!(
+                        "result is not the expected JSON: {}",
+                        http::json_problem(&err)
+                    ),
+                },
+                true,
+            )
         })
     }
 
@@ -516,14 +599,25 @@ impl FalProvider {
     /// Authorization header: the file host is not the queue API.
     pub(super) async fn download(
         &self,
-        file: OutputFile,
+        file: &OutputFile,
         deadline: Option<Instant>,
     ) -> Result<Artifact, ProviderError> {
-        http::download(
+        self.fetch_file(file, deadline)
+            .await
+            .map_err(|failed| failed.error)
+    }
+
+    /// [`download`](Self::download), saying whether fetching again may help.
+    async fn fetch_file(
+        &self,
+        file: &OutputFile,
+        deadline: Option<Instant>,
+    ) -> Result<Artifact, ReadError> {
+        http::fetch_output(
             &self.client,
             &self.spool,
             &file.url,
-            file.content_type,
+            file.content_type.clone(),
             self.config.request_timeout,
             self.config.max_output_bytes,
             deadline,
@@ -815,7 +909,7 @@ mod tests {
         check(401, &none, "", "Unauthorized");
         check(403, &none, "", "Unauthorized");
         check(408, &none, "", "Unavailable");
-        check(429, &none, "", "Unavailable");
+        check(429, &none, "", "RateLimited");
         check(500, &none, "", "Unavailable");
         check(
             503,

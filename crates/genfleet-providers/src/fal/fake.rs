@@ -20,6 +20,15 @@
 //! | other `test/*`      | 404, as fal answers for an unknown app                      |
 //! | any other owner     | like `test/ok`, so production model names work unchanged    |
 //!
+//! On top of the models' behaviours, [`FakeFal::set_faults`] and
+//! [`FakeFal::start_outage`] play the fault table (see
+//! [`crate::fake_faults`]) on every model: submits refused with 429 (with
+//! `Retry-After`) or 503 (`runner_scheduling_failure`), status and result
+//! reads reset mid-body, result bodies truncated, and an outage in which
+//! every API call answers a plain 503 as fal's edge would (not fal's error
+//! body: an outage is no verdict on a request). [`FakeFal::fault_counts`]
+//! counts accepted and refused submits, reads and renders.
+//!
 //! Every route but `/files/*` needs an `Authorization: Key ...` header, and
 //! `/files/*` (the stand-in for fal's CDN) is served without one, as the
 //! real file host is. It keeps everything in memory and is not meant to be
@@ -42,6 +51,8 @@ use serde_json::{json, Value};
 use tokio::sync::oneshot;
 use url::Url;
 
+use crate::fake_faults::{self, FaultState, ReadFault, SubmitFault};
+pub use crate::fake_faults::{FaultCounts, Faults};
 pub use crate::fake_media::{gradient_png, mp4};
 
 /// Side of the square PNGs served for image outputs.
@@ -82,6 +93,7 @@ impl FakeFal {
             downloads: AtomicU64::new(0),
             max_outstanding: AtomicU64::new(0),
             state: Mutex::new(FakeState::default()),
+            faults: FaultState::default(),
         });
         let router = Router::new()
             .fallback(handle)
@@ -146,6 +158,27 @@ impl FakeFal {
     pub fn downloads(&self) -> u64 {
         self.shared.downloads.load(Ordering::Relaxed)
     }
+
+    /// Plays `faults` from now on, on every model (replacing earlier ones).
+    pub fn set_faults(&self, faults: Faults) {
+        self.shared.faults.set(faults);
+    }
+
+    /// Answers every API call (submit, status, result, cancel) with a plain
+    /// 503 for `length` from now; `/files/*` stays up.
+    pub fn start_outage(&self, length: Duration) {
+        self.shared.faults.start_outage(length);
+    }
+
+    /// Submits accepted and refused, reads and renders so far.
+    pub fn fault_counts(&self) -> FaultCounts {
+        self.shared.faults.counts()
+    }
+
+    /// Result reads received so far, whatever they were answered.
+    pub fn result_reads(&self) -> u64 {
+        self.shared.faults.counts().result_reads
+    }
 }
 
 impl Drop for FakeFal {
@@ -164,6 +197,7 @@ struct Shared {
     /// The most accepted submits not yet matched by an output download.
     max_outstanding: AtomicU64,
     state: Mutex<FakeState>,
+    faults: FaultState,
 }
 
 impl Shared {
@@ -317,6 +351,19 @@ fn submit(shared: &Shared, owner: &str, app: &str, body: &[u8]) -> Response {
         state.last_image_url = Some(url.to_owned());
     }
     let seed = input.get("seed").and_then(Value::as_u64);
+    // The fault table comes before the model's own behaviour: a refused
+    // submit never reaches a runner.
+    if let Some(fault) = shared.faults.submit() {
+        return match fault {
+            SubmitFault::Outage => fake_faults::outage(),
+            SubmitFault::RateLimited(secs) => {
+                fake_faults::rate_limited(secs, json!({"detail": "Rate limit exceeded"}))
+            }
+            SubmitFault::Unavailable => {
+                infrastructure_error("runner_scheduling_failure", "no runner could be scheduled")
+            }
+        };
+    }
     match behaviour {
         Behaviour::Reject => {
             return error(
@@ -325,7 +372,8 @@ fn submit(shared: &Shared, owner: &str, app: &str, body: &[u8]) -> Response {
             )
         }
         Behaviour::Down => {
-            return infrastructure_error("runner_scheduling_failure", "no runners are available")
+            shared.faults.refused();
+            return infrastructure_error("runner_scheduling_failure", "no runners are available");
         }
         Behaviour::Flaky => {
             let prompt = input
@@ -339,6 +387,7 @@ fn submit(shared: &Shared, owner: &str, app: &str, body: &[u8]) -> Response {
             *seen += 1;
             match *seen {
                 1 => {
+                    shared.faults.refused();
                     let mut response = error(
                         StatusCode::TOO_MANY_REQUESTS,
                         json!({"detail": "Rate limit exceeded"}),
@@ -349,16 +398,18 @@ fn submit(shared: &Shared, owner: &str, app: &str, body: &[u8]) -> Response {
                     return response;
                 }
                 2 => {
+                    shared.faults.refused();
                     return infrastructure_error(
                         "runner_scheduling_failure",
                         "no runner could be scheduled",
-                    )
+                    );
                 }
                 _ => {}
             }
         }
         _ => {}
     }
+    shared.faults.accepted();
     let number = shared.next_id.fetch_add(1, Ordering::Relaxed);
     let outstanding = number.saturating_sub(shared.downloads.load(Ordering::Relaxed));
     shared
@@ -393,6 +444,10 @@ fn submit(shared: &Shared, owner: &str, app: &str, body: &[u8]) -> Response {
 }
 
 fn status(shared: &Shared, owner: &str, app: &str, id: &str) -> Response {
+    let fault = shared.faults.status_read();
+    if fault == Some(ReadFault::Outage) {
+        return fake_faults::outage();
+    }
     let mut state = shared.lock();
     let Some(request) = known_request(&mut state, owner, app, id) else {
         return not_found();
@@ -412,19 +467,55 @@ fn status(shared: &Shared, owner: &str, app: &str, id: &str) -> Response {
         "response_url": format!("{}/{}/requests/{id}", shared.origin, request.app),
         "logs": [],
     });
-    (code, axum::Json(answer)).into_response()
+    drop(state);
+    faulty(fault, code, &answer)
 }
 
 fn result(shared: &Shared, owner: &str, app: &str, id: &str) -> Response {
+    let fault = shared.faults.result_read();
+    if fault == Some(ReadFault::Outage) {
+        return fake_faults::outage();
+    }
+    let (code, answer) = match result_answer(shared, owner, app, id) {
+        Ok(answer) => answer,
+        Err(RawAnswer::NotFound) => return not_found(),
+        Err(RawAnswer::Truncated) => {
+            return (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "application/json")],
+                r#"{"images": ["#,
+            )
+                .into_response()
+        }
+    };
+    faulty(fault, code, &answer)
+}
+
+/// A result answer that is not a JSON document.
+enum RawAnswer {
+    /// The request is unknown.
+    NotFound,
+    /// `test/malformed`'s result: JSON cut short.
+    Truncated,
+}
+
+/// The result of request `id` as fal answers it, or the answer that is
+/// not a JSON document.
+fn result_answer(
+    shared: &Shared,
+    owner: &str,
+    app: &str,
+    id: &str,
+) -> Result<(StatusCode, Value), RawAnswer> {
     let mut state = shared.lock();
     let Some(request) = known_request(&mut state, owner, app, id) else {
-        return not_found();
+        return Err(RawAnswer::NotFound);
     };
     if !request.completed() {
-        return error(
+        return Ok((
             StatusCode::BAD_REQUEST,
             json!({"detail": "Request is still in progress"}),
-        );
+        ));
     }
     let files = format!("{}/files", shared.origin);
     let images = || -> Vec<Value> {
@@ -449,19 +540,12 @@ fn result(shared: &Shared, owner: &str, app: &str, id: &str) -> Response {
             json!({"images": images(), "has_nsfw_concepts": flags(true), "seed": seed})
         }
         Behaviour::FailedResult => {
-            return error(
+            return Ok((
                 StatusCode::INTERNAL_SERVER_ERROR,
                 json!({"detail": "runner crashed"}),
-            )
+            ))
         }
-        Behaviour::Malformed => {
-            return (
-                StatusCode::OK,
-                [(header::CONTENT_TYPE, "application/json")],
-                r#"{"images": ["#,
-            )
-                .into_response()
-        }
+        Behaviour::Malformed => return Err(RawAnswer::Truncated),
         Behaviour::Video => json!({
             "video": {
                 "url": format!("{files}/{id}.mp4"),
@@ -473,16 +557,31 @@ fn result(shared: &Shared, owner: &str, app: &str, id: &str) -> Response {
         }),
         // Never completed, never reaches here; answer as fal would.
         Behaviour::Stuck | Behaviour::Reject | Behaviour::Down => {
-            return error(
+            return Ok((
                 StatusCode::BAD_REQUEST,
                 json!({"detail": "Request is still in progress"}),
-            )
+            ))
         }
     };
-    (StatusCode::OK, axum::Json(answer)).into_response()
+    Ok((StatusCode::OK, answer))
+}
+
+/// `answer` as JSON with `code`, broken as `fault` says: reset mid-body, or
+/// (a 200 only) cut short.
+fn faulty(fault: Option<ReadFault>, code: StatusCode, answer: &Value) -> Response {
+    match fault {
+        Some(ReadFault::Reset) => fake_faults::reset(code, Bytes::from(answer.to_string())),
+        Some(ReadFault::Truncated) if code == StatusCode::OK => {
+            fake_faults::truncated(code, &Bytes::from(answer.to_string()))
+        }
+        _ => (code, axum::Json(answer)).into_response(),
+    }
 }
 
 fn cancel(shared: &Shared, owner: &str, app: &str, id: &str) -> Response {
+    if shared.faults.outage() {
+        return fake_faults::outage();
+    }
     let mut state = shared.lock();
     let Some(request) = known_request(&mut state, owner, app, id) else {
         return (

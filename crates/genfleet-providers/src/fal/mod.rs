@@ -26,6 +26,8 @@ mod resume;
 #[cfg(any(test, feature = "fake"))]
 pub mod fake;
 #[cfg(test)]
+mod fault_tests;
+#[cfg(test)]
 mod resume_tests;
 #[cfg(test)]
 mod tests;

@@ -51,7 +51,7 @@ impl Resumable for FalProvider {
             .fetch_result(&response_url, &authorization, request.count, deadline)
             .await?;
         let mut artifacts = Vec::new();
-        for file in output_files(output)? {
+        for file in &output_files(output)? {
             artifacts.push(self.download(file, deadline).await?);
         }
         Ok(Checked::Done(GenerationOutput {

@@ -267,17 +267,23 @@ async fn stuck_requests_end_at_the_deadline_and_are_cancelled() {
     assert_eq!(fake.cancellations(), 1);
 }
 
+/// A result that keeps arriving truncated is read again on the same
+/// request until the deadline: never submitted (and paid for) twice.
 #[tokio::test]
-async fn malformed_results_are_retried_once() {
+async fn malformed_results_are_read_again_until_the_deadline_without_a_second_submit() {
     let fake = FakeFal::start().await.unwrap();
-    let failed = generate_with_retries(&provider(&fake), &request("test/malformed"), &policy())
+    let mut request = request("test/malformed");
+    request.deadline = Some(Instant::now() + Duration::from_millis(600));
+    let failed = generate_with_retries(&provider(&fake), &request, &policy())
         .await
         .unwrap_err();
-    assert_eq!(failed.attempts, 2);
     assert!(
-        matches!(failed.error, ProviderError::Malformed { .. }),
+        matches!(failed.error, ProviderError::DeadlineExceeded),
         "{failed}"
     );
+    assert_eq!(failed.attempts, 1);
+    assert_eq!(fake.submissions_for("test/malformed"), 1);
+    assert!(fake.result_reads() >= 3, "{}", fake.result_reads());
 }
 
 #[tokio::test]

@@ -11,13 +11,30 @@
 //! models.
 //!
 //! Order of a call: the model's breaker is asked first, so a model known to
-//! be down is refused at once (the worker fails over along the job's
-//! provider list, or retries after the error's `retry_after`) without
-//! taking a slot or a token from the healthy models; then a concurrency
-//! permit, then a rate token, both waited for no later than
-//! `request.deadline`; then the breaker is asked again, because it may have
+//! be down is refused at once with [`ProviderError::Deferred`]
+//! ([`DeferReason::CircuitOpen`], `retry_after` = the time to its next
+//! probe: the worker fails over along the job's provider list, or puts the
+//! job aside until then) without taking a slot or a token from the healthy
+//! models; then a hold the provider asked for with a rate-limit answer is
+//! waited out, before taking a slot; then a concurrency permit, waited for
+//! at most [`GuardConfig::max_queue_wait`] (then
+//! [`DeferReason::AtCapacity`]); then a rate token; every wait ends by
+//! `request.deadline`. Then the breaker is asked again, because it may have
 //! opened while the call waited. The token is taken last so that the rate
 //! measures calls as they reach the provider, not as they queue.
+//!
+//! What counts against a model's breaker: `Unavailable` and `Malformed`
+//! answers only. A rate-limit answer ([`ProviderError::RateLimited`]) is
+//! backpressure, not a failure: it feeds the provider's token bucket
+//! instead, which is adaptive (AIMD): each rate-limit answer (at most one a
+//! second, since calls sent together report the same congestion) halves
+//! the rate it lets through (of the configured rate, or of the rate calls
+//! were actually made at, whichever is lower) and holds every call until
+//! the answer's Retry-After; then the rate climbs back additively, to the
+//! configured rate over `RATE_RECOVERY` (30 s), and the bucket is as configured
+//! again. A provider with no configured limit is slowed the same way and
+//! recovers to unlimited. Local failures ([`ProviderError::Local`], our own
+//! disk) and deferrals say nothing about the provider and count nowhere.
 //!
 //! Memory is bounded: at most 1,024 models have a breaker.
 //! When a new model arrives and the table is full, every breaker that is
@@ -53,10 +70,35 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
-use crate::{GenerationOutput, GenerationRequest, Provider, ProviderError};
+use crate::{DeferReason, GenerationOutput, GenerationRequest, Provider, ProviderError};
 
 /// Longest a caller waits for one rate token, in seconds (a day).
 const MAX_TOKEN_WAIT_SECS: f64 = 86_400.0;
+
+/// Longest hold one rate-limit answer imposes, whatever its Retry-After
+/// says: a bogus hint of hours must not stop a provider for hours (the
+/// next answer holds again if the provider still means it).
+const MAX_RATE_LIMIT_HOLD: Duration = Duration::from_secs(120);
+
+/// Rate-limit answers closer together than this cut the rate once: the
+/// calls in flight when the provider started refusing were all sent at the
+/// old rate, and each of their answers reports the same congestion.
+const CUT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How long the additive recovery takes to climb from zero to the rate it
+/// recovers to: from a halved rate, half as long.
+const RATE_RECOVERY: Duration = Duration::from_secs(30);
+
+/// No rate-limit answer slows a provider below this many calls a second
+/// (unless its configured rate is lower still).
+const MIN_RATE: f64 = 0.2;
+
+/// Time constant of the estimate of the rate calls are made at, in seconds.
+const OBSERVED_RATE_WINDOW_SECS: f64 = 1.0;
+
+/// Bounds on the `retry_after` of an at-capacity deferral.
+const MIN_AT_CAPACITY_RETRY: Duration = Duration::from_secs(1);
+const MAX_AT_CAPACITY_RETRY: Duration = Duration::from_secs(30);
 
 /// Most models whose breaker one [`Guarded`] keeps; see the module docs for
 /// what happens past it.
@@ -65,27 +107,37 @@ pub(crate) const MAX_TRACKED_MODELS: usize = 1024;
 /// How [`Guarded`] limits and trips.
 #[derive(Debug, Clone)]
 pub struct GuardConfig {
-    /// Calls inside the provider at once; more wait for a slot. 0 is treated
-    /// as 1.
+    /// Calls inside the provider at once; more wait for a slot, for at most
+    /// `max_queue_wait`. 0 is treated as 1.
     pub max_concurrent: usize,
     /// Calls started per second, sustained; 0 (or anything not above 0)
-    /// means unlimited.
+    /// means unlimited. Rate-limit answers lower it for a while (see the
+    /// module docs), whatever it is.
     pub rate_per_second: f64,
     /// Calls that may start back to back after an idle spell. 0 is treated
     /// as 1.
     pub burst: u32,
-    /// Consecutive retryable failures (`Unavailable`, `Malformed`) of one
-    /// model that open that model's breaker. 0 is treated as 1.
+    /// Consecutive retryable failures (`Unavailable`, `Malformed`; never
+    /// `RateLimited` or `Local`) of one model that open that model's
+    /// breaker. 0 is treated as 1.
     pub failure_threshold: u32,
     /// How long a model's breaker stays open before one probe call for that
     /// model is let through.
     pub open_for: Duration,
+    /// Longest a call waits for a free slot before it is deferred
+    /// ([`DeferReason::AtCapacity`]) instead: a job should go back to a
+    /// queue rather than hold a worker while the provider is full. The
+    /// deadline cuts it shorter.
+    pub max_queue_wait: Duration,
 }
 
 impl Default for GuardConfig {
-    /// 64 concurrent calls, no rate limit, and breakers that open after 5
-    /// consecutive retryable failures for 30 s: long enough to stop hammering
-    /// a model that is down, short enough to notice its return quickly.
+    /// 64 concurrent calls, no rate limit, breakers that open after 5
+    /// consecutive retryable failures for 30 s (long enough to stop
+    /// hammering a model that is down, short enough to notice its return
+    /// quickly), and 2 s at most waiting for a slot (a slot frees within
+    /// that on a provider that is merely busy; one that stays full is
+    /// better waited for in a queue).
     fn default() -> Self {
         Self {
             max_concurrent: 64,
@@ -93,6 +145,7 @@ impl Default for GuardConfig {
             burst: 1,
             failure_threshold: 5,
             open_for: Duration::from_secs(30),
+            max_queue_wait: Duration::from_secs(2),
         }
     }
 }
@@ -128,15 +181,16 @@ pub struct Guarded<P> {
     inner: P,
     config: GuardConfig,
     permits: Semaphore,
-    bucket: Option<Mutex<Bucket>>,
+    bucket: Mutex<Bucket>,
     breakers: Mutex<Breakers>,
     in_flight: AtomicUsize,
 }
 
 impl<P: Provider> Guarded<P> {
     pub fn new(inner: P, config: GuardConfig) -> Self {
-        let bucket = (config.rate_per_second > 0.0 && config.rate_per_second.is_finite())
-            .then(|| Mutex::new(Bucket::new(config.rate_per_second, config.burst.max(1))));
+        let configured = (config.rate_per_second > 0.0 && config.rate_per_second.is_finite())
+            .then_some(config.rate_per_second);
+        let bucket = Mutex::new(Bucket::new(configured, config.burst.max(1)));
         Self {
             permits: Semaphore::new(config.max_concurrent.clamp(1, Semaphore::MAX_PERMITS)),
             inner,
@@ -195,6 +249,29 @@ impl<P: Provider> Guarded<P> {
         open
     }
 
+    /// The calls per second the provider's bucket lets through now: the
+    /// configured rate, lower while recovering from rate-limit answers, or
+    /// `None` for unlimited.
+    pub fn rate_limit(&self) -> Option<f64> {
+        let now = Instant::now();
+        let mut bucket = self.lock_bucket();
+        bucket.settle(now);
+        bucket.rate(now.max(bucket.refilled_at))
+    }
+
+    /// Until when the provider asked, with its last rate-limit answer, not
+    /// to be called; `None` when no such hold is in effect.
+    pub fn held_until(&self) -> Option<Instant> {
+        let until = self.lock_bucket().hold_until;
+        (until > Instant::now()).then_some(until)
+    }
+
+    fn lock_bucket(&self) -> MutexGuard<'_, Bucket> {
+        // Never held across an await: a poisoned lock still holds a
+        // consistent bucket.
+        self.bucket.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// How many models have a breaker now.
     #[cfg(test)]
     pub(crate) fn tracked_models(&self) -> usize {
@@ -207,9 +284,9 @@ impl<P: Provider> Guarded<P> {
         self.breakers.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Lets a call for `model` through its breaker or refuses it with the
-    /// open error. A half-open breaker lets exactly one caller through as
-    /// its probe. A model that cannot be tracked is let through untracked.
+    /// Lets a call for `model` through its breaker or defers it. A
+    /// half-open breaker lets exactly one caller through as its probe. A
+    /// model that cannot be tracked is let through untracked.
     fn admit<'a>(&'a self, model: &'a str) -> Result<Ticket<'a, P>, ProviderError> {
         let now = Instant::now();
         let mut breakers = self.lock_breakers();
@@ -260,51 +337,115 @@ impl<P: Provider> Guarded<P> {
         })
     }
 
-    /// The refusal: names the provider and the model, never the request's
-    /// prompt or parameters.
+    /// The refusal: a deferral until the breaker's next probe, not a
+    /// failure (the provider was not called, and the job has lost nothing
+    /// but time). The log names the provider and the model, never the
+    /// request's prompt or parameters.
     fn open_error(&self, model: &str, breaker: &Breaker, retry_after: Duration) -> ProviderError {
-        ProviderError::Unavailable {
-            message: format!(
-                "circuit open for {} model {model} after {} consecutive failures",
-                self.inner.name(),
-                breaker.consecutive_failures
-            ),
-            retry_after: Some(retry_after),
+        tracing::debug!(
+            provider = self.inner.name(),
+            model,
+            consecutive_failures = breaker.consecutive_failures,
+            retry_after_ms = u64::try_from(retry_after.as_millis()).unwrap_or(u64::MAX),
+            "circuit open, deferring the call"
+        );
+        ProviderError::Deferred {
+            reason: DeferReason::CircuitOpen,
+            retry_after,
         }
     }
 
-    /// Waits for a concurrency permit, no later than `deadline`.
+    /// Waits for a concurrency permit, for at most `max_queue_wait` and no
+    /// later than `deadline`.
     async fn acquire_permit(
         &self,
         deadline: Option<Instant>,
     ) -> Result<tokio::sync::SemaphorePermit<'_>, ProviderError> {
-        let acquired = match deadline {
-            Some(deadline) => tokio::time::timeout_at(deadline, self.permits.acquire())
-                .await
-                .map_err(|_| ProviderError::DeadlineExceeded)?,
-            None => self.permits.acquire().await,
+        let gave_up_at = Instant::now() + self.config.max_queue_wait;
+        let deadline_first = deadline.is_some_and(|deadline| deadline <= gave_up_at);
+        let until = match deadline {
+            Some(deadline) if deadline_first => deadline,
+            _ => gave_up_at,
         };
-        // The semaphore is never closed.
-        acquired.map_err(|_| ProviderError::DeadlineExceeded)
+        // `timeout_at` polls the acquire before its timer, so a free slot is
+        // taken even with a zero `max_queue_wait`.
+        match tokio::time::timeout_at(until, self.permits.acquire()).await {
+            // The semaphore is never closed.
+            Ok(acquired) => acquired.map_err(|_| ProviderError::DeadlineExceeded),
+            Err(_) if deadline_first => Err(ProviderError::DeadlineExceeded),
+            Err(_) => {
+                let retry_after = self
+                    .config
+                    .max_queue_wait
+                    .clamp(MIN_AT_CAPACITY_RETRY, MAX_AT_CAPACITY_RETRY);
+                tracing::debug!(
+                    provider = self.inner.name(),
+                    max_concurrent = self.config.max_concurrent,
+                    "provider at capacity, deferring the call"
+                );
+                Err(ProviderError::Deferred {
+                    reason: DeferReason::AtCapacity,
+                    retry_after,
+                })
+            }
+        }
+    }
+
+    /// Waits out a hold the provider asked for with a rate-limit answer,
+    /// before the call takes a slot (a held call in a slot would only keep
+    /// others from theirs). Fails at once when the hold outlasts
+    /// `deadline`.
+    async fn wait_for_hold(&self, deadline: Option<Instant>) -> Result<(), ProviderError> {
+        let until = self.lock_bucket().hold_until;
+        if until <= Instant::now() {
+            return Ok(());
+        }
+        if deadline.is_some_and(|deadline| until >= deadline) {
+            return Err(ProviderError::DeadlineExceeded);
+        }
+        tokio::time::sleep_until(until).await;
+        Ok(())
     }
 
     /// Takes a rate token, waiting for it when the bucket is empty. Fails at
     /// once, taking nothing, when the token would only arrive at or after
     /// `deadline`.
     async fn take_token(&self, deadline: Option<Instant>) -> Result<(), ProviderError> {
-        let Some(bucket) = &self.bucket else {
-            return Ok(());
-        };
-        let now = Instant::now();
-        let ready_at = bucket
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .reserve(now, deadline)
-            .ok_or(ProviderError::DeadlineExceeded)?;
-        if ready_at > now {
+        loop {
+            let now = Instant::now();
+            let (ready_at, epoch) = {
+                let mut bucket = self.lock_bucket();
+                let ready_at = bucket
+                    .reserve(now, deadline)
+                    .ok_or(ProviderError::DeadlineExceeded)?;
+                (ready_at, bucket.epoch)
+            };
+            if ready_at <= now {
+                return Ok(());
+            }
             tokio::time::sleep_until(ready_at).await;
+            // A rate-limit answer while this call waited cut the rate and
+            // wiped the queue's reservations: take a place in the new,
+            // slower queue instead of going at the old pace.
+            if self.lock_bucket().epoch == epoch {
+                return Ok(());
+            }
         }
-        Ok(())
+    }
+
+    /// Feeds a rate-limit answer to the bucket.
+    fn rate_limited(&self, retry_after: Option<Duration>) {
+        let now = Instant::now();
+        let cut = self.lock_bucket().on_rate_limited(now, retry_after);
+        if let Some(rate) = cut {
+            tracing::info!(
+                provider = self.inner.name(),
+                rate_per_second = rate,
+                hold_ms =
+                    u64::try_from(retry_after.unwrap_or_default().as_millis()).unwrap_or(u64::MAX),
+                "provider rate-limited us, slowing down"
+            );
+        }
     }
 }
 
@@ -326,10 +467,13 @@ impl<P: Provider> Provider for Guarded<P> {
     /// # Errors
     ///
     /// The inner provider's error, or without calling it:
-    /// [`ProviderError::Unavailable`] with a `retry_after` while the
-    /// model's breaker is open (or half-open with its probe already out),
-    /// and [`ProviderError::DeadlineExceeded`] when the deadline passes, or
-    /// would pass, while waiting for a slot or a rate token.
+    /// [`ProviderError::Deferred`] with [`DeferReason::CircuitOpen`] and the
+    /// time to the next probe while the model's breaker is open (or
+    /// half-open with its probe already out: then `open_for`), or with
+    /// [`DeferReason::AtCapacity`] when no slot freed within
+    /// `max_queue_wait`; [`ProviderError::DeadlineExceeded`] when the
+    /// deadline passes, or would pass, while waiting out a rate-limit hold,
+    /// for a slot or for a rate token.
     ///
     /// # Cancel safety
     ///
@@ -349,6 +493,7 @@ impl<P: Provider> Provider for Guarded<P> {
         }
         let model = request.model.as_str();
         let ticket = self.admit(model)?;
+        self.wait_for_hold(request.deadline).await?;
         let _permit = self.acquire_permit(request.deadline).await?;
         self.take_token(request.deadline).await?;
         // The breaker may have opened while this call waited.
@@ -361,9 +506,22 @@ impl<P: Provider> Provider for Guarded<P> {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         let _in_flight = InFlight(&self.in_flight);
         let result = self.inner.generate(request).await;
+        if let Err(ProviderError::RateLimited { retry_after, .. }) = &result {
+            self.rate_limited(*retry_after);
+        }
         ticket.settle(result.as_ref().err());
         result
     }
+}
+
+/// Whether `error` is the model failing: a 5xx, a timeout, a dropped
+/// connection, an answer it could not make sense of. Not a rate limit, a
+/// deferral, a local failure, nor a permanent answer.
+fn counts_against_model(error: &ProviderError) -> bool {
+    matches!(
+        error,
+        ProviderError::Unavailable { .. } | ProviderError::Malformed { .. }
+    )
 }
 
 /// Decrements the in-flight count however the call ends, drop included.
@@ -420,7 +578,7 @@ impl<P: Provider> Ticket<'_, P> {
                 breaker.phase = Phase::Closed;
                 breaker.consecutive_failures = 0;
             }
-            Some(error) if error.is_retryable() => {
+            Some(error) if counts_against_model(error) => {
                 breaker.consecutive_failures = breaker.consecutive_failures.saturating_add(1);
                 let threshold = self.guard.config.failure_threshold.max(1);
                 if self.probe || breaker.consecutive_failures >= threshold {
@@ -441,8 +599,10 @@ impl<P: Provider> Ticket<'_, P> {
                 }
             }
             // A permanent error says nothing about the model's health (a
-            // customer's bad prompt must not open the breaker), so it neither
-            // counts nor resets the streak. A probe that gets one leaves the
+            // customer's bad prompt must not open the breaker), nor does a
+            // rate-limit answer (backpressure: the bucket slows down
+            // instead) or a local failure (our disk), so none of them
+            // counts or resets the streak. A probe that gets one leaves the
             // breaker half-open for the next caller to probe.
             Some(_) => self.release_probe(breaker),
         }
@@ -542,45 +702,176 @@ enum Phase {
 /// A token bucket that hands out reservations: a caller that finds it empty
 /// takes a token from the future (the count goes negative) and sleeps until
 /// that token's time, so waiters are served in arrival order without a
-/// queue.
+/// queue. Adaptive: see the module docs.
 struct Bucket {
-    rate: f64,
+    /// The configured rate, calls/s; `None` is unlimited.
+    configured: Option<f64>,
     capacity: f64,
     tokens: f64,
+    /// Tokens are counted up to here; in the future during a hold, so that
+    /// none accrue before it ends.
     refilled_at: Instant,
+    /// No call starts before this (the last rate-limit answer's hint).
+    hold_until: Instant,
+    /// Set while slowed down by rate-limit answers.
+    slowed: Option<Slowed>,
+    /// Bumped by each cut, which wipes the reservations made before it.
+    epoch: u64,
+    /// Calls reserved lately, decaying with [`OBSERVED_RATE_WINDOW_SECS`]:
+    /// divided by it, the rate calls are actually made at.
+    recent: f64,
+    recent_at: Instant,
+}
+
+/// The additive recovery after a cut: the rate is `floor` until `since`,
+/// then climbs by `step` calls/s every second up to `ceiling`, where the
+/// slowdown ends.
+#[derive(Debug, Clone, Copy)]
+struct Slowed {
+    floor: f64,
+    since: Instant,
+    ceiling: f64,
+    step: f64,
+    last_cut: Instant,
+}
+
+impl Slowed {
+    fn rate_at(&self, at: Instant) -> f64 {
+        let climbed = at.saturating_duration_since(self.since).as_secs_f64() * self.step;
+        (self.floor + climbed).min(self.ceiling)
+    }
 }
 
 impl Bucket {
-    fn new(rate: f64, burst: u32) -> Self {
+    fn new(configured: Option<f64>, burst: u32) -> Self {
         let capacity = f64::from(burst);
+        let now = Instant::now();
         Self {
-            rate,
+            configured,
             capacity,
             tokens: capacity,
-            refilled_at: Instant::now(),
+            refilled_at: now,
+            hold_until: now,
+            slowed: None,
+            epoch: 0,
+            recent: 0.0,
+            recent_at: now,
         }
+    }
+
+    /// The rate at `at`, calls/s; `None` while unlimited.
+    fn rate(&self, at: Instant) -> Option<f64> {
+        match &self.slowed {
+            Some(slowed) => Some(slowed.rate_at(at)),
+            None => self.configured,
+        }
+    }
+
+    /// Counts the tokens that accrued up to `now` and ends a slowdown whose
+    /// recovery is complete.
+    fn settle(&mut self, now: Instant) {
+        if now > self.refilled_at {
+            if let Some(then) = self.rate(self.refilled_at) {
+                let rate_now = self.rate(now).unwrap_or(then);
+                // The rate is constant or climbs linearly: the trapezoid is
+                // exact but where the climb meets its ceiling, and short
+                // there (erring towards fewer calls).
+                let elapsed = now.duration_since(self.refilled_at).as_secs_f64();
+                self.tokens = (self.tokens + elapsed * (then + rate_now) / 2.0).min(self.capacity);
+            }
+            self.refilled_at = now;
+        }
+        if let Some(slowed) = self.slowed {
+            if now >= slowed.since && slowed.rate_at(now) >= slowed.ceiling {
+                self.slowed = None;
+                if self.configured.is_none() {
+                    self.tokens = self.capacity;
+                }
+                tracing::info!(
+                    rate_per_second = self.configured.unwrap_or(f64::INFINITY),
+                    "provider rate recovered after rate-limit answers"
+                );
+            }
+        }
+    }
+
+    /// The rate calls were made at lately, calls/s.
+    fn observed(&self, now: Instant) -> f64 {
+        let elapsed = now.saturating_duration_since(self.recent_at).as_secs_f64();
+        self.recent * (-elapsed / OBSERVED_RATE_WINDOW_SECS).exp() / OBSERVED_RATE_WINDOW_SECS
+    }
+
+    fn observe(&mut self, now: Instant) {
+        self.recent = self.observed(now) * OBSERVED_RATE_WINDOW_SECS + 1.0;
+        self.recent_at = now;
     }
 
     /// Reserves one token and returns when it may be used, or `None`,
     /// reserving nothing, when that is at or after `deadline`.
     fn reserve(&mut self, now: Instant, deadline: Option<Instant>) -> Option<Instant> {
-        let elapsed = now.saturating_duration_since(self.refilled_at);
-        self.tokens = (self.tokens + elapsed.as_secs_f64() * self.rate).min(self.capacity);
-        self.refilled_at = now;
-        let ready_at = if self.tokens >= 1.0 {
-            now
-        } else {
-            // Capped so that an absurdly low rate cannot overflow the
-            // conversion; a rate below one call a day is a misconfiguration.
-            now + Duration::from_secs_f64(
-                ((1.0 - self.tokens) / self.rate).min(MAX_TOKEN_WAIT_SECS),
-            )
+        self.settle(now);
+        let base = now.max(self.refilled_at).max(self.hold_until);
+        let rate = self.rate(base);
+        let ready_at = match rate {
+            Some(rate) if self.tokens < 1.0 => {
+                // Capped so that an absurdly low rate cannot overflow the
+                // conversion; a rate below one call a day is a
+                // misconfiguration.
+                base + Duration::from_secs_f64(
+                    ((1.0 - self.tokens) / rate).min(MAX_TOKEN_WAIT_SECS),
+                )
+            }
+            _ => base,
         };
         if deadline.is_some_and(|deadline| ready_at >= deadline) {
             return None;
         }
-        self.tokens -= 1.0;
+        if rate.is_some() {
+            self.tokens -= 1.0;
+        }
+        self.observe(now);
         Some(ready_at)
+    }
+
+    /// A rate-limit answer: holds calls until its hint (at most
+    /// [`MAX_RATE_LIMIT_HOLD`]) and, unless the rate was cut within
+    /// [`CUT_INTERVAL`], halves it (the lower of the current and the
+    /// observed rate), wiping the reservations queued at the old rate.
+    /// Returns the new rate when it cut.
+    fn on_rate_limited(&mut self, now: Instant, retry_after: Option<Duration>) -> Option<f64> {
+        self.settle(now);
+        let hold_until = now + retry_after.unwrap_or_default().min(MAX_RATE_LIMIT_HOLD);
+        self.hold_until = self.hold_until.max(hold_until);
+        self.refilled_at = self.refilled_at.max(self.hold_until);
+        if let Some(slowed) = &mut self.slowed {
+            if now < slowed.last_cut + CUT_INTERVAL {
+                slowed.since = slowed.since.max(self.hold_until);
+                return None;
+            }
+        }
+        let observed = self.observed(now);
+        let current = self.rate(now).unwrap_or(f64::INFINITY);
+        let ceiling = match (self.configured, &self.slowed) {
+            (Some(configured), _) => configured,
+            // Unlimited: recover to the rate that drew the answer (or the
+            // highest seen in this slowdown), then unlimited again.
+            (None, Some(slowed)) => slowed.ceiling.max(observed),
+            (None, None) => observed,
+        }
+        .max(MIN_RATE);
+        let floor = (current.min(observed) / 2.0).max(MIN_RATE).min(ceiling);
+        self.slowed = Some(Slowed {
+            floor,
+            since: self.hold_until,
+            ceiling,
+            step: ceiling / RATE_RECOVERY.as_secs_f64(),
+            last_cut: now,
+        });
+        // No burst after the hold, and no debt: the waiters queued at the
+        // old rate see the new epoch and queue again at the new one.
+        self.tokens = 0.0;
+        self.epoch += 1;
+        Some(floor)
     }
 }
 

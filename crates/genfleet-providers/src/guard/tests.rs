@@ -12,7 +12,7 @@ use super::MAX_TRACKED_MODELS;
 use crate::fal::fake::FakeFal;
 use crate::scripted::{request_for, Scripted};
 use crate::{
-    generate_with_retries, BreakerState, FalConfig, FalProvider, GenerationOutput,
+    generate_with_retries, BreakerState, DeferReason, FalConfig, FalProvider, GenerationOutput,
     GenerationRequest, GuardConfig, GuardSnapshot, Guarded, Provider, ProviderError, RetryPolicy,
 };
 
@@ -72,20 +72,14 @@ async fn tripped(hold: Duration) -> Guarded<Scripted> {
     guarded
 }
 
-/// Asserts the breaker's refusal, and returns its retry hint.
+/// Asserts the breaker's deferral, and returns its retry hint.
 fn assert_open_error(result: Result<GenerationOutput, ProviderError>) -> Duration {
     match result {
-        Err(ProviderError::Unavailable {
-            message,
-            retry_after: Some(retry_after),
-        }) => {
-            assert!(
-                message.starts_with("circuit open for scripted model test/down after "),
-                "{message}"
-            );
-            retry_after
-        }
-        other => panic!("expected the open-circuit error, got {other:?}"),
+        Err(ProviderError::Deferred {
+            reason: DeferReason::CircuitOpen,
+            retry_after,
+        }) => retry_after,
+        other => panic!("expected the open-circuit deferral, got {other:?}"),
     }
 }
 
@@ -116,8 +110,9 @@ async fn open_breaker_refuses_without_calling_the_provider() {
     let message = result.as_ref().unwrap_err().to_string();
     assert_eq!(
         message,
-        "provider unavailable: circuit open for scripted model test/down after 3 consecutive failures"
+        "provider call deferred (circuit_open): try again in 30000 ms"
     );
+    assert_eq!(result.as_ref().unwrap_err().code(), "provider_unavailable");
     assert_eq!(assert_open_error(result), OPEN_FOR);
     tokio::time::advance(Duration::from_secs(10)).await;
     for _ in 0..5 {
@@ -251,6 +246,8 @@ async fn concurrency_limit_caps_calls_in_flight() {
         Scripted::holding(Duration::from_secs(1)),
         GuardConfig {
             max_concurrent: 3,
+            // The last calls wait 3 s for a slot: no deferral here.
+            max_queue_wait: Duration::from_secs(10),
             ..config()
         },
     ));
@@ -459,10 +456,7 @@ async fn empty_model_has_its_own_breaker() {
     assert_eq!(guarded.state(""), BreakerState::Open);
     assert_eq!(guarded.open_models(), [""]);
     let refused = guarded.generate(&request_for("", None)).await;
-    assert_eq!(
-        refused.unwrap_err().to_string(),
-        "provider unavailable: circuit open for scripted model  after 3 consecutive failures"
-    );
+    assert_eq!(assert_open_error(refused), OPEN_FOR);
     guarded.generate(&request(None)).await.unwrap();
     assert_eq!(guarded.state(MODEL), BreakerState::Closed);
     assert_eq!(guarded.inner().calls(), 4);
@@ -572,6 +566,7 @@ async fn limits_are_shared_by_all_models() {
             max_concurrent: 1,
             rate_per_second: 10.0,
             burst: 1,
+            max_queue_wait: Duration::from_secs(10),
             ..config()
         },
     ));
@@ -628,25 +623,33 @@ async fn breaker_stops_calls_to_a_down_fal_model() {
     let failed = generate_with_retries(&guarded, &request(None), &policy)
         .await
         .unwrap_err();
-    // Three 503s open the breaker; the fourth attempt is refused by it.
+    // Three 503s open the breaker; the fourth attempt is deferred by it,
+    // and the retries stop there.
     assert_eq!(failed.attempts, 4);
     assert!(
-        failed
-            .error
-            .to_string()
-            .contains("circuit open for fal model test/down after 3 consecutive failures"),
+        matches!(
+            failed.error,
+            ProviderError::Deferred {
+                reason: DeferReason::CircuitOpen,
+                ..
+            }
+        ),
         "{failed}"
     );
     assert_eq!(fake.submissions_for("test/down"), 3);
     assert_eq!(guarded.state(MODEL), BreakerState::Open);
 
-    // A later job is refused on every attempt without reaching the server.
+    // A later job is deferred at once, without reaching the server.
     let failed = generate_with_retries(&guarded, &request(None), &policy)
         .await
         .unwrap_err();
-    assert_eq!(failed.attempts, 4);
+    assert_eq!(failed.attempts, 1);
     assert!(failed.error.is_retryable());
-    assert!(failed.error.retry_after().is_some());
+    let retry_after = failed.error.retry_after().unwrap();
+    assert!(
+        retry_after > Duration::from_secs(50) && retry_after <= Duration::from_secs(60),
+        "{retry_after:?}"
+    );
     assert_eq!(fake.submissions_for("test/down"), 3);
 
     // Other models on the same provider are untouched by it.

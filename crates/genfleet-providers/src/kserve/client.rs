@@ -894,9 +894,11 @@ pub(crate) fn status_error(
     }
     let lower = detail.unwrap_or_default().to_lowercase();
     if lower.contains("exceeds maximum queue size") {
-        // Backpressure; Triton sends no Retry-After, and the retry policy's
-        // jittered backoff spreads the workers out.
-        return ProviderError::Unavailable {
+        // Backpressure, not a failing model: the breaker must not open on
+        // a busy server, and the guard's bucket slows down instead. Triton
+        // sends no Retry-After; the retry policy's jittered backoff
+        // spreads the workers out.
+        return ProviderError::RateLimited {
             message,
             retry_after: None,
         };

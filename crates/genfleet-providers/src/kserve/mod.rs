@@ -50,7 +50,9 @@
 //!
 //! Failures come as `{"error": "..."}`. A message containing "exceeds
 //! maximum queue size" (Triton's full queue, 503 without Retry-After) is
-//! retryable backpressure whatever the code. A 404 (model not found) and a
+//! retryable backpressure whatever the code:
+//! [`ProviderError::RateLimited`](crate::ProviderError::RateLimited), which
+//! slows the guard's bucket and never opens a breaker. A 404 (model not found) and a
 //! 400 saying the model is unknown, unavailable or not ready are
 //! [`ProviderError::Unavailable`] too: a model missing from our own server
 //! is an operator's problem, not the job's, and a retryable class lets the

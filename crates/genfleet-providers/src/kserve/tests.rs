@@ -379,7 +379,7 @@ async fn busy_is_backpressure_retried_up_to_max_attempts() {
     assert_eq!(failed.attempts, 4);
     assert_eq!(fake.infer_calls_for("busy"), 4);
     assert!(
-        matches!(&failed.error, ProviderError::Unavailable { message, retry_after: None }
+        matches!(&failed.error, ProviderError::RateLimited { message, retry_after: None }
             if message == "infer answered HTTP 503: Exceeds maximum queue size"),
         "{failed}"
     );
@@ -984,9 +984,9 @@ fn classifies_kserve_errors() {
         assert_eq!(kind_of(&err), expected, "{code} {message}: {err}");
         assert_eq!(err.retry_after(), None);
     };
-    check(503, "Exceeds maximum queue size", false, "Unavailable");
+    check(503, "Exceeds maximum queue size", false, "RateLimited");
     // Whatever the code, a full queue is backpressure.
-    check(400, "exceeds maximum queue size", false, "Unavailable");
+    check(400, "exceeds maximum queue size", false, "RateLimited");
     check(
         400,
         "unexpected shape for input 'INPUT_IMAGE'",

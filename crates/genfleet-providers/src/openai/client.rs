@@ -609,7 +609,7 @@ async fn check_status(
 ///   never mistaken for a bad key;
 /// - 429 with a quota or billing code → `Unauthorized`: an account problem
 ///   that retrying would only hammer;
-/// - 429 → `Unavailable` after `retry-after-ms`, else `retry-after`;
+/// - 429 → `RateLimited` after `retry-after-ms`, else `retry-after`;
 /// - otherwise by status: 401/403 `Unauthorized`, 408/5xx `Unavailable`,
 ///   other 4xx (400 included) `Rejected`.
 pub(crate) fn status_error(
@@ -657,7 +657,7 @@ pub(crate) fn status_error(
         if is_one_of(&QUOTA_CODES) {
             return ProviderError::Unauthorized { message };
         }
-        return ProviderError::Unavailable {
+        return ProviderError::RateLimited {
             message,
             retry_after: retry_after_ms(headers).or_else(|| http::retry_after_header(headers)),
         };
@@ -765,12 +765,12 @@ mod tests {
             429,
             &headers(&[("retry-after-ms", "250"), ("retry-after", "1")]),
             &body("rate_limit_exceeded", "requests"),
-            "Unavailable",
+            "RateLimited",
         );
         assert_eq!(err.retry_after(), Some(Duration::from_millis(250)));
-        let err = check(429, &headers(&[("retry-after", "3")]), "", "Unavailable");
+        let err = check(429, &headers(&[("retry-after", "3")]), "", "RateLimited");
         assert_eq!(err.retry_after(), Some(Duration::from_secs(3)));
-        let err = check(429, &none, "", "Unavailable");
+        let err = check(429, &none, "", "RateLimited");
         assert_eq!(err.retry_after(), None);
     }
 

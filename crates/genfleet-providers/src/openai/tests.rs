@@ -293,7 +293,7 @@ async fn rate_limits_carry_retry_after_ms_and_are_retried() {
         .generate(&request("test/rate"))
         .await
         .unwrap_err();
-    assert_eq!(class(&err), "Unavailable");
+    assert_eq!(class(&err), "RateLimited");
     assert_eq!(err.retry_after(), Some(Duration::from_millis(200)));
 
     let fake = FakeOpenAi::start().await.unwrap();

@@ -15,7 +15,8 @@ use url::Url;
 use crate::http::{
     self, data_uri, describe_transport, scrub_prompts, truncate, CONTROL_BODY_LIMIT, DETAIL_CHARS,
 };
-use crate::resume::{SubmissionRecord, Submissions, CANCEL_TIMEOUT, STATUS_POLL_FAILURE_LIMIT};
+use crate::reread::{read_again, Failure, ReadError};
+use crate::resume::{SubmissionRecord, Submissions, CANCEL_TIMEOUT};
 use crate::{
     Artifact, GenerationOutput, GenerationRequest, InputImage, InputRole, JobKind, Provider,
     ProviderError, Resumable, Spool, SubmissionLog,
@@ -154,9 +155,7 @@ impl Provider for ReplicateProvider {
         request: &GenerationRequest,
     ) -> Result<GenerationOutput, ProviderError> {
         let generated = self.generate_once(request).await;
-        self.submissions
-            .forget_on_error(&request.job_id, generated)
-            .await
+        self.submissions.settle(&request.job_id, generated).await
     }
 
     fn resumable(&self) -> Option<&dyn Resumable> {
@@ -221,7 +220,7 @@ impl ReplicateProvider {
     async fn generate_once(
         &self,
         request: &GenerationRequest,
-    ) -> Result<GenerationOutput, ProviderError> {
+    ) -> Result<GenerationOutput, Failure> {
         let authorization = &self.authorization()?;
         // Built first: a request this client cannot send fails before any
         // exchange, resumed or not.
@@ -254,7 +253,51 @@ impl ReplicateProvider {
                 || self.create_and_wait(target, authorization, request),
             )
             .await?;
-        self.finish(&record, &prediction, request).await
+        self.collect(&record, &prediction, request).await
+    }
+
+    /// The outputs of a finished prediction, each download repeated on the
+    /// same file until it answers, the file host says it is gone, or the
+    /// deadline passes: the prediction is done and paid for. An end state
+    /// that allows another try (`aborted`) is logged with Replicate's word
+    /// for it, since the next attempt creates anew.
+    async fn collect(
+        &self,
+        record: &Record,
+        prediction: &Prediction,
+        request: &GenerationRequest,
+    ) -> Result<GenerationOutput, Failure> {
+        let urls = outcome(prediction, request).inspect_err(|err| {
+            if err.is_retryable() {
+                tracing::warn!(
+                    prediction_id = %record.id,
+                    status = %truncate(&prediction.status, 40),
+                    code = err.code(),
+                    reason = %err,
+                    "replicate ended the prediction without output; the next attempt creates anew"
+                );
+            }
+        })?;
+        let deadline = request.deadline;
+        let pace = self.config.poll_interval;
+        let mut artifacts = Vec::with_capacity(urls.len());
+        for url in urls {
+            let artifact = read_again(PROVIDER, &record.id, "output", deadline, pace, || {
+                self.fetch_file(url, deadline)
+            })
+            .await?;
+            artifacts.push(artifact);
+        }
+        tracing::debug!(
+            prediction_id = %record.id,
+            artifacts = artifacts.len(),
+            "replicate prediction succeeded"
+        );
+        Ok(GenerationOutput {
+            artifacts,
+            attempts: 1,
+            request_id: Some(record.id.clone()),
+        })
     }
 
     /// The built `Authorization` header, or why there is none.
@@ -294,12 +337,20 @@ impl ReplicateProvider {
         target: CreateTarget,
         authorization: &HeaderValue,
         request: &GenerationRequest,
-    ) -> Result<(Record, Prediction), ProviderError> {
-        let (record, prediction) = self.create(target, authorization, request, true).await?;
+    ) -> Result<(Record, Prediction), Failure> {
+        // With a submission log, the prediction must be on record before
+        // anyone waits on it: a worker that died inside a `Prefer: wait`
+        // hold would leave no id behind, and the job's next attempt would
+        // create (and pay for) the prediction again. So create answers at
+        // once, the id is recorded, and the poll loop waits instead.
+        let wait = !self.submissions.has_log();
+        let (record, prediction) = self.create(target, authorization, request, wait).await?;
         tracing::Span::current().record("prediction_id", record.id.as_str());
         tracing::debug!(prediction_id = %record.id, status = %prediction.status, "created a replicate prediction");
         self.submissions.remember(&request.job_id, &record).await;
-        if finished(&prediction)? {
+        // A status this client does not know is read again by the poll
+        // loop rather than judged: the prediction exists.
+        if matches!(finished(&prediction), Ok(true)) {
             return Ok((record, prediction));
         }
         let prediction = self
@@ -466,24 +517,27 @@ impl ReplicateProvider {
     }
 
     /// Polls until the prediction reaches an end state and returns it.
-    /// `poll_now`: look before the first wait (a resumed prediction).
+    /// `poll_now`: look before the first wait (a resumed prediction). A
+    /// failed poll (reset, truncated or malformed body, 5xx, 429, timeout)
+    /// is polled again with backoff: the prediction exists, and giving up on
+    /// it would make the next attempt create (and pay for) another.
     ///
     /// # Errors
     ///
     /// [`ProviderError::DeadlineExceeded`] (after a best-effort cancel) when
-    /// the deadline passes first; the poll's own error after
-    /// [`STATUS_POLL_FAILURE_LIMIT`] consecutive retryable failures (also
-    /// after a best-effort cancel: the next attempt creates anew), or at
-    /// once for a permanent one.
+    /// the deadline passes first; a permanent answer (an unknown
+    /// prediction) at once; [`Failure::Unread`] when, without a deadline,
+    /// polls kept failing for too long (the prediction is cancelled then
+    /// only if no submission log keeps it for the job's next attempt).
     async fn wait_until_finished(
         &self,
         record: &Record,
         authorization: &HeaderValue,
         request: &GenerationRequest,
         poll_now: bool,
-    ) -> Result<Prediction, ProviderError> {
+    ) -> Result<Prediction, Failure> {
         let deadline = request.deadline;
-        let mut failures = 0;
+        let pace = self.config.poll_interval;
         let mut sleep_first = !poll_now;
         loop {
             if sleep_first {
@@ -493,36 +547,32 @@ impl ReplicateProvider {
             sleep_first = true;
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 self.cancel_quietly(record, authorization).await;
-                return Err(ProviderError::DeadlineExceeded);
+                return Err(ProviderError::DeadlineExceeded.into());
             }
-            let polled = match self.poll(record, authorization, request).await {
-                Ok(prediction) => finished(&prediction).map(|done| (done, prediction)),
-                Err(err) => Err(err),
-            };
+            let polled = read_again(PROVIDER, &record.id, "status", deadline, pace, || async {
+                let prediction = self.poll(record, authorization, request).await?;
+                // A status Replicate does not document reads as malformed:
+                // looked at again, not judged.
+                let done = finished(&prediction).map_err(ReadError::from)?;
+                Ok((done, prediction))
+            })
+            .await;
             match polled {
                 Ok((true, prediction)) => return Ok(prediction),
-                Ok((false, _)) => failures = 0,
-                Err(ProviderError::DeadlineExceeded) => {
+                Ok((false, _)) => {}
+                Err(Failure::Judged(ProviderError::DeadlineExceeded)) => {
                     self.cancel_quietly(record, authorization).await;
-                    return Err(ProviderError::DeadlineExceeded);
+                    return Err(ProviderError::DeadlineExceeded.into());
                 }
-                Err(err) if err.is_retryable() && failures + 1 < STATUS_POLL_FAILURE_LIMIT => {
-                    failures += 1;
-                    tracing::warn!(
-                        prediction_id = %record.id,
-                        code = err.code(),
-                        error = %err,
-                        "replicate poll failed, polling again"
-                    );
-                }
-                Err(err) => {
-                    if err.is_retryable() {
-                        // Giving up on a prediction that may still run: the
-                        // next attempt creates another, so stop this one.
+                Err(Failure::Unread(err)) => {
+                    if !self.submissions.has_log() {
+                        // Nobody will come back for it: the next attempt
+                        // creates another, so stop this one.
                         self.cancel_quietly(record, authorization).await;
                     }
-                    return Err(err);
+                    return Err(Failure::Unread(err));
                 }
+                Err(failure) => return Err(failure),
             }
         }
     }
@@ -589,7 +639,18 @@ impl ReplicateProvider {
         url: &str,
         deadline: Option<Instant>,
     ) -> Result<Artifact, ProviderError> {
-        http::download(
+        self.fetch_file(url, deadline)
+            .await
+            .map_err(|failed| failed.error)
+    }
+
+    /// [`download`](Self::download), saying whether fetching again may help.
+    async fn fetch_file(
+        &self,
+        url: &str,
+        deadline: Option<Instant>,
+    ) -> Result<Artifact, ReadError> {
+        http::fetch_output(
             &self.client,
             &self.spool,
             url,
@@ -952,12 +1013,12 @@ mod tests {
         let err = check(
             429,
             r#"{"title":"Request was throttled","detail":"Request was throttled. Your rate limit resets in ~30s.","status":429}"#,
-            "Unavailable",
+            "RateLimited",
         );
         assert_eq!(err.retry_after(), Some(Duration::from_secs(30)));
         assert_eq!(
             err.to_string(),
-            "provider unavailable: create answered HTTP 429: Request was throttled. Your rate limit resets in ~30s."
+            "provider rate-limited the request: create answered HTTP 429: Request was throttled. Your rate limit resets in ~30s."
         );
         let mut headers = HeaderMap::new();
         headers.insert("retry-after", HeaderValue::from_static("4"));

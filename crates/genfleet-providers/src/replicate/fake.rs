@@ -25,6 +25,16 @@
 //! finished by create itself (`test/stuck` and `test/malformed` never are).
 //! A cancel turns a prediction that has not finished into `canceled`.
 //!
+//! On top of the models' behaviours, [`FakeReplicate::set_faults`] and
+//! [`FakeReplicate::start_outage`] play the fault table (see
+//! [`crate::fake_faults`]) on every model: creates refused with 429 (with
+//! `Retry-After` and the "resets in" detail) or 503, polls reset
+//! mid-body, polls of a finished prediction (its result) truncated, and an
+//! outage in which every API call answers a plain 503.
+//! [`FakeReplicate::fault_counts`] counts accepted and refused creates,
+//! polls (status reads while running, result reads once finished) and
+//! renders.
+//!
 //! Every API route needs `Authorization: Bearer <token>` (401 otherwise);
 //! `/files/*` (the stand-in for Replicate's file host) is served without
 //! one and records any Authorization header that reaches it.
@@ -51,6 +61,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use url::Url;
 
+use crate::fake_faults::{self, FaultState, ReadFault, SubmitFault};
+pub use crate::fake_faults::{FaultCounts, Faults};
 use crate::fake_media::{gradient_png, mp4};
 
 /// Side of the square PNGs served for image outputs.
@@ -113,6 +125,7 @@ impl FakeReplicate {
             origin: format!("http://{address}"),
             next_id: AtomicU64::new(1),
             state: Mutex::new(FakeState::default()),
+            faults: FaultState::default(),
         });
         let router = Router::new()
             .fallback(handle)
@@ -184,6 +197,22 @@ impl FakeReplicate {
         self.shared.lock().last_prediction_id.clone()
     }
 
+    /// Plays `faults` from now on, on every model (replacing earlier ones).
+    pub fn set_faults(&self, faults: Faults) {
+        self.shared.faults.set(faults);
+    }
+
+    /// Answers every API call (create, poll, cancel) with a plain 503 for
+    /// `length` from now; `/files/*` stays up.
+    pub fn start_outage(&self, length: std::time::Duration) {
+        self.shared.faults.start_outage(length);
+    }
+
+    /// Creates accepted and refused, polls and renders so far.
+    pub fn fault_counts(&self) -> FaultCounts {
+        self.shared.faults.counts()
+    }
+
     /// The status of prediction `id`, as a poll would see it now (without
     /// counting as a poll).
     pub fn status_of(&self, id: &str) -> Option<String> {
@@ -210,6 +239,7 @@ struct Shared {
     origin: String,
     next_id: AtomicU64,
     state: Mutex<FakeState>,
+    faults: FaultState,
 }
 
 impl Shared {
@@ -424,8 +454,32 @@ fn create(
             "- input: input is required",
         );
     };
+    // The fault table comes before the model's own behaviour: a refused
+    // create never starts a prediction.
+    if let Some(fault) = shared.faults.submit() {
+        return match fault {
+            SubmitFault::Outage => fake_faults::outage(),
+            SubmitFault::RateLimited(secs) => {
+                let mut response = error(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "Request was throttled",
+                    &format!("Request was throttled. Your rate limit resets in ~{secs}s."),
+                );
+                if let Ok(value) = HeaderValue::from_str(&secs.to_string()) {
+                    response.headers_mut().insert(header::RETRY_AFTER, value);
+                }
+                response
+            }
+            SubmitFault::Unavailable => error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Service unavailable",
+                "The service is temporarily unavailable. Please try again later.",
+            ),
+        };
+    }
     match behaviour {
         Behaviour::Throttled if first => {
+            shared.faults.refused();
             // Replicate documents no Retry-After here: the body is the hint.
             return error(
                 StatusCode::TOO_MANY_REQUESTS,
@@ -434,14 +488,16 @@ fn create(
             );
         }
         Behaviour::Down => {
+            shared.faults.refused();
             return error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "Service unavailable",
                 "The service is temporarily unavailable. Please try again later.",
-            )
+            );
         }
         _ => {}
     }
+    shared.faults.accepted();
     let id = format!("rp{:010}", shared.next_id.fetch_add(1, Ordering::Relaxed));
     let mut prediction = FakePrediction {
         model,
@@ -472,6 +528,21 @@ fn create(
 }
 
 fn poll(shared: &Shared, id: &str) -> Response {
+    if shared.faults.outage() {
+        // Counted as the read it would have been; the prediction does not
+        // advance, since the API never saw the poll.
+        let finished = shared
+            .lock()
+            .predictions
+            .get(id)
+            .is_some_and(FakePrediction::finished);
+        let _ = if finished {
+            shared.faults.result_read()
+        } else {
+            shared.faults.status_read()
+        };
+        return fake_faults::outage();
+    }
     let mut state = shared.lock();
     state.polls += 1;
     let Some(prediction) = state.predictions.get_mut(id) else {
@@ -487,11 +558,30 @@ fn poll(shared: &Shared, id: &str) -> Response {
             .into_response();
     }
     let input = json!({"prompt": prediction.prompt});
+    let finished = prediction.finished();
     let answer = prediction_json(shared, id, prediction, &input);
-    (StatusCode::OK, axum::Json(answer)).into_response()
+    drop(state);
+    // A poll of a finished prediction is the read of its result.
+    let fault = if finished {
+        shared.faults.result_read()
+    } else {
+        shared.faults.status_read()
+    };
+    match fault {
+        Some(ReadFault::Reset) => {
+            fake_faults::reset(StatusCode::OK, Bytes::from(answer.to_string()))
+        }
+        Some(ReadFault::Truncated) => {
+            fake_faults::truncated(StatusCode::OK, &Bytes::from(answer.to_string()))
+        }
+        _ => (StatusCode::OK, axum::Json(answer)).into_response(),
+    }
 }
 
 fn cancel(shared: &Shared, id: &str) -> Response {
+    if shared.faults.outage() {
+        return fake_faults::outage();
+    }
     let mut state = shared.lock();
     let Some(prediction) = state.predictions.get_mut(id) else {
         return not_found();

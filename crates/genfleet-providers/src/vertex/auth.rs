@@ -290,9 +290,19 @@ fn share(err: &ProviderError) -> Option<ProviderError> {
         ProviderError::Rejected { message } => ProviderError::Rejected {
             message: message.clone(),
         },
-        // The fetcher's own deadline, or not a source's error: each waiter
-        // tries for itself.
-        ProviderError::DeadlineExceeded | ProviderError::Unsupported { .. } => return None,
+        ProviderError::RateLimited {
+            message,
+            retry_after,
+        } => ProviderError::RateLimited {
+            message: message.clone(),
+            retry_after: *retry_after,
+        },
+        // The fetcher's own deadline or disk, or not a source's error: each
+        // waiter tries for itself.
+        ProviderError::DeadlineExceeded
+        | ProviderError::Unsupported { .. }
+        | ProviderError::Deferred { .. }
+        | ProviderError::Local { .. } => return None,
     })
 }
 

@@ -766,7 +766,8 @@ pub(crate) fn status_error(
     let error = parse_error(body);
     let message = describe(stage, status, error.as_ref());
     match status.as_u16() {
-        429 => ProviderError::Unavailable {
+        // RESOURCE_EXHAUSTED: the project's quota, i.e. backpressure.
+        429 => ProviderError::RateLimited {
             message,
             retry_after: error
                 .as_ref()

@@ -199,11 +199,11 @@ async fn quota_429_carries_the_retry_info_delay() {
         .generate(&request("imagen-quota"))
         .await
         .unwrap_err();
-    assert!(matches!(err, ProviderError::Unavailable { .. }), "{err:?}");
+    assert!(matches!(err, ProviderError::RateLimited { .. }), "{err:?}");
     assert_eq!(err.retry_after(), Some(Duration::from_millis(200)));
     assert!(
         err.to_string().starts_with(
-            "provider unavailable: predict answered HTTP 429 RESOURCE_EXHAUSTED: Quota exceeded"
+            "provider rate-limited the request: predict answered HTTP 429 RESOURCE_EXHAUSTED: Quota exceeded"
         ),
         "{err}"
     );
@@ -972,7 +972,7 @@ fn classifies_error_answers() {
         (403, "Unauthorized"),
         (404, "Rejected"),
         (408, "Unavailable"),
-        (429, "Unavailable"),
+        (429, "RateLimited"),
         (500, "Unavailable"),
         (503, "Unavailable"),
         (504, "Unavailable"),
@@ -990,7 +990,7 @@ fn classifies_error_answers() {
     assert_eq!(err.retry_after(), Some(Duration::from_millis(1500)));
     assert_eq!(
         err.to_string(),
-        "provider unavailable: predict answered HTTP 429 RESOURCE_EXHAUSTED: Quota exceeded"
+        "provider rate-limited the request: predict answered HTTP 429 RESOURCE_EXHAUSTED: Quota exceeded"
     );
     let plain =
         r#"{"error": {"code": 429, "status": "RESOURCE_EXHAUSTED", "message": "Quota exceeded"}}"#;

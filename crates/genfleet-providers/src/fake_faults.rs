@@ -1,0 +1,308 @@
+//! The fault table the fakes can play, whatever their model: a fraction of
+//! submits refused with 429 (and a Retry-After) or 503, a fraction of
+//! status and result reads whose connection breaks mid-body, a fraction of
+//! result bodies cut short, and an outage window in which every API call
+//! answers 503; plus the counters a test needs to tell that each job was
+//! rendered once.
+//!
+//! Which calls fail is decided by a counter per knob, not a random draw:
+//! with fraction `f`, call `n` (from 0) of that kind fails when
+//! `floor((n + 1) f) > floor(n f)`. That is exactly `f` of the calls, spread
+//! evenly (at 0.3, three in every ten, never two in a row), the same on
+//! every run, and a client that simply tries again always gets through.
+//!
+//! Set the knobs with the fake's `set_faults` ([`Faults`]) and
+//! `start_outage`; read the counters with its `fault_counts`
+//! ([`FaultCounts`]).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+/// Fractions (0 to 1) of calls a fake answers with a fault. All zero by
+/// default: no faults.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Faults {
+    /// Submits (fal's submit, Replicate's create, the one call of the
+    /// synchronous providers) answered 429 with
+    /// `Retry-After: retry_after_secs`, before anything is created.
+    pub submit_rate_limited: f64,
+    /// The `Retry-After` of those 429s, in whole seconds (0 is allowed).
+    pub retry_after_secs: u64,
+    /// Submits answered 503 in the provider's own infrastructure-failure
+    /// shape, before anything is created.
+    pub submit_unavailable: f64,
+    /// Status and result reads (fal's status and result, Replicate's
+    /// prediction polls) whose answer starts, then breaks off: the
+    /// connection is dropped mid-body.
+    pub read_reset: f64,
+    /// Result reads (fal's result; a Replicate poll of a finished
+    /// prediction) answered 200 with the JSON cut short.
+    pub result_truncated: f64,
+}
+
+/// What a fake counted, for the assertion that submits equal jobs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FaultCounts {
+    /// Submits that created a request (each one is rendered, and billed).
+    pub submits_accepted: u64,
+    /// Submits answered 429 or 5xx: nothing was created.
+    pub submits_refused: u64,
+    /// Status reads (fal's status endpoint; Replicate's polls of a
+    /// prediction still running), whatever they were answered.
+    pub status_reads: u64,
+    /// Result reads (fal's result endpoint; Replicate's polls of a
+    /// finished prediction), whatever they were answered.
+    pub result_reads: u64,
+    /// Renders started: requests the provider began to work on. Every
+    /// accepted submit starts one in these fakes, so this equals
+    /// `submits_accepted`; it is counted apart so that a test says what it
+    /// means.
+    pub renders_started: u64,
+}
+
+/// A fault to answer a submit with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SubmitFault {
+    /// 503, shaped as the provider's edge answers while down.
+    Outage,
+    /// 429 with this Retry-After, in seconds.
+    RateLimited(u64),
+    /// 503, shaped as the provider's own infrastructure failure.
+    Unavailable,
+}
+
+/// A fault to answer a status or result read with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ReadFault {
+    /// 503, shaped as the provider's edge answers while down.
+    Outage,
+    /// The answer breaks off mid-body.
+    Reset,
+    /// 200 with the JSON cut short.
+    Truncated,
+}
+
+/// One fake's knobs, pattern counters and counts.
+#[derive(Default)]
+pub(crate) struct FaultState {
+    faults: Mutex<Faults>,
+    outage_until: Mutex<Option<Instant>>,
+    rate_limited: AtomicU64,
+    unavailable: AtomicU64,
+    reset: AtomicU64,
+    truncated: AtomicU64,
+    accepted: AtomicU64,
+    refused: AtomicU64,
+    status_reads: AtomicU64,
+    result_reads: AtomicU64,
+}
+
+impl FaultState {
+    pub(crate) fn set(&self, faults: Faults) {
+        *self.faults.lock().unwrap_or_else(PoisonError::into_inner) = faults;
+    }
+
+    pub(crate) fn start_outage(&self, length: Duration) {
+        *self
+            .outage_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now() + length);
+    }
+
+    pub(crate) fn counts(&self) -> FaultCounts {
+        let accepted = self.accepted.load(Ordering::Relaxed);
+        FaultCounts {
+            submits_accepted: accepted,
+            submits_refused: self.refused.load(Ordering::Relaxed),
+            status_reads: self.status_reads.load(Ordering::Relaxed),
+            result_reads: self.result_reads.load(Ordering::Relaxed),
+            renders_started: accepted,
+        }
+    }
+
+    fn faults(&self) -> Faults {
+        self.faults
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn in_outage(&self) -> bool {
+        self.outage_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some_and(|until| Instant::now() < until)
+    }
+
+    /// Whether a call of an API route other than submit and the reads
+    /// (a cancel) falls in the outage.
+    pub(crate) fn outage(&self) -> bool {
+        self.in_outage()
+    }
+
+    /// The fault this submit gets, if any. A submit that gets one is
+    /// counted as refused; one that does not must be counted by the fake
+    /// with [`accepted`](Self::accepted) or [`refused`](Self::refused).
+    pub(crate) fn submit(&self) -> Option<SubmitFault> {
+        let fault = if self.in_outage() {
+            Some(SubmitFault::Outage)
+        } else {
+            let faults = self.faults();
+            if hits(&self.rate_limited, faults.submit_rate_limited) {
+                Some(SubmitFault::RateLimited(faults.retry_after_secs))
+            } else if hits(&self.unavailable, faults.submit_unavailable) {
+                Some(SubmitFault::Unavailable)
+            } else {
+                None
+            }
+        };
+        if fault.is_some() {
+            self.refused();
+        }
+        fault
+    }
+
+    /// A submit that created a request.
+    pub(crate) fn accepted(&self) {
+        self.accepted.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A submit answered 429 or 5xx for another reason (a model that is
+    /// down by design).
+    pub(crate) fn refused(&self) {
+        self.refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a status read and says which fault it gets, if any.
+    pub(crate) fn status_read(&self) -> Option<ReadFault> {
+        self.status_reads.fetch_add(1, Ordering::Relaxed);
+        if self.in_outage() {
+            return Some(ReadFault::Outage);
+        }
+        hits(&self.reset, self.faults().read_reset).then_some(ReadFault::Reset)
+    }
+
+    /// Counts a result read and says which fault it gets, if any.
+    pub(crate) fn result_read(&self) -> Option<ReadFault> {
+        self.result_reads.fetch_add(1, Ordering::Relaxed);
+        if self.in_outage() {
+            return Some(ReadFault::Outage);
+        }
+        let faults = self.faults();
+        if hits(&self.reset, faults.read_reset) {
+            Some(ReadFault::Reset)
+        } else if hits(&self.truncated, faults.result_truncated) {
+            Some(ReadFault::Truncated)
+        } else {
+            None
+        }
+    }
+}
+
+/// Whether the next call counted by `counter` is one of the `fraction` that
+/// fail (see the module docs).
+fn hits(counter: &AtomicU64, fraction: f64) -> bool {
+    if fraction.is_nan() || fraction <= 0.0 {
+        return false;
+    }
+    let fraction = fraction.min(1.0);
+    let n = counter.fetch_add(1, Ordering::Relaxed) as f64;
+    ((n + 1.0) * fraction).floor() > (n * fraction).floor()
+}
+
+/// 503 as an edge or load balancer answers while the service behind it is
+/// down: plain text, no provider error body. Not a verdict on any request.
+pub(crate) fn outage() -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [(header::CONTENT_TYPE, "text/plain")],
+        "Service Unavailable",
+    )
+        .into_response()
+}
+
+/// 429 with `Retry-After: secs` and `body` as JSON.
+pub(crate) fn rate_limited(secs: u64, body: serde_json::Value) -> Response {
+    let mut response = (StatusCode::TOO_MANY_REQUESTS, axum::Json(body)).into_response();
+    if let Ok(value) = HeaderValue::from_str(&secs.to_string()) {
+        response.headers_mut().insert(header::RETRY_AFTER, value);
+    }
+    response
+}
+
+/// `status` with the first half of `body`, then the connection dropped: the
+/// stream fails after its first chunk, and the server aborts the response.
+pub(crate) fn reset(status: StatusCode, body: Bytes) -> Response {
+    let half = body.slice(..body.len() / 2);
+    let chunks: Vec<Result<Bytes, std::io::Error>> = vec![
+        Ok(half),
+        Err(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "fault: reset mid-body",
+        )),
+    ];
+    let mut response = Response::new(Body::from_stream(futures_util::stream::iter(chunks)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// `status` with the first half of `body` as a complete answer: valid
+/// HTTP, truncated JSON.
+pub(crate) fn truncated(status: StatusCode, body: &Bytes) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.slice(..body.len() / 2),
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pattern(fraction: f64, calls: usize) -> Vec<bool> {
+        let counter = AtomicU64::new(0);
+        (0..calls).map(|_| hits(&counter, fraction)).collect()
+    }
+
+    #[test]
+    fn fractions_fail_exactly_that_share_spread_out() {
+        let calls = pattern(0.3, 100);
+        assert_eq!(calls.iter().filter(|hit| **hit).count(), 30);
+        assert!(
+            !calls.windows(2).any(|pair| pair[0] && pair[1]),
+            "two failures in a row at 0.3"
+        );
+        assert_eq!(pattern(0.0, 10), vec![false; 10]);
+        assert_eq!(pattern(1.0, 10), vec![true; 10]);
+        assert_eq!(pattern(0.5, 4), vec![false, true, false, true]);
+        assert_eq!(pattern(f64::NAN, 3), vec![false; 3]);
+    }
+
+    #[test]
+    fn submit_faults_are_counted_as_refusals() {
+        let state = FaultState::default();
+        state.set(Faults {
+            submit_rate_limited: 0.5,
+            retry_after_secs: 2,
+            ..Faults::default()
+        });
+        assert_eq!(state.submit(), None);
+        assert_eq!(state.submit(), Some(SubmitFault::RateLimited(2)));
+        state.start_outage(Duration::from_secs(60));
+        assert_eq!(state.submit(), Some(SubmitFault::Outage));
+        assert_eq!(state.result_read(), Some(ReadFault::Outage));
+        assert_eq!(state.counts().submits_refused, 2);
+        assert_eq!(state.counts().result_reads, 1);
+    }
+}
