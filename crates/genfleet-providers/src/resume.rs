@@ -309,3 +309,53 @@ impl MemoryLog {
             .cloned()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Serialize)]
+    struct Record {
+        id: String,
+    }
+
+    impl SubmissionRecord for Record {
+        fn id(&self) -> &str {
+            &self.id
+        }
+    }
+
+    fn unavailable() -> ProviderError {
+        ProviderError::Unavailable {
+            message: "reset".into(),
+            retry_after: None,
+        }
+    }
+
+    /// Reads that only failed keep the request on record for the job's
+    /// next attempt; a verdict (or the deadline) forgets it.
+    #[tokio::test]
+    async fn only_a_judged_attempt_forgets_its_request() {
+        let log = Arc::new(MemoryLog::default());
+        let mut submissions = Submissions::new("test");
+        submissions.set_log(log.clone());
+        let record = Record { id: "r1".into() };
+
+        submissions.remember("job-7", &record).await;
+        let kept = submissions
+            .settle::<()>("job-7", Err(Failure::Unread(unavailable())))
+            .await;
+        assert!(matches!(kept, Err(ProviderError::Unavailable { .. })));
+        assert_eq!(log.recorded("test").as_deref(), Some(r#"{"id":"r1"}"#));
+
+        let forgotten = submissions
+            .settle::<()>("job-7", Err(Failure::Judged(unavailable())))
+            .await;
+        assert!(forgotten.is_err());
+        assert_eq!(log.recorded("test"), None);
+
+        submissions.remember("job-7", &record).await;
+        submissions.settle("job-7", Ok(())).await.unwrap();
+        assert!(log.recorded("test").is_some(), "a success keeps its record");
+    }
+}

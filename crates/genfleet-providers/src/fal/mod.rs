@@ -3,9 +3,13 @@
 //!
 //! One [`FalProvider::generate`](crate::Provider::generate) call is one
 //! attempt; it never resubmits (fal has no idempotency key, so a resubmit
-//! may be billed twice). It does ride out a few transient failures while
-//! *polling*, because giving up there would make the caller resubmit a
-//! request that is still running. With a
+//! may be billed twice). Once a request id exists, every failure to read
+//! its status, result or outputs (reset, truncated or malformed body, a 5xx
+//! without fal's error body, 429, timeout) is read again on the same
+//! request until the deadline (see `reread`): giving up there would make
+//! the caller resubmit, and pay for, a request that is fine. Only fal's
+//! verdict (a result that answers with fal's error body, an unknown
+//! request, an expired output) allows a new submit. With a
 //! [`SubmissionLog`](crate::SubmissionLog), each submission is recorded
 //! under the job id before it is polled, and a later attempt of the same job
 //! (its worker died) resumes the recorded request instead of submitting

@@ -660,3 +660,274 @@ async fn breaker_stops_calls_to_a_down_fal_model() {
     assert_eq!(guarded.state("test/ok"), BreakerState::Closed);
     assert_eq!(guarded.open_models(), ["test/down"]);
 }
+
+fn rate_limited(retry_after: Option<Duration>) -> Result<(), ProviderError> {
+    Err(ProviderError::RateLimited {
+        message: "429".into(),
+        retry_after,
+    })
+}
+
+/// Rate-limit answers are backpressure: however many, they neither open
+/// the breaker nor add to (or reset) a failure streak.
+#[tokio::test(start_paused = true)]
+async fn rate_limits_never_open_the_breaker() {
+    let guarded = Guarded::new(Scripted::new(vec![unavailable(), unavailable()]), config());
+    call_n(&guarded, 2).await;
+    for _ in 0..20 {
+        guarded.inner().push(rate_limited(None));
+    }
+    call_n(&guarded, 20).await;
+    assert_eq!(guarded.inner().calls(), 22);
+    assert_eq!(guarded.state(MODEL), BreakerState::Closed);
+    assert_eq!(guarded.snapshot(MODEL).consecutive_failures, 2);
+}
+
+/// Local failures (our own disk) and deferrals say nothing of the model.
+#[tokio::test(start_paused = true)]
+async fn local_failures_never_open_the_breaker() {
+    let local = || {
+        Err(ProviderError::Local {
+            message: "spool".into(),
+        })
+    };
+    let guarded = Guarded::new(Scripted::new((0..10).map(|_| local()).collect()), config());
+    call_n(&guarded, 10).await;
+    assert_eq!(guarded.inner().calls(), 10);
+    assert_eq!(guarded.state(MODEL), BreakerState::Closed);
+    assert_eq!(guarded.snapshot(MODEL).consecutive_failures, 0);
+}
+
+/// A probe answered with a rate limit is no verdict on the model: the
+/// breaker stays half-open for the next caller to probe.
+#[tokio::test(start_paused = true)]
+async fn a_rate_limited_probe_leaves_it_half_open() {
+    let guarded = tripped(Duration::ZERO).await;
+    tokio::time::advance(OPEN_FOR).await;
+    guarded.inner().push(rate_limited(None));
+    let probe = guarded.generate(&request(None)).await;
+    assert!(
+        matches!(probe, Err(ProviderError::RateLimited { .. })),
+        "{probe:?}"
+    );
+    assert_eq!(guarded.state(MODEL), BreakerState::HalfOpen);
+}
+
+/// The open breaker defers with the time left to its next probe, at once
+/// and without calling; once that time has passed, the probe goes through.
+#[tokio::test(start_paused = true)]
+async fn an_open_breaker_defers_until_its_next_probe() {
+    let guarded = tripped(Duration::ZERO).await;
+    tokio::time::advance(Duration::from_secs(12)).await;
+    let start = Instant::now();
+    let deferred = guarded.generate(&request(None)).await.unwrap_err();
+    assert_eq!(start.elapsed(), Duration::ZERO);
+    assert!(
+        matches!(
+            deferred,
+            ProviderError::Deferred {
+                reason: DeferReason::CircuitOpen,
+                retry_after,
+            } if retry_after == OPEN_FOR - Duration::from_secs(12)
+        ),
+        "{deferred:?}"
+    );
+    assert!(deferred.is_retryable());
+    assert_eq!(deferred.code(), "provider_unavailable");
+    assert_eq!(guarded.inner().calls(), 3);
+    // Not a failure: the streak is what opened it, no more.
+    assert_eq!(guarded.snapshot(MODEL).consecutive_failures, 3);
+    tokio::time::advance(deferred.retry_after().unwrap()).await;
+    guarded.generate(&request(None)).await.unwrap();
+    assert_eq!(guarded.state(MODEL), BreakerState::Closed);
+}
+
+/// A full concurrency limit defers a call after `max_queue_wait`, with a
+/// small suggested delay, instead of holding it until the deadline.
+#[tokio::test(start_paused = true)]
+async fn a_full_concurrency_limit_defers_after_max_queue_wait() {
+    let guarded = Arc::new(Guarded::new(
+        Scripted::holding(Duration::from_secs(60)),
+        GuardConfig {
+            max_concurrent: 2,
+            max_queue_wait: Duration::from_secs(2),
+            ..config()
+        },
+    ));
+    let holders: Vec<_> = (0..2)
+        .map(|_| {
+            let guarded = Arc::clone(&guarded);
+            tokio::spawn(async move { guarded.generate(&request(None)).await })
+        })
+        .collect();
+    tokio::task::yield_now().await;
+    assert_eq!(guarded.snapshot(MODEL).in_flight, 2);
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs(600);
+    let deferred = guarded
+        .generate(&request(Some(deadline)))
+        .await
+        .unwrap_err();
+    assert_eq!(start.elapsed(), Duration::from_secs(2));
+    assert!(
+        matches!(
+            deferred,
+            ProviderError::Deferred {
+                reason: DeferReason::AtCapacity,
+                retry_after,
+            } if retry_after == Duration::from_secs(2)
+        ),
+        "{deferred:?}"
+    );
+    assert_eq!(guarded.inner().calls(), 2);
+    // A deferral is no failure of the model.
+    assert_eq!(guarded.snapshot(MODEL).consecutive_failures, 0);
+    // A deadline sooner than max_queue_wait still wins.
+    let start = Instant::now();
+    let result = guarded
+        .generate(&request(Some(start + Duration::from_millis(500))))
+        .await;
+    assert!(
+        matches!(result, Err(ProviderError::DeadlineExceeded)),
+        "{result:?}"
+    );
+    assert_eq!(start.elapsed(), Duration::from_millis(500));
+    for holder in holders {
+        holder.await.unwrap().unwrap();
+    }
+    // A free slot is taken at once, even with a zero wait.
+    let guarded = Guarded::new(
+        Scripted::default(),
+        GuardConfig {
+            max_queue_wait: Duration::ZERO,
+            ..config()
+        },
+    );
+    guarded.generate(&request(None)).await.unwrap();
+}
+
+/// Rate-limit answers slow the bucket (multiplicatively, and holding calls
+/// until their Retry-After); then it climbs back additively to the
+/// configured rate.
+#[tokio::test(start_paused = true)]
+async fn rate_limits_slow_the_bucket_and_it_recovers() {
+    let guarded = Guarded::new(
+        Scripted::default(),
+        GuardConfig {
+            rate_per_second: 10.0,
+            burst: 1,
+            ..config()
+        },
+    );
+    // Ten calls a second, as configured.
+    call_n(&guarded, 10).await;
+    assert_eq!(guarded.rate_limit(), Some(10.0));
+    guarded
+        .inner()
+        .push(rate_limited(Some(Duration::from_secs(2))));
+    let _ = guarded.generate(&request(None)).await;
+    let start = *guarded.inner().call_times().last().unwrap();
+    // Held until the Retry-After, at half the rate.
+    assert_eq!(guarded.held_until(), Some(start + Duration::from_secs(2)));
+    // Half the rate calls were made at: the configured 10/s, as the
+    // one-second estimate of the calls just made sees it (a little less,
+    // after only a second of them).
+    let cut = guarded.rate_limit().unwrap();
+    assert!((2.0..=5.0).contains(&cut), "{cut}");
+    let calls = guarded.inner().calls();
+    guarded.generate(&request(None)).await.unwrap();
+    assert!(
+        start.elapsed() >= Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(guarded.inner().calls(), calls + 1);
+    // Calls after the hold are spaced at the cut rate, not the configured.
+    let before = Instant::now();
+    call_n(&guarded, 4).await;
+    let spaced = before.elapsed();
+    assert!(spaced >= Duration::from_millis(750), "{spaced:?}");
+
+    // A second answer a while later halves it again.
+    tokio::time::advance(Duration::from_secs(1)).await;
+    guarded.inner().push(rate_limited(None));
+    let _ = guarded.generate(&request(None)).await;
+    let cut_again = guarded.rate_limit().unwrap();
+    assert!(cut_again < cut, "{cut_again} !< {cut}");
+
+    // Then it recovers gradually: higher after ten seconds, not yet all
+    // the way; back to the configured rate within the recovery time.
+    tokio::time::advance(Duration::from_secs(10)).await;
+    let climbing = guarded.rate_limit().unwrap();
+    assert!(climbing > cut_again && climbing < 10.0, "{climbing}");
+    tokio::time::advance(Duration::from_secs(30)).await;
+    assert_eq!(guarded.rate_limit(), Some(10.0));
+}
+
+/// With no configured limit, a rate-limit answer still slows the provider
+/// down (to half the rate it was called at), and it recovers to unlimited.
+#[tokio::test(start_paused = true)]
+async fn an_unlimited_provider_backs_off_and_recovers_to_unlimited() {
+    let guarded = Arc::new(Guarded::new(Scripted::default(), config()));
+    assert_eq!(guarded.rate_limit(), None);
+    // Twenty calls at once, then a 429.
+    call_n(&guarded, 20).await;
+    guarded.inner().push(rate_limited(None));
+    let _ = guarded.generate(&request(None)).await;
+    let cut = guarded.rate_limit().expect("no back-off after a 429");
+    assert!((0.2..=11.0).contains(&cut), "{cut}");
+    // Ten more calls take time now.
+    let start = Instant::now();
+    call_n(&guarded, 10).await;
+    assert!(
+        start.elapsed() >= Duration::from_millis(800),
+        "{:?}",
+        start.elapsed()
+    );
+    // And after the recovery, no limit again: calls back to back.
+    tokio::time::advance(Duration::from_secs(60)).await;
+    assert_eq!(guarded.rate_limit(), None);
+    let start = Instant::now();
+    call_n(&guarded, 10).await;
+    assert_eq!(start.elapsed(), Duration::ZERO);
+}
+
+/// Calls already waiting for a token when a rate-limit answer arrives
+/// queue again at the new rate, behind the hold.
+#[tokio::test(start_paused = true)]
+async fn waiting_calls_respect_a_new_hold() {
+    let guarded = Arc::new(Guarded::new(
+        Scripted::default(),
+        GuardConfig {
+            rate_per_second: 2.0,
+            burst: 1,
+            max_concurrent: 64,
+            ..config()
+        },
+    ));
+    guarded
+        .inner()
+        .push(rate_limited(Some(Duration::from_secs(5))));
+    let start = Instant::now();
+    let calls: Vec<_> = (0..4)
+        .map(|_| {
+            let guarded = Arc::clone(&guarded);
+            tokio::spawn(async move { guarded.generate(&request(None)).await })
+        })
+        .collect();
+    for call in calls {
+        let _ = call.await.unwrap();
+    }
+    let times = guarded.inner().call_times();
+    assert_eq!(times.len(), 4);
+    // The first call drew the 429 at once; the three waiting at 0.5, 1.0
+    // and 1.5 s were held until 5 s, then spaced at the cut rate.
+    assert_eq!(times[0], start);
+    for time in &times[1..] {
+        assert!(
+            *time >= start + Duration::from_secs(5),
+            "{:?}",
+            *time - start
+        );
+    }
+}

@@ -4,17 +4,22 @@
 //!
 //! One [`ReplicateProvider::generate`](crate::Provider::generate) call is
 //! one attempt; it never creates twice (Replicate has no idempotency key, so
-//! a second create may be billed twice). It rides out a few transient
-//! failures while *polling*, because giving up there would make the caller
-//! create a prediction that is still running. With a
+//! a second create may be billed twice). With a
 //! [`SubmissionLog`](crate::SubmissionLog), each prediction is recorded
 //! under the job id as soon as create answers, and a later attempt of the
 //! same job (its worker died) resumes it instead of creating another (see
-//! [`crate::resume`]). The record is written after create answers, so a
-//! worker that dies while create holds the request open (`Prefer: wait`)
-//! leaves nothing to resume: the next attempt creates again.
-//! [`ReplicateConfig::wait_seconds`] = 0 narrows that window to one round
-//! trip.
+//! [`crate::resume`]). With a submission log, create is sent without
+//! `Prefer: wait`, whatever [`ReplicateConfig::wait_seconds`] says: the
+//! record can only be written once create answers, and a worker that died
+//! while create held the request open would leave nothing to resume (the
+//! next attempt would create, and pay, again). The id is recorded at once
+//! and the prediction polled instead.
+//!
+//! Once the prediction exists, a failed poll or download (reset, truncated
+//! or malformed body, 5xx, 429, timeout) is tried again on the same
+//! prediction until the deadline (see `reread`); only Replicate's verdict
+//! (`failed`, `canceled`, `aborted`, an unknown id, an expired file) ends
+//! it.
 //!
 //! The model name picks the endpoint: `owner/name` creates through
 //! `POST /v1/models/{owner}/{name}/predictions` (the model's latest
@@ -61,6 +66,8 @@ mod resume;
 
 #[cfg(any(test, feature = "fake"))]
 pub mod fake;
+#[cfg(test)]
+mod fault_tests;
 #[cfg(test)]
 mod tests;
 
