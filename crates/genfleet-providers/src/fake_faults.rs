@@ -29,7 +29,9 @@ use axum::response::{IntoResponse, Response};
 pub struct Faults {
     /// Submits (fal's submit, Replicate's create, the one call of the
     /// synchronous providers) answered 429 with
-    /// `Retry-After: retry_after_secs`, before anything is created.
+    /// `Retry-After: retry_after_secs`, before anything is created (Vertex
+    /// says it as RESOURCE_EXHAUSTED with a RetryInfo, Triton as its 503
+    /// "Exceeds maximum queue size", which has no Retry-After).
     pub submit_rate_limited: f64,
     /// The `Retry-After` of those 429s, in whole seconds (0 is allowed).
     pub retry_after_secs: u64,
@@ -48,7 +50,8 @@ pub struct Faults {
 /// What a fake counted, for the assertion that submits equal jobs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct FaultCounts {
-    /// Submits that created a request (each one is rendered, and billed).
+    /// Submits that created a request (each one is rendered, and billed);
+    /// for the synchronous providers, calls answered 2xx.
     pub submits_accepted: u64,
     /// Submits answered 429 or 5xx: nothing was created.
     pub submits_refused: u64,
@@ -176,6 +179,19 @@ impl FaultState {
     /// down by design).
     pub(crate) fn refused(&self) {
         self.refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts the answer of a synchronous provider's one call (its submit,
+    /// render and result at once) by its status: 2xx rendered and
+    /// accepted, 429 or 5xx refused, anything else neither.
+    pub(crate) fn tally(&self, response: Response) -> Response {
+        let status = response.status();
+        if status.is_success() {
+            self.accepted();
+        } else if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
+            self.refused();
+        }
+        response
     }
 
     /// Counts a status read and says which fault it gets, if any.

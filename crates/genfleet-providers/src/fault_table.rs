@@ -10,9 +10,36 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::{
-    generate_with_retries, GenerationOutput, GenerationRequest, Guarded, Provider, ProviderError,
-    RetryPolicy,
+    generate_with_retries, GenerationOutput, GenerationRequest, GuardConfig, Guarded, Provider,
+    ProviderError, RetryPolicy,
 };
+
+/// Jobs per fault-table run.
+pub(crate) const JOBS: usize = 20;
+
+/// The default guard, with a breaker that probes again soon, so a run that
+/// opens it (503s) finishes in seconds.
+pub(crate) fn guard_config() -> GuardConfig {
+    GuardConfig {
+        open_for: Duration::from_millis(300),
+        ..GuardConfig::default()
+    }
+}
+
+/// [`JOBS`] copies of `request`, each its own job (id, prompt, seed), all
+/// due `deadline` from now.
+pub(crate) fn jobs_of(request: &GenerationRequest, deadline: Duration) -> Vec<GenerationRequest> {
+    let deadline = Instant::now() + deadline;
+    (0..JOBS)
+        .map(|i| GenerationRequest {
+            job_id: format!("job-{i}"),
+            prompt: format!("{}, take {i}", request.prompt),
+            seed: Some(i as u64),
+            deadline: Some(deadline),
+            ..request.clone()
+        })
+        .collect()
+}
 
 /// How one job ended.
 #[derive(Debug)]

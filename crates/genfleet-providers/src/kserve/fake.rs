@@ -35,6 +35,13 @@
 //! request it could parse ([`FakeKServe::received`]) for assertions. Built
 //! with [`FakeKServe::start_with_bearer`], every route needs
 //! `Authorization: Bearer <token>` and answers 401 without it.
+//!
+//! [`FakeKServe::set_faults`] and [`FakeKServe::start_outage`] play the
+//! submit rows of the fault table (see [`crate::fake_faults`]) on every
+//! infer: calls refused with Triton's backpressure (503 "Exceeds maximum
+//! queue size", which carries no Retry-After) or a plain 503 error, and an
+//! outage in which every infer answers a plain 503;
+//! [`FakeKServe::fault_counts`] counts the infers accepted and refused.
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
@@ -52,6 +59,8 @@ use url::Url;
 
 use super::client::HEADER_LENGTH;
 use super::tensor::{decode_bytes_elements, encode_bytes_elements, split_body, take_sections};
+use crate::fake_faults::{self, FaultState, SubmitFault};
+pub use crate::fake_faults::{FaultCounts, Faults};
 pub use crate::fake_media::gradient_png;
 use crate::http::encode_base64;
 
@@ -166,6 +175,7 @@ impl FakeKServe {
         let shared = Arc::new(Shared {
             bearer,
             state: Mutex::new(FakeState::default()),
+            faults: FaultState::default(),
         });
         let router = Router::new()
             .fallback(handle)
@@ -188,6 +198,23 @@ impl FakeKServe {
             shared,
             shutdown: Some(shutdown),
         })
+    }
+
+    /// Plays the submit rows of `faults` from now on, on every model (a
+    /// synchronous API has no separate reads: `read_reset` and
+    /// `result_truncated` are not played).
+    pub fn set_faults(&self, faults: Faults) {
+        self.shared.faults.set(faults);
+    }
+
+    /// Answers every model call with a plain 503 for `length` from now.
+    pub fn start_outage(&self, length: Duration) {
+        self.shared.faults.start_outage(length);
+    }
+
+    /// Calls accepted (answered 2xx) and refused (429 or 5xx) so far.
+    pub fn fault_counts(&self) -> FaultCounts {
+        self.shared.faults.counts()
     }
 
     /// Infer requests received (authorized), whatever they were answered.
@@ -232,6 +259,7 @@ impl Drop for FakeKServe {
 struct Shared {
     bearer: Option<String>,
     state: Mutex<FakeState>,
+    faults: FaultState,
 }
 
 impl Shared {
@@ -363,7 +391,25 @@ async fn handle(
             StatusCode::BAD_REQUEST.into_response()
         }
         Action::Ready => StatusCode::OK.into_response(),
-        Action::Infer => infer(&shared, behaviour, name, version, &headers, &body).await,
+        Action::Infer => {
+            // The fault table comes before the model's own behaviour: a
+            // refused infer renders nothing.
+            if let Some(fault) = shared.faults.submit() {
+                return match fault {
+                    SubmitFault::Outage => fake_faults::outage(),
+                    SubmitFault::RateLimited(_) => error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "Exceeds maximum queue size".into(),
+                    ),
+                    SubmitFault::Unavailable => error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "the server is shutting down".into(),
+                    ),
+                };
+            }
+            let response = infer(&shared, behaviour, name, version, &headers, &body).await;
+            shared.faults.tally(response)
+        }
     }
 }
 

@@ -24,6 +24,13 @@
 //! a `mask` part came. The API routes need `Authorization: Bearer <key>`
 //! (401 `invalid_api_key` otherwise); `/files/*` is served without one and
 //! records any Authorization header that reaches it.
+//!
+//! [`FakeOpenAi::set_faults`] and [`FakeOpenAi::start_outage`] play the
+//! submit rows of the fault table (see [`crate::fake_faults`]) on every
+//! model: calls refused with 429 `rate_limit_exceeded` (with
+//! `retry-after`) or 503, and an outage in which every API call answers a
+//! plain 503; [`FakeOpenAi::fault_counts`] counts the calls accepted and
+//! refused.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
@@ -41,6 +48,8 @@ use serde_json::{json, Value};
 use tokio::sync::oneshot;
 use url::Url;
 
+use crate::fake_faults::{self, FaultState, SubmitFault};
+pub use crate::fake_faults::{FaultCounts, Faults};
 use crate::fake_media::gradient_png;
 
 /// How long `test/slow` takes to answer.
@@ -105,6 +114,7 @@ impl FakeOpenAi {
             origin: format!("http://{address}"),
             next_id: AtomicU64::new(1),
             state: Mutex::new(FakeState::default()),
+            faults: FaultState::default(),
         });
         let router = Router::new()
             .fallback(handle)
@@ -126,6 +136,23 @@ impl FakeOpenAi {
             shared,
             shutdown: Some(shutdown),
         })
+    }
+
+    /// Plays the submit rows of `faults` from now on, on every model (a
+    /// synchronous API has no separate reads: `read_reset` and
+    /// `result_truncated` are not played).
+    pub fn set_faults(&self, faults: Faults) {
+        self.shared.faults.set(faults);
+    }
+
+    /// Answers every model call with a plain 503 for `length` from now.
+    pub fn start_outage(&self, length: Duration) {
+        self.shared.faults.start_outage(length);
+    }
+
+    /// Calls accepted (answered 2xx) and refused (429 or 5xx) so far.
+    pub fn fault_counts(&self) -> FaultCounts {
+        self.shared.faults.counts()
     }
 
     /// Authorized calls received, whatever they were answered.
@@ -177,6 +204,7 @@ struct Shared {
     origin: String,
     next_id: AtomicU64,
     state: Mutex<FakeState>,
+    faults: FaultState,
 }
 
 impl Shared {
@@ -332,7 +360,35 @@ async fn handle(
             )
         }
     }
-    answer(&shared, seen).await
+    // The fault table comes before the model's own behaviour: a refused
+    // call renders nothing.
+    if let Some(fault) = shared.faults.submit() {
+        return match fault {
+            SubmitFault::Outage => fake_faults::outage(),
+            SubmitFault::RateLimited(secs) => {
+                let mut response = error(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "Rate limit reached for requests.",
+                    "requests",
+                    Some("rate_limit_exceeded"),
+                    None,
+                );
+                if let Ok(value) = HeaderValue::from_str(&secs.to_string()) {
+                    response.headers_mut().insert(header::RETRY_AFTER, value);
+                }
+                response
+            }
+            SubmitFault::Unavailable => error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "The server is overloaded or not ready yet.",
+                "server_error",
+                None,
+                None,
+            ),
+        };
+    }
+    let response = answer(&shared, seen).await;
+    shared.faults.tally(response)
 }
 
 /// Counts and records the call, then answers as the model's behaviour says.

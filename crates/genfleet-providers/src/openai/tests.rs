@@ -3,15 +3,17 @@
 //! behaviour, plus the request shapes (JSON and multipart) and the
 //! redaction rules.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
 use tokio::time::Instant;
 
-use super::fake::FakeOpenAi;
+use super::fake::{FakeOpenAi, Faults};
+use crate::fault_table;
 use crate::{
-    generate_with_retries, GenerationRequest, InputImage, InputRole, JobKind, OpenAiConfig,
-    OpenAiProvider, Provider, ProviderError, RetryPolicy,
+    generate_with_retries, GenerationRequest, Guarded, InputImage, InputRole, JobKind,
+    OpenAiConfig, OpenAiProvider, Provider, ProviderError, RetryPolicy,
 };
 
 const PNG_SIGNATURE: &[u8] = b"\x89PNG\r\n\x1a\n";
@@ -503,4 +505,54 @@ fn plans_print_no_prompt_or_image_bytes() {
     let text = format!("{call:?}");
     assert!(!text.contains("sneaker"), "{text}");
     assert!(text.contains("Generations"), "{text}");
+}
+
+/// The fault table's submit rows (this API has no separate reads): 30 % of
+/// calls rate-limited, every job still succeeds with one accepted call, the
+/// breaker never hears of the rate limits, and the bucket slows down.
+#[tokio::test]
+async fn fault_table_rate_limits_cost_no_job_and_never_open_the_breaker() {
+    let fake = FakeOpenAi::start().await.unwrap();
+    fake.set_faults(Faults {
+        submit_rate_limited: 0.3,
+        retry_after_secs: 0,
+        ..Faults::default()
+    });
+    let guarded = Arc::new(Guarded::new(provider(&fake), fault_table::guard_config()));
+    let ended = fault_table::run_jobs(
+        &guarded,
+        fault_table::jobs_of(&request("test/ok"), Duration::from_secs(60)),
+    )
+    .await;
+    let failed = fault_table::failures(&ended);
+    assert!(failed.is_empty(), "{failed:?}");
+    let counts = fake.fault_counts();
+    assert_eq!(counts.submits_accepted, fault_table::JOBS as u64);
+    assert!((7..=9).contains(&counts.submits_refused), "{counts:?}");
+    assert_eq!(ended.iter().map(|job| job.deferrals).sum::<u32>(), 0);
+    assert!(guarded.open_models().is_empty());
+    assert_eq!(guarded.snapshot("test/ok").consecutive_failures, 0);
+    assert!(guarded.rate_limit().is_some(), "the bucket was not slowed");
+}
+
+/// 30 % of calls answered 503: every job still succeeds, one accepted call
+/// each (deferred, not failed, should the breaker open).
+#[tokio::test]
+async fn fault_table_unavailable_calls_cost_no_job() {
+    let fake = FakeOpenAi::start().await.unwrap();
+    fake.set_faults(Faults {
+        submit_unavailable: 0.3,
+        ..Faults::default()
+    });
+    let guarded = Arc::new(Guarded::new(provider(&fake), fault_table::guard_config()));
+    let ended = fault_table::run_jobs(
+        &guarded,
+        fault_table::jobs_of(&request("test/ok"), Duration::from_secs(60)),
+    )
+    .await;
+    let failed = fault_table::failures(&ended);
+    assert!(failed.is_empty(), "{failed:?}");
+    let counts = fake.fault_counts();
+    assert_eq!(counts.submits_accepted, fault_table::JOBS as u64);
+    assert!(counts.submits_refused >= 6, "{counts:?}");
 }

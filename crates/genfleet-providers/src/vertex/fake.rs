@@ -42,6 +42,12 @@
 //! `{access_token, expires_in, token_type}`. Switches: expiry, a delay, a
 //! failure status, revoking all tokens, refusing every token. Everything is
 //! kept in memory; it is not meant to be fast or long-lived.
+//!
+//! [`FakeVertex::set_faults`] and [`FakeVertex::start_outage`] play the
+//! submit rows of the fault table (see [`crate::fake_faults`]) on every
+//! model: calls refused with 429 RESOURCE_EXHAUSTED (with a RetryInfo) or
+//! 503, and an outage in which every model call answers a plain 503;
+//! [`FakeVertex::fault_counts`] counts the calls accepted and refused.
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
@@ -60,6 +66,8 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 use url::Url;
 
+use crate::fake_faults::{self, FaultState, SubmitFault};
+pub use crate::fake_faults::{FaultCounts, Faults};
 use crate::fake_media::gradient_png;
 
 /// Side of the square PNGs served (small: they travel as base64 JSON).
@@ -112,6 +120,7 @@ impl FakeVertex {
                 slow_delay: Duration::from_secs(2),
                 ..FakeState::default()
             }),
+            faults: FaultState::default(),
         });
         let router = Router::new()
             .fallback(handle)
@@ -186,6 +195,23 @@ impl FakeVertex {
         self.shared.lock().slow_delay = delay;
     }
 
+    /// Plays the submit rows of `faults` from now on, on every model (a
+    /// synchronous API has no separate reads: `read_reset` and
+    /// `result_truncated` are not played).
+    pub fn set_faults(&self, faults: Faults) {
+        self.shared.faults.set(faults);
+    }
+
+    /// Answers every model call with a plain 503 for `length` from now.
+    pub fn start_outage(&self, length: Duration) {
+        self.shared.faults.start_outage(length);
+    }
+
+    /// Calls accepted (answered 2xx) and refused (429 or 5xx) so far.
+    pub fn fault_counts(&self) -> FaultCounts {
+        self.shared.faults.counts()
+    }
+
     /// Authorized model calls received, whatever they were answered.
     pub fn calls(&self) -> u64 {
         self.shared.lock().calls.values().sum()
@@ -230,6 +256,7 @@ struct Shared {
     next_token: AtomicU64,
     next_response: AtomicU64,
     state: Mutex<FakeState>,
+    faults: FaultState,
 }
 
 impl Shared {
@@ -389,7 +416,31 @@ async fn handle(
             &format!("Publisher Model `projects/{project}/locations/{region}/publishers/google/models/{model}` was not found or your project does not have access to it."),
         );
     }
-    match (rpc, behaviour.is_gemini(model)) {
+    // The fault table comes before the model's own behaviour: a refused
+    // call renders nothing.
+    if let Some(fault) = shared.faults.submit() {
+        return match fault {
+            SubmitFault::Outage => fake_faults::outage(),
+            SubmitFault::RateLimited(secs) => {
+                let mut response = error_with_details(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "RESOURCE_EXHAUSTED",
+                    "Quota exceeded for aiplatform.googleapis.com/online_prediction_requests_per_base_model.",
+                    json!([{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": format!("{secs}s")}]),
+                );
+                if let Ok(value) = axum::http::HeaderValue::from_str(&secs.to_string()) {
+                    response.headers_mut().insert(header::RETRY_AFTER, value);
+                }
+                response
+            }
+            SubmitFault::Unavailable => google_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "UNAVAILABLE",
+                "The service is currently unavailable.",
+            ),
+        };
+    }
+    let response = match (rpc, behaviour.is_gemini(model)) {
         ("generateContent", true) => generate_content(&shared, behaviour, &request).await,
         ("predict", false) => predict(&shared, behaviour, model, &request).await,
         ("predict", true) => invalid("Gemini models are served by generateContent, not predict."),
@@ -401,7 +452,8 @@ async fn handle(
             "NOT_FOUND",
             "The requested URL was not found on this server.",
         ),
-    }
+    };
+    shared.faults.tally(response)
 }
 
 /// `Authorization: Bearer <an issued, unexpired token>`.
