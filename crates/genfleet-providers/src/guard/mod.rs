@@ -26,15 +26,19 @@
 //! What counts against a model's breaker: `Unavailable` and `Malformed`
 //! answers only. A rate-limit answer ([`ProviderError::RateLimited`]) is
 //! backpressure, not a failure: it feeds the provider's token bucket
-//! instead, which is adaptive (AIMD): each rate-limit answer (at most one a
-//! second, since calls sent together report the same congestion) halves
-//! the rate it lets through (of the configured rate, or of the rate calls
-//! were actually made at, whichever is lower) and holds every call until
-//! the answer's Retry-After; then the rate climbs back additively, to the
-//! configured rate over `RATE_RECOVERY` (30 s), and the bucket is as configured
-//! again. A provider with no configured limit is slowed the same way and
-//! recovers to unlimited. Local failures ([`ProviderError::Local`], our own
-//! disk) and deferrals say nothing about the provider and count nowhere.
+//! instead, which is adaptive (AIMD). Each rate-limit answer (at most one
+//! cut a second, since calls sent together report the same congestion)
+//! halves the rate the bucket lets through: half the configured rate or
+//! half the rate calls were actually made at (a one-second estimate),
+//! whichever is lower, never below 0.2 calls a second. It also holds every
+//! call until the answer's Retry-After (at most two minutes). Then the rate
+//! climbs back additively, from zero to the configured rate in 30 s, and
+//! the bucket is as configured again. A provider with no configured limit
+//! is slowed the same way, climbs back to the rate that drew the answer,
+//! and is unlimited again. Each worker adapts on its own, so a fleet that
+//! shares an account converges on the provider's limit the way TCP flows
+//! share a link. Local failures ([`ProviderError::Local`], our own disk)
+//! and deferrals say nothing about the provider and count nowhere.
 //!
 //! Memory is bounded: at most 1,024 models have a breaker.
 //! When a new model arrives and the table is full, every breaker that is
@@ -54,8 +58,8 @@
 //!
 //! This module only decides whether and when to call. It does not retry
 //! ([`generate_with_retries`](crate::generate_with_retries) does) and does
-//! not emit metrics: the worker reads [`Guarded::snapshot`] and
-//! [`Guarded::open_models`].
+//! not emit metrics: the worker reads [`Guarded::snapshot`],
+//! [`Guarded::open_models`] and [`Guarded::rate_limit`].
 //!
 //! The rate limiter is a small token bucket written here rather than
 //! governor: it runs on `tokio::time`, so paused-time tests drive it, and it
