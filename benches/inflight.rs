@@ -5,7 +5,7 @@
 //! fal queue API answering `test/sleep-<ms>` requests after `<ms>`:
 //!
 //! - **genfleet worker**: the real `genfleet worker` binary (concurrency and
-//!   `providers.fal.max_concurrent` = the job count, fal's default 500 ms
+//!   `providers.fal.limits.max_concurrent` = the job count, fal's default 500 ms
 //!   poll) consumes product-photo jobs from RabbitMQ, holds credits in
 //!   PostgreSQL, calls the fake, stores the output and publishes results;
 //!   the fake runs in this process on its own runtime.
@@ -513,7 +513,7 @@ async fn genfleet_run(
     let jobs_text = knobs.jobs.to_string();
     let env = [
         (
-            "GENFLEET__PROVIDERS__FAL__MAX_CONCURRENT",
+            "GENFLEET__PROVIDERS__FAL__LIMITS__MAX_CONCURRENT",
             jobs_text.as_str(),
         ),
         // One workspace publishes them all: without this, jobs past half the
@@ -526,7 +526,7 @@ async fn genfleet_run(
         // The compiled defaults where the test configuration shortens them.
         ("GENFLEET__DATABASE__POOL_SIZE", "8"),
         ("GENFLEET__PROVIDERS__FAL__REQUEST_TIMEOUT_SECONDS", "60"),
-        ("GENFLEET__PROVIDERS__FAL__MAX_WAIT_SECONDS", "600"),
+        ("GENFLEET__PROVIDERS__MAX_WAIT_SECONDS", "600"),
     ];
     let mut worker = WorkerProcess::start_with_env(&config, dir.0.join("worker.log"), &env);
     wait_ready(&mut worker, port, Duration::from_secs(120)).await;

@@ -152,6 +152,13 @@ impl Incoming {
             .and_then(|n| n.parse().ok())
     }
 
+    /// Unix time (seconds) the job was first deferred, if it was
+    /// ([`crate::HEADER_DEFERRED_AT`]).
+    pub fn deferred_at(&self) -> Option<u64> {
+        self.header(crate::HEADER_DEFERRED_AT)
+            .and_then(|n| n.parse().ok())
+    }
+
     /// How many times a quorum queue has delivered this message before
     /// (`x-delivery-count`; absent on the first delivery).
     pub fn delivery_count(&self) -> u64 {

@@ -29,7 +29,13 @@ pub const DEAD_QUEUE: &str = "genfleet.dead";
 /// Headers exchange in front of the `genfleet.retry.<delay>` queues.
 pub const RETRY_EXCHANGE: &str = "genfleet.retry";
 /// Header that picks the retry queue on [`RETRY_EXCHANGE`], e.g. `5s`.
-pub const HEADER_DELAY: &str = "x-genfleet-delay";
+/// Not `x-` prefixed: a headers exchange ignores `x-` headers when it
+/// matches, so a binding on one would match every message (each retry
+/// would go to every retry queue, and the job return three times).
+pub const HEADER_DELAY: &str = "genfleet-retry-delay";
+/// The earlier name of [`HEADER_DELAY`], whose bindings matched every
+/// message; [`Topology`]'s declare removes them.
+pub const LEGACY_HEADER_DELAY: &str = "x-genfleet-delay";
 /// Header counting how often infrastructure failures sent a job through a
 /// retry queue (set by the worker on each such requeue).
 pub const HEADER_REQUEUES: &str = "x-genfleet-requeues";
@@ -39,6 +45,10 @@ pub const HEADER_PARKS: &str = "x-genfleet-parks";
 /// Header with the Unix time (seconds) a job was first parked, so every
 /// later poll knows how long the provider has had it.
 pub const HEADER_PARKED_AT: &str = "x-genfleet-parked-at";
+/// Header with the Unix time (seconds) a job was first sent back to wait
+/// for a provider that could not take it (an open circuit, a full
+/// concurrency limit), so later returns know how long it has waited.
+pub const HEADER_DEFERRED_AT: &str = "x-genfleet-deferred-at";
 /// Fanout exchange for cancel requests (`CancelJob` messages by job id),
 /// bound to [`CANCEL_QUEUE`].
 pub const CANCEL_EXCHANGE: &str = "genfleet.cancel";

@@ -9,7 +9,7 @@ use lapin::{Channel, ExchangeKind};
 
 use crate::{
     BrokerError, CANCEL_EXCHANGE, CANCEL_QUEUE, DEAD_LETTER_EXCHANGE, DEAD_QUEUE, EVENTS_EXCHANGE,
-    HEADER_DELAY, JOBS_EXCHANGE, RESULTS_EXCHANGE, RETRY_EXCHANGE,
+    HEADER_DELAY, JOBS_EXCHANGE, LEGACY_HEADER_DELAY, RESULTS_EXCHANGE, RETRY_EXCHANGE,
 };
 
 /// Resource class of a job queue.
@@ -137,6 +137,21 @@ impl Default for Topology {
 }
 
 impl Topology {
+    /// The shortest of this topology's retry delays that is at least
+    /// `wanted`, else the longest: a wait that must go through a retry
+    /// queue, which exist only for a few fixed delays (a delay without its
+    /// queue would route nowhere).
+    pub fn retry_delay_at_least(&self, wanted: Duration) -> Duration {
+        let mut delays = self.retry_delays.clone();
+        delays.sort_unstable();
+        delays
+            .iter()
+            .find(|d| **d >= wanted)
+            .or(delays.last())
+            .copied()
+            .unwrap_or(wanted)
+    }
+
     /// Name of the retry queue for `delay`, e.g. `genfleet.retry.30s`.
     pub fn retry_queue(delay: Duration) -> String {
         format!("genfleet.retry.{}", Topology::delay_label(delay))
@@ -256,7 +271,7 @@ pub async fn declare(channel: &Channel, topology: &Topology) -> Result<(), Broke
     }
 
     // Delayed retry without plugins: a message published to the headers
-    // exchange genfleet.retry with `x-genfleet-delay: 30s` and its job
+    // exchange genfleet.retry with `genfleet-retry-delay: 30s` and its job
     // routing key waits out the queue's TTL, then dead-letters back to
     // genfleet.jobs under that same routing key, so it returns to its class
     // and lane. Classic queues: per-queue TTL with dead-lettering is what
@@ -296,12 +311,52 @@ pub async fn declare(channel: &Channel, topology: &Topology) -> Result<(), Broke
                 binding,
             )
             .await?;
+        // Brokers declared by earlier releases keep a binding on the old
+        // `x-` header, which matches every message: remove it (unbinding a
+        // binding that is not there is a no-op).
+        let mut legacy = FieldTable::default();
+        legacy.insert("x-match".into(), AMQPValue::LongString("all".into()));
+        legacy.insert(
+            LEGACY_HEADER_DELAY.into(),
+            AMQPValue::LongString(Topology::delay_label(*delay).into()),
+        );
+        channel
+            .queue_unbind(
+                queue.as_str().into(),
+                RETRY_EXCHANGE.into(),
+                "".into(),
+                legacy,
+            )
+            .await?;
     }
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn waits_round_up_to_an_existing_retry_queue() {
+        let topology = Topology::default();
+        for (wanted, got) in [
+            (0, 5),
+            (1, 5),
+            (5, 5),
+            (6, 30),
+            (30, 30),
+            (31, 300),
+            (299, 300),
+            (301, 300),
+            (u64::MAX, 300),
+        ] {
+            assert_eq!(
+                topology.retry_delay_at_least(Duration::from_secs(wanted)),
+                Duration::from_secs(got),
+                "{wanted}"
+            );
+        }
+    }
+
     use super::*;
 
     #[test]

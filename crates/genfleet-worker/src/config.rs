@@ -325,6 +325,11 @@ pub struct ProvidersSection {
     /// when it has no earlier deadline, in seconds. Parked jobs have their
     /// own bound, `providers.park.max_wait_seconds`.
     pub max_wait_seconds: u64,
+    /// How long a job without a deadline may keep waiting for a provider
+    /// that cannot take it (an open circuit, a full concurrency limit),
+    /// counted from the first time it was sent back, in seconds; then it
+    /// fails `provider_unavailable`.
+    pub defer_horizon_seconds: u64,
     pub fal: FalSection,
     pub replicate: ReplicateSection,
     pub vertex: VertexSection,
@@ -338,6 +343,7 @@ impl Default for ProvidersSection {
     fn default() -> Self {
         ProvidersSection {
             max_wait_seconds: 600,
+            defer_horizon_seconds: 1800,
             fal: FalSection::default(),
             replicate: ReplicateSection::default(),
             vertex: VertexSection::default(),
@@ -364,6 +370,10 @@ pub struct ProviderLimits {
     pub breaker_failure_threshold: u32,
     /// Seconds an open breaker waits before letting one probe call through.
     pub breaker_open_seconds: u64,
+    /// Longest a call waits for room under `max_concurrent`, in
+    /// milliseconds; then the job goes back to a retry queue instead of
+    /// holding a worker slot while it waits.
+    pub max_queue_wait_ms: u64,
 }
 
 impl Default for ProviderLimits {
@@ -374,6 +384,7 @@ impl Default for ProviderLimits {
             burst: 1,
             breaker_failure_threshold: 5,
             breaker_open_seconds: 30,
+            max_queue_wait_ms: 2000,
         }
     }
 }

@@ -46,6 +46,10 @@ pub(crate) async fn settle(
             retry_later(services, publisher, incoming, source).await
         }
         Disposition::Park(delay) => park(publisher, incoming, delay).await,
+        Disposition::Delay(delay) => match source {
+            Source::Job { .. } => delay_job(services, publisher, incoming, delay).await,
+            Source::CancelRequest => incoming.nack(true).await,
+        },
         Disposition::MoveDown(below) => match source {
             Source::Job { class, lane } => {
                 move_down(services, publisher, incoming, class, lane, below).await
@@ -154,6 +158,60 @@ async fn requeue_later(
     }
 }
 
+/// Sends a job that no provider could take now through the retry queue of
+/// at least `delay`, counted as an orderly return
+/// ([`genfleet_broker::HEADER_REQUEUES`], so not as a crashed start), with
+/// the time it was first deferred ([`genfleet_broker::HEADER_DEFERRED_AT`]),
+/// then acks it. Unconfirmed, the delivery goes back to its queue instead.
+async fn delay_job(
+    services: &Services,
+    publisher: &Publisher,
+    incoming: &Incoming,
+    delay: Duration,
+) -> Result<(), BrokerError> {
+    let topology = Topology {
+        delivery_limit: services.config.broker.delivery_limit,
+        ..Topology::default()
+    };
+    let delay = topology.retry_delay_at_least(delay);
+    let deferred_at = incoming.deferred_at().unwrap_or_else(unix_now);
+    let forwarded = publisher
+        .forward(
+            genfleet_broker::RETRY_EXCHANGE,
+            incoming.routing_key(),
+            incoming,
+            &[
+                (genfleet_broker::HEADER_DELAY, Topology::delay_label(delay)),
+                (
+                    genfleet_broker::HEADER_REQUEUES,
+                    incoming.requeues().saturating_add(1).to_string(),
+                ),
+                (genfleet_broker::HEADER_DEFERRED_AT, deferred_at.to_string()),
+            ],
+        )
+        .await;
+    match forwarded {
+        Ok(()) => {
+            info!(
+                retry_in_s = delay.as_secs(),
+                "no provider could take the job now; it waits in a retry queue"
+            );
+            incoming.ack().await
+        }
+        Err(e) => {
+            warn!(error = %e, "delay publish not confirmed; returning the job to its queue");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            incoming.nack(true).await
+        }
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 /// Parks a job whose provider is rendering: the same message goes to the
 /// retry queue of `delay` (it returns to its own queue and lane after it),
 /// counted in [`genfleet_broker::HEADER_PARKS`], then the delivery is
@@ -164,11 +222,7 @@ async fn park(
     incoming: &Incoming,
     delay: Duration,
 ) -> Result<(), BrokerError> {
-    let parked_at = incoming.parked_at().unwrap_or_else(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs())
-    });
+    let parked_at = incoming.parked_at().unwrap_or_else(unix_now);
     let forwarded = publisher
         .forward(
             genfleet_broker::RETRY_EXCHANGE,

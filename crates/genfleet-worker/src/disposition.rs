@@ -19,6 +19,11 @@ pub enum Disposition {
     /// The provider is rendering the job: a poll message in the retry queue
     /// of this delay, then ack.
     Park(Duration),
+    /// No provider of its chain could take the job now (an open circuit, a
+    /// full concurrency limit) but its deadline leaves time: through the
+    /// retry queue of at least this delay and back, holding no slot, not
+    /// counted as a crashed start.
+    Delay(Duration),
     /// Its workspace holds its share of this worker: republished one lane
     /// down, then acked.
     MoveDown(Lane),
@@ -41,6 +46,7 @@ impl Disposition {
             Disposition::Ack => "ack",
             Disposition::Requeue(_) => "requeue",
             Disposition::Park(_) => "park",
+            Disposition::Delay(_) => "delay",
             Disposition::MoveDown(_) => "move_down",
             Disposition::DeadLetter(_) => "dead_letter",
             Disposition::Redeliver(_) => "redeliver",

@@ -45,6 +45,8 @@ pub enum Stop {
     /// The provider is rendering the job: park it in a retry queue for
     /// this long, then look again (any worker).
     Park(std::time::Duration),
+    /// No provider could take the job now: back after at least this long.
+    Delay(std::time::Duration),
 }
 
 impl From<JobFailure> for Stop {
@@ -126,11 +128,15 @@ pub(crate) fn provider_error_code(error: &genfleet_providers::ProviderError) -> 
     use genfleet_providers::ProviderError as E;
     match error {
         E::Rejected { .. } => ErrorCode::ProviderRejected,
-        E::Unavailable { .. } | E::Unauthorized { .. } | E::Malformed { .. } => {
-            ErrorCode::ProviderUnavailable
-        }
+        E::Unavailable { .. }
+        | E::Unauthorized { .. }
+        | E::Malformed { .. }
+        | E::RateLimited { .. }
+        | E::Deferred { .. } => ErrorCode::ProviderUnavailable,
         E::DeadlineExceeded => ErrorCode::DeadlineExceeded,
         E::Unsupported { .. } => ErrorCode::InvalidInput,
+        // Our own disk (a spooled input or output), not the provider.
+        E::Local { .. } => ErrorCode::Internal,
     }
 }
 
@@ -187,6 +193,17 @@ mod tests {
             ProviderError::DeadlineExceeded,
             ProviderError::Unsupported {
                 message: "mask".into(),
+            },
+            ProviderError::RateLimited {
+                message: "429".into(),
+                retry_after: None,
+            },
+            ProviderError::Deferred {
+                reason: genfleet_providers::DeferReason::CircuitOpen,
+                retry_after: std::time::Duration::from_secs(5),
+            },
+            ProviderError::Local {
+                message: "spool".into(),
             },
         ];
         for error in &provider_errors {

@@ -36,6 +36,7 @@ pub struct Metrics {
     /// Deliveries handed back to the queue (infrastructure failure, panic).
     pub requeues_total: IntCounterVec,
     pub deliveries_total: IntCounterVec,
+    pub jobs_delayed_total: IntCounterVec,
     /// Parks of long renders (first submit and every look that found the
     /// provider still rendering), by provider.
     pub jobs_parked_total: IntCounterVec,
@@ -158,6 +159,11 @@ impl Metrics {
                 "genfleet_deliveries_total",
                 "Deliveries settled with the broker, by disposition (ack, requeue, park, move_down, dead_letter, redeliver, channel_lost)",
                 &["disposition"],
+            ),
+            jobs_delayed_total: counter(
+                "genfleet_jobs_delayed_total",
+                "Jobs sent back to a retry queue because no provider of their chain could take them now, by provider and reason (circuit_open, at_capacity)",
+                &["provider", "reason"],
             ),
             jobs_parked_total: counter(
                 "genfleet_jobs_parked_total",

@@ -195,6 +195,7 @@ fn guarded<P: Provider + 'static>(
             burst: limits.burst,
             failure_threshold: limits.breaker_failure_threshold,
             open_for: Duration::from_secs(limits.breaker_open_seconds),
+            max_queue_wait: Duration::from_millis(limits.max_queue_wait_ms),
         },
     ));
     let watched = guarded.clone();

@@ -54,6 +54,8 @@ pub(crate) enum GenStop {
         detail: String,
     },
     Park(Duration),
+    /// No provider of the chain can take the job now; back after this long.
+    Delay(Duration),
 }
 
 impl From<Stop> for GenStop {
@@ -62,6 +64,7 @@ impl From<Stop> for GenStop {
             Stop::Fail(f) => GenStop::Fail(f.into()),
             Stop::Requeue { reason, detail } => GenStop::Requeue { reason, detail },
             Stop::Park(delay) => GenStop::Park(delay),
+            Stop::Delay(delay) => GenStop::Delay(delay),
         }
     }
 }
@@ -76,6 +79,14 @@ pub(crate) enum AttemptOutcome {
     /// The provider refused our credentials: its own label, so that it can
     /// page someone (the customer sees `provider_unavailable`).
     Unauthorized,
+    /// The provider asked us to slow down: backpressure, told apart from
+    /// `provider_unavailable` (the customer sees that code).
+    RateLimited,
+    /// Not called: the circuit was open or the provider at capacity
+    /// (labelled by the reason).
+    Deferred(genfleet_providers::DeferReason),
+    /// Our own spool failed, not the provider.
+    Local,
     Failed(ErrorCode),
 }
 
@@ -83,6 +94,9 @@ impl AttemptOutcome {
     pub(crate) fn of_error(error: &ProviderError) -> AttemptOutcome {
         match error {
             ProviderError::Unauthorized { .. } => AttemptOutcome::Unauthorized,
+            ProviderError::RateLimited { .. } => AttemptOutcome::RateLimited,
+            ProviderError::Deferred { reason, .. } => AttemptOutcome::Deferred(*reason),
+            ProviderError::Local { .. } => AttemptOutcome::Local,
             other => AttemptOutcome::Failed(provider_error_code(other)),
         }
     }
@@ -92,6 +106,9 @@ impl AttemptOutcome {
             AttemptOutcome::Ok => "ok",
             AttemptOutcome::Submitted => "submitted",
             AttemptOutcome::Unauthorized => "unauthorized",
+            AttemptOutcome::RateLimited => "rate_limited",
+            AttemptOutcome::Deferred(reason) => reason.label(),
+            AttemptOutcome::Local => "local_error",
             AttemptOutcome::Failed(code) => code.as_str(),
         }
     }
@@ -141,14 +158,19 @@ pub(crate) fn provider_chain(
 }
 
 /// Runs the chain until a provider delivers, fails permanently, or accepts
-/// a parked job.
+/// a parked job. A provider that cannot take the job now (its circuit is
+/// open, its concurrency limit full) is passed over like an unavailable
+/// one; when no provider delivered and one of them deferred, the job is
+/// sent back to wait for it ([`GenStop::Delay`]) while its deadline (or
+/// `providers.defer_horizon_seconds` from its first deferral,
+/// `deferred_at`) leaves time.
 pub(crate) async fn generate(
     services: &Services,
     job: &ValidJob,
     tracker: &mut Tracker<'_>,
     providers: &[String],
     inputs: Vec<InputImage>,
-    deadline: Option<SystemTime>,
+    (deadline, deferred_at): (Option<SystemTime>, Option<u64>),
 ) -> Result<Generated, GenStop> {
     tracker.begin(v1::Stage::Generate, 0.4).await;
     let max_wait = Duration::from_secs(services.config.providers.max_wait_seconds);
@@ -157,6 +179,8 @@ pub(crate) async fn generate(
 
     let mut attempts = 0u32;
     let mut last: Option<(String, JobFailure)> = None;
+    // The soonest a deferring provider may take the job.
+    let mut deferred: Option<Duration> = None;
     for (position, name) in providers.iter().enumerate() {
         let Some(provider) = services.providers.get(name) else {
             continue;
@@ -199,6 +223,18 @@ pub(crate) async fn generate(
             }
             Err(failed) => {
                 attempts += failed.attempts;
+                if let ProviderError::Deferred {
+                    reason,
+                    retry_after,
+                } = &failed.error
+                {
+                    services
+                        .metrics
+                        .jobs_delayed_total
+                        .with_label_values(&[name, reason.label()])
+                        .inc();
+                    deferred = Some(deferred.map_or(*retry_after, |d| d.min(*retry_after)));
+                }
                 let outcome = AttemptOutcome::of_error(&failed.error);
                 if outcome == AttemptOutcome::Unauthorized {
                     // Not retried (a retry storm would not fix a key), but an
@@ -224,11 +260,47 @@ pub(crate) async fn generate(
             JobFailure::new(ErrorCode::InvalidInput, "no usable provider for this job"),
         )
     });
+    // A permanent answer ends the chain (`failure.retryable` is false): no
+    // wait would change it.
+    if let Some(wait) = deferred.filter(|_| failure.retryable) {
+        let horizon = defer_horizon(services, deadline, deferred_at);
+        if SystemTime::now() + wait < horizon {
+            return Err(GenStop::Delay(wait));
+        }
+        return Err(GenStop::Fail(GenerationFailure {
+            failure: JobFailure::new(
+                ErrorCode::ProviderUnavailable,
+                "no provider of the job's chain could take it before its deadline \
+                 (circuit open or at capacity)",
+            ),
+            provider,
+            attempts,
+        }));
+    }
     Err(GenStop::Fail(GenerationFailure {
         failure,
         provider,
         attempts,
     }))
+}
+
+/// Until when a deferred job may keep waiting for its providers: its
+/// deadline, or `providers.defer_horizon_seconds` after its first deferral
+/// (now, for the first), whichever is sooner.
+fn defer_horizon(
+    services: &Services,
+    deadline: Option<SystemTime>,
+    deferred_at: Option<u64>,
+) -> SystemTime {
+    let since = deferred_at
+        .and_then(|at| SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(at)))
+        .unwrap_or_else(SystemTime::now);
+    let horizon = since
+        .checked_add(Duration::from_secs(
+            services.config.providers.defer_horizon_seconds,
+        ))
+        .unwrap_or(since);
+    deadline.map_or(horizon, |d| d.min(horizon))
 }
 
 /// The provider-neutral request for `job` (its model is set per provider);

@@ -195,7 +195,16 @@ async fn execute(
             let limits = services.input_limits_for(delivery.class);
             let inputs = inputs::prepare(services, job, &limits, tracker).await?;
             reserve::reserve(services, job, tracker).await?;
-            generate::generate(services, job, tracker, &providers, inputs, deadline).await
+            let deferred_at = incoming.deferred_at();
+            generate::generate(
+                services,
+                job,
+                tracker,
+                &providers,
+                inputs,
+                (deadline, deferred_at),
+            )
+            .await
         }
     };
     let stored = match generated {
@@ -246,6 +255,7 @@ async fn execute(
         }
         Err(GenStop::Requeue { reason, detail }) => return Err(Stop::Requeue { reason, detail }),
         Err(GenStop::Park(delay)) => return Err(Stop::Park(delay)),
+        Err(GenStop::Delay(delay)) => return Err(Stop::Delay(delay)),
     };
     settle::settle_run(services, job, tracker, result, settlement)
         .await
@@ -270,6 +280,7 @@ fn stopped(stop: Stop) -> Disposition {
             );
             Disposition::Park(delay)
         }
+        Stop::Delay(delay) => Disposition::Delay(delay),
         // Callers turn failures into results before they get here; a
         // failure that reaches this point has no result to publish, and
         // must not be lost silently: back to the queue, and a loud log.

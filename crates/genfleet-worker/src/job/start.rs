@@ -64,6 +64,13 @@ pub(crate) async fn start(
     let last_delivery =
         incoming.delivery_count() + 1 >= u64::from(services.config.broker.delivery_limit);
     if crashed >= u32::from(services.config.worker.max_starts_per_job) || last_delivery {
+        warn!(
+            starts = attempt.starts,
+            requeues = incoming.requeues(),
+            parks = incoming.parks(),
+            delivery_count = incoming.delivery_count(),
+            "the job's earlier starts ended without a result"
+        );
         return Ok(Start::Abandon { crashed });
     }
     Ok(Start::Run)
