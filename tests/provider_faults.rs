@@ -206,6 +206,8 @@ async fn fault_table(which: Fake) {
         "breaker_failure_threshold = 3\nbreaker_open_seconds = 5",
     );
     let toml = toml.replace("max_attempts = 3", "max_attempts = 4");
+    // The adaptive bucket on, as in production: 429s slow fal down.
+    let toml = toml.replace("adaptive_rate = false", "adaptive_rate = true");
     let toml = toml.replace("max_wait_seconds = 30", "max_wait_seconds = 60");
     let toml = format!(
         r#"{toml}
@@ -343,6 +345,7 @@ breaker_open_seconds = 5
     for name in [
         "genfleet_jobs_delayed_total",
         "genfleet_deliveries_total{disposition=\"delay\"}",
+        "genfleet_provider_repeated_reads_total",
     ] {
         assert!(metrics.contains(name), "{name} missing:\n{metrics}");
     }

@@ -186,6 +186,9 @@ request_timeout_seconds = 10
 # once look like an outage of that model; here they test per-job retries,
 # not the breaker (tested in genfleet-providers, also against the fake).
 breaker_failure_threshold = 1000
+# The same for the flaky model's 429s: each concerns one job, and slowing
+# every call down for them is the adaptive bucket's test, not this one's.
+adaptive_rate = false
 
 [providers.retry]
 max_attempts = 3

@@ -79,6 +79,7 @@ pub use guard::{BreakerState, GuardConfig, GuardSnapshot, Guarded};
 pub use kserve::{Contract, KServeConfig, KServeProvider, ModelMetadata, TensorMetadata};
 pub use openai::{OpenAiConfig, OpenAiProvider};
 pub use replicate::{ReplicateConfig, ReplicateProvider};
+pub use reread::repeated_reads;
 pub use resume::{Checked, Resumable, SubmissionLog};
 pub use retry::{call_with_retries, generate_with_retries, parse_retry_after, RetryPolicy};
 pub use spool::{Blob, Spool, DOWNLOADS_AT_ONCE};

@@ -14,7 +14,9 @@
 //! A failing read is no failure of the model: it never reaches
 //! [`Guarded`](crate::Guarded)'s breaker, because the attempt goes on.
 
+use std::collections::BTreeMap;
 use std::future::Future;
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -39,6 +41,31 @@ const MIN_READ_DELAY: Duration = Duration::from_millis(10);
 /// callers. The request's record is kept, so with a submission log the
 /// job's next attempt reads it again instead of submitting.
 pub(crate) const READ_WINDOW_WITHOUT_DEADLINE: Duration = Duration::from_secs(120);
+
+/// Reads of an existing request that failed and were made again, per
+/// provider, since the process started. Process-wide like the spool: every
+/// client of one provider adds to the same count, which the worker exports.
+static REPEATED_READS: Mutex<BTreeMap<&'static str, u64>> = Mutex::new(BTreeMap::new());
+
+/// How many reads of existing requests each provider had to make again
+/// (a reset, truncated or malformed answer, a 5xx, a timeout), since the
+/// process started: `(provider, count)`, sorted by provider.
+pub fn repeated_reads() -> Vec<(&'static str, u64)> {
+    REPEATED_READS
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .iter()
+        .map(|(provider, n)| (*provider, *n))
+        .collect()
+}
+
+fn count_repeated_read(provider: &'static str) {
+    let mut counts = REPEATED_READS
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    let n = counts.entry(provider).or_insert(0);
+    *n = n.saturating_add(1);
+}
 
 /// One failed read of a request that exists at the provider.
 #[derive(Debug)]
@@ -151,6 +178,7 @@ where
             }
         };
         failures = failures.saturating_add(1);
+        count_repeated_read(provider);
         let delay = match error.retry_after() {
             Some(hint) => hint.min(MAX_READ_HINT),
             None => equal_jitter(backoff(pace, failures), &mut rng),

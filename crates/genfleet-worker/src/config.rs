@@ -374,6 +374,10 @@ pub struct ProviderLimits {
     /// milliseconds; then the job goes back to a retry queue instead of
     /// holding a worker slot while it waits.
     pub max_queue_wait_ms: u64,
+    /// Rate-limit answers (429) slow every call to the provider down, then
+    /// the rate recovers over 30 s: how a fleet converges on an account's
+    /// limit. Off only for a provider whose 429s concern single requests.
+    pub adaptive_rate: bool,
 }
 
 impl Default for ProviderLimits {
@@ -385,6 +389,7 @@ impl Default for ProviderLimits {
             breaker_failure_threshold: 5,
             breaker_open_seconds: 30,
             max_queue_wait_ms: 2000,
+            adaptive_rate: true,
         }
     }
 }

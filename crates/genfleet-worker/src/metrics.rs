@@ -60,6 +60,8 @@ pub struct Metrics {
     pub provider_breakers_open: IntGaugeVec,
     /// Calls inside a provider client now, by provider.
     pub provider_calls_in_flight: IntGaugeVec,
+    pub provider_circuit_open: IntGaugeVec,
+    pub provider_repeated_reads_total: IntCounterVec,
     /// Inputs scanned for malware, by outcome (`clean`, `infected`,
     /// `error`: no verdict, see the log and `genfleet_requeues_total`).
     pub scans_total: IntCounterVec,
@@ -216,6 +218,16 @@ impl Metrics {
             provider_calls_in_flight: gauge_vec(
                 "genfleet_provider_calls_in_flight",
                 "Calls inside a provider client now, by provider",
+                &["provider"],
+            ),
+            provider_circuit_open: gauge_vec(
+                "genfleet_provider_circuit_open",
+                "1 while a model's circuit breaker is open or half-open, by provider and model",
+                &["provider", "model"],
+            ),
+            provider_repeated_reads_total: counter(
+                "genfleet_provider_repeated_reads_total",
+                "Reads of an existing provider request (status, result, output) that failed and were made again on the same request, by provider",
                 &["provider"],
             ),
             scans_total: counter(

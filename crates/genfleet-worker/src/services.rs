@@ -101,6 +101,7 @@ impl Services {
         let spool = open_spool(&config.worker)?;
         let http = reqwest_client()?;
         let mut providers: HashMap<String, Arc<dyn Provider>> = HashMap::new();
+        export_repeated_reads(&metrics);
         let mut default_models = HashMap::new();
         add_remote_providers(
             &config,
@@ -196,21 +197,54 @@ fn guarded<P: Provider + 'static>(
             failure_threshold: limits.breaker_failure_threshold,
             open_for: Duration::from_secs(limits.breaker_open_seconds),
             max_queue_wait: Duration::from_millis(limits.max_queue_wait_ms),
+            adaptive_rate: limits.adaptive_rate,
         },
     ));
     let watched = guarded.clone();
     let open = metrics.provider_breakers_open.clone();
     let in_flight = metrics.provider_calls_in_flight.clone();
+    let circuit_open = metrics.provider_circuit_open.clone();
+    // Models shown open at the last scrape, so a closed one drops back to 0
+    // (the breaker table is bounded, so this is too).
+    let shown_open = std::sync::Mutex::new(Vec::<String>::new());
     metrics.on_render(move || {
         let gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
         let name = watched.name();
-        open.with_label_values(&[name])
-            .set(gauge(watched.open_models().len()));
+        let now_open = watched.open_models();
+        open.with_label_values(&[name]).set(gauge(now_open.len()));
         in_flight
             .with_label_values(&[name])
             .set(gauge(watched.snapshot("").in_flight));
+        let mut shown = shown_open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for model in shown.iter().filter(|m| !now_open.contains(m)) {
+            circuit_open.with_label_values(&[name, model]).set(0);
+        }
+        for model in &now_open {
+            circuit_open.with_label_values(&[name, model]).set(1);
+        }
+        *shown = now_open;
     });
     guarded
+}
+
+/// Exports the provider crate's process-wide count of reads made again on
+/// an existing request, as a counter (the increase since the last scrape).
+fn export_repeated_reads(metrics: &Metrics) {
+    let counter = metrics.provider_repeated_reads_total.clone();
+    let exported = std::sync::Mutex::new(HashMap::<&'static str, u64>::new());
+    metrics.on_render(move || {
+        let mut exported = exported
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (provider, total) in genfleet_providers::repeated_reads() {
+            let before = exported.insert(provider, total).unwrap_or(0);
+            counter
+                .with_label_values(&[provider])
+                .inc_by(total.saturating_sub(before));
+        }
+    });
 }
 
 /// This process's spool: its own subfolder of `worker.spool_dir`, after

@@ -133,6 +133,11 @@ pub struct GuardConfig {
     /// queue rather than hold a worker while the provider is full. The
     /// deadline cuts it shorter.
     pub max_queue_wait: Duration,
+    /// Whether rate-limit answers slow the bucket down (see the module
+    /// docs). Off, each call still waits out its own Retry-After in the
+    /// retry loop, but the provider's other calls go on at full pace: for
+    /// a provider whose 429s are per request rather than per account.
+    pub adaptive_rate: bool,
 }
 
 impl Default for GuardConfig {
@@ -150,6 +155,7 @@ impl Default for GuardConfig {
             failure_threshold: 5,
             open_for: Duration::from_secs(30),
             max_queue_wait: Duration::from_secs(2),
+            adaptive_rate: true,
         }
     }
 }
@@ -439,6 +445,9 @@ impl<P: Provider> Guarded<P> {
 
     /// Feeds a rate-limit answer to the bucket.
     fn rate_limited(&self, retry_after: Option<Duration>) {
+        if !self.config.adaptive_rate {
+            return;
+        }
         let now = Instant::now();
         let cut = self.lock_bucket().on_rate_limited(now, retry_after);
         if let Some(rate) = cut {
