@@ -1,7 +1,8 @@
-//! The provider fault table through the real worker: fal and Replicate
-//! fakes that refuse a share of submits with 429 or 503, break a share of
-//! status and result reads mid-body, cut a share of result bodies short, or
-//! go down for a minute. Every job with a deadline of a few minutes must
+//! The provider fault table through the real worker: provider fakes that
+//! refuse a share of submits with 429 or 503, break a share of status and
+//! result reads mid-body, cut a share of result bodies short (fal and
+//! Replicate, the providers with request ids to read), or go down for a
+//! minute (all five). Every job with a deadline of a few minutes must
 //! succeed, rendered once (accepted submits equal jobs) and charged once;
 //! with a deadline shorter than the outage, the jobs end failed with their
 //! credits released.
@@ -14,7 +15,10 @@ use genfleet_credits::Ledger;
 use genfleet_proto::v1;
 use genfleet_providers::fake_fal::FakeFal;
 use genfleet_providers::fake_faults::{FaultCounts, Faults};
+use genfleet_providers::fake_kserve::FakeKServe;
+use genfleet_providers::fake_openai::FakeOpenAi;
 use genfleet_providers::fake_replicate::FakeReplicate;
+use genfleet_providers::fake_vertex::FakeVertex;
 use support::*;
 
 /// Jobs per scenario.
@@ -28,6 +32,9 @@ const OUTAGE: Duration = Duration::from_secs(60);
 enum Fake {
     Fal,
     Replicate,
+    Vertex,
+    OpenAi,
+    KServe,
 }
 
 impl Fake {
@@ -35,6 +42,26 @@ impl Fake {
         match self {
             Fake::Fal => "fal",
             Fake::Replicate => "replicate",
+            Fake::Vertex => "vertex",
+            Fake::OpenAi => "openai",
+            Fake::KServe => "kserve",
+        }
+    }
+
+    /// Whether the provider keeps requests to read later (a status, a
+    /// result): only then do the read rows of the table apply.
+    fn has_request_ids(self) -> bool {
+        matches!(self, Fake::Fal | Fake::Replicate)
+    }
+
+    /// The kind and model of a job for this provider that its fake renders.
+    fn kind_and_model(self) -> (v1::JobKind, &'static str) {
+        match self {
+            Fake::Fal | Fake::Replicate => (v1::JobKind::ProductPhoto, ""),
+            Fake::Vertex => (v1::JobKind::ProductPhoto, "imagen-ok"),
+            Fake::OpenAi => (v1::JobKind::ProductPhoto, "test/ok"),
+            // The GPU pool's default background-removal model.
+            Fake::KServe => (v1::JobKind::BackgroundRemoval, ""),
         }
     }
 }
@@ -42,6 +69,9 @@ impl Fake {
 struct Fakes {
     fal: FakeFal,
     replicate: FakeReplicate,
+    vertex: FakeVertex,
+    openai: FakeOpenAi,
+    kserve: FakeKServe,
 }
 
 impl Fakes {
@@ -49,6 +79,9 @@ impl Fakes {
         match which {
             Fake::Fal => self.fal.set_faults(faults),
             Fake::Replicate => self.replicate.set_faults(faults),
+            Fake::Vertex => self.vertex.set_faults(faults),
+            Fake::OpenAi => self.openai.set_faults(faults),
+            Fake::KServe => self.kserve.set_faults(faults),
         }
     }
 
@@ -56,6 +89,9 @@ impl Fakes {
         match which {
             Fake::Fal => self.fal.start_outage(length),
             Fake::Replicate => self.replicate.start_outage(length),
+            Fake::Vertex => self.vertex.start_outage(length),
+            Fake::OpenAi => self.openai.start_outage(length),
+            Fake::KServe => self.kserve.start_outage(length),
         }
     }
 
@@ -63,6 +99,9 @@ impl Fakes {
         match which {
             Fake::Fal => self.fal.fault_counts(),
             Fake::Replicate => self.replicate.fault_counts(),
+            Fake::Vertex => self.vertex.fault_counts(),
+            Fake::OpenAi => self.openai.fault_counts(),
+            Fake::KServe => self.kserve.fault_counts(),
         }
     }
 }
@@ -70,6 +109,8 @@ impl Fakes {
 /// One row of the table.
 struct Scenario {
     name: &'static str,
+    /// A row of read faults: only for providers with request ids.
+    reads: bool,
     faults: Faults,
     outage: bool,
     /// Each job's deadline, from its publication.
@@ -82,6 +123,7 @@ fn table() -> Vec<Scenario> {
     let long = Duration::from_secs(300);
     vec![
         Scenario {
+            reads: false,
             name: "rate-limited",
             faults: Faults {
                 submit_rate_limited: 0.3,
@@ -93,6 +135,7 @@ fn table() -> Vec<Scenario> {
             all_succeed: true,
         },
         Scenario {
+            reads: false,
             name: "unavailable",
             faults: Faults {
                 submit_unavailable: 0.3,
@@ -103,6 +146,7 @@ fn table() -> Vec<Scenario> {
             all_succeed: true,
         },
         Scenario {
+            reads: true,
             name: "reset-reads",
             faults: Faults {
                 read_reset: 0.3,
@@ -113,6 +157,7 @@ fn table() -> Vec<Scenario> {
             all_succeed: true,
         },
         Scenario {
+            reads: true,
             name: "truncated-results",
             faults: Faults {
                 result_truncated: 0.3,
@@ -123,6 +168,7 @@ fn table() -> Vec<Scenario> {
             all_succeed: true,
         },
         Scenario {
+            reads: false,
             name: "outage",
             faults: Faults::default(),
             outage: true,
@@ -130,6 +176,7 @@ fn table() -> Vec<Scenario> {
             all_succeed: true,
         },
         Scenario {
+            reads: false,
             name: "outage-past-deadline",
             faults: Faults::default(),
             outage: true,
@@ -140,13 +187,15 @@ fn table() -> Vec<Scenario> {
 }
 
 fn job(which: Fake, workspace: &str, deadline: Duration) -> v1::Job {
+    let (kind, model) = which.kind_and_model();
     let mut job = fal_product_job(
         workspace,
-        "",
+        model,
         "a bottle on marble",
         CREDITS,
         v1::Priority::Normal,
     );
+    job.kind = kind as i32;
     if let Some(generation) = job.generation.as_mut() {
         generation.providers = vec![which.name().to_string()];
     }
@@ -169,10 +218,16 @@ async fn fault_table(which: Fake) {
     let fakes = Fakes {
         fal: FakeFal::start().await.unwrap(),
         replicate: FakeReplicate::start().await.unwrap(),
+        vertex: FakeVertex::start().await.unwrap(),
+        openai: FakeOpenAi::start().await.unwrap(),
+        kserve: FakeKServe::start().await.unwrap(),
     };
     let ledger = Ledger::connect(PG_URL, &schema.name, 2).await.unwrap();
     ledger.migrate().await.unwrap();
-    let scenarios = table();
+    let scenarios: Vec<Scenario> = table()
+        .into_iter()
+        .filter(|row| !row.reads || which.has_request_ids())
+        .collect();
     for scenario in &scenarios {
         let account = format!("acme/{}", scenario.name);
         ledger.grant(&account, 1000, "test").await.unwrap();
@@ -220,8 +275,40 @@ poll_interval_ms = 50
 [providers.replicate.limits]
 breaker_failure_threshold = 3
 breaker_open_seconds = 5
+
+[providers.vertex]
+enabled = true
+project = "shop-project"
+region = "us-central1"
+base_url = "{vertex}"
+token_url = "{token_url}"
+
+[providers.vertex.limits]
+breaker_failure_threshold = 3
+breaker_open_seconds = 5
+
+[providers.openai]
+enabled = true
+base_url = "{openai}"
+api_key = "sk-test-key"
+
+[providers.openai.limits]
+breaker_failure_threshold = 3
+breaker_open_seconds = 5
+
+[providers.kserve]
+enabled = true
+base_url = "{kserve}"
+
+[providers.kserve.limits]
+breaker_failure_threshold = 3
+breaker_open_seconds = 5
 "#,
         replicate = fakes.replicate.base_url,
+        vertex = fakes.vertex.base_url,
+        token_url = fakes.vertex.token_url(),
+        openai = fakes.openai.base_url,
+        kserve = fakes.kserve.base_url,
     );
     std::fs::write(&config, toml).unwrap();
     let mut worker = WorkerProcess::start(&config, dir.0.join("worker.log"));
@@ -342,11 +429,14 @@ breaker_open_seconds = 5
     println!("{}", report.join("\n"));
     let metrics = http_get(port, "/metrics").await.map(|(_, body)| body);
     let metrics = metrics.unwrap_or_default();
-    for name in [
+    let mut expected = vec![
         "genfleet_jobs_delayed_total",
         "genfleet_deliveries_total{disposition=\"delay\"}",
-        "genfleet_provider_repeated_reads_total",
-    ] {
+    ];
+    if which.has_request_ids() {
+        expected.push("genfleet_provider_repeated_reads_total");
+    }
+    for name in expected {
         assert!(metrics.contains(name), "{name} missing:\n{metrics}");
     }
     let status = worker.terminate(Duration::from_secs(20));
@@ -361,4 +451,19 @@ async fn fal_faults_cost_no_job_and_no_second_render() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicate_faults_cost_no_job_and_no_second_render() {
     fault_table(Fake::Replicate).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vertex_faults_cost_no_job() {
+    fault_table(Fake::Vertex).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_faults_cost_no_job() {
+    fault_table(Fake::OpenAi).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kserve_faults_cost_no_job() {
+    fault_table(Fake::KServe).await;
 }

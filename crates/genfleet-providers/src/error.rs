@@ -97,14 +97,21 @@ pub enum DeferReason {
     /// The provider's concurrency limit stayed full for
     /// [`GuardConfig::max_queue_wait`](crate::GuardConfig::max_queue_wait).
     AtCapacity,
+    /// The provider asked us to slow down (rate-limit answers), and this
+    /// call's turn in the slowed bucket is more than
+    /// [`GuardConfig::max_queue_wait`](crate::GuardConfig::max_queue_wait)
+    /// away: better back in a queue than holding a worker while it waits.
+    Throttled,
 }
 
 impl DeferReason {
-    /// Stable label for metrics and logs: `circuit_open`, `at_capacity`.
+    /// Stable label for metrics and logs: `circuit_open`, `at_capacity`,
+    /// `throttled`.
     pub fn label(self) -> &'static str {
         match self {
             Self::CircuitOpen => "circuit_open",
             Self::AtCapacity => "at_capacity",
+            Self::Throttled => "throttled",
         }
     }
 }

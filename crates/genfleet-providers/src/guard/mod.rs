@@ -403,12 +403,20 @@ impl<P: Provider> Guarded<P> {
 
     /// Waits out a hold the provider asked for with a rate-limit answer,
     /// before the call takes a slot (a held call in a slot would only keep
-    /// others from theirs). Fails at once when the hold outlasts
-    /// `deadline`.
+    /// others from theirs). A hold longer than `max_queue_wait` defers the
+    /// call ([`DeferReason::Throttled`]); one that outlasts `deadline`
+    /// fails at once.
     async fn wait_for_hold(&self, deadline: Option<Instant>) -> Result<(), ProviderError> {
         let until = self.lock_bucket().hold_until;
-        if until <= Instant::now() {
+        let now = Instant::now();
+        if until <= now {
             return Ok(());
+        }
+        if until - now > self.config.max_queue_wait {
+            return Err(ProviderError::Deferred {
+                reason: DeferReason::Throttled,
+                retry_after: until - now,
+            });
         }
         if deadline.is_some_and(|deadline| until >= deadline) {
             return Err(ProviderError::DeadlineExceeded);
@@ -419,15 +427,29 @@ impl<P: Provider> Guarded<P> {
 
     /// Takes a rate token, waiting for it when the bucket is empty. Fails at
     /// once, taking nothing, when the token would only arrive at or after
-    /// `deadline`.
+    /// `deadline`, and defers the call ([`DeferReason::Throttled`]) when it
+    /// would only arrive after `max_queue_wait`: a job then waits in a
+    /// queue, not in a worker slot.
     async fn take_token(&self, deadline: Option<Instant>) -> Result<(), ProviderError> {
         loop {
             let now = Instant::now();
+            // A token ready now is always taken, even with a zero wait.
+            let patience = now + self.config.max_queue_wait.max(Duration::from_millis(1));
             let (ready_at, epoch) = {
                 let mut bucket = self.lock_bucket();
-                let ready_at = bucket
-                    .reserve(now, deadline)
-                    .ok_or(ProviderError::DeadlineExceeded)?;
+                let limit = deadline.map_or(patience, |deadline| deadline.min(patience));
+                let Some(ready_at) = bucket.reserve(now, Some(limit)) else {
+                    if deadline.is_some_and(|deadline| deadline <= patience) {
+                        return Err(ProviderError::DeadlineExceeded);
+                    }
+                    return Err(ProviderError::Deferred {
+                        reason: DeferReason::Throttled,
+                        retry_after: self
+                            .config
+                            .max_queue_wait
+                            .clamp(Duration::from_secs(1), Duration::from_secs(30)),
+                    });
+                };
                 (ready_at, bucket.epoch)
             };
             if ready_at <= now {

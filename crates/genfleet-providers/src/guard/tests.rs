@@ -672,7 +672,14 @@ fn rate_limited(retry_after: Option<Duration>) -> Result<(), ProviderError> {
 /// the breaker nor add to (or reset) a failure streak.
 #[tokio::test(start_paused = true)]
 async fn rate_limits_never_open_the_breaker() {
-    let guarded = Guarded::new(Scripted::new(vec![unavailable(), unavailable()]), config());
+    // Patient calls: this is about the breaker, not the deferral.
+    let guarded = Guarded::new(
+        Scripted::new(vec![unavailable(), unavailable()]),
+        GuardConfig {
+            max_queue_wait: Duration::from_secs(600),
+            ..config()
+        },
+    );
     call_n(&guarded, 2).await;
     for _ in 0..20 {
         guarded.inner().push(rate_limited(None));
@@ -902,6 +909,8 @@ async fn waiting_calls_respect_a_new_hold() {
             rate_per_second: 2.0,
             burst: 1,
             max_concurrent: 64,
+            // Patient calls: this is about the hold, not the deferral.
+            max_queue_wait: Duration::from_secs(600),
             ..config()
         },
     ));
@@ -930,4 +939,39 @@ async fn waiting_calls_respect_a_new_hold() {
             *time - start
         );
     }
+}
+
+/// A call whose turn in a slowed (or slow) bucket is further away than
+/// `max_queue_wait` is deferred at once, taking no token, rather than
+/// holding its caller; a later call after the wait gets through.
+#[tokio::test(start_paused = true)]
+async fn a_call_far_back_in_the_bucket_is_deferred_as_throttled() {
+    let guarded = Guarded::new(
+        Scripted::default(),
+        GuardConfig {
+            rate_per_second: 0.1,
+            burst: 1,
+            max_queue_wait: Duration::from_secs(1),
+            ..config()
+        },
+    );
+    guarded.generate(&request(None)).await.unwrap();
+    let start = Instant::now();
+    let deferred = guarded.generate(&request(None)).await;
+    assert!(
+        matches!(
+            deferred,
+            Err(ProviderError::Deferred {
+                reason: DeferReason::Throttled,
+                ..
+            })
+        ),
+        "{deferred:?}"
+    );
+    assert_eq!(start.elapsed(), Duration::ZERO, "deferred without waiting");
+    assert_eq!(guarded.inner().calls(), 1);
+    // Ten seconds on, the next token is there.
+    tokio::time::advance(Duration::from_secs(10)).await;
+    guarded.generate(&request(None)).await.unwrap();
+    assert_eq!(guarded.inner().calls(), 2);
 }
