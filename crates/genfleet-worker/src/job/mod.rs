@@ -131,9 +131,23 @@ async fn run(
     let mut result = match outcome {
         Ok(result) => result,
         // Failures after the reservation were settled inside execute();
-        // these are failures before any credit was held.
+        // these came before this run reserved anything. A job that comes
+        // back (a delay, a requeue, a park, a redelivery) may still hold
+        // credits from an earlier run, though: release them with the
+        // result, or they stay held until the hold expires.
         Err(Stop::Fail(failure)) => {
-            reply::failed_result(services, job.job_id(), Some(job.tenant()), &failure)
+            let result = reply::failed_result(services, job.job_id(), Some(job.tenant()), &failure);
+            if !came_back(incoming) {
+                result
+            } else {
+                match settle::release_with_result(services, job, result).await {
+                    Ok(Settled::Own(result)) => result,
+                    Ok(Settled::Earlier(earlier)) => {
+                        return reply::publish_result(publisher, incoming, &earlier).await
+                    }
+                    Err(stop) => return stopped(stop),
+                }
+            }
         }
         Err(stop) => return stopped(stop),
     };
@@ -260,6 +274,11 @@ async fn execute(
     settle::settle_run(services, job, tracker, result, settlement)
         .await
         .map(Settled::into_result)
+}
+
+/// Whether an earlier run of this job may have reserved its credits.
+fn came_back(incoming: &Incoming) -> bool {
+    incoming.redelivered() || incoming.requeues() > 0 || incoming.parks() > 0
 }
 
 /// The disposition of a job that stopped without a result.
