@@ -119,3 +119,17 @@ pub(crate) fn failures(ended: &[Ended]) -> Vec<String> {
         .map(|error| format!("{}: {error}", error.code()))
         .collect()
 }
+
+/// Runs the table's jobs through `provider` behind a [`Guarded`] of
+/// [`guard_config`], asserts that every one succeeded, and returns the
+/// guard and how each job ended, for the row's own checks.
+pub(crate) async fn all_succeed<P: Provider + 'static>(
+    provider: P,
+    request: &GenerationRequest,
+) -> (std::sync::Arc<crate::Guarded<P>>, Vec<Ended>) {
+    let guarded = std::sync::Arc::new(crate::Guarded::new(provider, guard_config()));
+    let ended = run_jobs(&guarded, jobs_of(request, Duration::from_secs(60))).await;
+    let failed = failures(&ended);
+    assert!(failed.is_empty(), "{failed:?}");
+    (guarded, ended)
+}

@@ -3,7 +3,6 @@
 //! tensors the fake received, readiness, metadata and contract checks, and
 //! the answer parser and status classes on their own.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -17,7 +16,7 @@ use super::fake::{FakeKServe, Faults};
 use super::tensor::encode_bytes_elements;
 use crate::fault_table;
 use crate::{
-    generate_with_retries, Contract, GenerationRequest, Guarded, InputImage, InputRole, JobKind,
+    generate_with_retries, Contract, GenerationRequest, InputImage, InputRole, JobKind,
     KServeConfig, KServeProvider, Provider, ProviderError, RetryPolicy,
 };
 
@@ -1053,14 +1052,7 @@ async fn fault_table_rate_limits_cost_no_job_and_never_open_the_breaker() {
         retry_after_secs: 0,
         ..Faults::default()
     });
-    let guarded = Arc::new(Guarded::new(provider(&fake), fault_table::guard_config()));
-    let ended = fault_table::run_jobs(
-        &guarded,
-        fault_table::jobs_of(&request("matting"), Duration::from_secs(60)),
-    )
-    .await;
-    let failed = fault_table::failures(&ended);
-    assert!(failed.is_empty(), "{failed:?}");
+    let (guarded, ended) = fault_table::all_succeed(provider(&fake), &request("matting")).await;
     let counts = fake.fault_counts();
     assert_eq!(counts.submits_accepted, fault_table::JOBS as u64);
     assert!((7..=9).contains(&counts.submits_refused), "{counts:?}");
@@ -1079,14 +1071,7 @@ async fn fault_table_unavailable_calls_cost_no_job() {
         submit_unavailable: 0.3,
         ..Faults::default()
     });
-    let guarded = Arc::new(Guarded::new(provider(&fake), fault_table::guard_config()));
-    let ended = fault_table::run_jobs(
-        &guarded,
-        fault_table::jobs_of(&request("matting"), Duration::from_secs(60)),
-    )
-    .await;
-    let failed = fault_table::failures(&ended);
-    assert!(failed.is_empty(), "{failed:?}");
+    fault_table::all_succeed(provider(&fake), &request("matting")).await;
     let counts = fake.fault_counts();
     assert_eq!(counts.submits_accepted, fault_table::JOBS as u64);
     assert!(counts.submits_refused >= 6, "{counts:?}");

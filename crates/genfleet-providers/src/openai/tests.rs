@@ -3,7 +3,6 @@
 //! behaviour, plus the request shapes (JSON and multipart) and the
 //! redaction rules.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
@@ -12,8 +11,8 @@ use tokio::time::Instant;
 use super::fake::{FakeOpenAi, Faults};
 use crate::fault_table;
 use crate::{
-    generate_with_retries, GenerationRequest, Guarded, InputImage, InputRole, JobKind,
-    OpenAiConfig, OpenAiProvider, Provider, ProviderError, RetryPolicy,
+    generate_with_retries, GenerationRequest, InputImage, InputRole, JobKind, OpenAiConfig,
+    OpenAiProvider, Provider, ProviderError, RetryPolicy,
 };
 
 const PNG_SIGNATURE: &[u8] = b"\x89PNG\r\n\x1a\n";
@@ -518,14 +517,7 @@ async fn fault_table_rate_limits_cost_no_job_and_never_open_the_breaker() {
         retry_after_secs: 0,
         ..Faults::default()
     });
-    let guarded = Arc::new(Guarded::new(provider(&fake), fault_table::guard_config()));
-    let ended = fault_table::run_jobs(
-        &guarded,
-        fault_table::jobs_of(&request("test/ok"), Duration::from_secs(60)),
-    )
-    .await;
-    let failed = fault_table::failures(&ended);
-    assert!(failed.is_empty(), "{failed:?}");
+    let (guarded, ended) = fault_table::all_succeed(provider(&fake), &request("test/ok")).await;
     let counts = fake.fault_counts();
     assert_eq!(counts.submits_accepted, fault_table::JOBS as u64);
     assert!((7..=9).contains(&counts.submits_refused), "{counts:?}");
@@ -544,14 +536,7 @@ async fn fault_table_unavailable_calls_cost_no_job() {
         submit_unavailable: 0.3,
         ..Faults::default()
     });
-    let guarded = Arc::new(Guarded::new(provider(&fake), fault_table::guard_config()));
-    let ended = fault_table::run_jobs(
-        &guarded,
-        fault_table::jobs_of(&request("test/ok"), Duration::from_secs(60)),
-    )
-    .await;
-    let failed = fault_table::failures(&ended);
-    assert!(failed.is_empty(), "{failed:?}");
+    fault_table::all_succeed(provider(&fake), &request("test/ok")).await;
     let counts = fake.fault_counts();
     assert_eq!(counts.submits_accepted, fault_table::JOBS as u64);
     assert!(counts.submits_refused >= 6, "{counts:?}");

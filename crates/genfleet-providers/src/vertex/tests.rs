@@ -17,7 +17,7 @@ use super::fake::{FakeVertex, Faults};
 use crate::fake_media::gradient_png;
 use crate::fault_table;
 use crate::{
-    generate_with_retries, GenerationRequest, Guarded, InputImage, InputRole, JobKind, Provider,
+    generate_with_retries, GenerationRequest, InputImage, InputRole, JobKind, Provider,
     ProviderError, RetryPolicy, TokenSource, VertexConfig, VertexProvider,
 };
 
@@ -1048,14 +1048,7 @@ async fn fault_table_rate_limits_cost_no_job_and_never_open_the_breaker() {
         retry_after_secs: 0,
         ..Faults::default()
     });
-    let guarded = Arc::new(Guarded::new(provider(&fake), fault_table::guard_config()));
-    let ended = fault_table::run_jobs(
-        &guarded,
-        fault_table::jobs_of(&request("imagen-ok"), Duration::from_secs(60)),
-    )
-    .await;
-    let failed = fault_table::failures(&ended);
-    assert!(failed.is_empty(), "{failed:?}");
+    let (guarded, ended) = fault_table::all_succeed(provider(&fake), &request("imagen-ok")).await;
     let counts = fake.fault_counts();
     assert_eq!(counts.submits_accepted, fault_table::JOBS as u64);
     assert!((7..=9).contains(&counts.submits_refused), "{counts:?}");
@@ -1074,14 +1067,7 @@ async fn fault_table_unavailable_calls_cost_no_job() {
         submit_unavailable: 0.3,
         ..Faults::default()
     });
-    let guarded = Arc::new(Guarded::new(provider(&fake), fault_table::guard_config()));
-    let ended = fault_table::run_jobs(
-        &guarded,
-        fault_table::jobs_of(&request("imagen-ok"), Duration::from_secs(60)),
-    )
-    .await;
-    let failed = fault_table::failures(&ended);
-    assert!(failed.is_empty(), "{failed:?}");
+    fault_table::all_succeed(provider(&fake), &request("imagen-ok")).await;
     let counts = fake.fault_counts();
     assert_eq!(counts.submits_accepted, fault_table::JOBS as u64);
     assert!(counts.submits_refused >= 6, "{counts:?}");
