@@ -47,7 +47,7 @@ pub(crate) async fn settle(
         }
         Disposition::Park(delay) => park(publisher, incoming, delay).await,
         Disposition::Delay(delay) => match source {
-            Source::Job { .. } => delay_job(services, publisher, incoming, delay).await,
+            Source::Job { .. } => delay_job(publisher, incoming, delay).await,
             Source::CancelRequest => incoming.nack(true).await,
         },
         Disposition::MoveDown(below) => match source {
@@ -164,16 +164,13 @@ async fn requeue_later(
 /// the time it was first deferred ([`genfleet_broker::HEADER_DEFERRED_AT`]),
 /// then acks it. Unconfirmed, the delivery goes back to its queue instead.
 async fn delay_job(
-    services: &Services,
     publisher: &Publisher,
     incoming: &Incoming,
     delay: Duration,
 ) -> Result<(), BrokerError> {
-    let topology = Topology {
-        delivery_limit: services.config.broker.delivery_limit,
-        ..Topology::default()
-    };
-    let delay = topology.retry_delay_at_least(delay);
+    // The retry queues are the default topology's (the runner declares no
+    // others).
+    let delay = Topology::default().retry_delay_at_least(delay);
     let deferred_at = incoming.deferred_at().unwrap_or_else(unix_now);
     let forwarded = publisher
         .forward(

@@ -369,10 +369,6 @@ async fn end_abandoned(
         }
         Err(stop) => return stopped(stop),
     };
-    warn!(
-        crashed,
-        "job crashed or was interrupted on every start; failing and dead-lettering it"
-    );
     reply::publish_failure_then_dead_letter(
         services,
         publisher,

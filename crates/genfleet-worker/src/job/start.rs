@@ -69,7 +69,7 @@ pub(crate) async fn start(
             requeues = incoming.requeues(),
             parks = incoming.parks(),
             delivery_count = incoming.delivery_count(),
-            "the job's earlier starts ended without a result"
+            "job crashed or was interrupted on every start; failing and dead-lettering it"
         );
         return Ok(Start::Abandon { crashed });
     }
