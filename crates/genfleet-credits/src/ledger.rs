@@ -84,15 +84,6 @@ impl HoldState {
     }
 }
 
-/// A job's start as the ledger recorded it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Started {
-    /// Starts of the job so far, this one included.
-    pub starts: u32,
-    /// The reason of a cancel request for the job, if one was recorded.
-    pub cancel_reason: Option<String>,
-}
-
 /// What [`Ledger::settle_outcome`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settled {
@@ -611,158 +602,6 @@ impl Ledger {
         })
     }
 
-    /// The provider request `job_id` waits on at `provider`, as the
-    /// provider client recorded it.
-    ///
-    /// # Errors
-    /// [`CreditsError::Invalid`] for a malformed id; database errors.
-    pub async fn recall_submission(
-        &self,
-        job_id: &str,
-        provider: &str,
-    ) -> Result<Option<String>, CreditsError> {
-        validate_id("job id", job_id)?;
-        let client = self.pool.get().await?;
-        let row = client
-            .query_opt(
-                "SELECT submission FROM provider_submissions WHERE job_id = $1 AND provider = $2",
-                &[&job_id, &provider],
-            )
-            .await?;
-        Ok(row.map(|row| row.get(0)))
-    }
-
-    /// Records (or replaces) the provider request `job_id` waits on.
-    ///
-    /// # Errors
-    /// [`CreditsError::Invalid`] for a malformed id; database errors.
-    pub async fn remember_submission(
-        &self,
-        job_id: &str,
-        provider: &str,
-        submission: &str,
-    ) -> Result<(), CreditsError> {
-        validate_id("job id", job_id)?;
-        let client = self.pool.get().await?;
-        client
-            .execute(
-                "INSERT INTO provider_submissions (job_id, provider, submission)
-                 VALUES ($1, $2, $3)
-                 ON CONFLICT (job_id, provider)
-                 DO UPDATE SET submission = EXCLUDED.submission, created_at = now()",
-                &[&job_id, &provider, &submission],
-            )
-            .await?;
-        Ok(())
-    }
-
-    /// Drops the record: the next attempt submits anew. Idempotent.
-    ///
-    /// # Errors
-    /// [`CreditsError::Invalid`] for a malformed id; database errors.
-    pub async fn forget_submission(
-        &self,
-        job_id: &str,
-        provider: &str,
-    ) -> Result<(), CreditsError> {
-        validate_id("job id", job_id)?;
-        let client = self.pool.get().await?;
-        client
-            .execute(
-                "DELETE FROM provider_submissions WHERE job_id = $1 AND provider = $2",
-                &[&job_id, &provider],
-            )
-            .await?;
-        Ok(())
-    }
-
-    /// Records a request to cancel `job_id`. Returns false when one was
-    /// already recorded (the first reason is kept). Idempotent.
-    ///
-    /// # Errors
-    /// [`CreditsError::Invalid`] for a malformed id; database errors.
-    pub async fn request_cancellation(
-        &self,
-        job_id: &str,
-        reason: &str,
-    ) -> Result<bool, CreditsError> {
-        validate_id("job id", job_id)?;
-        let client = self.pool.get().await?;
-        let inserted = client
-            .execute(
-                "INSERT INTO job_cancellations (job_id, reason) VALUES ($1, $2)
-                 ON CONFLICT (job_id) DO NOTHING",
-                &[&job_id, &reason],
-            )
-            .await?;
-        Ok(inserted == 1)
-    }
-
-    /// The reason `job_id` was cancelled with, if a cancel was requested.
-    ///
-    /// # Errors
-    /// Database errors only.
-    pub async fn cancellation(&self, job_id: &str) -> Result<Option<String>, CreditsError> {
-        let client = self.pool.get().await?;
-        let row = client
-            .query_opt(
-                "SELECT reason FROM job_cancellations WHERE job_id = $1",
-                &[&job_id],
-            )
-            .await?;
-        Ok(row.map(|row| row.get(0)))
-    }
-
-    /// Records that a worker starts `job_id` now and returns how many
-    /// times it has been started, this time included. Used to give up on a
-    /// job that crashed every worker that ran it.
-    ///
-    /// # Errors
-    /// [`CreditsError::Invalid`] for a malformed id; database errors.
-    pub async fn begin_attempt(&self, job_id: &str) -> Result<u32, CreditsError> {
-        Ok(self.start(job_id).await?.starts)
-    }
-
-    /// [`Ledger::begin_attempt`] and [`Ledger::cancellation`] in one round
-    /// trip: what a worker asks before every run of a job.
-    ///
-    /// # Errors
-    /// [`CreditsError::Invalid`] for a malformed id; database errors.
-    pub async fn start(&self, job_id: &str) -> Result<Started, CreditsError> {
-        validate_id("job id", job_id)?;
-        let client = self.pool.get().await?;
-        let row = client
-            .query_one(
-                "INSERT INTO job_attempts (job_id, started) VALUES ($1, 1)
-                 ON CONFLICT (job_id) DO UPDATE
-                 SET started = job_attempts.started + 1, last_started_at = now()
-                 RETURNING started,
-                     (SELECT reason FROM job_cancellations WHERE job_id = $1)",
-                &[&job_id],
-            )
-            .await?;
-        let started: i32 = row.get(0);
-        Ok(Started {
-            starts: u32::try_from(started).unwrap_or(0),
-            cancel_reason: row.get(1),
-        })
-    }
-
-    /// The outcome stored when `job_id` was settled, if it was.
-    ///
-    /// # Errors
-    /// Database errors only.
-    pub async fn outcome(&self, job_id: &str) -> Result<Option<Vec<u8>>, CreditsError> {
-        let client = self.pool.get().await?;
-        let row = client
-            .query_opt(
-                "SELECT outcome FROM job_outcomes WHERE job_id = $1",
-                &[&job_id],
-            )
-            .await?;
-        Ok(row.map(|row| row.get(0)))
-    }
-
     /// The hold of `job_id`, if one was ever made.
     ///
     /// # Errors
@@ -1078,7 +917,7 @@ fn log_if_different(existing: &Hold, account: &str, amount: i64) {
     }
 }
 
-fn validate_id(what: &str, id: &str) -> Result<(), CreditsError> {
+pub(crate) fn validate_id(what: &str, id: &str) -> Result<(), CreditsError> {
     if id.is_empty() || id.len() > MAX_ID_LEN {
         return Err(CreditsError::Invalid(format!(
             "{what} is {} bytes long, expected 1 to {MAX_ID_LEN}",

@@ -27,6 +27,7 @@
 #![forbid(unsafe_code)]
 
 mod error;
+mod jobs;
 mod ledger;
 mod migrations;
 mod queries;
@@ -38,7 +39,8 @@ use std::time::Duration;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, Timeouts};
 
 pub use crate::error::CreditsError;
-pub use crate::ledger::{Balance, Hold, HoldState, Settled, Settlement, Started};
+pub use crate::jobs::{CancelRequest, Claim, Started};
+pub use crate::ledger::{Balance, Hold, HoldState, Settled, Settlement};
 pub use crate::queries::Entry;
 
 /// How long `ping` waits for `SELECT 1`, pool wait included: a health check

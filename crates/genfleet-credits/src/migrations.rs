@@ -147,6 +147,52 @@ CREATE TABLE job_cancellations (
 );
 "#,
     },
+    Migration {
+        version: 6,
+        name: "job_owners_and_tenant_cancellations",
+        sql: r#"
+-- The tenant (`org/workspace`) that first delivered each job id. A job id
+-- keys a stored outcome, a hold, a provider request and a start count, so
+-- the same id from another tenant must reach none of them.
+CREATE TABLE job_owners (
+    job_id     text PRIMARY KEY,
+    tenant     text NOT NULL,
+    claimed_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- Jobs settled before owners were recorded belong to the tenant their
+-- stored result names. An outcome that does not read as such a result is
+-- left unclaimed (its next delivery claims it), never a failed migration.
+DO $$
+DECLARE
+    r record;
+    owner text;
+BEGIN
+    FOR r IN SELECT job_id, outcome FROM job_outcomes LOOP
+        BEGIN
+            owner := (convert_from(r.outcome, 'UTF8')::jsonb #>> '{tenant,org}')
+                  || '/' || (convert_from(r.outcome, 'UTF8')::jsonb #>> '{tenant,workspace}');
+            IF owner IS NOT NULL THEN
+                INSERT INTO job_owners (job_id, tenant) VALUES (r.job_id, owner)
+                ON CONFLICT (job_id) DO NOTHING;
+            END IF;
+        EXCEPTION WHEN others THEN
+            NULL;
+        END;
+    END LOOP;
+END
+$$;
+
+-- A cancel request is its tenant's: one per (job id, tenant), so another
+-- tenant's request for the same id neither takes the slot nor applies.
+-- Requests recorded before tenants were apply to any tenant ('*'), as
+-- they did.
+ALTER TABLE job_cancellations ADD COLUMN tenant text NOT NULL DEFAULT '*';
+ALTER TABLE job_cancellations ALTER COLUMN tenant DROP DEFAULT;
+ALTER TABLE job_cancellations DROP CONSTRAINT job_cancellations_pkey;
+ALTER TABLE job_cancellations ADD PRIMARY KEY (job_id, tenant);
+"#,
+    },
 ];
 
 /// Creates the schema if needed and applies every migration not yet recorded.
@@ -156,6 +202,12 @@ CREATE TABLE job_cancellations (
 /// [`CreditsError::Database`] when a migration fails (the transaction is
 /// rolled back, so the schema is left as it was).
 pub(crate) async fn run(pool: &Pool, schema: &str) -> Result<(), CreditsError> {
+    run_to(pool, schema, i32::MAX).await
+}
+
+/// [`run`], stopping after migration `last` (tests of a migration over an
+/// older schema's data).
+pub(crate) async fn run_to(pool: &Pool, schema: &str, last: i32) -> Result<(), CreditsError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
 
@@ -200,7 +252,7 @@ pub(crate) async fn run(pool: &Pool, schema: &str) -> Result<(), CreditsError> {
         }
     }
 
-    for migration in MIGRATIONS {
+    for migration in MIGRATIONS.iter().filter(|m| m.version <= last) {
         if applied.contains(&migration.version) {
             continue;
         }

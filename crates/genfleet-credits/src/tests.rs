@@ -9,6 +9,7 @@
 //! property test against an in-memory model), `stress` (many concurrent
 //! tasks on shared accounts).
 
+mod jobs;
 mod model;
 mod parents;
 mod queries;
@@ -577,28 +578,7 @@ async fn migrate_twice_is_fine() {
         .iter()
         .map(|row| row.get(0))
         .collect();
-    assert_eq!(versions, vec![1, 2, 3, 4, 5]);
-}
-
-#[tokio::test]
-async fn a_cancel_request_is_recorded_once_and_keeps_its_first_reason() {
-    let db = TestDb::new().await;
-    let l = &db.ledger;
-    assert_eq!(l.cancellation("job-c1").await.unwrap(), None);
-    assert!(l
-        .request_cancellation("job-c1", "closed the tab")
-        .await
-        .unwrap());
-    assert!(!l.request_cancellation("job-c1", "again").await.unwrap());
-    assert_eq!(
-        l.cancellation("job-c1").await.unwrap().as_deref(),
-        Some("closed the tab")
-    );
-    assert_eq!(l.cancellation("job-c2").await.unwrap(), None);
-    assert!(matches!(
-        l.request_cancellation("", "x").await,
-        Err(CreditsError::Invalid(_))
-    ));
+    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 mod signing;
+mod tenancy;
 
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::Arc;
@@ -24,6 +25,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use sha2::{Digest, Sha256};
 
 pub use signing::UrlSigner;
+pub use tenancy::{InputPolicy, TenantScope, DEFAULT_INPUT_PREFIXES};
 
 /// Where inputs and outputs live.
 #[derive(Clone, Debug)]
@@ -32,6 +34,9 @@ pub struct StoreConfig {
     pub root: PathBuf,
     /// Bucket name under which the local store answers `s3://<bucket>/<key>`.
     pub bucket: String,
+    /// Which keys a tenant's job may read and delete, and where `file://`
+    /// inputs may come from.
+    pub inputs: InputPolicy,
 }
 
 /// One stored output.
@@ -50,6 +55,13 @@ pub enum StorageError {
     /// The URI is malformed or points outside the store: the job's fault.
     #[error("{0}")]
     InvalidUri(String),
+    /// The URI is well formed but not the job's tenant's to read or delete:
+    /// the job's fault. The message names the rule, never the key.
+    #[error("{0}")]
+    Forbidden(String),
+    /// The storage configuration is unusable: the operator's fault.
+    #[error("storage configuration: {0}")]
+    InvalidConfig(String),
     #[error("input {0} does not exist")]
     NotFound(String),
     #[error("input {uri} is {size} bytes, above the {limit} byte limit")]
@@ -69,7 +81,8 @@ impl StorageError {
 pub struct Store {
     inner: Arc<dyn ObjectStore>,
     config: StoreConfig,
-    root: PathBuf,
+    /// The canonical `file://` input root, when `file://` inputs are on.
+    file_root: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for Store {
@@ -94,10 +107,19 @@ impl Store {
         })?;
         let fs = LocalFileSystem::new_with_prefix(&root)
             .map_err(|e| StorageError::Unavailable(e.to_string()))?;
+        let file_root = match config.inputs.file_root() {
+            Some(dir) => Some(dir.canonicalize().map_err(|e| {
+                StorageError::InvalidConfig(format!(
+                    "file input root {} cannot be resolved: {e}",
+                    dir.display()
+                ))
+            })?),
+            None => None,
+        };
         Ok(Store {
             inner: Arc::new(fs),
             config,
-            root,
+            file_root,
         })
     }
 
@@ -105,20 +127,80 @@ impl Store {
         &self.config.bucket
     }
 
-    /// Reads an input, refusing anything above `max_bytes` before reading it.
+    /// The scope of one tenant's job (see [`InputPolicy::scope`]).
     ///
-    /// Accepted URIs: `s3://<bucket>/<key>` for this store's bucket, and
-    /// `file:///<path>` for a path inside the store's root (symlinks and
-    /// `..` resolved first, so neither escapes the root).
+    /// # Errors
+    /// [`StorageError::Forbidden`] for a reserved tenant name.
+    pub fn scope(&self, org: &str, workspace: &str) -> Result<TenantScope, StorageError> {
+        self.config.inputs.scope(org, workspace)
+    }
+
+    /// Reads a job's input, refusing anything above `max_bytes` before
+    /// reading it and anything outside the tenant's `scope`.
+    ///
+    /// Accepted URIs: `s3://<bucket>/<key>` for this store's bucket with the
+    /// key under one of the tenant's prefixes, and `file:///<path>` inside
+    /// the configured file input root (symlinks and `..` resolved first, so
+    /// neither escapes it) whose path below the root lies under one of the
+    /// tenant's prefixes.
+    ///
+    /// # Errors
+    /// [`StorageError::InvalidUri`], [`StorageError::Forbidden`],
+    /// [`StorageError::NotFound`], [`StorageError::TooLarge`], or
+    /// [`StorageError::Unavailable`].
+    pub async fn fetch_input(
+        &self,
+        scope: &TenantScope,
+        uri: &str,
+        max_bytes: u64,
+    ) -> Result<Bytes, StorageError> {
+        match self.resolve_input(scope, uri).await? {
+            Input::Object(path) => self.read_object(&path, uri, max_bytes).await,
+            Input::File(real) => read_file(&real, uri, max_bytes).await,
+        }
+    }
+
+    /// Deletes a job's input (`delete_sources_after`) under the same rule
+    /// as [`Store::fetch_input`]; deleting one that is already gone
+    /// succeeds.
+    ///
+    /// # Errors
+    /// As [`Store::fetch_input`], without `TooLarge`.
+    pub async fn delete_input(&self, scope: &TenantScope, uri: &str) -> Result<(), StorageError> {
+        match self.resolve_input(scope, uri).await {
+            Ok(Input::Object(path)) => self.delete_object(&path).await,
+            Ok(Input::File(real)) => match tokio::fs::remove_file(&real).await {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(StorageError::Unavailable(e.to_string())),
+            },
+            // A file that is gone cannot be resolved; gone is what we want.
+            Err(StorageError::NotFound(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Reads one of the store's own objects (an output), refusing anything
+    /// above `max_bytes`. No tenant check: job inputs go through
+    /// [`Store::fetch_input`].
     ///
     /// # Errors
     /// [`StorageError::InvalidUri`], [`StorageError::NotFound`],
     /// [`StorageError::TooLarge`], or [`StorageError::Unavailable`].
     pub async fn fetch(&self, uri: &str, max_bytes: u64) -> Result<Bytes, StorageError> {
-        let path = self.resolve(uri)?;
+        let path = self.resolve_object(uri)?;
+        self.read_object(&path, uri, max_bytes).await
+    }
+
+    async fn read_object(
+        &self,
+        path: &Path,
+        uri: &str,
+        max_bytes: u64,
+    ) -> Result<Bytes, StorageError> {
         let meta = self
             .inner
-            .head(&path)
+            .head(path)
             .await
             .map_err(|e| map_read_error(e, uri))?;
         if meta.size > max_bytes {
@@ -130,7 +212,7 @@ impl Store {
         }
         let bytes = self
             .inner
-            .get(&path)
+            .get(path)
             .await
             .map_err(|e| map_read_error(e, uri))?
             .bytes()
@@ -187,14 +269,20 @@ impl Store {
         })
     }
 
-    /// Removes an object by URI; removing one that is already gone succeeds,
-    /// so cleanup after a redelivery is idempotent.
+    /// Removes one of the store's own objects (an output) by URI; removing
+    /// one that is already gone succeeds, so cleanup after a redelivery is
+    /// idempotent. No tenant check: job inputs go through
+    /// [`Store::delete_input`].
     ///
     /// # Errors
     /// A malformed URI or a failing store.
     pub async fn delete(&self, uri: &str) -> Result<(), StorageError> {
-        let path = self.resolve(uri)?;
-        match self.inner.delete(&path).await {
+        let path = self.resolve_object(uri)?;
+        self.delete_object(&path).await
+    }
+
+    async fn delete_object(&self, path: &Path) -> Result<(), StorageError> {
+        match self.inner.delete(path).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(StorageError::Unavailable(e.to_string())),
         }
@@ -226,53 +314,182 @@ impl Store {
         Ok(keys)
     }
 
-    fn resolve(&self, uri: &str) -> Result<Path, StorageError> {
-        if let Some(rest) = uri.strip_prefix("s3://") {
-            let (bucket, key) = rest.split_once('/').ok_or_else(|| {
-                StorageError::InvalidUri(format!("input {uri} has no key after the bucket"))
-            })?;
-            if bucket != self.config.bucket {
-                return Err(StorageError::InvalidUri(format!(
-                    "input bucket {bucket} is not served by this worker, expected {}",
-                    self.config.bucket
+    /// An `s3://` URI of this store's bucket, as an object path.
+    fn resolve_object(&self, uri: &str) -> Result<Path, StorageError> {
+        let rest = uri.strip_prefix("s3://").ok_or_else(|| {
+            StorageError::InvalidUri(format!(
+                "URI scheme {} is not supported here, expected s3://",
+                scheme_of(uri)
+            ))
+        })?;
+        let (bucket, key) = rest.split_once('/').ok_or_else(|| {
+            StorageError::InvalidUri("input URI has no key after the bucket".into())
+        })?;
+        if bucket != self.config.bucket {
+            return Err(StorageError::InvalidUri(format!(
+                "input bucket {bucket:?} is not served by this worker, expected {}",
+                self.config.bucket
+            )));
+        }
+        // `Path::parse` refuses empty, `.` and `..` segments, so the key
+        // checked against the tenant's prefixes is the key that is read.
+        Path::parse(key).map_err(|_| {
+            StorageError::InvalidUri(
+                "input key is not a valid object key (empty, `.` or `..` segments, or bad characters)"
+                    .into(),
+            )
+        })
+    }
+
+    async fn resolve_input(&self, scope: &TenantScope, uri: &str) -> Result<Input, StorageError> {
+        if uri.starts_with("s3://") {
+            let path = self.resolve_object(uri)?;
+            if !scope.allows(path.as_ref()) {
+                return Err(StorageError::Forbidden(format!(
+                    "input key is not under the job's tenant prefixes ({})",
+                    scope.rule()
                 )));
             }
-            return Path::parse(key).map_err(|e| {
-                StorageError::InvalidUri(format!("input key in {uri} is not valid: {e}"))
-            });
+            return Ok(Input::Object(path));
         }
         if let Some(rest) = uri.strip_prefix("file://") {
-            return self.resolve_file(uri, FsPath::new(rest));
+            return self
+                .resolve_file(scope, FsPath::new(rest))
+                .await
+                .map(Input::File);
         }
-        let scheme = uri.split_once("://").map_or("none", |(s, _)| s);
         Err(StorageError::InvalidUri(format!(
-            "input URI scheme {scheme} is not supported, expected s3:// or file://"
+            "input URI scheme {} is not supported, expected s3:// or file://",
+            scheme_of(uri)
         )))
     }
 
-    fn resolve_file(&self, uri: &str, path: &FsPath) -> Result<Path, StorageError> {
+    /// A `file://` input: inside the file input root after resolving
+    /// symlinks and `..`, and under the tenant's prefixes relative to it.
+    async fn resolve_file(
+        &self,
+        scope: &TenantScope,
+        path: &FsPath,
+    ) -> Result<PathBuf, StorageError> {
+        let root = self.file_root.as_ref().ok_or_else(|| {
+            StorageError::Forbidden(
+                "file:// inputs are not accepted by this worker (storage.file_input_root is not set)"
+                    .into(),
+            )
+        })?;
         if !path.is_absolute() {
-            return Err(StorageError::InvalidUri(format!(
-                "input {uri} must be an absolute file:/// path"
-            )));
+            return Err(StorageError::InvalidUri(
+                "file:// input must be an absolute file:/// path".into(),
+            ));
         }
-        let real = path.canonicalize().map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => StorageError::NotFound(uri.to_string()),
-            _ => StorageError::Unavailable(e.to_string()),
+        let real = tokio::fs::canonicalize(path)
+            .await
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => StorageError::NotFound("file:// input".into()),
+                _ => StorageError::Unavailable(e.to_string()),
+            })?;
+        let relative = real.strip_prefix(root).map_err(|_| {
+            StorageError::Forbidden("file:// input is outside the worker's file input root".into())
         })?;
-        let relative = real.strip_prefix(&self.root).map_err(|_| {
-            StorageError::InvalidUri(format!("input {uri} is outside the worker's storage root"))
-        })?;
-        // Built from components: `Path::from_filesystem_path` would resolve a
-        // relative path against the process's working directory.
         let parts: Option<Vec<&str>> = relative
             .components()
             .map(|c| c.as_os_str().to_str())
             .collect();
-        let parts = parts
-            .ok_or_else(|| StorageError::InvalidUri(format!("input {uri} is not valid UTF-8")))?;
-        Path::parse(parts.join("/"))
-            .map_err(|e| StorageError::InvalidUri(format!("input {uri} is not valid: {e}")))
+        let key = parts
+            .ok_or_else(|| StorageError::InvalidUri("file:// input is not valid UTF-8".into()))?
+            .join("/");
+        if !scope.allows(&key) {
+            return Err(StorageError::Forbidden(format!(
+                "file:// input is not under the job's tenant prefixes ({}) in the file input root",
+                scope.rule()
+            )));
+        }
+        Ok(real)
+    }
+}
+
+/// A resolved, permitted input.
+enum Input {
+    Object(Path),
+    File(PathBuf),
+}
+
+/// Reads a resolved `file://` input. The file opened must still be the one
+/// that was checked: a symlink swapped into its path after the check would
+/// otherwise read anything the worker can.
+async fn read_file(real: &FsPath, uri: &str, max_bytes: u64) -> Result<Bytes, StorageError> {
+    use tokio::io::AsyncReadExt as _;
+    let file = tokio::fs::File::open(real)
+        .await
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => StorageError::NotFound("file:// input".into()),
+            _ => StorageError::Unavailable(e.to_string()),
+        })?;
+    if let Some(opened) = opened_path(&file) {
+        if opened != real {
+            return Err(StorageError::Forbidden(
+                "file:// input changed while it was being opened".into(),
+            ));
+        }
+    }
+    let size = file
+        .metadata()
+        .await
+        .map_err(|e| StorageError::Unavailable(e.to_string()))?
+        .len();
+    if size > max_bytes {
+        return Err(StorageError::TooLarge {
+            uri: uri.to_string(),
+            size,
+            limit: max_bytes,
+        });
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
+    // The file may grow after the size check: read one byte past the limit.
+    file.take(max_bytes.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .await
+        .map_err(|e| StorageError::Unavailable(e.to_string()))?;
+    if bytes.len() as u64 > max_bytes {
+        return Err(StorageError::TooLarge {
+            uri: uri.to_string(),
+            size: bytes.len() as u64,
+            limit: max_bytes,
+        });
+    }
+    Ok(Bytes::from(bytes))
+}
+
+/// The path the kernel says an open file has (Linux's `/proc/self/fd`);
+/// `None` where that is not available.
+fn opened_path(file: &tokio::fs::File) -> Option<PathBuf> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd as _;
+        std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd())).ok()
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = file;
+        None
+    }
+}
+
+/// The URI's scheme for an error message, only when it looks like one (the
+/// URI is the publisher's text).
+fn scheme_of(uri: &str) -> &str {
+    match uri.split_once("://") {
+        Some((scheme, _))
+            if !scheme.is_empty()
+                && scheme.len() <= 16
+                && scheme
+                    .bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || c == b'+') =>
+        {
+            scheme
+        }
+        Some(_) => "(unrecognised)",
+        None => "(none)",
     }
 }
 
@@ -283,7 +500,7 @@ fn map_read_error(error: object_store::Error, uri: &str) -> StorageError {
     }
 }
 
-fn is_safe_segment(segment: &str) -> bool {
+pub(crate) fn is_safe_segment(segment: &str) -> bool {
     !segment.is_empty()
         && segment != "."
         && segment != ".."
@@ -305,30 +522,31 @@ pub(crate) fn unix_now() -> u64 {
 mod tests {
     use super::*;
 
-    fn temp_store() -> (Store, PathBuf) {
+    fn temp_dir(tag: &str) -> PathBuf {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let dir = std::env::temp_dir().join(format!(
-            "genfleet-storage-{}-{}",
+            "genfleet-storage-{tag}-{}-{}",
             std::process::id(),
-            fastrand_like()
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         ));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn temp_store(file_root: Option<PathBuf>) -> (Store, PathBuf) {
+        let dir = temp_dir("store");
         let store = Store::open_local(StoreConfig {
             root: dir.clone(),
             bucket: "uploads".into(),
+            inputs: InputPolicy::new(&DEFAULT_INPUT_PREFIXES, file_root).unwrap(),
         })
         .unwrap();
         (store, dir)
     }
 
-    fn fastrand_like() -> u128 {
-        SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    }
-
     #[tokio::test]
     async fn put_fetch_list_delete() {
-        let (store, dir) = temp_store();
+        let (store, dir) = temp_store(None);
         let stored = store
             .put_output(
                 "acme",
@@ -349,11 +567,16 @@ mod tests {
             store.fetch(&stored.uri, 10).await.unwrap(),
             Bytes::from_static(b"abc")
         );
-        let file_uri = format!(
-            "file://{}/acme/shop-1/job1/0.jpg",
-            dir.canonicalize().unwrap().display()
+        // The tenant's own outputs are inputs of its next job.
+        let own = store.scope("acme", "shop-1").unwrap();
+        assert_eq!(
+            store
+                .fetch_input(&own, &stored.uri, 10)
+                .await
+                .unwrap()
+                .len(),
+            3
         );
-        assert_eq!(store.fetch(&file_uri, 10).await.unwrap().len(), 3);
         assert_eq!(
             store
                 .list_job_outputs("acme", "shop-1", "job1")
@@ -370,32 +593,138 @@ mod tests {
         std::fs::remove_dir_all(dir).ok();
     }
 
+    fn kind(result: &Result<Bytes, StorageError>) -> &'static str {
+        match result {
+            Ok(_) => "ok",
+            Err(StorageError::TooLarge { .. }) => "too_large",
+            Err(StorageError::InvalidUri(_)) => "invalid",
+            Err(StorageError::Forbidden(_)) => "forbidden",
+            Err(StorageError::NotFound(_)) => "not_found",
+            Err(StorageError::Unavailable(_)) => "unavailable",
+            Err(StorageError::InvalidConfig(_)) => "config",
+        }
+    }
+
     #[tokio::test]
-    async fn refuses_what_it_must() {
-        let (store, dir) = temp_store();
+    async fn inputs_are_read_only_inside_the_tenants_prefixes() {
+        let (store, dir) = temp_store(None);
+        for key in [
+            "uploads/acme/ws/a.jpg",
+            "uploads/acme/ws/big.bin",
+            "uploads/acme/other/a.jpg",
+            "uploads/globex/ws/a.jpg",
+            "globex/ws/j/0.png",
+        ] {
+            let path = dir.join(key);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            let len = if key.ends_with("big.bin") { 100 } else { 3 };
+            std::fs::write(path, vec![7u8; len]).unwrap();
+        }
+        let scope = store.scope("acme", "ws").unwrap();
+        let cases: Vec<(&str, &str)> = vec![
+            ("s3://uploads/uploads/acme/ws/a.jpg", "ok"),
+            ("s3://uploads/uploads/acme/ws/big.bin", "too_large"),
+            ("s3://uploads/uploads/acme/ws/missing.jpg", "not_found"),
+            // Another workspace of the same org, another org, another
+            // tenant's output, the bare upload prefix, a traversal.
+            ("s3://uploads/uploads/acme/other/a.jpg", "forbidden"),
+            ("s3://uploads/uploads/globex/ws/a.jpg", "forbidden"),
+            ("s3://uploads/globex/ws/j/0.png", "forbidden"),
+            ("s3://uploads/uploads/acme/wsx/a.jpg", "forbidden"),
+            ("s3://uploads/uploads/acme/ws/../other/a.jpg", "invalid"),
+            ("s3://uploads/uploads/acme/ws//a.jpg", "invalid"),
+            ("s3://other/uploads/acme/ws/a.jpg", "invalid"),
+            ("s3://uploads", "invalid"),
+            // file:// is off without a file input root.
+            ("file:///etc/passwd", "forbidden"),
+            ("https://169.254.169.254/latest/meta-data", "invalid"),
+            ("gopher://x/y", "invalid"),
+        ];
+        for (uri, expected) in &cases {
+            let got = store.fetch_input(&scope, uri, 50).await;
+            assert_eq!(kind(&got), *expected, "{uri}");
+            // Deleting follows the same rule: nothing of another tenant goes.
+            if *expected == "forbidden" || *expected == "invalid" {
+                assert!(store.delete_input(&scope, uri).await.is_err(), "{uri}");
+            }
+        }
+        for key in [
+            "uploads/acme/other/a.jpg",
+            "uploads/globex/ws/a.jpg",
+            "globex/ws/j/0.png",
+        ] {
+            assert!(dir.join(key).exists(), "{key} was deleted");
+        }
         store
-            .put_output("acme", "ws", "j", "big.bin", Bytes::from(vec![0u8; 100]))
+            .delete_input(&scope, "s3://uploads/uploads/acme/ws/a.jpg")
             .await
             .unwrap();
-        let cases: Vec<(&str, &str)> = vec![
-            ("s3://uploads/acme/ws/j/big.bin", "too_large"),
-            ("s3://other/acme/ws/j/big.bin", "invalid"),
-            ("s3://uploads", "invalid"),
-            ("s3://uploads/../etc/passwd", "invalid"),
-            ("file:///etc/passwd", "invalid"),
-            ("file://relative/x", "invalid"),
-            ("https://169.254.169.254/latest/meta-data", "invalid"),
-            ("s3://uploads/missing.jpg", "not_found"),
-        ];
-        for (uri, expected) in cases {
-            let got = match store.fetch(uri, 50).await {
-                Err(StorageError::TooLarge { .. }) => "too_large",
-                Err(StorageError::InvalidUri(_)) => "invalid",
-                Err(StorageError::NotFound(_)) => "not_found",
-                other => panic!("{uri}: unexpected {other:?}"),
-            };
-            assert_eq!(got, expected, "{uri}");
+        assert!(!dir.join("uploads/acme/ws/a.jpg").exists());
+        // Gone already: still success.
+        store
+            .delete_input(&scope, "s3://uploads/uploads/acme/ws/a.jpg")
+            .await
+            .unwrap();
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[tokio::test]
+    async fn file_inputs_stay_inside_the_root_and_the_tenants_prefixes() {
+        let files = temp_dir("files");
+        let outside = temp_dir("outside");
+        for key in ["uploads/acme/ws/a.jpg", "uploads/globex/ws/a.jpg"] {
+            let path = files.join(key);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, b"abc").unwrap();
         }
+        std::fs::write(outside.join("secret"), b"abc").unwrap();
+        // Links from the tenant's folder to another tenant's file and out of
+        // the root: resolved first, then refused.
+        std::os::unix::fs::symlink(
+            files.join("uploads/globex/ws/a.jpg"),
+            files.join("uploads/acme/ws/link-foreign.jpg"),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink(
+            outside.join("secret"),
+            files.join("uploads/acme/ws/link-out.jpg"),
+        )
+        .unwrap();
+        let (store, dir) = temp_store(Some(files.clone()));
+        let scope = store.scope("acme", "ws").unwrap();
+        let root = files.canonicalize().unwrap();
+        let uri = |rel: &str| format!("file://{}/{rel}", root.display());
+        let cases = vec![
+            (uri("uploads/acme/ws/a.jpg"), "ok"),
+            (uri("uploads/globex/ws/a.jpg"), "forbidden"),
+            (uri("uploads/acme/ws/../../globex/ws/a.jpg"), "forbidden"),
+            (uri("uploads/acme/ws/link-foreign.jpg"), "forbidden"),
+            (uri("uploads/acme/ws/link-out.jpg"), "forbidden"),
+            (uri("uploads/acme/ws/missing.jpg"), "not_found"),
+            (format!("file://{}/secret", outside.display()), "forbidden"),
+            ("file://relative/x".to_string(), "invalid"),
+        ];
+        for (uri, expected) in &cases {
+            assert_eq!(
+                kind(&store.fetch_input(&scope, uri, 50).await),
+                *expected,
+                "{uri}"
+            );
+        }
+        assert!(store
+            .delete_input(&scope, &uri("uploads/globex/ws/a.jpg"))
+            .await
+            .is_err());
+        assert!(files.join("uploads/globex/ws/a.jpg").exists());
+        assert!(outside.join("secret").exists());
+        for d in [files, outside, dir] {
+            std::fs::remove_dir_all(d).ok();
+        }
+    }
+
+    #[tokio::test]
+    async fn output_names_must_be_safe_segments() {
+        let (store, dir) = temp_store(None);
         for bad in ["..", "a/b", "", "x y"] {
             assert!(store
                 .put_output("acme", "ws", "j", bad, Bytes::new())
