@@ -81,7 +81,8 @@ pub fn decode_job(body: &[u8], content_type: &ContentType) -> Result<v1::Job, De
         }),
         ContentType::Other(other) => Err(DecodeError::new(
             format!(
-                "content type {other} is not supported, expected application/json or application/x-protobuf"
+                "content type {} is not supported, expected application/json or application/x-protobuf",
+                clip(other, 64)
             ),
             job_id_hint(body),
         )),
@@ -103,10 +104,12 @@ fn decode_json(body: &[u8]) -> Result<v1::Job, DecodeError> {
         Err(err) => {
             let path = err.path().to_string();
             let inner = err.into_inner();
-            let message = if inner.is_syntax() || inner.is_eof() || path == "." {
+            let syntax = inner.is_syntax() || inner.is_eof();
+            let inner = withhold_values(&inner.to_string());
+            let message = if syntax || path == "." {
                 format!("body is not valid job JSON: {inner}")
             } else {
-                format!("field `{path}`: {inner}")
+                format!("field `{}`: {inner}", clip(&path, 200))
             };
             Err(DecodeError::new(message, job_id_hint(body)))
         }
@@ -132,9 +135,15 @@ pub fn decode_cancel(
             None,
         ));
     }
-    let cancel = match content_type {
+    let mut cancel = match content_type {
         ContentType::Json => serde_json::from_slice::<v1::CancelJob>(body).map_err(|e| {
-            DecodeError::new(format!("body is not valid CancelJob JSON: {e}"), None)
+            DecodeError::new(
+                format!(
+                    "body is not valid CancelJob JSON: {}",
+                    withhold_values(&e.to_string())
+                ),
+                None,
+            )
         })?,
         ContentType::Protobuf => v1::CancelJob::decode(body).map_err(|e| {
             DecodeError::new(format!("body is not a valid protobuf CancelJob: {e}"), None)
@@ -142,7 +151,8 @@ pub fn decode_cancel(
         ContentType::Other(other) => {
             return Err(DecodeError::new(
                 format!(
-                    "content type {other} is not supported, expected application/json or application/x-protobuf"
+                    "content type {} is not supported, expected application/json or application/x-protobuf",
+                    clip(other, 64)
                 ),
                 None,
             ))
@@ -150,18 +160,86 @@ pub fn decode_cancel(
     };
     if !crate::is_valid_job_id(&cancel.job_id) {
         return Err(DecodeError::new(
-            format!(
-                "field `job_id`: {:?} is not a valid job id",
-                cancel.job_id.chars().take(80).collect::<String>()
-            ),
+            "field `job_id`: missing or not a valid job id (a ULID or UUID)",
             None,
         ));
     }
+    let tenant_ok = cancel.tenant.as_ref().is_some_and(|t| {
+        crate::is_valid_tenant_id(&t.org) && crate::is_valid_tenant_id(&t.workspace)
+    });
+    if !tenant_ok {
+        return Err(DecodeError::new(
+            "field `tenant`: missing, or its org or workspace is not 1 to 64 characters of \
+             [A-Za-z0-9_-] (a cancel names the tenant whose job it cancels)",
+            Some(cancel.job_id),
+        ));
+    }
+    cancel.job_id = crate::canonical_job_id(&cancel.job_id);
     Ok(cancel)
 }
 
 /// Best effort: the job id of a body that failed to parse as a `Job`, when
 /// it is at least a JSON object with a valid id.
+/// A decoder's message with the values it quotes withheld: serde quotes
+/// the offending string (`invalid type: string "..."`, ``unknown variant
+/// `...` ``), and that string can be a prompt or a signed URL. Our own
+/// names (fields, the expected variants) stay, so the message still says
+/// what to fix. Clipped to a readable length.
+pub(crate) fn withhold_values(message: &str) -> String {
+    const VARIANT: &str = "unknown variant `";
+    const WITHHELD: &str = "(value withheld)";
+    let mut out = String::with_capacity(message.len().min(400));
+    let mut rest = message;
+    loop {
+        let quote = rest.find('"');
+        let variant = rest.find(VARIANT);
+        let quote_first = match (quote, variant) {
+            (Some(q), Some(v)) => q < v,
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        if let (true, Some(q)) = (quote_first, quote) {
+            out.push_str(&rest[..q]);
+            out.push_str(WITHHELD);
+            // Skip to the closing quote, past escaped ones.
+            let after = &rest[q + 1..];
+            let mut escaped = false;
+            let end = after.char_indices().find_map(|(i, c)| {
+                let closes = c == '"' && !escaped;
+                escaped = c == '\\' && !escaped;
+                closes.then_some(i)
+            });
+            match end {
+                Some(end) => rest = &after[end + 1..],
+                None => break,
+            }
+        } else if let Some(v) = variant {
+            let start = v + VARIANT.len();
+            out.push_str(&rest[..start]);
+            out.push_str(WITHHELD);
+            out.push('`');
+            match rest[start..].find('`') {
+                Some(end) => rest = &rest[start + end + 1..],
+                None => break,
+            }
+        } else {
+            out.push_str(rest);
+            break;
+        }
+    }
+    clip(&out, 300)
+}
+
+/// At most `max` characters of `text`, marked when cut.
+fn clip(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text.to_string();
+    }
+    let mut clipped: String = text.chars().take(max).collect();
+    clipped.push('…');
+    clipped
+}
+
 fn job_id_hint(body: &[u8]) -> Option<String> {
     let value: serde_json::Value = serde_json::from_slice(body).ok()?;
     let object = value.as_object()?;
@@ -198,6 +276,83 @@ mod tests {
             ContentType::from_header(Some("text/plain")),
             ContentType::Other("text/plain".into())
         );
+    }
+
+    #[test]
+    fn decode_errors_never_quote_the_values_they_refuse() {
+        let secret = "SECRET-prompt-https://bucket/x?X-Amz-Signature=abc";
+        let bodies = [
+            format!(r#"{{"jobId":"01JD3XQ6Z8M5V9K2T4W7Y1B0CE","kind":"{secret}"}}"#),
+            format!(r#"{{"jobId":"01JD3XQ6Z8M5V9K2T4W7Y1B0CE","seed":"{secret}"}}"#),
+            format!(r#"{{"jobId":"01JD3XQ6Z8M5V9K2T4W7Y1B0CE","deadline":"{secret}"}}"#),
+            format!(
+                r#"{{"jobId":"01JD3XQ6Z8M5V9K2T4W7Y1B0CE","generation":{{"count":"{secret}"}}}}"#
+            ),
+            format!(r#"{{"jobId":"01JD3XQ6Z8M5V9K2T4W7Y1B0CE","inputs":[{{"role":"{secret}"}}]}}"#),
+            format!(r#"{{"jobId":"01JD3XQ6Z8M5V9K2T4W7Y1B0CE","inputs":"{secret}"}}"#),
+            format!(
+                r#"{{"jobId":"01JD3XQ6Z8M5V9K2T4W7Y1B0CE","credits":{{"holdTtl":"{secret}"}}}}"#
+            ),
+            format!(
+                r#"{{"jobId":"01JD3XQ6Z8M5V9K2T4W7Y1B0CE","tenant":{{"org":7, "workspace":"{secret}"}}}}"#
+            ),
+        ];
+        for body in &bodies {
+            // Unknown enum names decode as UNSPECIFIED, which the checks
+            // refuse; either way the refusal must not repeat the value.
+            let err = match decode_job(body.as_bytes(), &ContentType::Json) {
+                Err(err) => err,
+                Ok(job) => crate::validate_job(job, None).unwrap_err(),
+            };
+            assert!(!err.message.contains("SECRET"), "{body}: {}", err.message);
+            assert!(
+                err.message.starts_with("field `")
+                    || err.message.starts_with("body")
+                    || err.message.starts_with("missing required field"),
+                "{}",
+                err.message
+            );
+        }
+        // What to fix is still said.
+        let err = decode_job(bodies[0].as_bytes(), &ContentType::Json).unwrap_err();
+        assert!(
+            err.message.contains("JOB_KIND_BACKGROUND_REMOVAL"),
+            "{}",
+            err.message
+        );
+        let err = decode_cancel(
+            format!(r#"{{"jobId":"{secret}"}}"#).as_bytes(),
+            &ContentType::Json,
+        )
+        .unwrap_err();
+        assert!(!err.message.contains("SECRET"), "{}", err.message);
+        let err = decode_cancel(
+            format!(r#"{{"jobId":7,"reason":"{secret}"}}"#).as_bytes(),
+            &ContentType::Json,
+        )
+        .unwrap_err();
+        assert!(!err.message.contains("SECRET"), "{}", err.message);
+        assert_eq!(
+            withhold_values(r#"invalid type: string "a\"b", expected u32 and "c""#),
+            "invalid type: string (value withheld), expected u32 and (value withheld)"
+        );
+    }
+
+    #[test]
+    fn a_cancel_names_its_tenant() {
+        let ok =
+            br#"{"jobId":"01jd3xq6z8m5v9k2t4w7y1b0ce","tenant":{"org":"acme","workspace":"ws"}}"#;
+        let cancel = decode_cancel(ok, &ContentType::Json).unwrap();
+        // Canonical case, as the job's keys are.
+        assert_eq!(cancel.job_id, "01JD3XQ6Z8M5V9K2T4W7Y1B0CE");
+        for bad in [
+            br#"{"jobId":"01JD3XQ6Z8M5V9K2T4W7Y1B0CE"}"#.as_slice(),
+            br#"{"jobId":"01JD3XQ6Z8M5V9K2T4W7Y1B0CE","tenant":{"org":"acme"}}"#,
+            br#"{"jobId":"01JD3XQ6Z8M5V9K2T4W7Y1B0CE","tenant":{"org":"a.b","workspace":"ws"}}"#,
+        ] {
+            let err = decode_cancel(bad, &ContentType::Json).unwrap_err();
+            assert!(err.message.starts_with("field `tenant`"), "{}", err.message);
+        }
     }
 
     #[test]

@@ -7,6 +7,20 @@ pub fn is_valid_job_id(id: &str) -> bool {
     is_ulid(id) || is_uuid(id)
 }
 
+/// The canonical case of a valid job id: a ULID in upper case (Crockford
+/// base32 is case-insensitive), a UUID in lower case. Anything else is
+/// returned as it is. Every key derived from a job id uses this form, so
+/// `01jd...` and `01JD...` are one job, not two.
+pub fn canonical_job_id(id: &str) -> String {
+    if is_ulid(id) {
+        id.to_ascii_uppercase()
+    } else if is_uuid(id) {
+        id.to_ascii_lowercase()
+    } else {
+        id.to_string()
+    }
+}
+
 fn is_ulid(id: &str) -> bool {
     const CROCKFORD: &[u8] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZabcdefghjkmnpqrstvwxyz";
     // The first character encodes the top 3 bits of a 128-bit value, so it
@@ -61,6 +75,19 @@ mod tests {
         ] {
             assert!(!is_valid_job_id(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn canonical_case() {
+        assert_eq!(
+            canonical_job_id("01jd3xq6z8m5v9k2t4w7y1b0ce"),
+            "01JD3XQ6Z8M5V9K2T4W7Y1B0CE"
+        );
+        assert_eq!(
+            canonical_job_id("0190F3B2-7C1E-7A4B-9F00-1234567890AB"),
+            "0190f3b2-7c1e-7a4b-9f00-1234567890ab"
+        );
+        assert_eq!(canonical_job_id("job-1"), "job-1");
     }
 
     #[test]

@@ -18,7 +18,7 @@ pub mod v1 {
 }
 
 pub use codec::{decode_cancel, decode_job, encode_json, ContentType, DecodeError};
-pub use ids::{format_ulid, is_valid_job_id, is_valid_tenant_id, new_job_id};
+pub use ids::{canonical_job_id, format_ulid, is_valid_job_id, is_valid_tenant_id, new_job_id};
 pub use pbjson_types;
 pub use validate::{validate_job, ValidJob};
 

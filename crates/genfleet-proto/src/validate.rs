@@ -10,20 +10,56 @@ use crate::DecodeError;
 pub const MAX_COUNT: u32 = 8;
 /// Most inputs one job may reference.
 pub const MAX_INPUTS: usize = 8;
+/// Most pre-processing steps: a real job resizes, upscales, or both; a long
+/// chain is a way to hold a worker, not a product feature.
+pub const MAX_PREPROCESS_STEPS: usize = 4;
+/// Longest prompt and negative prompt, in bytes (providers take less).
+pub const MAX_PROMPT_BYTES: usize = 8 * 1024;
+/// Largest `generation.parameters`, serialised as JSON, and its deepest
+/// nesting: model options are a handful of scalars.
+pub const MAX_PARAMETERS_BYTES: usize = 16 * 1024;
+pub const MAX_PARAMETERS_DEPTH: usize = 8;
+/// Longest input URI; a presigned URL is well under this.
+pub const MAX_URI_BYTES: usize = 2048;
+/// Longest short text field (model, aspect ratio, user id, account, preset
+/// and provider names, content types).
+pub const MAX_NAME_BYTES: usize = 256;
+/// Most entries in a list of names (providers, presets, formats).
+pub const MAX_LIST_ENTRIES: usize = 16;
+/// Longest credit hold a job may ask for: a week covers any parked render.
+pub const MAX_HOLD_TTL_SECONDS: i64 = 7 * 24 * 3600;
+/// Timestamps must lie between 1970 and 9999 (RFC 3339's range), so time
+/// arithmetic on them cannot overflow.
+const MAX_TIMESTAMP_SECONDS: i64 = 253_402_300_799;
 
 /// A job that passed [`validate_job`]: `job_id` and the tenant ids are safe
-/// to use as keys, `kind` and every enum are specified.
+/// to use as keys, `kind` and every enum are specified, every field is
+/// within its bound.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ValidJob {
     job: v1::Job,
+    /// The job id in canonical case, the key of everything stored for it.
+    key: String,
 }
 
 impl ValidJob {
     pub fn job(&self) -> &v1::Job {
         &self.job
     }
+    /// The job id in canonical case (ULID upper, UUID lower): the key of
+    /// the job's hold, outcome, outputs and provider requests, so that the
+    /// same id in another case is the same job.
     pub fn job_id(&self) -> &str {
+        &self.key
+    }
+    /// The job id as the publisher wrote it, for the messages it gets back
+    /// (result `job_id`, `message_id`, `correlation_id`).
+    pub fn job_id_as_sent(&self) -> &str {
         &self.job.job_id
+    }
+    /// `org/workspace`: the owner of the job's id in the ledger.
+    pub fn owner(&self) -> String {
+        format!("{}/{}", self.tenant().org, self.tenant().workspace)
     }
     pub fn kind(&self) -> v1::JobKind {
         // Checked in validate_job: the value is a known, specified kind.
@@ -79,7 +115,8 @@ pub fn validate_job(mut job: v1::Job, message_id: Option<&str>) -> Result<ValidJ
     }
     let job_id = job.job_id.clone();
     check(&job).map_err(|message| DecodeError::new(message, Some(job_id)))?;
-    Ok(ValidJob { job })
+    let key = crate::canonical_job_id(&job.job_id);
+    Ok(ValidJob { job, key })
 }
 
 fn check(job: &v1::Job) -> Result<(), String> {
@@ -107,6 +144,7 @@ fn check(job: &v1::Job) -> Result<(), String> {
             ));
         }
     }
+    bounded("tenant.user", &tenant.user, MAX_NAME_BYTES)?;
     let kind = specified::<v1::JobKind>(job.kind, "kind", v1::JobKind::Unspecified as i32)?;
 
     if job.inputs.is_empty() {
@@ -131,6 +169,12 @@ fn check(job: &v1::Job) -> Result<(), String> {
         if input.uri.is_empty() {
             return Err(format!("missing required field `inputs[{i}].uri`"));
         }
+        bounded(&format!("inputs[{i}].uri"), &input.uri, MAX_URI_BYTES)?;
+        bounded(
+            &format!("inputs[{i}].contentType"),
+            &input.content_type,
+            MAX_NAME_BYTES,
+        )?;
         let sha256_ok = input.sha256.is_empty()
             || (input.sha256.len() == 64 && input.sha256.bytes().all(|c| c.is_ascii_hexdigit()));
         if !sha256_ok {
@@ -153,6 +197,12 @@ fn check(job: &v1::Job) -> Result<(), String> {
         }
     }
 
+    if job.preprocess.len() > MAX_PREPROCESS_STEPS {
+        return Err(format!(
+            "field `preprocess`: {} steps, at most {MAX_PREPROCESS_STEPS} are allowed",
+            job.preprocess.len()
+        ));
+    }
     for (i, step) in job.preprocess.iter().enumerate() {
         match &step.step {
             None => return Err(format!("field `preprocess[{i}]`: no step is set")),
@@ -182,8 +232,30 @@ fn check(job: &v1::Job) -> Result<(), String> {
                 generation.count
             ));
         }
+        bounded("generation.prompt", &generation.prompt, MAX_PROMPT_BYTES)?;
+        bounded(
+            "generation.negativePrompt",
+            &generation.negative_prompt,
+            MAX_PROMPT_BYTES,
+        )?;
+        bounded("generation.model", &generation.model, MAX_NAME_BYTES)?;
+        bounded(
+            "generation.aspectRatio",
+            &generation.aspect_ratio,
+            MAX_NAME_BYTES,
+        )?;
+        names("generation.providers", &generation.providers)?;
+        if let Some(parameters) = &generation.parameters {
+            check_parameters(parameters)?;
+        }
     }
     if let Some(outputs) = &job.outputs {
+        names("outputs.presets", &outputs.presets)?;
+        if outputs.formats.len() > MAX_LIST_ENTRIES {
+            return Err(format!(
+                "field `outputs.formats`: at most {MAX_LIST_ENTRIES} entries"
+            ));
+        }
         for (i, format) in outputs.formats.iter().enumerate() {
             specified::<v1::OutputFormat>(
                 *format,
@@ -209,10 +281,104 @@ fn check(job: &v1::Job) -> Result<(), String> {
             if ttl.seconds < 0 || ttl.nanos < 0 {
                 return Err("field `credits.holdTtl`: must not be negative".into());
             }
+            if ttl.seconds > MAX_HOLD_TTL_SECONDS || ttl.nanos >= 1_000_000_000 {
+                return Err(format!(
+                    "field `credits.holdTtl`: at most {MAX_HOLD_TTL_SECONDS}s, with nanos below one second"
+                ));
+            }
+        }
+        // The paying account is the tenant's own: its workspace or its
+        // organisation. The refused name is not repeated back.
+        if !credits.account.is_empty() {
+            let workspace_account = format!("{}/{}", tenant.org, tenant.workspace);
+            if credits.account != workspace_account && credits.account != tenant.org {
+                return Err(format!(
+                    "field `credits.account`: a job may only charge its own workspace's account \
+                     (`{workspace_account}`) or its organisation's (`{}`)",
+                    tenant.org
+                ));
+            }
+        }
+    }
+    for (name, timestamp) in [("deadline", &job.deadline), ("createdAt", &job.created_at)] {
+        if let Some(t) = timestamp {
+            if !(0..=MAX_TIMESTAMP_SECONDS).contains(&t.seconds)
+                || !(0..1_000_000_000).contains(&t.nanos)
+            {
+                return Err(format!(
+                    "field `{name}`: not a time between 1970 and 9999 with nanos below one second"
+                ));
+            }
         }
     }
     v1::Priority::try_from(job.priority)
         .map_err(|_| format!("field `priority`: unknown value {}", job.priority))?;
+    Ok(())
+}
+
+/// A text field within `max` bytes; the value is never quoted back.
+fn bounded(field: &str, value: &str, max: usize) -> Result<(), String> {
+    if value.len() > max {
+        return Err(format!(
+            "field `{field}`: {} bytes, at most {max} are allowed",
+            value.len()
+        ));
+    }
+    Ok(())
+}
+
+/// A list of short names.
+fn names(field: &str, values: &[String]) -> Result<(), String> {
+    if values.len() > MAX_LIST_ENTRIES {
+        return Err(format!(
+            "field `{field}`: {} entries, at most {MAX_LIST_ENTRIES} are allowed",
+            values.len()
+        ));
+    }
+    for (i, value) in values.iter().enumerate() {
+        bounded(&format!("{field}[{i}]"), value, MAX_NAME_BYTES)?;
+    }
+    Ok(())
+}
+
+/// `generation.parameters` within its size and depth: a provider gets a
+/// handful of model options, not a document.
+fn check_parameters(parameters: &pbjson_types::Struct) -> Result<(), String> {
+    fn depth(value: &pbjson_types::Value, level: usize) -> usize {
+        use pbjson_types::value::Kind;
+        match &value.kind {
+            Some(Kind::StructValue(s)) => s
+                .fields
+                .values()
+                .map(|v| depth(v, level + 1))
+                .max()
+                .unwrap_or(level + 1),
+            Some(Kind::ListValue(l)) => l
+                .values
+                .iter()
+                .map(|v| depth(v, level + 1))
+                .max()
+                .unwrap_or(level + 1),
+            _ => level,
+        }
+    }
+    let deepest = parameters
+        .fields
+        .values()
+        .map(|v| depth(v, 1))
+        .max()
+        .unwrap_or(0);
+    if deepest > MAX_PARAMETERS_DEPTH {
+        return Err(format!(
+            "field `generation.parameters`: nested {deepest} levels deep, at most {MAX_PARAMETERS_DEPTH} are allowed"
+        ));
+    }
+    let size = serde_json::to_vec(parameters).map_or(usize::MAX, |v| v.len());
+    if size > MAX_PARAMETERS_BYTES {
+        return Err(format!(
+            "field `generation.parameters`: {size} bytes as JSON, at most {MAX_PARAMETERS_BYTES} are allowed"
+        ));
+    }
     Ok(())
 }
 
@@ -256,6 +422,187 @@ mod tests {
             "expected {expected:?} in {:?}",
             err.message
         );
+    }
+
+    #[test]
+    fn bounds_and_foreign_accounts_are_refused_without_quoting_values() {
+        let long = "S".repeat(MAX_PROMPT_BYTES + 1);
+        type Edit = Box<dyn Fn(&mut v1::Job)>;
+        let cases: Vec<(&str, Edit)> = vec![
+            (
+                "`generation.prompt`",
+                Box::new(move |j| {
+                    j.generation.get_or_insert_with(Default::default).prompt = long.clone()
+                }),
+            ),
+            (
+                "`generation.negativePrompt`",
+                Box::new(|j| {
+                    j.generation
+                        .get_or_insert_with(Default::default)
+                        .negative_prompt = "S".repeat(MAX_PROMPT_BYTES + 1)
+                }),
+            ),
+            (
+                "`generation.model`",
+                Box::new(|j| {
+                    j.generation.get_or_insert_with(Default::default).model = "S".repeat(300)
+                }),
+            ),
+            (
+                "`generation.providers`",
+                Box::new(|j| {
+                    j.generation.get_or_insert_with(Default::default).providers =
+                        vec!["fal".into(); 17]
+                }),
+            ),
+            (
+                "`generation.parameters`",
+                Box::new(|j| {
+                    let big = pbjson_types::Value::from("S".repeat(MAX_PARAMETERS_BYTES));
+                    let mut params = pbjson_types::Struct::default();
+                    params.fields.insert("style".into(), big);
+                    j.generation.get_or_insert_with(Default::default).parameters = Some(params);
+                }),
+            ),
+            (
+                "nested",
+                Box::new(|j| {
+                    let mut value = pbjson_types::Value::from("S");
+                    for _ in 0..MAX_PARAMETERS_DEPTH + 1 {
+                        value = pbjson_types::Value::from(vec![value]);
+                    }
+                    let mut params = pbjson_types::Struct::default();
+                    params.fields.insert("deep".into(), value);
+                    j.generation.get_or_insert_with(Default::default).parameters = Some(params);
+                }),
+            ),
+            (
+                "`inputs[0].uri`",
+                Box::new(|j| {
+                    j.inputs[0].uri = format!("s3://genfleet/{}", "S".repeat(MAX_URI_BYTES))
+                }),
+            ),
+            (
+                "`tenant.user`",
+                Box::new(|j| j.tenant.as_mut().unwrap().user = "S".repeat(300)),
+            ),
+            (
+                "`preprocess`",
+                Box::new(|j| {
+                    j.preprocess = vec![
+                        v1::PreprocessStep {
+                            step: Some(v1::preprocess_step::Step::Resize(v1::Resize {
+                                long_side: 64,
+                            })),
+                        };
+                        MAX_PREPROCESS_STEPS + 1
+                    ]
+                }),
+            ),
+            (
+                "`outputs.presets[0]`",
+                Box::new(|j| {
+                    j.outputs.get_or_insert_with(Default::default).presets = vec!["S".repeat(300)]
+                }),
+            ),
+            (
+                "`credits.account`",
+                Box::new(|j| {
+                    j.credits = Some(v1::CreditRequest {
+                        account: "globex/SECRETSHOP".into(),
+                        amount: 1,
+                        hold_ttl: None,
+                    })
+                }),
+            ),
+            (
+                "`credits.account`",
+                Box::new(|j| {
+                    j.credits = Some(v1::CreditRequest {
+                        account: "acme/SECRETSHOP".into(),
+                        amount: 1,
+                        hold_ttl: None,
+                    })
+                }),
+            ),
+            (
+                "`credits.holdTtl`",
+                Box::new(|j| {
+                    j.credits = Some(v1::CreditRequest {
+                        account: String::new(),
+                        amount: 1,
+                        hold_ttl: Some(pbjson_types::Duration {
+                            seconds: i64::MAX,
+                            nanos: 0,
+                        }),
+                    })
+                }),
+            ),
+            (
+                "`deadline`",
+                Box::new(|j| {
+                    j.deadline = Some(pbjson_types::Timestamp {
+                        seconds: 1,
+                        nanos: 2_000_000_000,
+                    })
+                }),
+            ),
+            (
+                "`deadline`",
+                Box::new(|j| {
+                    j.deadline = Some(pbjson_types::Timestamp {
+                        seconds: i64::MAX,
+                        nanos: 0,
+                    })
+                }),
+            ),
+            (
+                "`createdAt`",
+                Box::new(|j| {
+                    j.created_at = Some(pbjson_types::Timestamp {
+                        seconds: -1,
+                        nanos: 0,
+                    })
+                }),
+            ),
+        ];
+        for (expected, edit) in cases {
+            let mut job = minimal();
+            edit(&mut job);
+            let err = validate_job(job, None).unwrap_err();
+            assert!(
+                err.message.contains(expected),
+                "{expected}: {}",
+                err.message
+            );
+            assert!(!err.message.contains("SS"), "{expected}: {}", err.message);
+            assert!(
+                !err.message.contains("SECRET"),
+                "{expected}: {}",
+                err.message
+            );
+        }
+        // The tenant's own accounts are fine.
+        for account in ["", "acme/shop-1", "acme"] {
+            let mut job = minimal();
+            job.credits = Some(v1::CreditRequest {
+                account: account.into(),
+                amount: 1,
+                hold_ttl: None,
+            });
+            assert!(validate_job(job, None).is_ok(), "{account}");
+        }
+    }
+
+    #[test]
+    fn job_ids_are_keyed_in_canonical_case_and_answered_as_sent() {
+        let mut job = minimal();
+        job.job_id = "01jd3xq6z8m5v9k2t4w7y1b0ce".into();
+        let valid = validate_job(job, None).unwrap();
+        assert_eq!(valid.job_id(), "01JD3XQ6Z8M5V9K2T4W7Y1B0CE");
+        assert_eq!(valid.job_id_as_sent(), "01jd3xq6z8m5v9k2t4w7y1b0ce");
+        assert_eq!(valid.owner(), "acme/shop-1");
     }
 
     #[test]
