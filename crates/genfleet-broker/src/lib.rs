@@ -55,6 +55,13 @@ pub const CANCEL_EXCHANGE: &str = "genfleet.cancel";
 /// Quorum queue of cancel requests; any worker takes each one, records it
 /// in the ledger and cancels the job's provider request.
 pub const CANCEL_QUEUE: &str = "genfleet.cancellations";
+
+/// Whether `name` is one of the fleet's own exchanges or queues (every one
+/// is `genfleet.*`): a publisher's `reply_to` may not name one, or a result
+/// would be read as a job, a cancel request or a dead letter.
+pub fn is_fleet_name(name: &str) -> bool {
+    name == "genfleet" || name.starts_with("genfleet.")
+}
 /// Header naming the stable error code of a dead letter.
 pub const HEADER_ERROR: &str = "x-genfleet-error";
 /// Header with the human reason of a dead letter.

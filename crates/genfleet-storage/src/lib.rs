@@ -62,9 +62,11 @@ pub enum StorageError {
     /// The storage configuration is unusable: the operator's fault.
     #[error("storage configuration: {0}")]
     InvalidConfig(String),
-    #[error("input {0} does not exist")]
+    /// The object does not exist. The URI is kept for the caller; the
+    /// message never repeats it (it may be a signed URL).
+    #[error("input does not exist")]
     NotFound(String),
-    #[error("input {uri} is {size} bytes, above the {limit} byte limit")]
+    #[error("input is {size} bytes, above the {limit} byte limit")]
     TooLarge { uri: String, size: u64, limit: u64 },
     /// The store itself failed: retryable.
     #[error("object store unavailable: {0}")]
@@ -419,6 +421,19 @@ enum Input {
 /// otherwise read anything the worker can.
 async fn read_file(real: &FsPath, uri: &str, max_bytes: u64) -> Result<Bytes, StorageError> {
     use tokio::io::AsyncReadExt as _;
+    // Only regular files: opening a FIFO would wait for a writer forever,
+    // and a directory or device is never an upload.
+    let meta = tokio::fs::metadata(real)
+        .await
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => StorageError::NotFound("file:// input".into()),
+            _ => StorageError::Unavailable(e.to_string()),
+        })?;
+    if !meta.is_file() {
+        return Err(StorageError::InvalidUri(
+            "file:// input is not a regular file".into(),
+        ));
+    }
     let file = tokio::fs::File::open(real)
         .await
         .map_err(|e| match e.kind() {
@@ -432,11 +447,16 @@ async fn read_file(real: &FsPath, uri: &str, max_bytes: u64) -> Result<Bytes, St
             ));
         }
     }
-    let size = file
+    let meta = file
         .metadata()
         .await
-        .map_err(|e| StorageError::Unavailable(e.to_string()))?
-        .len();
+        .map_err(|e| StorageError::Unavailable(e.to_string()))?;
+    if !meta.is_file() {
+        return Err(StorageError::InvalidUri(
+            "file:// input is not a regular file".into(),
+        ));
+    }
+    let size = meta.len();
     if size > max_bytes {
         return Err(StorageError::TooLarge {
             uri: uri.to_string(),
@@ -678,6 +698,14 @@ mod tests {
             std::fs::write(path, b"abc").unwrap();
         }
         std::fs::write(outside.join("secret"), b"abc").unwrap();
+        // Neither a folder nor a FIFO is an upload; opening the FIFO would
+        // wait for a writer forever.
+        std::fs::create_dir_all(files.join("uploads/acme/ws/folder")).unwrap();
+        let made = std::process::Command::new("mkfifo")
+            .arg(files.join("uploads/acme/ws/fifo"))
+            .status()
+            .unwrap();
+        assert!(made.success());
         // Links from the tenant's folder to another tenant's file and out of
         // the root: resolved first, then refused.
         std::os::unix::fs::symlink(
@@ -701,6 +729,8 @@ mod tests {
             (uri("uploads/acme/ws/link-foreign.jpg"), "forbidden"),
             (uri("uploads/acme/ws/link-out.jpg"), "forbidden"),
             (uri("uploads/acme/ws/missing.jpg"), "not_found"),
+            (uri("uploads/acme/ws/folder"), "invalid"),
+            (uri("uploads/acme/ws/fifo"), "invalid"),
             (format!("file://{}/secret", outside.display()), "forbidden"),
             ("file://relative/x".to_string(), "invalid"),
         ];

@@ -14,8 +14,13 @@
 //!
 //! A job that was already settled keeps its result: a cancel cannot undo a
 //! delivered generation or refund a captured charge.
+//!
+//! A request names its tenant and reaches only that tenant's job: one for
+//! an id another tenant's job has is dead-lettered and changes nothing; one
+//! for an id not delivered yet waits for that tenant's job with that id.
 
 use genfleet_broker::Incoming;
+use genfleet_credits::CancelRequest;
 use genfleet_proto::{ContentType, ErrorCode};
 use tracing::{info, warn};
 
@@ -54,22 +59,64 @@ pub(crate) async fn handle_request(services: &Services, incoming: &Incoming) -> 
         reason
     };
     let job_id = request.job_id.as_str();
-    let recorded = match services.ledger.request_cancellation(job_id, &reason).await {
-        Ok(first) => first,
+    // decode_cancel checked the tenant is there and valid.
+    let owner = request
+        .tenant
+        .as_ref()
+        .map(|t| format!("{}/{}", t.org, t.workspace))
+        .unwrap_or_default();
+    let recorded = match services
+        .ledger
+        .request_cancellation(job_id, &owner, &reason)
+        .await
+    {
+        Ok(recorded) => recorded,
+        Err(genfleet_credits::CreditsError::Invalid(message)) => {
+            return Disposition::DeadLetter(DeadLetter {
+                code: ErrorCode::InvalidInput,
+                reason: message,
+                job_id: Some(job_id.to_string()),
+            });
+        }
         Err(e) => {
             warn!(job_id, error = %e, "ledger unavailable while recording a cancel request");
             return Disposition::Requeue(RequeueReason::LedgerUnavailable);
         }
     };
-    let cancelled = match park::cancel_requests(services, job_id).await {
-        Ok(n) => n,
-        Err(Stop::Requeue { reason, .. }) => return Disposition::Requeue(reason),
-        Err(_) => 0,
+    let (label, job_known) = match recorded {
+        CancelRequest::Recorded { job_known } => ("recorded", job_known),
+        CancelRequest::Repeated { job_known } => ("repeated", job_known),
+        CancelRequest::Foreign => {
+            services
+                .metrics
+                .cancel_requests_total
+                .with_label_values(&["foreign"])
+                .inc();
+            warn!(
+                job_id,
+                "cancel request for another tenant's job; dead-lettering it"
+            );
+            return Disposition::DeadLetter(DeadLetter {
+                code: ErrorCode::InvalidInput,
+                reason: "cancel request: the job id belongs to another tenant's job".into(),
+                job_id: Some(job_id.to_string()),
+            });
+        }
+    };
+    // Only a delivered job can have provider requests to stop.
+    let cancelled = if job_known {
+        match park::cancel_requests(services, job_id).await {
+            Ok(n) => n,
+            Err(Stop::Requeue { reason, .. }) => return Disposition::Requeue(reason),
+            Err(_) => 0,
+        }
+    } else {
+        0
     };
     services
         .metrics
         .cancel_requests_total
-        .with_label_values(&[if recorded { "recorded" } else { "repeated" }])
+        .with_label_values(&[label])
         .inc();
     info!(
         job_id,

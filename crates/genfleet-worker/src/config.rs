@@ -74,6 +74,12 @@ pub struct WorkerSection {
     /// killed, job panicked) before its next start fails it with
     /// `internal` instead of running it.
     pub max_starts_per_job: u16,
+    /// Times one job may go back to its queue because our infrastructure
+    /// failed (ledger, store, broker, spool, scanner) before it fails with
+    /// `internal`, its credits released and its message dead-lettered. A
+    /// job that meets the same failure on every run (an input the store
+    /// can never open) would otherwise circle forever.
+    pub max_requeues_per_job: u16,
     /// Folder for image bytes that wait (inputs during a provider call,
     /// outputs until an imaging slot frees) beyond `spool_memory_bytes`;
     /// empty means `genfleet-spool` in the system's temporary folder. Each
@@ -113,6 +119,7 @@ impl Default for WorkerSection {
             imaging_threads: 0,
             max_in_flight_per_workspace: 0,
             max_starts_per_job: 4,
+            max_requeues_per_job: 20,
             spool_dir: String::new(),
             spool_memory_bytes: 64 * 1024 * 1024,
             send_memory_bytes: 32 * 1024 * 1024,
@@ -194,6 +201,15 @@ pub struct StorageSection {
     pub signing_key_file: Option<PathBuf>,
     /// Lifetime of signed URLs, in seconds.
     pub signed_url_ttl_seconds: u64,
+    /// Key prefixes a job may read inputs from and delete them under, with
+    /// `{org}` and `{workspace}` standing for the job's tenant: where the
+    /// products upload, and the tenant's own outputs (chained jobs). A name
+    /// that is a fixed segment of one pattern where another has a
+    /// placeholder (`uploads`) cannot be an org (or workspace).
+    pub input_prefixes: Vec<String>,
+    /// The folder `file://` inputs may come from (their path below it must
+    /// lie under the tenant's prefixes); unset: `file://` is refused.
+    pub file_input_root: Option<PathBuf>,
 }
 
 impl Default for StorageSection {
@@ -205,6 +221,11 @@ impl Default for StorageSection {
             signing_key: Secret::default(),
             signing_key_file: None,
             signed_url_ttl_seconds: 3600,
+            input_prefixes: genfleet_storage::DEFAULT_INPUT_PREFIXES
+                .iter()
+                .map(|p| (*p).to_string())
+                .collect(),
+            file_input_root: None,
         }
     }
 }
@@ -839,6 +860,9 @@ impl Config {
         }
         if self.broker.delivery_limit < 2 {
             return fail("broker.delivery_limit must be at least 2".into());
+        }
+        if self.worker.max_requeues_per_job == 0 {
+            return fail("worker.max_requeues_per_job must be at least 1".into());
         }
         if self.worker.max_starts_per_job == 0 {
             return fail("worker.max_starts_per_job must be at least 1".into());

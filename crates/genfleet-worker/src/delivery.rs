@@ -171,7 +171,9 @@ async fn delay_job(
     // The retry queues are the default topology's (the runner declares no
     // others).
     let delay = Topology::default().retry_delay_at_least(delay);
-    let deferred_at = incoming.deferred_at().unwrap_or_else(unix_now);
+    // A publisher may have written the header too: never later than now.
+    let now = unix_now();
+    let deferred_at = incoming.deferred_at().map_or(now, |at| at.min(now));
     let forwarded = publisher
         .forward(
             genfleet_broker::RETRY_EXCHANGE,

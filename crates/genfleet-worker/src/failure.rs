@@ -81,13 +81,15 @@ impl From<genfleet_storage::StorageError> for Stop {
     fn from(error: genfleet_storage::StorageError) -> Self {
         use genfleet_storage::StorageError as E;
         match error {
-            E::InvalidUri(_) | E::NotFound(_) => {
+            E::InvalidUri(_) | E::NotFound(_) | E::Forbidden(_) => {
                 Stop::Fail(JobFailure::new(ErrorCode::InvalidInput, error.to_string()))
             }
             E::TooLarge { .. } => {
                 Stop::Fail(JobFailure::new(ErrorCode::TooLarge, error.to_string()))
             }
-            E::Unavailable(_) => Stop::requeue(RequeueReason::StorageUnavailable, error),
+            E::Unavailable(_) | E::InvalidConfig(_) => {
+                Stop::requeue(RequeueReason::StorageUnavailable, error)
+            }
         }
     }
 }
@@ -96,9 +98,15 @@ impl From<genfleet_credits::CreditsError> for Stop {
     fn from(error: genfleet_credits::CreditsError) -> Self {
         use genfleet_credits::CreditsError as E;
         match error {
-            E::Insufficient { .. } => Stop::Fail(JobFailure::new(
+            // Only the job's own need is told: the available figure may
+            // include what the account draws from its organisation.
+            E::Insufficient {
+                ref account,
+                needed,
+                ..
+            } => Stop::Fail(JobFailure::new(
                 ErrorCode::InsufficientCredits,
-                error.to_string(),
+                format!("account {account} has too few credits available; the job needs {needed}"),
             )),
             E::Invalid(_) => {
                 Stop::Fail(JobFailure::new(ErrorCode::InvalidInput, error.to_string()))

@@ -179,7 +179,7 @@ impl Metrics {
             ),
             cancel_requests_total: counter(
                 "genfleet_cancel_requests_total",
-                "Cancel requests handled, by outcome (recorded, repeated)",
+                "Cancel requests handled, by outcome (recorded, repeated, foreign)",
                 &["outcome"],
             ),
             credits_captured_total: counter(

@@ -153,6 +153,10 @@ pub struct Prepared {
 /// # Errors
 /// `unsupported_type`, `too_large` or `invalid_input` for the upload.
 pub fn prepare(bytes: &[u8], limits: &Limits, steps: &[Step]) -> Result<Prepared, JobFailure> {
+    if !steps.is_empty() {
+        let header = genfleet_imaging::inspect(bytes, limits)?;
+        check_step_budget(header.width, header.height, steps, limits)?;
+    }
     // A leading resize is done while decoding: JPEGs shrink in the DCT
     // domain, and orientation and colour conversion touch the small image.
     let (fit, steps) = match steps.split_first() {
@@ -171,6 +175,56 @@ pub fn prepare(bytes: &[u8], limits: &Limits, steps: &[Step]) -> Result<Prepared
         image,
         source: sanitised.source,
     })
+}
+
+/// Pixels the steps of one job may produce in all, as a multiple of the
+/// input limit `max_pixels`: one x4 upscale of a 12 MP photo (192 MP) fits
+/// the default, a chain that upscales, shrinks and upscales again to hold a
+/// worker does not.
+pub const STEP_PIXEL_BUDGET_FACTOR: u64 = 4;
+
+/// Refuses, from the header's size alone and before any pixel is decoded,
+/// steps whose outputs would add up to more than
+/// [`STEP_PIXEL_BUDGET_FACTOR`] x `max_pixels`.
+///
+/// # Errors
+/// `too_large`, naming the step that goes over.
+pub fn check_step_budget(
+    width: u32,
+    height: u32,
+    steps: &[Step],
+    limits: &Limits,
+) -> Result<(), JobFailure> {
+    let budget = limits.max_pixels.saturating_mul(STEP_PIXEL_BUDGET_FACTOR);
+    let (mut w, mut h) = (u64::from(width), u64::from(height));
+    let mut produced: u64 = 0;
+    for (i, step) in steps.iter().enumerate() {
+        match *step {
+            Step::Resize(long_side) => {
+                let long = w.max(h);
+                let target = u64::from(long_side);
+                if long > target && long > 0 {
+                    w = (w * target).div_ceil(long).max(1);
+                    h = (h * target).div_ceil(long).max(1);
+                }
+            }
+            Step::Upscale(factor) => {
+                w = w.saturating_mul(u64::from(factor));
+                h = h.saturating_mul(u64::from(factor));
+            }
+        }
+        produced = produced.saturating_add(w.saturating_mul(h));
+        if produced > budget {
+            return Err(JobFailure::new(
+                ErrorCode::TooLarge,
+                format!(
+                    "field `preprocess[{i}]`: the steps would produce {produced} pixels from a \
+                     {width}x{height} input, above this worker's budget of {budget}"
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The JPEG quality of inputs re-encoded for a provider: high, because the
@@ -279,6 +333,37 @@ pub fn render(
 mod tests {
     use super::*;
     use genfleet_imaging::JpegOptions;
+
+    #[test]
+    fn steps_are_budgeted_from_the_header() {
+        let limits = Limits {
+            max_pixels: 50_000_000,
+            ..Limits::default()
+        };
+        // One x4 upscale of a 12 MP photo fits; two do not.
+        assert!(check_step_budget(4000, 3000, &[Step::Upscale(4)], &limits).is_ok());
+        let err = check_step_budget(4000, 3000, &[Step::Upscale(4), Step::Upscale(4)], &limits)
+            .unwrap_err();
+        assert_eq!(err.code, ErrorCode::TooLarge);
+        assert!(err.message.contains("preprocess[1]"), "{}", err.message);
+        // Shrinking first makes room.
+        assert!(check_step_budget(
+            16000,
+            3000,
+            &[Step::Resize(1024), Step::Upscale(4), Step::Upscale(4)],
+            &limits
+        )
+        .is_ok());
+        // Up, down, up, down: each step counts.
+        let churn = [
+            Step::Upscale(4),
+            Step::Resize(16384),
+            Step::Upscale(4),
+            Step::Resize(16384),
+        ];
+        assert!(check_step_budget(3000, 3000, &churn, &limits).is_err());
+        assert!(check_step_budget(u32::MAX, u32::MAX, &[Step::Upscale(4)], &limits).is_err());
+    }
 
     #[test]
     fn render_spec_defaults_and_errors() {

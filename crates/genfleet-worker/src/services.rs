@@ -14,7 +14,7 @@ use genfleet_providers::{
     VertexConfig, VertexProvider,
 };
 use genfleet_scan::{ClamdConfig, ClamdScanner, Scanner};
-use genfleet_storage::{Store, StoreConfig, UrlSigner};
+use genfleet_storage::{InputPolicy, Store, StoreConfig, UrlSigner};
 
 /// Each provider's model per job kind.
 pub type DefaultModels = HashMap<String, HashMap<genfleet_proto::v1::JobKind, String>>;
@@ -73,9 +73,15 @@ impl Services {
                 .await
                 .map_err(|e| WorkerError::Startup(format!("ledger migrations: {e}")))?;
         }
+        let inputs = InputPolicy::new(
+            &config.storage.input_prefixes,
+            config.storage.file_input_root.clone(),
+        )
+        .map_err(|e| WorkerError::Startup(format!("storage.input_prefixes: {e}")))?;
         let store = Store::open_local(StoreConfig {
             root: config.storage.root.clone(),
             bucket: config.storage.bucket.clone(),
+            inputs,
         })
         .map_err(|e| WorkerError::Startup(format!("storage: {e}")))?;
         let signer = if config.storage.public_base_url.is_empty() {

@@ -293,7 +293,7 @@ fn defer_horizon(
     deferred_at: Option<u64>,
 ) -> SystemTime {
     let since = deferred_at
-        .and_then(|at| SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(at)))
+        .map(super::progress::header_time)
         .unwrap_or_else(SystemTime::now);
     let horizon = since
         .checked_add(Duration::from_secs(

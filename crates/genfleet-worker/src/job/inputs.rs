@@ -30,9 +30,15 @@ pub(crate) async fn prepare(
     // slot in memory, so only this many jobs' uploads are read at once.
     // The semaphore is never closed.
     let preparing = services.fetches.acquire().await.ok();
+    let tenant = job.tenant();
+    let scope = services.store.scope(&tenant.org, &tenant.workspace)?;
     let mut raw_inputs = Vec::with_capacity(contract.inputs.len());
     for (i, input) in contract.inputs.iter().enumerate() {
-        let bytes = services.store.fetch(&input.uri, limits.max_bytes).await?;
+        let bytes = services
+            .store
+            .fetch_input(&scope, &input.uri, limits.max_bytes)
+            .await
+            .map_err(|e| prefix_stop(Stop::from(e), i))?;
         if !input.sha256.is_empty() {
             use sha2::Digest as _;
             let actual = hex::encode(sha2::Sha256::digest(&bytes));
@@ -146,6 +152,13 @@ async fn scan(services: &Services, bytes: &[u8], index: usize) -> Result<(), Sto
             warn!(input = index, error = %e, "malware scan gave no verdict");
             Err(crate::failure::scan_stop(e, index))
         }
+    }
+}
+
+fn prefix_stop(stop: Stop, index: usize) -> Stop {
+    match stop {
+        Stop::Fail(failure) => Stop::Fail(prefix_failure(failure, index)),
+        other => other,
     }
 }
 

@@ -90,9 +90,20 @@ pub(crate) async fn handle(
         redelivered = incoming.redelivered(),
         delivery_count = incoming.delivery_count(),
     );
-    run(services, publisher, delivery, job)
-        .instrument(span)
-        .await
+    async {
+        let disposition = run(services, publisher, delivery, job).await;
+        match disposition {
+            Disposition::Requeue(reason)
+                if incoming.requeues()
+                    >= u32::from(services.config.worker.max_requeues_per_job) =>
+            {
+                end_requeued_too_often(services, publisher, incoming, job, reason).await
+            }
+            other => other,
+        }
+    }
+    .instrument(span)
+    .await
 }
 
 async fn run(
@@ -103,8 +114,34 @@ async fn run(
 ) -> Disposition {
     let started = Instant::now();
     let incoming = &delivery.incoming;
+    if incoming
+        .reply_to()
+        .is_some_and(genfleet_broker::is_fleet_name)
+    {
+        return refuse(
+            services,
+            publisher,
+            incoming,
+            job,
+            "`reply_to` names one of the fleet's own queues (genfleet.*); results go to \
+             genfleet.results and to a queue of the publisher's own",
+        )
+        .await;
+    }
     match start::start(services, incoming, job).await {
         Ok(Start::Run) => {}
+        Ok(Start::Foreign) => {
+            warn!("job id already belongs to another tenant's job; refusing this one");
+            return refuse(
+                services,
+                publisher,
+                incoming,
+                job,
+                "field `job_id`: this id is already used by another job; every job needs a \
+                 fresh id (a ULID or UUID)",
+            )
+            .await;
+        }
         Ok(Start::Republish(result)) => {
             info!("job already settled, republishing its stored result");
             // The earlier delivery may have died before deleting them.
@@ -136,7 +173,8 @@ async fn run(
         // credits from an earlier run, though: release them with the
         // result, or they stay held until the hold expires.
         Err(Stop::Fail(failure)) => {
-            let result = reply::failed_result(services, job.job_id(), Some(job.tenant()), &failure);
+            let result =
+                reply::failed_result(services, job.job_id_as_sent(), Some(job.tenant()), &failure);
             if !came_back(incoming) {
                 result
             } else {
@@ -237,7 +275,7 @@ async fn execute(
         }) => {
             let mut result = reply::base_result(
                 services,
-                job.job_id(),
+                job.job_id_as_sent(),
                 Some(job.tenant()),
                 v1::JobStatus::Succeeded,
             );
@@ -257,7 +295,7 @@ async fn execute(
             attempts,
         })) => {
             let mut result =
-                reply::failed_result(services, job.job_id(), Some(job.tenant()), &failure);
+                reply::failed_result(services, job.job_id_as_sent(), Some(job.tenant()), &failure);
             result.provider = provider;
             result.attempts = attempts;
             result.credits = Some(v1::CreditSummary {
@@ -310,6 +348,27 @@ fn stopped(stop: Stop) -> Disposition {
     }
 }
 
+/// Refuses a job before anything of it ran or was stored: a failed
+/// `invalid_input` result, published, and nothing else (no outcome is
+/// stored, no credits are touched: the job id may be another tenant's).
+async fn refuse(
+    services: &Services,
+    publisher: &Publisher,
+    incoming: &Incoming,
+    job: &ValidJob,
+    message: &str,
+) -> Disposition {
+    let mut failure = JobFailure::new(ErrorCode::InvalidInput, message);
+    failure.retryable = false;
+    let result = reply::failed_result(services, job.job_id_as_sent(), Some(job.tenant()), &failure);
+    services
+        .metrics
+        .job_errors_total
+        .with_label_values(&[ErrorCode::InvalidInput.as_str()])
+        .inc();
+    reply::publish_result(publisher, incoming, &result).await
+}
+
 /// Ends a delivered job that has a cancel request: its provider requests
 /// are stopped, its credits released, its result published.
 pub(crate) async fn end_cancelled(
@@ -339,6 +398,67 @@ pub(crate) async fn end_cancelled(
     reply::publish_result(publisher, incoming, &result).await
 }
 
+/// A job that went back to its queue `worker.max_requeues_per_job` times
+/// because of our infrastructure, and would again: it ends failed with
+/// `internal` (retryable: a later job may find the fault fixed), its
+/// credits released, its result published, and the message dead-lettered
+/// with the reason for an operator.
+async fn end_requeued_too_often(
+    services: &Services,
+    publisher: &Publisher,
+    incoming: &Incoming,
+    job: &ValidJob,
+    reason: crate::disposition::RequeueReason,
+) -> Disposition {
+    let failure = JobFailure::new(
+        ErrorCode::Internal,
+        format!(
+            "the job went back to its queue {} times ({}) and was not run again",
+            incoming.requeues().saturating_add(1),
+            reason.label()
+        ),
+    );
+    warn!(
+        requeues = incoming.requeues(),
+        reason = reason.label(),
+        "job requeued too often; failing and dead-lettering it"
+    );
+    let result = reply::failed_result(services, job.job_id_as_sent(), Some(job.tenant()), &failure);
+    // Only a job whose id is its tenant's has credits and an outcome to
+    // settle here; another tenant's (a refused job whose result could not
+    // be published) must stay untouched.
+    let own = match services.ledger.job_owner(job.job_id()).await {
+        Ok(owner) => owner.as_deref() == Some(job.owner().as_str()),
+        // The ledger itself is down: the job waits for it in its queue.
+        Err(e) => {
+            return stopped(Stop::requeue(
+                crate::disposition::RequeueReason::LedgerUnavailable,
+                e,
+            ))
+        }
+    };
+    let result = if own {
+        match settle::release_with_result(services, job, result).await {
+            Ok(Settled::Own(result)) => result,
+            Ok(Settled::Earlier(earlier)) => {
+                return reply::publish_result(publisher, incoming, &earlier).await
+            }
+            Err(stop) => return stopped(stop),
+        }
+    } else {
+        result
+    };
+    reply::publish_failure_then_dead_letter(
+        services,
+        publisher,
+        incoming,
+        &result,
+        ErrorCode::Internal,
+        &format!("requeue_limit: {}", failure.message),
+    )
+    .await
+}
+
 /// A job that no worker finished although it was started `crashed` times:
 /// every start ended without a result (the worker crashed, was killed, or
 /// the job panicked). It ends here: failed with `internal`, its credits
@@ -360,7 +480,8 @@ async fn end_abandoned(
     );
     // The same job would most likely crash a worker again.
     failure.retryable = false;
-    let mut result = reply::failed_result(services, job.job_id(), Some(job.tenant()), &failure);
+    let mut result =
+        reply::failed_result(services, job.job_id_as_sent(), Some(job.tenant()), &failure);
     result.attempts = crashed;
     let result = match settle::release_with_result(services, job, result).await {
         Ok(Settled::Own(result)) => result,

@@ -93,7 +93,10 @@ pub(crate) async fn resume(
     // sooner, wins.
     let max_wait = Duration::from_secs(services.config.providers.park.max_wait_seconds);
     let give_up_at = parked_at
-        .map(|at| SystemTime::UNIX_EPOCH + Duration::from_secs(at) + max_wait)
+        .map(|at| {
+            let first_parked = super::progress::header_time(at);
+            first_parked.checked_add(max_wait).unwrap_or(first_parked)
+        })
         .into_iter()
         .chain(deadline)
         .min();

@@ -45,7 +45,7 @@ impl<'a> Tracker<'a> {
         Tracker {
             services,
             publisher,
-            job_id: job.job_id().to_string(),
+            job_id: job.job_id_as_sent().to_string(),
             tenant: job.tenant().clone(),
             current: None,
             timings: Vec::new(),
@@ -114,11 +114,64 @@ pub(crate) fn system_time_to_timestamp(t: SystemTime) -> pbjson_types::Timestamp
     }
 }
 
+/// A contract timestamp as a `SystemTime`. The contract's checks keep it
+/// between 1970 and 9999; out-of-range values still convert without a
+/// panic (before 1970 is the epoch, beyond what the clock holds is the
+/// furthest time it does).
 pub(crate) fn timestamp_to_system_time(t: &pbjson_types::Timestamp) -> SystemTime {
-    let nanos = u32::try_from(t.nanos).unwrap_or(0);
-    if t.seconds >= 0 {
-        SystemTime::UNIX_EPOCH + Duration::new(t.seconds as u64, nanos)
-    } else {
-        SystemTime::UNIX_EPOCH
+    let Ok(seconds) = u64::try_from(t.seconds) else {
+        return SystemTime::UNIX_EPOCH;
+    };
+    let nanos = u32::try_from(t.nanos)
+        .ok()
+        .filter(|n| *n < 1_000_000_000)
+        .unwrap_or(0);
+    SystemTime::UNIX_EPOCH
+        .checked_add(Duration::new(seconds, nanos))
+        .unwrap_or_else(far_future)
+}
+
+/// Unix seconds from a header this fleet wrote (`genfleet-parked-at`,
+/// `genfleet-deferred-at`). A publisher can write them too, so a value
+/// past now is read as now (it cannot buy a job more time) and none
+/// overflows.
+pub(crate) fn header_time(unix_seconds: u64) -> SystemTime {
+    let now = SystemTime::now();
+    SystemTime::UNIX_EPOCH
+        .checked_add(Duration::from_secs(unix_seconds))
+        .filter(|t| *t <= now)
+        .unwrap_or(now)
+}
+
+/// The furthest time this platform's clock can hold, within reason.
+fn far_future() -> SystemTime {
+    // 10,000 years: far past any deadline, and representable everywhere
+    // Rust runs.
+    SystemTime::UNIX_EPOCH
+        .checked_add(Duration::from_secs(253_402_300_799))
+        .unwrap_or_else(SystemTime::now)
+}
+
+#[cfg(test)]
+mod time_tests {
+    use super::*;
+
+    #[test]
+    fn hostile_times_convert_without_panicking() {
+        for (seconds, nanos) in [
+            (i64::MAX, 0),
+            (i64::MAX, i32::MAX),
+            (i64::MIN, 0),
+            (-1, -1),
+            (1, 2_000_000_000),
+            (253_402_300_799, 999_999_999),
+        ] {
+            let t = timestamp_to_system_time(&pbjson_types::Timestamp { seconds, nanos });
+            assert!(t >= SystemTime::UNIX_EPOCH);
+        }
+        let now = SystemTime::now();
+        assert!(header_time(u64::MAX) >= now);
+        assert!(header_time(u64::MAX) <= SystemTime::now());
+        assert_eq!(header_time(0), SystemTime::UNIX_EPOCH);
     }
 }

@@ -41,11 +41,18 @@ pub(crate) async fn render_and_store(
     };
 
     tracker.begin(v1::Stage::Postprocess, 0.7).await;
+    // Never more outputs than the job asked for (and pays for), whatever
+    // the provider sent.
+    let wanted = job.job().generation.as_ref().map_or(1, |g| g.count.max(1));
+    let wanted = usize::try_from(wanted).unwrap_or(1);
     let mut rendered = Vec::new();
-    for (index, artifact) in output.artifacts.into_iter().enumerate() {
+    for (index, artifact) in output.artifacts.into_iter().take(wanted).enumerate() {
         let limits = services.output_limits.clone();
         let spec = render_spec.clone();
         let blob = artifact.bytes;
+        scan_output(services, &blob, index)
+            .await
+            .map_err(&fail_with)?;
         let outputs = services
             .cpu_bound(move || {
                 // Read back from the spool only now, with an imaging slot:
@@ -135,6 +142,78 @@ pub(crate) async fn render_and_store(
     })
 }
 
+/// Scans a provider's output with the configured scanner before it is
+/// decoded or stored: the video passes through as the provider made it.
+/// A hit or no verdict fails the job (the provider's fault, not the
+/// customer's upload).
+async fn scan_output(
+    services: &Services,
+    blob: &genfleet_providers::Blob,
+    index: usize,
+) -> Result<(), JobFailure> {
+    let Some(scanner) = &services.scanner else {
+        return Ok(());
+    };
+    let bytes = blob.bytes().await.map_err(|e| {
+        JobFailure::new(
+            ErrorCode::Internal,
+            format!("a provider output could not be read back from the spool: {e}"),
+        )
+    })?;
+    match scanner.scan(&bytes).await {
+        Ok(genfleet_scan::Verdict::Clean) => Ok(()),
+        Ok(genfleet_scan::Verdict::Infected { signature }) => {
+            tracing::warn!(output = index, %signature, "malware found in a provider output");
+            Err(JobFailure::new(
+                ErrorCode::ProviderUnavailable,
+                format!("output {index} from the provider was refused by the malware scanner"),
+            ))
+        }
+        Err(e) => {
+            tracing::warn!(output = index, error = %e, "provider output scan gave no verdict");
+            Err(JobFailure::new(
+                ErrorCode::ProviderUnavailable,
+                format!("output {index} from the provider could not be scanned"),
+            ))
+        }
+    }
+}
+
+/// An MP4 (ISO base media) file by its magic: an `ftyp` box first, of a
+/// sane size, with an MP4 or QuickTime brand. Anything else a provider
+/// sends is read as an image, and refused if it is none.
 fn is_mp4(bytes: &[u8]) -> bool {
-    bytes.len() >= 12 && &bytes[4..8] == b"ftyp"
+    const BRANDS: [&[u8; 4]; 10] = [
+        b"isom", b"iso2", b"iso4", b"iso5", b"iso6", b"mp41", b"mp42", b"avc1", b"dash", b"qt  ",
+    ];
+    if bytes.len() < 16 || &bytes[4..8] != b"ftyp" {
+        return false;
+    }
+    let size = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize;
+    (16..=1024).contains(&size)
+        && size <= bytes.len()
+        && BRANDS.iter().any(|brand| &bytes[8..12] == brand.as_slice())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_mp4;
+
+    #[test]
+    fn mp4_is_told_by_its_ftyp_box() {
+        let mut mp4 = vec![0, 0, 0, 24];
+        mp4.extend_from_slice(b"ftypisom\0\0\x02\0isomiso2");
+        mp4.extend_from_slice(&[0u8; 64]);
+        assert!(is_mp4(&mp4));
+        // A PNG, an HTML page and an ftyp box of a silly size or brand are
+        // not videos.
+        assert!(!is_mp4(b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR"));
+        assert!(!is_mp4(b"<html><body>ftypisom</body></html>"));
+        let mut huge = mp4.clone();
+        huge[..4].copy_from_slice(&u32::MAX.to_be_bytes());
+        assert!(!is_mp4(&huge));
+        let mut odd = mp4.clone();
+        odd[8..12].copy_from_slice(b"evil");
+        assert!(!is_mp4(&odd));
+    }
 }

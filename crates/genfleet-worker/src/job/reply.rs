@@ -62,7 +62,7 @@ pub(crate) fn failed_result(
 pub(crate) fn cancelled_result(services: &Services, job: &ValidJob, reason: &str) -> v1::JobResult {
     let mut failure = JobFailure::new(ErrorCode::Cancelled, format!("cancelled: {reason}"));
     failure.retryable = false;
-    failed_result(services, job.job_id(), Some(job.tenant()), &failure)
+    failed_result(services, job.job_id_as_sent(), Some(job.tenant()), &failure)
 }
 
 /// Publishes the result to `genfleet.results` and, when asked, to the
@@ -90,7 +90,12 @@ pub(crate) async fn publish_result(
         warn!(error = %e, "result publish not confirmed; the job will be redelivered");
         return Disposition::Requeue(RequeueReason::PublishFailed);
     }
-    if let Some(reply_to) = incoming.reply_to() {
+    // Never into the fleet's own queues: a result there would be read as a
+    // job, a cancel request or a dead letter.
+    if let Some(reply_to) = incoming
+        .reply_to()
+        .filter(|r| !genfleet_broker::is_fleet_name(r))
+    {
         if let Err(e) = publisher.publish("", reply_to, &body, &outgoing).await {
             warn!(error = %e, "reply_to publish not confirmed; the job will be redelivered");
             return Disposition::Requeue(RequeueReason::PublishFailed);

@@ -28,7 +28,11 @@ pub(crate) async fn reserve(
             .as_ref()
             .and_then(|c| c.hold_ttl.as_ref())
             .map_or(DEFAULT_HOLD_TTL, |d| {
-                Duration::new(d.seconds.max(0) as u64, d.nanos.max(0) as u32)
+                // The contract's checks bound it (a week at most); the
+                // conversion stays total regardless.
+                let seconds = u64::try_from(d.seconds).unwrap_or(0);
+                let nanos = u32::try_from(d.nanos).unwrap_or(0) % 1_000_000_000;
+                Duration::new(seconds, nanos)
             });
         services
             .ledger

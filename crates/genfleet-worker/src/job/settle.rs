@@ -43,7 +43,11 @@ pub(crate) async fn settle_run(
     mut settlement: Settlement,
 ) -> Result<Settled, Stop> {
     let amount = job.credit_amount();
-    if let Some(reason) = services.ledger.cancellation(job.job_id()).await? {
+    if let Some(reason) = services
+        .ledger
+        .cancellation(job.job_id(), &job.owner())
+        .await?
+    {
         for output in &result.outputs {
             if let Err(e) = services.store.delete(&output.uri).await {
                 warn!(error = %e, "could not delete an output of a cancelled job");
@@ -151,14 +155,25 @@ pub(crate) fn parse_outcome(stored: &[u8]) -> Result<v1::JobResult, Stop> {
         .map_err(|e| Stop::requeue(RequeueReason::OutcomeUnreadable, e))
 }
 
-/// Deletes the job's inputs when it asked for it. Idempotent: deleting a
-/// source that is already gone succeeds.
+/// Deletes the job's inputs when it asked for it, only those its tenant
+/// may delete (the rule the fetch applied). Idempotent: deleting a source
+/// that is already gone succeeds.
 pub(crate) async fn delete_sources(services: &Services, job: &ValidJob) {
     if !job.job().delete_sources_after {
         return;
     }
+    let scope = match services
+        .store
+        .scope(&job.tenant().org, &job.tenant().workspace)
+    {
+        Ok(scope) => scope,
+        Err(e) => {
+            warn!(error = %e, "sources not deleted: the tenant has no storage scope");
+            return;
+        }
+    };
     for input in &job.job().inputs {
-        if let Err(e) = services.store.delete(&input.uri).await {
+        if let Err(e) = services.store.delete_input(&scope, &input.uri).await {
             warn!(error = %e, "could not delete a source after the job was settled");
         }
     }

@@ -1,8 +1,11 @@
-//! Before any work: a job already settled is only republished, a job with a
-//! cancel request ends cancelled, and a job whose earlier starts all crashed
-//! is not run again. Each start is counted in the ledger.
+//! Before any work: the job's id is claimed for its tenant (an id another
+//! tenant's job already has is refused, touching nothing of that job), a
+//! job already settled is only republished, a job with a cancel request
+//! ends cancelled, and a job whose earlier starts all crashed is not run
+//! again. Each start is counted in the ledger.
 
 use genfleet_broker::Incoming;
+use genfleet_credits::Claim;
 use genfleet_proto::{v1, ValidJob};
 use tracing::warn;
 
@@ -18,6 +21,9 @@ pub(crate) enum Start {
     /// Settled by an earlier delivery: publish its stored result again
     /// instead of doing (and charging for) the work twice.
     Republish(Box<v1::JobResult>),
+    /// Another tenant's job has this id: its stored result, hold, provider
+    /// request and start count are none of this job's business.
+    Foreign,
     /// A cancel request is waiting for it.
     Cancelled { reason: String },
     /// Started `crashed` times before and never finished: running it again
@@ -30,20 +36,30 @@ pub(crate) async fn start(
     incoming: &Incoming,
     job: &ValidJob,
 ) -> Result<Start, Stop> {
-    let stored = services
+    let owner = job.owner();
+    let claim = services
         .ledger
-        .outcome(job.job_id())
+        .claim(job.job_id(), &owner)
         .await
-        .map_err(|e| ledger_down(e, "checking for a stored outcome"))?;
+        .map_err(|e| ledger_down(e, "claiming the job id"))?;
+    let stored = match claim {
+        Claim::Own { outcome } => outcome,
+        Claim::Foreign => return Ok(Start::Foreign),
+    };
     if let Some(stored) = stored {
         match settle::parse_outcome(&stored) {
-            Ok(result) => return Ok(Start::Republish(Box::new(result))),
+            Ok(mut result) => {
+                // The stored result answers with the id as this delivery
+                // wrote it (the key is case-insensitive).
+                result.job_id = job.job_id_as_sent().to_string();
+                return Ok(Start::Republish(Box::new(result)));
+            }
             Err(_) => warn!("stored outcome is unreadable; processing again"),
         }
     }
     let attempt = services
         .ledger
-        .start(job.job_id())
+        .start(job.job_id(), &owner)
         .await
         .map_err(|e| ledger_down(e, "recording the job's start"))?;
     if let Some(reason) = attempt.cancel_reason {
