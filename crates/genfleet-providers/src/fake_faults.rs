@@ -282,6 +282,29 @@ pub(crate) fn truncated(status: StatusCode, body: &Bytes) -> Response {
         .into_response()
 }
 
+/// `status` with a body that never ends (in practice: `prefix`, then
+/// filler up to 1 GiB, far past any limit a client sets), without a
+/// Content-Length: a client must read it streaming and stop at its limit,
+/// not buffer it whole.
+pub(crate) fn endless(status: StatusCode, content_type: &'static str, prefix: String) -> Response {
+    const CHUNK: usize = 64 * 1024;
+    const CHUNKS: usize = 16 * 1024;
+    let filler = Bytes::from(vec![b'a'; CHUNK]);
+    let head =
+        futures_util::stream::once(async move { Ok::<Bytes, std::io::Error>(prefix.into()) });
+    let tail = futures_util::stream::iter(
+        std::iter::repeat_n(filler, CHUNKS).map(Ok::<Bytes, std::io::Error>),
+    );
+    let mut response = Response::new(Body::from_stream(futures_util::StreamExt::chain(
+        head, tail,
+    )));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

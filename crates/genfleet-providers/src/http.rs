@@ -24,8 +24,18 @@ use crate::{Artifact, Blob, InputImage, ProviderError, Spool};
 pub(crate) const ERROR_BODY_LIMIT: u64 = 64 * 1024;
 /// Submit, status and other control-plane answers are a few KB.
 pub(crate) const CONTROL_BODY_LIMIT: u64 = 1024 * 1024;
-/// Longest provider detail kept in an error message.
-pub(crate) const DETAIL_CHARS: usize = 500;
+/// Room for the JSON around the outputs of an answer (or around the
+/// output URLs and the echoed input of one): what is not image bytes is
+/// never more than this.
+pub(crate) const JSON_BODY_LIMIT: u64 = 16 * 1024 * 1024;
+/// Most outputs any answer's limit is sized for, whatever a request says
+/// (the contract allows 8 a job): an answer's limit never grows without
+/// bound with a count.
+const MAX_SIZED_OUTPUTS: u64 = 16;
+/// Longest provider detail kept in an error message (see [`summary`]).
+pub(crate) const DETAIL_CHARS: usize = 200;
+/// Longest provider text [`summary`] looks at.
+const SUMMARY_INPUT_CHARS: usize = 4096;
 
 /// Sends with a timeout of `request_timeout`, cut short by the deadline.
 ///
@@ -71,8 +81,37 @@ pub(crate) async fn read_json<T: serde::de::DeserializeOwned>(
 ) -> Result<T, ProviderError> {
     let body = read_body(response, limit, deadline, oversized(what, limit)).await?;
     serde_json::from_slice(&body).map_err(|err| ProviderError::Malformed {
-        message: format!("{what} is not the expected JSON: {err}"),
+        message: format!("{what} is not the expected JSON: {}", json_problem(&err)),
     })
+}
+
+/// The largest answer that may carry `outputs` images of at most
+/// `max_output_bytes` each inline as base64 (4 bytes per 3), plus
+/// [`JSON_BODY_LIMIT`] for everything else in it. `outputs` counts at least
+/// 1 and at most 16, so no request can make the limit unbounded.
+pub(crate) fn inline_answer_limit(max_output_bytes: u64, outputs: u64) -> u64 {
+    max_output_bytes
+        .saturating_mul(4)
+        .div_ceil(3)
+        .saturating_mul(outputs.clamp(1, MAX_SIZED_OUTPUTS))
+        .saturating_add(JSON_BODY_LIMIT)
+}
+
+/// The first `count` (at least 1) of `outputs`: a provider that answers
+/// more than was asked for gets the extra ones dropped before they are
+/// downloaded or decoded, with a warning that says only how many.
+pub(crate) fn keep_asked<T>(provider: &'static str, mut outputs: Vec<T>, count: u32) -> Vec<T> {
+    let asked = usize::try_from(count.max(1)).unwrap_or(usize::MAX);
+    if outputs.len() > asked {
+        tracing::warn!(
+            provider,
+            asked,
+            returned = outputs.len(),
+            "the provider returned more outputs than asked for; dropping the extra ones"
+        );
+        outputs.truncate(asked);
+    }
+    outputs
 }
 
 /// The class of a non-2xx status by the codes every provider shares:
@@ -101,12 +140,14 @@ pub(crate) fn classify_status(
     }
 }
 
-/// The standard `Retry-After` header (seconds or an HTTP date).
+/// The standard `Retry-After` header (seconds or an HTTP date), at most
+/// [`hint::MAX_HINT`](crate::hint::MAX_HINT).
 pub(crate) fn retry_after_header(headers: &HeaderMap) -> Option<Duration> {
     headers
         .get("retry-after")
         .and_then(|value| value.to_str().ok())
         .and_then(|value| parse_retry_after(value, SystemTime::now()))
+        .map(crate::hint::clamp)
 }
 
 /// Reads the (capped) body of a non-2xx answer; an unreadable body is
@@ -441,22 +482,6 @@ pub(crate) fn describe_transport(err: reqwest::Error) -> String {
     text
 }
 
-/// `text` (a provider's error detail, about to go into an error message)
-/// with any copy of the request's prompt or negative prompt replaced by
-/// `[prompt]`: some models echo their input in their errors, and prompts
-/// must never reach logs or job results. Prompts shorter than 4 characters
-/// are left alone, since matching them would mangle ordinary words.
-pub(crate) fn scrub_prompts(text: &str, request: &crate::GenerationRequest) -> String {
-    let mut text = text.to_owned();
-    for prompt in [&request.prompt, &request.negative_prompt] {
-        let prompt = prompt.trim();
-        if prompt.chars().count() >= 4 && text.contains(prompt) {
-            text = text.replace(prompt, "[prompt]");
-        }
-    }
-    text
-}
-
 /// What is wrong with a JSON document, without serde's own message: that
 /// can quote a value from the document (an output URL, an echoed prompt).
 pub(crate) fn json_problem(err: &serde_json::Error) -> String {
@@ -467,4 +492,372 @@ pub(crate) fn json_problem(err: &serde_json::Error) -> String {
         serde_json::error::Category::Data => "JSON of another shape",
     };
     format!("{what} (line {}, column {})", err.line(), err.column())
+}
+
+/// What a provider's text may echo of ours: the credential sent with the
+/// request and the prompts. Some providers quote part of a refused key or
+/// the input in their error messages, and those messages end up in a job's
+/// result.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Secrets<'a> {
+    pub(crate) credential: Option<&'a str>,
+    pub(crate) prompts: [&'a str; 2],
+}
+
+impl<'a> Secrets<'a> {
+    /// The credential, and the prompts of `request` when there is one.
+    pub(crate) fn new(
+        credential: Option<&'a str>,
+        request: Option<&'a crate::GenerationRequest>,
+    ) -> Secrets<'a> {
+        Secrets {
+            credential,
+            prompts: request.map_or(["", ""], |request| {
+                [request.prompt.as_str(), request.negative_prompt.as_str()]
+            }),
+        }
+    }
+}
+
+/// A provider's free text (an error message, a failure reason) made fit
+/// for an error message that customers and logs see: one line of printable
+/// characters, at most [`DETAIL_CHARS`] of them, with
+/// - the credential (whole, its `:`-separated parts, or any echo of its
+///   first 8 characters on) replaced by `[redacted]`;
+/// - the prompts (whole, or any echo of their first 20 characters on)
+///   replaced by `[prompt]`;
+/// - what looks like a secret replaced by `[redacted]`: the word after
+///   `Bearer` or `Basic`, `name=value` and `"name": value` where the name
+///   ends in key, token, secret, signature, sig, password or credential,
+///   words starting like well-known keys (`sk-`, `r8_`, `ya29.`, `AIza`,
+///   `ghp_`, `xox`), and long runs of base64 or hex (20 characters with
+///   letters and digits, or 32 with both cases);
+/// - URLs (they may be signed) replaced by `[url]`;
+/// - quoted text longer than 24 characters (an echoed input) replaced by
+///   `[quoted]`.
+pub(crate) fn summary(text: &str, secrets: &Secrets<'_>) -> String {
+    let mut chars = one_line(text, SUMMARY_INPUT_CHARS);
+    if let Some(credential) = secrets.credential {
+        let whole = one_line(credential, SUMMARY_INPUT_CHARS);
+        redact_echoes(&mut chars, &whole, 8, "[redacted]");
+        for part in credential.split(':') {
+            let part = one_line(part, SUMMARY_INPUT_CHARS);
+            if part.len() >= 8 {
+                redact_echoes(&mut chars, &part, 8, "[redacted]");
+            }
+        }
+    }
+    for prompt in secrets.prompts {
+        let prompt = one_line(prompt, SUMMARY_INPUT_CHARS);
+        redact_echoes(&mut chars, &prompt, 20, "[prompt]");
+    }
+    let text: String = chars.into_iter().collect();
+    let text = redact_words(&text);
+    let text = redact_quoted(&text);
+    truncate(text.trim(), DETAIL_CHARS)
+}
+
+/// A provider's code or type field (`RESOURCE_EXHAUSTED`,
+/// `runner_scheduling_failure`) for an error message: letters, digits and
+/// `_.:-` only, at most 64 characters, and `[redacted]` if it looks like a
+/// secret.
+pub(crate) fn label(text: &str) -> String {
+    let kept: String = text
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || "_.:-".contains(*c))
+        .take(64)
+        .collect();
+    if secret_like(&kept) {
+        "[redacted]".to_owned()
+    } else {
+        kept
+    }
+}
+
+/// At most `max` characters of `text`, control characters and runs of
+/// whitespace folded into single spaces.
+fn one_line(text: &str, max: usize) -> Vec<char> {
+    let mut out = Vec::with_capacity(text.len().min(max));
+    let mut space = false;
+    for c in text.chars().take(max) {
+        if c.is_whitespace() || c.is_control() {
+            space = true;
+            continue;
+        }
+        if space && !out.is_empty() {
+            out.push(' ');
+        }
+        space = false;
+        out.push(c);
+    }
+    out
+}
+
+/// Replaces in `text` every echo of `secret`: a run that matches its first
+/// `prefix` characters (ASCII case aside), or all of it when shorter, and
+/// as much of the rest as follows. Secrets under 4 characters are left
+/// alone: matching them would mangle ordinary words.
+fn redact_echoes(text: &mut Vec<char>, secret: &[char], prefix: usize, mark: &str) {
+    if secret.len() < 4 {
+        return;
+    }
+    let need = prefix.min(secret.len());
+    let same = |a: char, b: char| a.eq_ignore_ascii_case(&b);
+    let mut out = Vec::with_capacity(text.len());
+    let mut i = 0;
+    while i < text.len() {
+        let matches_prefix = text.len() - i >= need
+            && text[i..i + need]
+                .iter()
+                .zip(&secret[..need])
+                .all(|(a, b)| same(*a, *b));
+        if matches_prefix {
+            let mut len = need;
+            while i + len < text.len() && len < secret.len() && same(text[i + len], secret[len]) {
+                len += 1;
+            }
+            out.extend(mark.chars());
+            i += len;
+        } else {
+            out.push(text[i]);
+            i += 1;
+        }
+    }
+    *text = out;
+}
+
+/// Names whose value is a secret in `name=value` or `"name": value`.
+const SECRET_NAMES: [&str; 7] = [
+    "key",
+    "token",
+    "secret",
+    "signature",
+    "sig",
+    "password",
+    "credential",
+];
+
+/// Starts of well-known key formats.
+const KEY_PREFIXES: [&str; 7] = ["sk-", "sk_", "r8_", "ya29.", "aiza", "ghp_", "xox"];
+
+fn redact_words(text: &str) -> String {
+    let mut out: Vec<String> = Vec::new();
+    // The previous word says this one is a secret: `Bearer x`, `key: x`.
+    let mut next_is_secret = false;
+    for word in text.split(' ') {
+        let bare = word.trim_matches(|c: char| !c.is_ascii_alphanumeric());
+        let lower = bare.to_ascii_lowercase();
+        let mut value_follows = false;
+        let redacted = if next_is_secret && !bare.is_empty() {
+            "[redacted]".to_owned()
+        } else if word.contains("://") {
+            "[url]".to_owned()
+        } else if KEY_PREFIXES.iter().any(|p| {
+            word.trim_start_matches(|c: char| !c.is_ascii_alphanumeric())
+                .to_ascii_lowercase()
+                .starts_with(p)
+        }) {
+            "[redacted]".to_owned()
+        } else if let Some((kept, empty)) = named_secret(word) {
+            value_follows = empty;
+            kept
+        } else {
+            redact_runs(word)
+        };
+        next_is_secret = value_follows || matches!(lower.as_str(), "bearer" | "basic");
+        out.push(redacted);
+    }
+    out.join(" ")
+}
+
+/// For `name=value` (or `"name": value`) whose name is one of
+/// [`SECRET_NAMES`] (or ends in one after `_`, `-` or `.`): the word with
+/// its value redacted, and whether the value is the next word instead.
+fn named_secret(word: &str) -> Option<(String, bool)> {
+    let at = word.find(['=', ':'])?;
+    let name = word[..at]
+        .trim_matches(|c: char| !c.is_ascii_alphanumeric())
+        .to_ascii_lowercase();
+    let last = name.rsplit(['_', '-', '.']).next().unwrap_or_default();
+    let secret = SECRET_NAMES.contains(&last)
+        || SECRET_NAMES
+            .iter()
+            .any(|s| name.ends_with(&format!("api{s}")));
+    if !secret {
+        return None;
+    }
+    let value = word[at + 1..].trim_matches(|c: char| !c.is_ascii_alphanumeric());
+    if value.is_empty() {
+        return Some((word.to_owned(), true));
+    }
+    Some((format!("{}[redacted]", &word[..=at]), false))
+}
+
+/// `word` with its long runs of base64 or hex characters redacted.
+fn redact_runs(word: &str) -> String {
+    let is_run = |c: char| c.is_ascii_alphanumeric() || "+/=_-.".contains(c);
+    let mut out = String::with_capacity(word.len());
+    let mut run = String::new();
+    let flush = |run: &mut String, out: &mut String| {
+        if secret_like(run) {
+            out.push_str("[redacted]");
+        } else {
+            out.push_str(run);
+        }
+        run.clear();
+    };
+    for c in word.chars() {
+        if is_run(c) {
+            run.push(c);
+        } else {
+            flush(&mut run, &mut out);
+            out.push(c);
+        }
+    }
+    flush(&mut run, &mut out);
+    out
+}
+
+/// 20 characters or more with letters and digits, or 32 with upper and
+/// lower case letters: a key, a token, a signature or base64 data rather
+/// than a word or a host name.
+fn secret_like(run: &str) -> bool {
+    let len = run.chars().count();
+    let digits = run.chars().any(|c| c.is_ascii_digit());
+    let letters = run.chars().any(|c| c.is_ascii_alphabetic());
+    let upper = run.chars().any(|c| c.is_ascii_uppercase());
+    let lower = run.chars().any(|c| c.is_ascii_lowercase());
+    (len >= 20 && digits && letters) || (len >= 32 && upper && lower)
+}
+
+/// `text` with the inside of long quotations replaced by `[quoted]`.
+fn redact_quoted(text: &str) -> String {
+    let chars: Vec<char> = text.chars().collect();
+    let mut out = String::with_capacity(text.len());
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        let close = match c {
+            '"' | '`' => Some(c),
+            '\'' => Some('\''),
+            '“' => Some('”'),
+            '‘' => Some('’'),
+            _ => None,
+        };
+        // A single quote opens a quotation only at a word's start, not
+        // as an apostrophe inside one ("can't").
+        let opens = close.is_some() && (c != '\'' || i == 0 || !chars[i - 1].is_alphanumeric());
+        if let (true, Some(close)) = (opens, close) {
+            if let Some(end) = chars[i + 1..].iter().position(|x| *x == close) {
+                let inner = &chars[i + 1..i + 1 + end];
+                out.push(c);
+                if inner.len() > 24 {
+                    out.push_str("[quoted]");
+                } else {
+                    out.extend(inner);
+                }
+                out.push(close);
+                i += end + 2;
+                continue;
+            }
+        }
+        out.push(c);
+        i += 1;
+    }
+    out
+}
+
+#[cfg(test)]
+mod summary_tests {
+    use super::*;
+
+    const KEY: &str = "fal-key-id:0123456789abcdef0123456789abcdef";
+    const PROMPT: &str = "a red sneaker on white marble, studio light";
+
+    fn secrets() -> Secrets<'static> {
+        Secrets {
+            credential: Some(KEY),
+            prompts: [PROMPT, "blurry"],
+        }
+    }
+
+    fn clean(text: &str) -> String {
+        let out = summary(text, &secrets());
+        assert!(!out.contains("0123456789abcdef"), "{out}");
+        assert!(!out.to_lowercase().contains("white marble"), "{out}");
+        assert!(out.chars().count() <= DETAIL_CHARS + 1, "{out}");
+        out
+    }
+
+    #[test]
+    fn keys_and_prompts_are_redacted() {
+        assert_eq!(
+            clean(&format!("invalid key {KEY} for prompt {PROMPT}")),
+            "invalid key [redacted] for prompt [prompt]"
+        );
+        // The secret part alone, a cut-off echo, another case.
+        assert_eq!(
+            clean("key 0123456789abcdef0123… is revoked"),
+            "key [redacted]… is revoked"
+        );
+        assert_eq!(
+            clean("prompt 'A RED SNEAKER ON WHITE MAR' is unsafe"),
+            "prompt '[prompt]' is unsafe"
+        );
+        assert_eq!(clean("too blurry"), "too [prompt]");
+        // A short negative prompt is only replaced whole.
+        let out = summary(
+            "negative prompt: blurry",
+            &Secrets {
+                credential: None,
+                prompts: ["", "blurry"],
+            },
+        );
+        assert_eq!(out, "negative prompt: [prompt]");
+    }
+
+    #[test]
+    fn secret_shapes_are_redacted() {
+        let out = clean(
+            "Incorrect API key provided: sk-proj-abcdefgh1234. Authorization: Bearer ya29_abc \
+             api_key=hunter2 \"token\": \"opaque\" see https://files.example/x?sig=1 \
+             id 4f9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c",
+        );
+        assert_eq!(
+            out,
+            "Incorrect API key provided: [redacted] Authorization: Bearer [redacted] \
+             api_key=[redacted] \"token\": [redacted] see [url] id [redacted]"
+        );
+    }
+
+    #[test]
+    fn ordinary_messages_are_kept() {
+        for text in [
+            "runner_scheduling_failure: no runner could be scheduled",
+            "prompt: prompt is too long; image_size.0: bad size",
+            "The model can't process images larger than 4096 pixels",
+            "Quota exceeded for aiplatform.googleapis.com/generate_requests_per_minute",
+        ] {
+            assert_eq!(summary(text, &secrets()), text);
+        }
+    }
+
+    #[test]
+    fn long_quotes_are_dropped_and_text_is_one_bounded_line() {
+        assert_eq!(
+            clean("input \"some very long echoed user input here\" rejected"),
+            "input \"[quoted]\" rejected"
+        );
+        let out = clean(&format!("line one\n\tline\u{7}two {}", "word ".repeat(500)));
+        assert!(out.starts_with("line one line two word"), "{out}");
+        assert!(out.ends_with('…'), "{out}");
+    }
+
+    #[test]
+    fn labels_are_plain() {
+        assert_eq!(label("RESOURCE_EXHAUSTED"), "RESOURCE_EXHAUSTED");
+        assert_eq!(label("bad\ntype<script>"), "badtypescript");
+        assert_eq!(label("sk0123456789abcdefghij"), "[redacted]");
+        assert_eq!(label(&"x".repeat(100)).len(), 64);
+    }
 }

@@ -37,7 +37,9 @@
 
 mod error;
 mod guard;
+mod hint;
 mod http;
+mod params;
 mod reread;
 mod resume;
 mod retry;
@@ -160,7 +162,11 @@ pub struct GenerationRequest {
     pub count: u32,
     /// Sent only when non-empty, e.g. `16:9`.
     pub aspect_ratio: String,
-    /// Model-specific input fields, merged over the fields built here.
+    /// Model-specific input fields, added to the fields a client builds.
+    /// They may not set what the worker owns (inputs, prompt, output
+    /// count, safety, delivery, the model): each client refuses such a key
+    /// before sending anything, as it refuses parameters over 16 KiB or
+    /// nested deeper than 8 levels (see each provider's module docs).
     pub parameters: serde_json::Map<String, serde_json::Value>,
     pub inputs: Vec<InputImage>,
     /// No provider call or retry sleep runs past this instant.

@@ -183,7 +183,7 @@ where
             Some(hint) => hint.min(MAX_READ_HINT),
             None => equal_jitter(backoff(pace, failures), &mut rng),
         };
-        let wake = Instant::now() + delay;
+        let wake = crate::hint::after(Instant::now(), delay);
         match deadline {
             Some(deadline) if wake >= deadline => {
                 tracing::warn!(

@@ -128,9 +128,11 @@ where
         }
         attempts += 1;
         let result = match request.deadline {
-            Some(deadline) => tokio::time::timeout_at(deadline + DEADLINE_GRACE, call())
-                .await
-                .unwrap_or(Err(ProviderError::DeadlineExceeded)),
+            Some(deadline) => {
+                tokio::time::timeout_at(crate::hint::after(deadline, DEADLINE_GRACE), call())
+                    .await
+                    .unwrap_or(Err(ProviderError::DeadlineExceeded))
+            }
             None => call().await,
         };
         let error = match result {
@@ -154,7 +156,7 @@ where
         let delay = next_delay(policy, attempts - 1, error.retry_after(), &mut rng);
         if request
             .deadline
-            .is_some_and(|deadline| Instant::now() + delay >= deadline)
+            .is_some_and(|deadline| crate::hint::after(Instant::now(), delay) >= deadline)
         {
             tracing::warn!(
                 provider = provider_name,

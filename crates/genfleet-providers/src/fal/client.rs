@@ -12,9 +12,10 @@ use tokio::time::Instant;
 use url::Url;
 
 use crate::http::{
-    self, data_uri, describe_transport, oversized, read_body, truncate, CONTROL_BODY_LIMIT,
-    DETAIL_CHARS,
+    self, data_uri, describe_transport, json_problem, oversized, read_body, Secrets,
+    CONTROL_BODY_LIMIT,
 };
+use crate::params::{self, Owned, COUNT_KEYS, DELIVERY_KEYS, PROMPT_KEYS, SAFETY_KEYS};
 use crate::reread::{read_again, Failure, ReadError};
 use crate::resume::{SubmissionRecord, Submissions, CANCEL_TIMEOUT};
 use crate::retry::parse_retry_after;
@@ -28,6 +29,27 @@ const PROVIDER: &str = "fal";
 
 /// Above this an `x-ratelimit-reset` value is a Unix time, not seconds.
 const UNIX_TIME_THRESHOLD: u64 = 1_000_000_000;
+
+/// The input image fields [`build_input`] fills.
+const INPUT_KEYS: &[&str] = &[
+    "image_url",
+    "image_urls",
+    "mask_url",
+    "human_image_url",
+    "garment_image_url",
+];
+
+/// What `request.parameters` may not set on fal (see the module docs).
+pub(crate) const OWNED: Owned = Owned {
+    provider: PROVIDER,
+    groups: &[
+        PROMPT_KEYS,
+        INPUT_KEYS,
+        COUNT_KEYS,
+        SAFETY_KEYS,
+        DELIVERY_KEYS,
+    ],
+};
 
 /// Connection settings for fal.
 #[derive(Clone)]
@@ -123,6 +145,12 @@ impl FalProvider {
         self
     }
 
+    /// What an error message must not echo: the key and, with a request,
+    /// its prompts.
+    pub(super) fn secrets<'a>(&'a self, request: Option<&'a GenerationRequest>) -> Secrets<'a> {
+        Secrets::new(Some(&self.config.key), request)
+    }
+
     /// The built `Authorization` header, or why there is none.
     pub(super) fn authorization(&self) -> Result<HeaderValue, ProviderError> {
         self.authorization
@@ -215,6 +243,9 @@ impl FalProvider {
         &self,
         request: &GenerationRequest,
     ) -> Result<GenerationOutput, Failure> {
+        // Before anything else, a resumed request included: a job that
+        // tries to set what the worker owns is not run at all.
+        params::check(&request.parameters, &OWNED, &[])?;
         let authorization = &self.authorization()?;
         let submit_url = self.submit_url(&request.model)?;
         let deadline = request.deadline;
@@ -264,10 +295,10 @@ impl FalProvider {
         let deadline = request.deadline;
         let pace = self.config.poll_interval;
         let output = read_again(PROVIDER, id, "result", deadline, pace, || {
-            self.read_result(response_url, authorization, request.count, deadline)
+            self.read_result(response_url, authorization, request)
         })
         .await?;
-        let files = output_files(output).inspect_err(|err| {
+        let files = output_files(output, request.count).inspect_err(|err| {
             if err.is_retryable() {
                 tracing::warn!(
                     request_id = %id,
@@ -305,8 +336,14 @@ impl FalProvider {
                 .room_to_send(body_estimate(request), deadline)
                 .await?;
             let input = build_input(&*request.load_inputs().await?)?;
-            self.submit(submit_url, authorization, input, deadline)
-                .await?
+            self.submit(
+                submit_url,
+                authorization,
+                input,
+                deadline,
+                &self.secrets(Some(request)),
+            )
+            .await?
         };
         tracing::Span::current().record("request_id", submitted.request_id.as_str());
         tracing::debug!(request_id = %submitted.request_id, "submitted to the fal queue");
@@ -360,6 +397,7 @@ impl FalProvider {
         authorization: &HeaderValue,
         input: Map<String, Value>,
         deadline: Option<Instant>,
+        secrets: &Secrets<'_>,
     ) -> Result<Submitted, ProviderError> {
         let mut builder = self
             .client
@@ -378,7 +416,7 @@ impl FalProvider {
             builder = builder.header("X-Fal-Request-Timeout", format!("{seconds:.0}"));
         }
         let response = self.send(builder, deadline).await?;
-        let response = check_status(response, "submit").await?;
+        let response = check_status(response, "submit", secrets).await?;
         let body = read_body(
             response,
             CONTROL_BODY_LIMIT,
@@ -387,7 +425,10 @@ impl FalProvider {
         )
         .await?;
         serde_json::from_slice(&body).map_err(|err| ProviderError::Malformed {
-            message: format!("submit answer is not the expected JSON: {err}"),
+            message: format!(
+                "submit answer is not the expected JSON: {}",
+                json_problem(&err)
+            ),
         })
     }
 
@@ -432,7 +473,7 @@ impl FalProvider {
                     if status.status != "COMPLETED" {
                         tracing::warn!(
                             request_id = %submitted.request_id,
-                            status = %truncate(&status.status, 40),
+                            status = %http::label(&status.status),
                             "unknown fal queue status, fetching the result"
                         );
                     }
@@ -448,7 +489,7 @@ impl FalProvider {
                 }
                 Err(failure) => return Err(failure),
             }
-            let wake = Instant::now() + self.config.poll_interval;
+            let wake = crate::hint::after(Instant::now(), self.config.poll_interval);
             tokio::time::sleep_until(deadline.map_or(wake, |d| wake.min(d))).await;
         }
     }
@@ -465,7 +506,7 @@ impl FalProvider {
             .header(AUTHORIZATION, authorization.clone());
         let response = self.send(builder, deadline).await?;
         // 202 while queued or running, 200 once completed: both are answers.
-        let response = check_status(response, "status").await?;
+        let response = check_status(response, "status", &self.secrets(None)).await?;
         let body = read_body(
             response,
             CONTROL_BODY_LIMIT,
@@ -474,7 +515,10 @@ impl FalProvider {
         )
         .await?;
         serde_json::from_slice(&body).map_err(|err| ProviderError::Malformed {
-            message: format!("status answer is not the expected JSON: {err}"),
+            message: format!(
+                "status answer is not the expected JSON: {}",
+                json_problem(&err)
+            ),
         })
     }
 
@@ -519,10 +563,9 @@ impl FalProvider {
         &self,
         url: &Url,
         authorization: &HeaderValue,
-        count: u32,
-        deadline: Option<Instant>,
+        request: &GenerationRequest,
     ) -> Result<ModelOutput, ProviderError> {
-        self.read_result(url, authorization, count, deadline)
+        self.read_result(url, authorization, request)
             .await
             .map_err(|failed| failed.error)
     }
@@ -541,9 +584,9 @@ impl FalProvider {
         &self,
         url: &Url,
         authorization: &HeaderValue,
-        count: u32,
-        deadline: Option<Instant>,
+        request: &GenerationRequest,
     ) -> Result<ModelOutput, ReadError> {
+        let deadline = request.deadline;
         let builder = self
             .client
             .get(url.clone())
@@ -553,7 +596,13 @@ impl FalProvider {
         if !status.is_success() {
             let headers = response.headers().clone();
             let body = http::error_body(response).await;
-            let error = status_error("result", status, &headers, &body);
+            let error = status_error(
+                "result",
+                status,
+                &headers,
+                &body,
+                &self.secrets(Some(request)),
+            );
             let again = match status.as_u16() {
                 408 | 429 => true,
                 500..=599 => {
@@ -565,14 +614,11 @@ impl FalProvider {
             return Err(ReadError::new(error, again));
         }
         // Outputs may come inline as base64 data URIs (4 bytes per 3), one
-        // per requested output; twice the cap per output leaves room for the
-        // JSON around them.
-        let limit = self
-            .config
-            .max_output_bytes
-            .saturating_mul(u64::from(count.max(1)))
-            .saturating_mul(2)
-            .max(CONTROL_BODY_LIMIT);
+        // per requested output, within the JSON around them.
+        let limit = http::inline_answer_limit(
+            self.config.max_output_bytes,
+            u64::from(request.count.max(1)),
+        );
         let body = read_body(response, limit, deadline, oversized("result", limit))
             .await
             .map_err(|error| {
@@ -662,6 +708,7 @@ pub(super) fn body_estimate(request: &GenerationRequest) -> u64 {
 pub(crate) fn build_input(
     request: &GenerationRequest,
 ) -> Result<Map<String, Value>, ProviderError> {
+    params::check(&request.parameters, &OWNED, &[])?;
     let mut input = Map::new();
     input.insert("prompt".into(), request.prompt.clone().into());
     if !request.negative_prompt.is_empty() {
@@ -728,15 +775,20 @@ pub(crate) fn build_input(
         }
     }
 
-    // Model-specific knobs win over the generic fields above.
+    // Model-specific knobs; they may replace the seed or aspect ratio, never
+    // a field the worker owns (refused above).
     for (key, value) in &request.parameters {
         input.insert(key.clone(), value.clone());
     }
     Ok(input)
 }
 
-/// The files a model output names, in order, or why there are none to take.
-pub(super) fn output_files(output: ModelOutput) -> Result<Vec<OutputFile>, ProviderError> {
+/// The files a model output names, in order, at most `count` of them, or
+/// why there are none to take.
+pub(super) fn output_files(
+    output: ModelOutput,
+    count: u32,
+) -> Result<Vec<OutputFile>, ProviderError> {
     let flagged = output
         .has_nsfw_concepts
         .iter()
@@ -757,13 +809,14 @@ pub(super) fn output_files(output: ModelOutput) -> Result<Vec<OutputFile>, Provi
             message: "result has no images, image or video".into(),
         });
     }
-    Ok(files)
+    Ok(http::keep_asked(PROVIDER, files, count))
 }
 
 /// Passes 2xx answers through and turns any other into its error.
 pub(super) async fn check_status(
     response: Response,
     stage: &str,
+    secrets: &Secrets<'_>,
 ) -> Result<Response, ProviderError> {
     let status = response.status();
     if status.is_success() {
@@ -771,18 +824,27 @@ pub(super) async fn check_status(
     }
     let headers = response.headers().clone();
     let body = http::error_body(response).await;
-    Err(status_error(stage, status, &headers, &body))
+    Err(status_error(stage, status, &headers, &body, secrets))
 }
 
-/// Classifies a non-2xx answer from the queue API.
+/// Classifies a non-2xx answer from the queue API. The message holds fal's
+/// error type and a [`summary`](http::summary) of its detail, never the
+/// key or the prompts.
 fn status_error(
     stage: &str,
     status: StatusCode,
     headers: &HeaderMap,
     body: &[u8],
+    secrets: &Secrets<'_>,
 ) -> ProviderError {
     let code = status.as_u16();
     let (detail, error_type) = error_detail(body, headers);
+    let detail = detail
+        .map(|detail| http::summary(&detail, secrets))
+        .filter(|detail| !detail.is_empty());
+    let error_type = error_type
+        .map(|kind| http::label(&kind))
+        .filter(|kind| !kind.is_empty());
     let mut message = format!("{stage} answered HTTP {code}");
     if let Some(error_type) = &error_type {
         message.push_str(&format!(" ({error_type})"));
@@ -805,19 +867,22 @@ fn status_error(
 }
 
 /// The wait a rate-limited or overloaded answer asks for: `Retry-After`,
-/// else fal's `x-ratelimit-reset` (seconds, or a Unix time when large).
+/// else fal's `x-ratelimit-reset` (seconds, or a Unix time when large),
+/// at most [`MAX_HINT`](crate::hint::MAX_HINT) whatever the header says.
 fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    retry_after_at(headers, SystemTime::now())
+}
+
+fn retry_after_at(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
     let header = |name: &str| headers.get(name).and_then(|value| value.to_str().ok());
-    let now = SystemTime::now();
     if let Some(delay) = header("retry-after").and_then(|value| parse_retry_after(value, now)) {
-        return Some(delay);
+        return Some(crate::hint::clamp(delay));
     }
     let reset: u64 = header("x-ratelimit-reset")?.trim().parse().ok()?;
     if reset < UNIX_TIME_THRESHOLD {
-        return Some(Duration::from_secs(reset));
+        return Some(crate::hint::clamp(Duration::from_secs(reset)));
     }
-    let at = SystemTime::UNIX_EPOCH + Duration::from_secs(reset);
-    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+    Some(crate::hint::until_unix(reset, now))
 }
 
 /// fal's `detail` (a string, or validation errors as `[{loc, msg, type}]`)
@@ -844,10 +909,7 @@ fn error_detail(body: &[u8], headers: &HeaderMap) -> (Option<String>, Option<Str
                 .and_then(|value| value.to_str().ok())
                 .map(str::to_owned)
         });
-    (
-        detail.map(|d| truncate(&d, DETAIL_CHARS)),
-        error_type.map(|t| truncate(&t, 64)),
-    )
+    (detail, error_type)
 }
 
 /// `"prompt: prompt is too long"` from `{loc: ["body", "prompt"], msg, ..}`.
@@ -899,6 +961,7 @@ mod tests {
                 StatusCode::from_u16(code).unwrap(),
                 headers,
                 body.as_bytes(),
+                &Secrets::default(),
             );
             assert_eq!(
                 format!("{err:?}").split([' ', '{']).next().unwrap(),
@@ -938,6 +1001,7 @@ mod tests {
             StatusCode::UNPROCESSABLE_ENTITY,
             &HeaderMap::new(),
             body.as_bytes(),
+            &Secrets::default(),
         );
         assert_eq!(
             err.to_string(),
@@ -948,6 +1012,7 @@ mod tests {
             StatusCode::SERVICE_UNAVAILABLE,
             &headers(&[("x-fal-error-type", "runner_disconnected")]),
             br#"{"detail":"runner went away"}"#,
+            &Secrets::default(),
         );
         assert_eq!(
             err.to_string(),
@@ -958,6 +1023,7 @@ mod tests {
             StatusCode::BAD_GATEWAY,
             &HeaderMap::new(),
             b"<html>oops</html>",
+            &Secrets::default(),
         );
         assert_eq!(
             err.to_string(),
@@ -980,6 +1046,70 @@ mod tests {
             Some(Duration::ZERO)
         );
         assert_eq!(retry_after(&HeaderMap::new()), None);
+    }
+
+    /// Used to panic: `UNIX_EPOCH + Duration::from_secs(u64::MAX)`.
+    #[test]
+    fn hostile_rate_limit_hints_are_clamped_not_panics() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let max = crate::hint::MAX_HINT;
+        for (name, value, expected) in [
+            ("x-ratelimit-reset", "18446744073709551615", Some(max)),
+            ("x-ratelimit-reset", "9223372036854775807", Some(max)),
+            ("x-ratelimit-reset", "999999999", Some(max)),
+            (
+                "x-ratelimit-reset",
+                "1800000030",
+                Some(Duration::from_secs(30)),
+            ),
+            ("x-ratelimit-reset", "99999999999999999999999", None),
+            ("x-ratelimit-reset", "-5", None),
+            ("x-ratelimit-reset", "1e300", None),
+            ("x-ratelimit-reset", "NaN", None),
+            ("retry-after", "18446744073709551615", Some(max)),
+            ("retry-after", "Fri, 31 Dec 9999 23:59:59 GMT", Some(max)),
+            ("retry-after", "-1", None),
+        ] {
+            assert_eq!(
+                retry_after_at(&headers(&[(name, value)]), now),
+                expected,
+                "{name}: {value}"
+            );
+        }
+    }
+
+    #[test]
+    fn error_messages_never_echo_the_key_or_the_prompt() {
+        let request = GenerationRequest {
+            job_id: "j".into(),
+            kind: JobKind::ProductPhoto,
+            model: "a/b".into(),
+            prompt: "a secret product launch photo".into(),
+            negative_prompt: String::new(),
+            seed: None,
+            count: 1,
+            aspect_ratio: String::new(),
+            parameters: Map::new(),
+            inputs: Vec::new(),
+            deadline: None,
+        };
+        let key = "key-id-1234:abcdef0123456789abcdef";
+        let secrets = Secrets::new(Some(key), Some(&request));
+        let body = serde_json::json!({
+            "detail": format!("key {key} cannot run 'a secret product launch photo' now"),
+            "error_type": format!("bad_{key}"),
+        });
+        let err = status_error(
+            "submit",
+            StatusCode::BAD_REQUEST,
+            &HeaderMap::new(),
+            body.to_string().as_bytes(),
+            &secrets,
+        );
+        let text = err.to_string();
+        assert!(!text.contains("abcdef0123456789"), "{text}");
+        assert!(!text.contains("secret product"), "{text}");
+        assert!(text.contains("submit answered HTTP 400"), "{text}");
     }
 
     #[test]

@@ -17,6 +17,10 @@
 //! | `test/video`        | completes with a small MP4 `video`                          |
 //! | `test/sleep-<ms>`   | IN_QUEUE, then IN_PROGRESS until `<ms>` after its submit,   |
 //! |                     | then COMPLETED like `test/ok` (e.g. `test/sleep-2000`)      |
+//! | `test/extra`        | like `test/ok`, with 2 more images than `num_images`        |
+//! | `test/echo`         | submit answers 422 quoting the key and the prompt back      |
+//! | `test/endless`      | completes; its result body never ends                       |
+//! | `test/endless-file` | completes; its output file never ends                       |
 //! | other `test/*`      | 404, as fal answers for an unknown app                      |
 //! | any other owner     | like `test/ok`, so production model names work unchanged    |
 //!
@@ -147,6 +151,11 @@ impl FakeFal {
         self.shared.lock().last_image_url.clone()
     }
 
+    /// The model input of the last authorized submit that was JSON.
+    pub fn last_input(&self) -> Option<serde_json::Map<String, Value>> {
+        self.shared.lock().last_input.clone()
+    }
+
     /// Cancel requests received for known requests.
     pub fn cancellations(&self) -> u64 {
         self.shared.lock().cancellations
@@ -218,6 +227,7 @@ struct FakeState {
     cancellations: u64,
     /// `image_url` of the last submit that had one.
     last_image_url: Option<String>,
+    last_input: Option<serde_json::Map<String, Value>>,
 }
 
 struct FakeRequest {
@@ -253,6 +263,10 @@ enum Behaviour {
     Video,
     /// Completes this long after its submit, however often it is polled.
     Sleep(Duration),
+    Extra,
+    Echo,
+    Endless,
+    EndlessFile,
 }
 
 impl Behaviour {
@@ -270,6 +284,10 @@ impl Behaviour {
             "stuck" => Behaviour::Stuck,
             "malformed" => Behaviour::Malformed,
             "video" => Behaviour::Video,
+            "extra" => Behaviour::Extra,
+            "echo" => Behaviour::Echo,
+            "endless" => Behaviour::Endless,
+            "endless-file" => Behaviour::EndlessFile,
             other => {
                 let millis = other.strip_prefix("sleep-")?.parse::<u64>().ok()?;
                 Behaviour::Sleep(Duration::from_millis(millis))
@@ -303,29 +321,29 @@ async fn handle(
             return file(&shared, name);
         }
     }
-    let authorized = headers
+    let key = headers
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.strip_prefix("Key "))
-        .is_some_and(|key| !key.trim().is_empty());
-    if !authorized {
+        .filter(|key| !key.trim().is_empty());
+    let Some(key) = key else {
         return error(
             StatusCode::UNAUTHORIZED,
             json!({"detail": "Missing or invalid Authorization header"}),
         );
-    }
+    };
     match (method, segments.as_slice()) {
         (Method::GET, [owner, app, "requests", id, "status"]) => status(&shared, owner, app, id),
         (Method::GET, [owner, app, "requests", id]) => result(&shared, owner, app, id),
         (Method::PUT, [owner, app, "requests", id, "cancel"]) => cancel(&shared, owner, app, id),
         (Method::POST, [owner, app, ..]) if !owner.is_empty() && !app.is_empty() => {
-            submit(&shared, owner, app, &body)
+            submit(&shared, owner, app, key, &body)
         }
         _ => error(StatusCode::NOT_FOUND, json!({"detail": "Not Found"})),
     }
 }
 
-fn submit(shared: &Shared, owner: &str, app: &str, body: &[u8]) -> Response {
+fn submit(shared: &Shared, owner: &str, app: &str, key: &str, body: &[u8]) -> Response {
     let model = format!("{owner}/{app}");
     // Parsed before the lock is taken: a body with a data-URI image is
     // hundreds of kB, and thousands of submits at once must not queue on it.
@@ -350,6 +368,7 @@ fn submit(shared: &Shared, owner: &str, app: &str, body: &[u8]) -> Response {
     if let Some(url) = input.get("image_url").and_then(Value::as_str) {
         state.last_image_url = Some(url.to_owned());
     }
+    state.last_input = Some(input.clone());
     let seed = input.get("seed").and_then(Value::as_u64);
     // The fault table comes before the model's own behaviour: a refused
     // submit never reaches a runner.
@@ -365,6 +384,20 @@ fn submit(shared: &Shared, owner: &str, app: &str, body: &[u8]) -> Response {
         };
     }
     match behaviour {
+        Behaviour::Echo => {
+            // As a careless model server might: the key and the input back.
+            let prompt = input
+                .get("prompt")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            return error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                json!({
+                    "detail": format!("key {key} may not run the prompt '{prompt}' (Authorization: Key {key})"),
+                    "error_type": format!("invalid_key_{key}"),
+                }),
+            );
+        }
         Behaviour::Reject => {
             return error(
                 StatusCode::UNPROCESSABLE_ENTITY,
@@ -416,11 +449,14 @@ fn submit(shared: &Shared, owner: &str, app: &str, body: &[u8]) -> Response {
         .max_outstanding
         .fetch_max(outstanding, Ordering::Relaxed);
     let id = format!("req{number:08}");
-    let num_images = input
+    let mut num_images = input
         .get("num_images")
         .and_then(Value::as_u64)
         .unwrap_or(1)
         .clamp(1, MAX_IMAGES);
+    if behaviour == Behaviour::Extra {
+        num_images += 2;
+    }
     state.requests.insert(
         id.clone(),
         FakeRequest {
@@ -479,6 +515,13 @@ fn result(shared: &Shared, owner: &str, app: &str, id: &str) -> Response {
     let (code, answer) = match result_answer(shared, owner, app, id) {
         Ok(answer) => answer,
         Err(RawAnswer::NotFound) => return not_found(),
+        Err(RawAnswer::Endless) => {
+            return fake_faults::endless(
+                StatusCode::OK,
+                "application/json",
+                r#"{"images": [], "padding": ""#.to_owned(),
+            )
+        }
         Err(RawAnswer::Truncated) => {
             return (
                 StatusCode::OK,
@@ -497,6 +540,8 @@ enum RawAnswer {
     NotFound,
     /// `test/malformed`'s result: JSON cut short.
     Truncated,
+    /// `test/endless`'s result: a body that never ends.
+    Endless,
 }
 
 /// The result of request `id` as fal answers it, or the answer that is
@@ -533,9 +578,14 @@ fn result_answer(
     let flags = |flag: bool| vec![Value::Bool(flag); images().len()];
     let seed = request.seed.unwrap_or(42);
     let answer = match request.behaviour {
-        Behaviour::Ok | Behaviour::Flaky | Behaviour::Sleep(_) => {
+        Behaviour::Ok | Behaviour::Flaky | Behaviour::Sleep(_) | Behaviour::Extra => {
             json!({"images": images(), "has_nsfw_concepts": flags(false), "seed": seed})
         }
+        Behaviour::Endless => return Err(RawAnswer::Endless),
+        Behaviour::EndlessFile => json!({
+            "images": [{"url": format!("{files}/{id}_0.bin"), "content_type": "image/png"}],
+            "has_nsfw_concepts": [false],
+        }),
         Behaviour::Nsfw => {
             json!({"images": images(), "has_nsfw_concepts": flags(true), "seed": seed})
         }
@@ -556,7 +606,7 @@ fn result_answer(
             "seed": seed,
         }),
         // Never completed, never reaches here; answer as fal would.
-        Behaviour::Stuck | Behaviour::Reject | Behaviour::Down => {
+        Behaviour::Stuck | Behaviour::Reject | Behaviour::Down | Behaviour::Echo => {
             return Ok((
                 StatusCode::BAD_REQUEST,
                 json!({"detail": "Request is still in progress"}),
@@ -640,6 +690,11 @@ fn file(shared: &Shared, name: &str) -> Response {
         "mp4" => {
             served((StatusCode::OK, [(header::CONTENT_TYPE, "video/mp4")], mp4()).into_response())
         }
+        "bin" => served(fake_faults::endless(
+            StatusCode::OK,
+            "image/png",
+            String::new(),
+        )),
         _ => not_found(),
     }
 }

@@ -15,6 +15,8 @@ impl Resumable for FalProvider {
     async fn submit(&self, request: &GenerationRequest) -> Result<String, ProviderError> {
         let authorization = self.authorization()?;
         let submit_url = self.submit_url(&request.model)?;
+        // Refused before the spool's room is taken or anything is sent.
+        crate::params::check(&request.parameters, &super::client::OWNED, &[])?;
         let _room = self
             .spool
             .room_to_send(body_estimate(request), request.deadline)
@@ -22,7 +24,15 @@ impl Resumable for FalProvider {
         let input = build_input(&*request.load_inputs().await?)?;
         // No request timeout for fal: a parked render waits as long as the
         // caller's polls allow, and the caller cancels it past its deadline.
-        let submitted = self.submit(submit_url, &authorization, input, None).await?;
+        let submitted = self
+            .submit(
+                submit_url,
+                &authorization,
+                input,
+                None,
+                &self.secrets(Some(request)),
+            )
+            .await?;
         tracing::debug!(request_id = %submitted.request_id, "submitted to the fal queue for parking");
         self.submissions.encode(&submitted)
     }
@@ -48,10 +58,10 @@ impl Resumable for FalProvider {
             .unwrap_or(&submitted.response_url);
         let response_url = self.queue_url(raw, "response_url")?;
         let output = self
-            .fetch_result(&response_url, &authorization, request.count, deadline)
+            .fetch_result(&response_url, &authorization, request)
             .await?;
         let mut artifacts = Vec::new();
-        for file in &output_files(output)? {
+        for file in &output_files(output, request.count)? {
             artifacts.push(self.download(file, deadline).await?);
         }
         Ok(Checked::Done(GenerationOutput {
@@ -79,11 +89,12 @@ impl Resumable for FalProvider {
         // ALREADY_COMPLETED, NOT_FOUND); a 4xx for an unknown or finished
         // request means there is nothing left to stop.
         if response.status().is_server_error() || response.status().as_u16() == 429 {
-            return Err(check_status(response, "cancel").await.err().unwrap_or(
-                ProviderError::Malformed {
+            return Err(check_status(response, "cancel", &self.secrets(None))
+                .await
+                .err()
+                .unwrap_or(ProviderError::Malformed {
                     message: "cancel answered an error status".into(),
-                },
-            ));
+                }));
         }
         tracing::info!(
             request_id = %submitted.request_id,

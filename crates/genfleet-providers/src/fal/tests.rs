@@ -670,3 +670,146 @@ async fn a_failed_attempt_forgets_its_request() {
     assert!(failed.is_err());
     assert!(log.0.lock().unwrap().is_empty());
 }
+
+// What a job's parameters may not touch, and what a hostile fal may not do
+// to us (issue 15).
+
+#[tokio::test]
+async fn owned_parameters_are_refused_before_any_request() {
+    let fake = FakeFal::start().await.unwrap();
+    let provider = provider(&fake);
+    let hostile = crate::params::hostile_parameters(&super::client::OWNED, &[]);
+    assert!(hostile.len() > 100);
+    for (key, parameters) in hostile {
+        let mut request = request("test/ok");
+        request.parameters = parameters;
+        let failed = generate_with_retries(&provider, &request, &policy())
+            .await
+            .unwrap_err();
+        assert_eq!(failed.attempts, 1, "{key}");
+        assert!(
+            matches!(failed.error, ProviderError::Unsupported { .. }),
+            "{key}: {failed}"
+        );
+        assert_eq!(failed.error.code(), "invalid_input");
+        let message = failed.error.to_string();
+        assert!(message.contains(&format!("{key:?}")), "{key}: {message}");
+        assert!(message.contains("set by the worker for fal"), "{message}");
+        let err = crate::Resumable::submit(&provider, &request)
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), "invalid_input", "{key}: {err}");
+    }
+    assert_eq!(fake.submissions(), 0);
+}
+
+#[tokio::test]
+async fn oversized_or_deep_parameters_are_refused() {
+    let fake = FakeFal::start().await.unwrap();
+    let mut request = request("test/ok");
+    request
+        .parameters
+        .insert("style".into(), json!("x".repeat(20_000)));
+    let failed = generate_with_retries(&provider(&fake), &request, &policy())
+        .await
+        .unwrap_err();
+    assert_eq!(failed.error.code(), "invalid_input");
+    let mut request = self::request("test/ok");
+    request
+        .parameters
+        .insert("loras".into(), json!([[[[[[[[[{"path": "a"}]]]]]]]]]));
+    let failed = generate_with_retries(&provider(&fake), &request, &policy())
+        .await
+        .unwrap_err();
+    assert_eq!(failed.error.code(), "invalid_input");
+    assert_eq!(fake.submissions(), 0);
+}
+
+#[tokio::test]
+async fn harmless_parameters_reach_the_model() {
+    let fake = FakeFal::start().await.unwrap();
+    let mut request = request("test/ok");
+    request
+        .parameters
+        .insert("num_inference_steps".into(), json!(28));
+    request
+        .parameters
+        .insert("loras".into(), json!([{"path": "a/b", "scale": 0.8}]));
+    generate_with_retries(&provider(&fake), &request, &policy())
+        .await
+        .unwrap();
+    let input = fake.last_input().unwrap();
+    assert_eq!(input["num_inference_steps"], 28);
+    assert_eq!(input["loras"], json!([{"path": "a/b", "scale": 0.8}]));
+    assert_eq!(input["num_images"], 1);
+    assert!(input.get("enable_safety_checker").is_none());
+}
+
+#[tokio::test]
+async fn more_outputs_than_asked_are_dropped_unread() {
+    let fake = FakeFal::start().await.unwrap();
+    for count in [1, 2] {
+        let mut request = request("test/extra");
+        request.count = count;
+        let before = fake.downloads();
+        let output = generate_with_retries(&provider(&fake), &request, &policy())
+            .await
+            .unwrap();
+        assert_eq!(output.artifacts.len(), count as usize);
+        assert_eq!(fake.downloads() - before, u64::from(count));
+    }
+}
+
+#[tokio::test]
+async fn an_endless_result_body_is_cut_off_at_its_limit() {
+    use crate::Provider as _;
+    let fake = FakeFal::start().await.unwrap();
+    let provider = FalProvider::new(
+        FalConfig {
+            max_output_bytes: 1024 * 1024,
+            ..config(&fake)
+        },
+        client(),
+    );
+    let err = provider
+        .generate(&request("test/endless"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ProviderError::Malformed { .. }), "{err:?}");
+    // 1 MiB as base64, plus 16 MiB for the JSON around it.
+    let limit = 1024 * 1024 * 4 / 3 + 1 + 16 * 1024 * 1024;
+    assert_eq!(
+        err.to_string(),
+        format!("provider answered with a malformed body: result is larger than {limit} bytes")
+    );
+}
+
+#[tokio::test]
+async fn an_endless_output_file_is_cut_off_at_the_output_limit() {
+    use crate::Provider as _;
+    let fake = FakeFal::start().await.unwrap();
+    let err = provider(&fake)
+        .generate(&request("test/endless-file"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "provider rejected the request: an output is larger than the 10485760 byte limit"
+    );
+}
+
+#[tokio::test]
+async fn error_messages_never_echo_the_key_or_the_prompt() {
+    let fake = FakeFal::start().await.unwrap();
+    let failed = generate_with_retries(&provider(&fake), &request("test/echo"), &policy())
+        .await
+        .unwrap_err();
+    let message = failed.error.to_string();
+    assert!(
+        message.starts_with("provider rejected the request: submit answered HTTP 422"),
+        "{message}"
+    );
+    assert!(!message.contains("test-key-0123"), "{message}");
+    assert!(!message.contains("red sneaker"), "{message}");
+    assert!(message.chars().count() < 320, "{message}");
+}

@@ -17,9 +17,10 @@ use super::tensor::{
     take_sections,
 };
 use crate::http::{
-    self, check_size, encode_base64, input_bytes, read_body, retry_after_header, truncate,
-    CONTROL_BODY_LIMIT, DETAIL_CHARS,
+    self, check_size, encode_base64, input_bytes, json_problem, read_body, retry_after_header,
+    Secrets, CONTROL_BODY_LIMIT,
 };
+use crate::params::{self, Owned, COUNT_KEYS, DELIVERY_KEYS, PROMPT_KEYS, SAFETY_KEYS};
 use crate::{
     Artifact, GenerationOutput, GenerationRequest, InputImage, InputRole, JobKind, Provider,
     ProviderError,
@@ -30,6 +31,39 @@ pub(crate) const HEADER_LENGTH: &str = "inference-header-content-length";
 /// Most images one answer may hold; a shape claiming more is not one of our
 /// image models answering.
 const MAX_OUTPUT_IMAGES: usize = 64;
+/// The request's framing.
+const FRAME_KEYS: &[&str] = &["id", "inputs", "outputs", "parameters"];
+/// Request parameters the client sets itself (`timeout` from the deadline,
+/// `priority` from the config), and Triton's per-request switches for the
+/// answer's form and for shared memory.
+const BUILT_KEYS: &[&str] = &[
+    "timeout",
+    "priority",
+    "binary_data_output",
+    "binary_data",
+    "binary_data_size",
+    "shared_memory_region",
+    "shared_memory_byte_size",
+    "shared_memory_offset",
+];
+
+/// What `request.parameters` may not set on KServe (see the module docs);
+/// the configured tensor names are refused too.
+pub(crate) const OWNED: Owned = Owned {
+    provider: "kserve",
+    groups: &[
+        FRAME_KEYS,
+        BUILT_KEYS,
+        PROMPT_KEYS,
+        COUNT_KEYS,
+        SAFETY_KEYS,
+        DELIVERY_KEYS,
+    ],
+};
+
+/// The request parameter carrying the output count, sent when it is over 1.
+const COUNT_PARAMETER: &str = "num_images";
+
 /// Messages of a 400 that mean the model cannot serve right now, not that
 /// the input is bad (Triton's wordings, lower-cased).
 const MODEL_UNAVAILABLE: &[&str] = &[
@@ -220,7 +254,7 @@ impl KServeProvider {
         let path = model_path(model)?;
         let builder = self.client.get(self.url(&path)?);
         let response = self.send(builder, None).await?;
-        let response = check_status(response, "model metadata", false).await?;
+        let response = check_status(response, "model metadata", false, &self.secrets(None)).await?;
         http::read_json(response, CONTROL_BODY_LIMIT, None, "model metadata").await
     }
 
@@ -253,6 +287,12 @@ impl KServeProvider {
                 Ok(false)
             }
         }
+    }
+
+    /// What an error message must not echo: the bearer and, with a
+    /// request, its prompt.
+    fn secrets<'a>(&'a self, request: Option<&'a GenerationRequest>) -> Secrets<'a> {
+        Secrets::new(self.config.bearer.as_deref(), request)
     }
 
     /// `{base}/{path}`; `path` is built from a validated model name.
@@ -288,6 +328,7 @@ impl KServeProvider {
         fields(provider = "kserve", job_id = %request.job_id, model = %request.model)
     )]
     async fn infer(&self, request: &GenerationRequest) -> Result<GenerationOutput, ProviderError> {
+        check_parameters(request, &self.config)?;
         let path = model_path(&request.model)?;
         let encoded = {
             let loaded = request.load_inputs().await?;
@@ -304,19 +345,21 @@ impl KServeProvider {
         };
         let deadline = request.deadline;
         let response = self.send(builder.body(encoded.body), deadline).await?;
-        let response = check_status(response, "infer", encoded.timeout_from_deadline).await?;
+        let response = check_status(
+            response,
+            "infer",
+            encoded.timeout_from_deadline,
+            &self.secrets(Some(request)),
+        )
+        .await?;
         let header_len = response
             .headers()
             .get(HEADER_LENGTH)
             .map(|value| value.to_str().unwrap_or("?").to_owned());
-        // Base64 in JSON answers takes 4 bytes per 3; twice the cap per
-        // requested image leaves room for that and the JSON around it.
-        let limit = self
-            .config
-            .max_output_bytes
-            .saturating_mul(u64::from(request.count.max(1)))
-            .saturating_mul(2)
-            .saturating_add(CONTROL_BODY_LIMIT);
+        // Base64 in JSON answers takes 4 bytes per 3, within the JSON
+        // around it; binary answers take less.
+        let limit =
+            http::inline_answer_limit(self.config.max_output_bytes, u64::from(request.count));
         let body = read_body(response, limit, deadline, || ProviderError::Rejected {
             message: format!("infer answer is larger than the {limit} byte limit"),
         })
@@ -327,8 +370,7 @@ impl KServeProvider {
             binary = header_len.is_some(),
             "kserve infer completed"
         );
-        let artifacts = answer
-            .images
+        let artifacts = http::keep_asked("kserve", answer.images, request.count)
             .into_iter()
             .map(|bytes| Artifact {
                 content_type: sniff_content_type(&bytes).to_owned(),
@@ -497,22 +539,44 @@ pub(crate) struct Encoded {
     pub(crate) timeout_from_deadline: bool,
 }
 
+/// Refuses parameters that set what the worker owns, the configured
+/// tensor names included (see the module docs).
+///
+/// # Errors
+///
+/// [`ProviderError::Unsupported`] naming the key, or the bound exceeded.
+pub(crate) fn check_parameters(
+    request: &GenerationRequest,
+    config: &KServeConfig,
+) -> Result<(), ProviderError> {
+    let tensors = [
+        config.image_input.as_str(),
+        config.mask_input.as_str(),
+        config.second_image_input.as_str(),
+        config.prompt_input.as_str(),
+        config.output.as_str(),
+    ];
+    params::check(&request.parameters, &OWNED, &tensors)
+}
+
 /// Encodes the infer request in the configured form.
 ///
 /// # Errors
 ///
-/// [`ProviderError::Unsupported`] for an input too large for a BYTES
-/// element (4 GiB).
+/// [`ProviderError::Unsupported`] for parameters that set what the worker
+/// owns, or an input too large for a BYTES element (4 GiB).
 pub(crate) fn encode_request(
     request: &GenerationRequest,
     inputs: &[Input<'_>],
     config: &KServeConfig,
 ) -> Result<Encoded, ProviderError> {
+    check_parameters(request, config)?;
     let mut parameters = request.parameters.clone();
     if let Some(priority) = config.priority {
-        parameters
-            .entry("priority")
-            .or_insert_with(|| Value::from(priority));
+        parameters.insert("priority".into(), Value::from(priority));
+    }
+    if request.count > 1 {
+        parameters.insert(COUNT_PARAMETER.into(), Value::from(request.count));
     }
     let mut timeout_from_deadline = false;
     if let Some(deadline) = request.deadline {
@@ -646,8 +710,12 @@ pub(crate) fn parse_answer(
         }
         None => (body, Bytes::new()),
     };
-    let answer: InferAnswer = serde_json::from_slice(&json)
-        .map_err(|err| malformed(format!("infer answer is not the expected JSON: {err}")))?;
+    let answer: InferAnswer = serde_json::from_slice(&json).map_err(|err| {
+        malformed(format!(
+            "infer answer is not the expected JSON: {}",
+            json_problem(&err)
+        ))
+    })?;
     let sizes = answer
         .outputs
         .iter()
@@ -857,6 +925,7 @@ async fn check_status(
     response: Response,
     stage: &str,
     timeout_from_deadline: bool,
+    secrets: &Secrets<'_>,
 ) -> Result<Response, ProviderError> {
     let status = response.status();
     if status.is_success() {
@@ -870,6 +939,7 @@ async fn check_status(
         &headers,
         &body,
         timeout_from_deadline,
+        secrets,
     ))
 }
 
@@ -880,19 +950,23 @@ pub(crate) fn status_error(
     headers: &HeaderMap,
     body: &[u8],
     timeout_from_deadline: bool,
+    secrets: &Secrets<'_>,
 ) -> ProviderError {
     let code = status.as_u16();
-    let detail = serde_json::from_slice::<Value>(body).ok().and_then(|json| {
-        json.get("error")?
-            .as_str()
-            .map(|e| truncate(e, DETAIL_CHARS))
-    });
+    let raw = serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|json| json.get("error")?.as_str().map(str::to_owned));
     let mut message = format!("{stage} answered HTTP {code}");
-    if let Some(detail) = &detail {
-        message.push_str(": ");
-        message.push_str(detail);
+    if let Some(detail) = raw.as_deref().map(|raw| http::summary(raw, secrets)) {
+        if !detail.is_empty() {
+            message.push_str(": ");
+            message.push_str(&detail);
+        }
     }
-    let lower = detail.unwrap_or_default().to_lowercase();
+    // Triton's markers are looked for in its own words, not the summary.
+    let lower = raw
+        .map(|raw| http::truncate(&raw, 4096).to_lowercase())
+        .unwrap_or_default();
     if lower.contains("exceeds maximum queue size") {
         // Backpressure, not a failing model: the breaker must not open on
         // a busy server, and the guard's bucket slows down instead. Triton

@@ -19,6 +19,9 @@
 //! | `json-only` | answers JSON (base64 elements) even when binary was asked for      |
 //! | `not-ready` | model ready answers 400; infer answers 400 "... is not ready"      |
 //! | `raw`       | declares and answers UINT8/FP32 pixel tensors, not our BYTES contract |
+//! | `extra`     | like `matting`, with 2 more images than `num_images`              |
+//! | `echo`      | infer answers 400 quoting the Authorization header and the prompt back |
+//! | `endless`   | infer answers 200 with a body that never ends                      |
 //! | anything else | 404 `{"error": "Request for unknown model: '...' is not found"}` |
 //!
 //! Every model declares `INPUT_IMAGE` and an optional `PROMPT` (plus
@@ -289,6 +292,9 @@ enum Behaviour {
     JsonOnly,
     NotReady,
     Raw,
+    Extra,
+    Echo,
+    Endless,
 }
 
 impl Behaviour {
@@ -304,6 +310,9 @@ impl Behaviour {
             "json-only" => Behaviour::JsonOnly,
             "not-ready" => Behaviour::NotReady,
             "raw" => Behaviour::Raw,
+            "extra" => Behaviour::Extra,
+            "echo" => Behaviour::Echo,
+            "endless" => Behaviour::Endless,
             _ => return None,
         })
     }
@@ -484,6 +493,30 @@ async fn infer(
 
     let mut side = IMAGE_SIDE;
     match behaviour {
+        Behaviour::Echo => {
+            // As a careless model server might: the bearer and the input back.
+            let authorization = headers
+                .get(header::AUTHORIZATION)
+                .and_then(|value| value.to_str().ok())
+                .unwrap_or_default();
+            let prompt = request
+                .input(PROMPT)
+                .and_then(|input| input.elements.first())
+                .map(|element| String::from_utf8_lossy(element).into_owned())
+                .unwrap_or_default();
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("{authorization} cannot run prompt '{prompt}' on model '{name}'"),
+            );
+        }
+        Behaviour::Endless => {
+            return fake_faults::endless(
+                StatusCode::OK,
+                "application/json",
+                r#"{"model_name": "endless", "outputs": [{"name": "OUTPUT_IMAGE", "datatype": "BYTES", "shape": [1], "data": [""#
+                    .to_owned(),
+            )
+        }
         Behaviour::Slow => tokio::time::sleep(SLOW_DELAY).await,
         Behaviour::Upscale => match request.parameters.get("scale").and_then(Value::as_u64) {
             Some(scale @ (2 | 4)) => side *= scale as u32,
@@ -515,11 +548,12 @@ async fn infer(
         .get("num_images")
         .and_then(Value::as_u64)
         .unwrap_or(1)
-        .clamp(1, MAX_IMAGES);
+        .clamp(1, MAX_IMAGES)
+        + if behaviour == Behaviour::Extra { 2 } else { 0 };
     let images: Vec<Vec<u8>> = (0..count)
         .map(|variant| gradient_png(side, side, variant as u32))
         .collect();
-    let shape = if behaviour == Behaviour::Matting {
+    let shape = if matches!(behaviour, Behaviour::Matting | Behaviour::Extra) {
         vec![1, count]
     } else {
         vec![count]

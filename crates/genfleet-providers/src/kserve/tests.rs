@@ -178,7 +178,7 @@ async fn json_mode_sends_base64_images_and_reads_base64_outputs() {
 async fn json_only_answers_are_read_even_when_binary_was_asked_for() {
     let fake = FakeKServe::start().await.unwrap();
     let mut request = request("json-only");
-    request.parameters.insert("num_images".into(), json!(3));
+    request.count = 3;
     let output = generate_with_retries(&provider(&fake), &request, &policy())
         .await
         .unwrap();
@@ -199,7 +199,7 @@ async fn json_only_answers_are_read_even_when_binary_was_asked_for() {
 async fn several_images_in_a_1_by_n_binary_answer_become_artifacts() {
     let fake = FakeKServe::start().await.unwrap();
     let mut request = request("matting");
-    request.parameters.insert("num_images".into(), json!(2));
+    request.count = 2;
     let output = generate_with_retries(&provider(&fake), &request, &policy())
         .await
         .unwrap();
@@ -539,15 +539,23 @@ async fn parameters_priority_and_id_are_sent() {
         Value::Object(seen.parameters),
         json!({"threshold": 7, "priority": 2})
     );
-    // The request's own priority wins over the configured one.
-    request.parameters.insert("priority".into(), json!(1));
+    // The output count travels as `num_images` when over 1.
+    request.count = 2;
     generate_with_retries(&provider, &request, &policy())
         .await
         .unwrap();
     assert_eq!(
-        fake.last_received().unwrap().parameters["priority"],
-        json!(1)
+        Value::Object(fake.last_received().unwrap().parameters),
+        json!({"threshold": 7, "priority": 2, "num_images": 2})
     );
+    // The priority is the worker's: a job cannot raise its own.
+    let calls = fake.infer_calls();
+    request.parameters.insert("priority".into(), json!(1));
+    let failed = generate_with_retries(&provider, &request, &policy())
+        .await
+        .unwrap_err();
+    assert_eq!(failed.error.code(), "invalid_input");
+    assert_eq!(fake.infer_calls(), calls);
 }
 
 #[tokio::test]
@@ -981,6 +989,7 @@ fn classifies_kserve_errors() {
             &HeaderMap::new(),
             body.as_bytes(),
             from_deadline,
+            &crate::http::Secrets::default(),
         );
         assert_eq!(kind_of(&err), expected, "{code} {message}: {err}");
         assert_eq!(err.retry_after(), None);
@@ -1028,6 +1037,7 @@ fn classifies_kserve_errors() {
         &HeaderMap::new(),
         b"<html>proxy error</html>",
         false,
+        &crate::http::Secrets::default(),
     );
     assert_eq!(
         err.to_string(),
@@ -1075,4 +1085,107 @@ async fn fault_table_unavailable_calls_cost_no_job() {
     let counts = fake.fault_counts();
     assert_eq!(counts.submits_accepted, fault_table::JOBS as u64);
     assert!(counts.submits_refused >= 6, "{counts:?}");
+}
+
+// What a job's parameters may not touch, and what a hostile server may not
+// do to us (issue 15).
+
+#[tokio::test]
+async fn owned_parameters_are_refused_before_any_request() {
+    let fake = FakeKServe::start().await.unwrap();
+    let provider = provider(&fake);
+    let config = config(&fake);
+    let tensors = [
+        config.image_input.as_str(),
+        config.mask_input.as_str(),
+        config.second_image_input.as_str(),
+        config.prompt_input.as_str(),
+        config.output.as_str(),
+    ];
+    for (key, parameters) in crate::params::hostile_parameters(&super::client::OWNED, &tensors) {
+        let mut request = request("matting");
+        request.parameters = parameters;
+        let failed = generate_with_retries(&provider, &request, &policy())
+            .await
+            .unwrap_err();
+        assert_eq!(failed.attempts, 1, "{key}");
+        assert!(
+            matches!(failed.error, ProviderError::Unsupported { .. }),
+            "{key}: {failed}"
+        );
+        assert_eq!(failed.error.code(), "invalid_input");
+        let message = failed.error.to_string();
+        assert!(message.contains(&format!("{key:?}")), "{key}: {message}");
+    }
+    assert_eq!(fake.infer_calls(), 0);
+}
+
+#[tokio::test]
+async fn harmless_parameters_reach_the_model() {
+    let fake = FakeKServe::start().await.unwrap();
+    let mut request = request("matting");
+    request.parameters.insert("threshold".into(), json!(7));
+    request.parameters.insert("feather".into(), json!(true));
+    generate_with_retries(&provider(&fake), &request, &policy())
+        .await
+        .unwrap();
+    assert_eq!(
+        Value::Object(fake.last_received().unwrap().parameters),
+        json!({"threshold": 7, "feather": true})
+    );
+}
+
+#[tokio::test]
+async fn more_outputs_than_asked_are_dropped() {
+    let fake = FakeKServe::start().await.unwrap();
+    for count in [1, 2] {
+        let mut request = request("extra");
+        request.count = count;
+        let output = generate_with_retries(&provider(&fake), &request, &policy())
+            .await
+            .unwrap();
+        assert_eq!(output.artifacts.len(), count as usize);
+    }
+}
+
+#[tokio::test]
+async fn an_endless_answer_is_cut_off_at_its_limit() {
+    let fake = FakeKServe::start().await.unwrap();
+    let provider = KServeProvider::new(
+        KServeConfig {
+            max_output_bytes: 1024 * 1024,
+            ..config(&fake)
+        },
+        client(),
+    );
+    let err = provider.generate(&request("endless")).await.unwrap_err();
+    let limit = 1024 * 1024 * 4 / 3 + 1 + 16 * 1024 * 1024;
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "provider rejected the request: infer answer is larger than the {limit} byte limit"
+        )
+    );
+}
+
+#[tokio::test]
+async fn error_messages_never_echo_the_bearer_or_the_prompt() {
+    let fake = FakeKServe::start_with_bearer("tok-secret-123")
+        .await
+        .unwrap();
+    let provider = KServeProvider::new(
+        KServeConfig {
+            bearer: Some("tok-secret-123".into()),
+            ..config(&fake)
+        },
+        client(),
+    );
+    let failed = generate_with_retries(&provider, &request("echo"), &policy())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        failed.error.to_string(),
+        "provider rejected the request: infer answered HTTP 400: \
+         Bearer [redacted] cannot run prompt '[prompt]' on model 'echo'"
+    );
 }

@@ -12,10 +12,8 @@ use serde_json::{Map, Value};
 use tokio::time::Instant;
 use url::Url;
 
-use crate::http::{
-    self, decode_base64, input_bytes, read_body, scrub_prompts, truncate, CONTROL_BODY_LIMIT,
-    DETAIL_CHARS,
-};
+use crate::http::{self, decode_base64, input_bytes, read_body, truncate, Secrets};
+use crate::params::{self, Owned, COUNT_KEYS, DELIVERY_KEYS, PROMPT_KEYS, SAFETY_KEYS};
 use crate::{
     Artifact, GenerationOutput, GenerationRequest, InputImage, InputRole, JobKind, Provider,
     ProviderError, Spool,
@@ -28,6 +26,23 @@ const POLICY_CODES: [&str; 2] = ["content_policy_violation", "moderation_blocked
 /// Codes of a 429 that is an account problem, not a rate: retrying cannot
 /// help until someone pays or raises the limit.
 const QUOTA_CODES: [&str; 2] = ["insufficient_quota", "billing_hard_limit_reached"];
+
+/// The fields [`plan`] fills from the request and its inputs, and the
+/// streaming switch that would change the answer's shape.
+const BUILT_KEYS: &[&str] = &["model", "image", "mask", "partial_images"];
+
+/// What `request.parameters` may not set on the images API (see the
+/// module docs).
+pub(crate) const OWNED: Owned = Owned {
+    provider: PROVIDER,
+    groups: &[
+        BUILT_KEYS,
+        PROMPT_KEYS,
+        COUNT_KEYS,
+        SAFETY_KEYS,
+        DELIVERY_KEYS,
+    ],
+};
 
 /// Connection settings for an OpenAI-compatible images API.
 #[derive(Clone)]
@@ -154,23 +169,16 @@ impl Provider for OpenAiProvider {
             .headers
             .clone()
             .map_err(|message| ProviderError::Unauthorized { message })?;
+        // Before the inputs are read back from the spool.
+        params::check(&request.parameters, &OWNED, &[])?;
         let call = plan(&*request.load_inputs().await?)?;
         let deadline = request.deadline;
-        let (builder, stage, n) = match call {
+        let (builder, stage) = match call {
             Call::Generations(body) => {
-                let n = requested(&body);
                 let url = self.endpoint("v1/images/generations")?;
-                (self.client.post(url).json(&body), "generations", n)
+                (self.client.post(url).json(&body), "generations")
             }
             Call::Edits(parts) => {
-                let n = parts
-                    .iter()
-                    .find(|part| part.name == "n")
-                    .and_then(|part| match &part.body {
-                        PartBody::Text(text) => text.parse().ok(),
-                        PartBody::File { .. } => None,
-                    })
-                    .unwrap_or(1);
                 let boundary = format!(
                     "genfleet-{:016x}{:016x}",
                     fastrand::u64(..),
@@ -186,7 +194,7 @@ impl Provider for OpenAiProvider {
                         format!("multipart/form-data; boundary={boundary}"),
                     )
                     .body(body);
-                (builder, "edits", n)
+                (builder, "edits")
             }
         };
         let response = http::send(
@@ -203,15 +211,12 @@ impl Provider for OpenAiProvider {
         if let Some(id) = &request_id {
             tracing::Span::current().record("request_id", id.as_str());
         }
-        let response = check_status(response, stage, request).await?;
-        // Images come inline as base64 (4 bytes per 3); twice the cap per
-        // image leaves room for the JSON around them.
-        let limit = self
-            .config
-            .max_output_bytes
-            .saturating_mul(n.max(1))
-            .saturating_mul(2)
-            .saturating_add(CONTROL_BODY_LIMIT);
+        let secrets = Secrets::new(Some(&self.config.api_key), Some(request));
+        let response = check_status(response, stage, &secrets).await?;
+        // Images come inline as base64 (4 bytes per 3), `n` (the count) of
+        // them.
+        let limit =
+            http::inline_answer_limit(self.config.max_output_bytes, u64::from(request.count));
         let body = read_body(response, limit, deadline, http::oversized("answer", limit)).await?;
         let answer: ImagesAnswer =
             serde_json::from_slice(&body).map_err(|err| ProviderError::Malformed {
@@ -221,7 +226,7 @@ impl Provider for OpenAiProvider {
                 ),
             })?;
         drop(body);
-        let artifacts = self.artifacts(answer, deadline).await?;
+        let artifacts = self.artifacts(answer, request.count, deadline).await?;
         tracing::debug!(artifacts = artifacts.len(), "openai images answered");
         Ok(GenerationOutput {
             artifacts,
@@ -257,10 +262,12 @@ impl OpenAiProvider {
         })
     }
 
-    /// Decodes or downloads each image of the answer, in order.
+    /// Decodes or downloads each image of the answer, in order, the first
+    /// `count` only.
     async fn artifacts(
         &self,
         answer: ImagesAnswer,
+        count: u32,
         deadline: Option<Instant>,
     ) -> Result<Vec<Artifact>, ProviderError> {
         if answer.data.is_empty() {
@@ -269,8 +276,9 @@ impl OpenAiProvider {
             });
         }
         let declared = answer.output_format.as_deref().and_then(format_type);
-        let mut artifacts = Vec::with_capacity(answer.data.len());
-        for image in answer.data {
+        let data = http::keep_asked(PROVIDER, answer.data, count);
+        let mut artifacts = Vec::with_capacity(data.len());
+        for image in data {
             let artifact = match (image.b64_json, image.url) {
                 (Some(data), _) => {
                     let bytes = decode_base64(&data, "an answer image")?;
@@ -330,11 +338,6 @@ fn sniff(bytes: &[u8]) -> Option<&'static str> {
     } else {
         None
     }
-}
-
-/// The images a generations body asks for.
-fn requested(body: &Map<String, Value>) -> u64 {
-    body.get("n").and_then(Value::as_u64).unwrap_or(1)
 }
 
 /// What one request turns into.
@@ -399,6 +402,7 @@ impl fmt::Debug for PartBody {
 /// [`ProviderError::Unsupported`] for a kind this API cannot do or a
 /// missing input image or mask.
 pub(crate) fn plan(request: &GenerationRequest) -> Result<Call, ProviderError> {
+    params::check(&request.parameters, &OWNED, &[])?;
     let kind = request.kind;
     let missing = |what: &str| ProviderError::Unsupported {
         message: format!("a {kind:?} job needs {what}, and the request has none"),
@@ -438,9 +442,6 @@ pub(crate) fn plan(request: &GenerationRequest) -> Result<Call, ProviderError> {
                 parts.push(file_part("mask", mask)?);
             }
             for (key, value) in &request.parameters {
-                if key == "image" || key == "mask" {
-                    continue;
-                }
                 let position = parts.iter().position(|part| &part.name == key);
                 match (value.is_null(), position) {
                     (true, Some(at)) => {
@@ -592,7 +593,7 @@ fn quote(text: &str) -> String {
 async fn check_status(
     response: Response,
     stage: &str,
-    request: &GenerationRequest,
+    secrets: &Secrets<'_>,
 ) -> Result<Response, ProviderError> {
     let status = response.status();
     if status.is_success() {
@@ -600,7 +601,7 @@ async fn check_status(
     }
     let headers = response.headers().clone();
     let body = http::error_body(response).await;
-    Err(status_error(stage, status, &headers, &body, Some(request)))
+    Err(status_error(stage, status, &headers, &body, secrets))
 }
 
 /// Classifies a non-2xx answer:
@@ -617,7 +618,7 @@ pub(crate) fn status_error(
     status: StatusCode,
     headers: &HeaderMap,
     body: &[u8],
-    request: Option<&GenerationRequest>,
+    secrets: &Secrets<'_>,
 ) -> ProviderError {
     let json: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
     let error = json.get("error").unwrap_or(&Value::Null);
@@ -629,16 +630,14 @@ pub(crate) fn status_error(
     };
     let code = field("code");
     let error_type = field("type");
-    let detail = field("message").map(|text| {
-        let text = match request {
-            Some(request) => scrub_prompts(text, request),
-            None => text.to_owned(),
-        };
-        truncate(&text, DETAIL_CHARS)
-    });
+    let detail = field("message")
+        .map(|text| http::summary(text, secrets))
+        .filter(|text| !text.is_empty());
     let mut message = format!("{stage} answered HTTP {}", status.as_u16());
-    if let Some(label) = code.or(error_type) {
-        message.push_str(&format!(" ({})", truncate(label, 64)));
+    if let Some(label) = code.or(error_type).map(http::label) {
+        if !label.is_empty() {
+            message.push_str(&format!(" ({label})"));
+        }
     }
     if let Some(detail) = &detail {
         message.push_str(": ");
@@ -668,7 +667,9 @@ pub(crate) fn status_error(
     http::classify_status(status, message, http::retry_after_header(headers))
 }
 
-/// OpenAI's `retry-after-ms` header (milliseconds, possibly fractional).
+/// OpenAI's `retry-after-ms` header (milliseconds, possibly fractional),
+/// at most [`MAX_HINT`](crate::hint::MAX_HINT); never a panic for a huge
+/// value (`Duration::from_secs_f64` used to panic on `1e300`).
 fn retry_after_ms(headers: &HeaderMap) -> Option<Duration> {
     let value: f64 = headers
         .get("retry-after-ms")?
@@ -677,7 +678,7 @@ fn retry_after_ms(headers: &HeaderMap) -> Option<Duration> {
         .trim()
         .parse()
         .ok()?;
-    (value.is_finite() && value >= 0.0).then(|| Duration::from_secs_f64(value / 1000.0))
+    crate::hint::from_secs_f64(value / 1000.0)
 }
 
 #[cfg(test)]
@@ -706,7 +707,7 @@ mod tests {
                 StatusCode::from_u16(code).unwrap(),
                 headers,
                 body.as_bytes(),
-                None,
+                &Secrets::default(),
             );
             assert_eq!(
                 format!("{err:?}").split([' ', '{']).next().unwrap(),
@@ -774,6 +775,32 @@ mod tests {
         assert_eq!(err.retry_after(), None);
     }
 
+    /// `1e300` used to panic in `Duration::from_secs_f64`.
+    #[test]
+    fn hostile_retry_after_ms_is_clamped_not_a_panic() {
+        let max = Some(crate::hint::MAX_HINT);
+        for (value, expected) in [
+            ("1e300", max),
+            ("18446744073709551615", max),
+            ("inf", max),
+            ("-5", None),
+            ("NaN", None),
+            ("-inf", None),
+            ("12.5", Some(Duration::from_micros(12_500))),
+            ("soon", None),
+        ] {
+            assert_eq!(
+                retry_after_ms(&headers(&[("retry-after-ms", value)])),
+                expected,
+                "{value}"
+            );
+        }
+        assert_eq!(
+            http::retry_after_header(&headers(&[("retry-after", "18446744073709551615")])),
+            max
+        );
+    }
+
     #[test]
     fn builds_messages_from_the_error_body() {
         let err = status_error(
@@ -781,7 +808,7 @@ mod tests {
             StatusCode::BAD_REQUEST,
             &HeaderMap::new(),
             br#"{"error":{"message":"Your request was rejected by the safety system.","type":"image_generation_user_error","code":"moderation_blocked"}}"#,
-            None,
+            &Secrets::default(),
         );
         assert_eq!(
             err.to_string(),

@@ -16,6 +16,10 @@
 //! | `test/slow`      | ok, but only after [`SLOW_ANSWER`] (longer than a test's timeout)   |
 //! | `test/url`       | `data[].url` pointing at this server's `/files/*`                   |
 //! | `test/malformed` | 200 with truncated JSON                                             |
+//! | `test/extra`     | like `test/ok`, with 2 more images than `n`                         |
+//! | `test/echo`      | 400 quoting the key and the prompt back, the key in `code` too      |
+//! | `test/endless`   | 200 with a body that never ends                                     |
+//! | `test/endless-url` | one `data[].url` whose file never ends                            |
 //! | other `test/*`   | 404 `model_not_found`                                               |
 //! | any other model  | like `test/ok`, so production model names work unchanged           |
 //!
@@ -238,6 +242,10 @@ enum Behaviour {
     Slow,
     Url,
     Malformed,
+    Extra,
+    Echo,
+    Endless,
+    EndlessUrl,
 }
 
 impl Behaviour {
@@ -254,6 +262,10 @@ impl Behaviour {
             "slow" => Behaviour::Slow,
             "url" => Behaviour::Url,
             "malformed" => Behaviour::Malformed,
+            "extra" => Behaviour::Extra,
+            "echo" => Behaviour::Echo,
+            "endless" => Behaviour::Endless,
+            "endless-url" => Behaviour::EndlessUrl,
             _ => return None,
         })
     }
@@ -401,6 +413,16 @@ async fn answer(shared: &Shared, seen: SeenCall) -> Response {
         .unwrap_or(1)
         .clamp(1, MAX_IMAGES);
     let edit = seen.endpoint == "edits";
+    let echoed = format!(
+        "{} may not ask for '{}'",
+        seen.authorization,
+        seen.fields.get("prompt").map_or("", String::as_str)
+    );
+    let key = seen
+        .authorization
+        .strip_prefix("Bearer ")
+        .unwrap_or_default()
+        .to_owned();
     let missing = if edit && seen.files.get("image").is_none_or(|f| f.bytes.is_empty()) {
         Some("image")
     } else if seen.fields.get("prompt").is_none_or(String::is_empty) {
@@ -487,11 +509,39 @@ async fn answer(shared: &Shared, seen: SeenCall) -> Response {
             )
                 .into_response()
         }
+        Behaviour::Echo => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &echoed,
+                "invalid_request_error",
+                Some(&format!("bad_key_{key}")),
+                None,
+            )
+        }
+        Behaviour::Endless => {
+            return fake_faults::endless(
+                StatusCode::OK,
+                "application/json",
+                r#"{"created": 1767225600, "data": [{"b64_json": ""#.to_owned(),
+            )
+        }
+        Behaviour::EndlessUrl => {
+            let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+            let name = format!("img{id}_0.bin");
+            shared.lock().files.insert(name.clone(), 0);
+            let data = json!([{"url": format!("{}/files/{name}", shared.origin)}]);
+            return (
+                StatusCode::OK,
+                axum::Json(json!({"created": 1_767_225_600, "data": data})),
+            )
+                .into_response();
+        }
         Behaviour::Slow => tokio::time::sleep(SLOW_ANSWER).await,
-        Behaviour::Ok | Behaviour::Rate | Behaviour::Url => {}
+        Behaviour::Ok | Behaviour::Rate | Behaviour::Url | Behaviour::Extra => {}
     }
     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
-    let data: Vec<Value> = (0..n)
+    let extra = if behaviour == Behaviour::Extra { 2 } else { 0 };
+    let data: Vec<Value> = (0..n + extra)
         .map(|i| {
             let variant = u32::try_from(i).unwrap_or(0);
             if behaviour == Behaviour::Url {
@@ -525,6 +575,9 @@ fn file(shared: &Shared, name: &str, headers: &HeaderMap) -> Response {
         state.file_authorizations += 1;
     }
     match state.files.get(name) {
+        Some(_) if name.ends_with(".bin") => {
+            fake_faults::endless(StatusCode::OK, "image/png", String::new())
+        }
         Some(&variant) => (
             StatusCode::OK,
             [(header::CONTENT_TYPE, "image/png")],

@@ -163,16 +163,22 @@ async fn sizes_and_parameters_shape_the_generation() {
     request.aspect_ratio = "9:16".into();
     request.parameters.insert("size".into(), json!("512x512"));
     request.parameters.insert("quality".into(), json!("hd"));
-    request
-        .parameters
-        .insert("response_format".into(), serde_json::Value::Null);
     generate_with_retries(&provider(&fake), &request, &policy())
         .await
         .unwrap();
     let seen = fake.last_call().unwrap();
     assert_eq!(seen.fields["size"], "512x512");
     assert_eq!(seen.fields["quality"], "hd");
-    assert!(!seen.fields.contains_key("response_format"));
+    assert_eq!(seen.fields["response_format"], "b64_json");
+
+    // A null removes a field built here (not one the worker owns).
+    request
+        .parameters
+        .insert("size".into(), serde_json::Value::Null);
+    generate_with_retries(&provider(&fake), &request, &policy())
+        .await
+        .unwrap();
+    assert!(!fake.last_call().unwrap().fields.contains_key("size"));
 }
 
 #[tokio::test]
@@ -183,11 +189,7 @@ async fn inpainting_sends_image_mask_and_prompt_as_multipart() {
     request
         .parameters
         .insert("input_fidelity".into(), json!("high"));
-    request.parameters.insert("n".into(), json!(2));
-    // Files come from the inputs only.
-    request
-        .parameters
-        .insert("image".into(), json!("elsewhere"));
+    request.count = 2;
     let output = generate_with_retries(&provider(&fake), &request, &policy())
         .await
         .unwrap();
@@ -540,4 +542,107 @@ async fn fault_table_unavailable_calls_cost_no_job() {
     let counts = fake.fault_counts();
     assert_eq!(counts.submits_accepted, fault_table::JOBS as u64);
     assert!(counts.submits_refused >= 6, "{counts:?}");
+}
+
+// What a job's parameters may not touch, and what a hostile images API may
+// not do to us (issue 15).
+
+#[tokio::test]
+async fn owned_parameters_are_refused_before_any_request() {
+    let fake = FakeOpenAi::start().await.unwrap();
+    let provider = provider(&fake);
+    for base in [request("test/ok"), inpaint("test/ok")] {
+        for (key, parameters) in crate::params::hostile_parameters(&super::client::OWNED, &[]) {
+            let mut request = base.clone();
+            request.parameters = parameters;
+            let failed = generate_with_retries(&provider, &request, &policy())
+                .await
+                .unwrap_err();
+            assert_eq!(failed.attempts, 1, "{key}");
+            assert_eq!(class(&failed.error), "Unsupported", "{key}: {failed}");
+            assert_eq!(failed.error.code(), "invalid_input");
+            let message = failed.error.to_string();
+            assert!(message.contains(&format!("{key:?}")), "{key}: {message}");
+        }
+    }
+    // A multipart spelling of a file part is the file part.
+    let mut request = inpaint("test/ok");
+    request.parameters.insert("image[]".into(), json!("x"));
+    let failed = generate_with_retries(&provider, &request, &policy())
+        .await
+        .unwrap_err();
+    assert_eq!(failed.error.code(), "invalid_input");
+    assert_eq!(fake.calls(), 0);
+}
+
+#[tokio::test]
+async fn harmless_parameters_reach_the_model() {
+    let fake = FakeOpenAi::start().await.unwrap();
+    let mut request = request("test/ok");
+    request.parameters.insert("quality".into(), json!("high"));
+    request
+        .parameters
+        .insert("background".into(), json!("opaque"));
+    generate_with_retries(&provider(&fake), &request, &policy())
+        .await
+        .unwrap();
+    let seen = fake.last_call().unwrap();
+    assert_eq!(seen.fields["quality"], "high");
+    assert_eq!(seen.fields["background"], "opaque");
+    assert_eq!(seen.fields["n"], "1");
+    assert!(!seen.fields.contains_key("moderation"));
+}
+
+#[tokio::test]
+async fn more_outputs_than_asked_are_dropped_undecoded() {
+    let fake = FakeOpenAi::start().await.unwrap();
+    for count in [1, 2] {
+        let mut request = request("test/extra");
+        request.count = count;
+        let output = generate_with_retries(&provider(&fake), &request, &policy())
+            .await
+            .unwrap();
+        assert_eq!(output.artifacts.len(), count as usize);
+    }
+}
+
+#[tokio::test]
+async fn an_endless_answer_is_cut_off_at_its_limit() {
+    let fake = FakeOpenAi::start().await.unwrap();
+    let err = provider(&fake)
+        .generate(&request("test/endless"))
+        .await
+        .unwrap_err();
+    // 1 MiB as base64, plus 16 MiB for the JSON around it.
+    let limit = 1024 * 1024 * 4 / 3 + 1 + 16 * 1024 * 1024;
+    assert_eq!(
+        err.to_string(),
+        format!("provider answered with a malformed body: answer is larger than {limit} bytes")
+    );
+}
+
+#[tokio::test]
+async fn an_endless_output_file_is_cut_off_at_the_output_limit() {
+    let fake = FakeOpenAi::start().await.unwrap();
+    let err = provider(&fake)
+        .generate(&request("test/endless-url"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "provider rejected the request: an output is larger than the 1048576 byte limit"
+    );
+}
+
+#[tokio::test]
+async fn error_messages_never_echo_the_key_or_the_prompt() {
+    let fake = FakeOpenAi::start().await.unwrap();
+    let failed = generate_with_retries(&provider(&fake), &request("test/echo"), &policy())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        failed.error.to_string(),
+        "provider rejected the request: generations answered HTTP 400 ([redacted]): \
+         Bearer [redacted] may not ask for '[prompt]'"
+    );
 }

@@ -12,9 +12,8 @@ use serde_json::{Map, Value};
 use tokio::time::Instant;
 use url::Url;
 
-use crate::http::{
-    self, data_uri, describe_transport, scrub_prompts, truncate, CONTROL_BODY_LIMIT, DETAIL_CHARS,
-};
+use crate::http::{self, data_uri, describe_transport, Secrets};
+use crate::params::{self, Owned, COUNT_KEYS, DELIVERY_KEYS, PROMPT_KEYS, SAFETY_KEYS};
 use crate::reread::{read_again, Failure, ReadError};
 use crate::resume::{SubmissionRecord, Submissions, CANCEL_TIMEOUT};
 use crate::{
@@ -34,6 +33,25 @@ const WAIT_SLACK: Duration = Duration::from_secs(10);
 const MIN_CANCEL_AFTER_SECONDS: u64 = 5;
 /// A rate-limit reset further out than this is not a hint worth honouring.
 const MAX_RESET_HINT: Duration = Duration::from_secs(3600);
+
+/// The request's framing: what `input` sits in.
+const FRAME_KEYS: &[&str] = &["input", "version", "model"];
+/// The input image fields [`build_input`] fills.
+const INPUT_KEYS: &[&str] = &["image", "mask", "human_img", "garm_img"];
+
+/// What `request.parameters` may not set on Replicate (see the module
+/// docs).
+pub(crate) const OWNED: Owned = Owned {
+    provider: PROVIDER,
+    groups: &[
+        FRAME_KEYS,
+        PROMPT_KEYS,
+        INPUT_KEYS,
+        COUNT_KEYS,
+        SAFETY_KEYS,
+        DELIVERY_KEYS,
+    ],
+};
 
 /// Connection settings for Replicate.
 #[derive(Clone)]
@@ -221,6 +239,9 @@ impl ReplicateProvider {
         &self,
         request: &GenerationRequest,
     ) -> Result<GenerationOutput, Failure> {
+        // A job that tries to set what the worker owns is not run at all,
+        // resumed or not.
+        params::check(&request.parameters, &OWNED, &[])?;
         let authorization = &self.authorization()?;
         // Built first: a request this client cannot send fails before any
         // exchange, resumed or not.
@@ -267,11 +288,11 @@ impl ReplicateProvider {
         prediction: &Prediction,
         request: &GenerationRequest,
     ) -> Result<GenerationOutput, Failure> {
-        let urls = outcome(prediction, request).inspect_err(|err| {
+        let urls = outcome(prediction, request, &self.secrets(Some(request))).inspect_err(|err| {
             if err.is_retryable() {
                 tracing::warn!(
                     prediction_id = %record.id,
-                    status = %truncate(&prediction.status, 40),
+                    status = %http::label(&prediction.status),
                     code = err.code(),
                     reason = %err,
                     "replicate ended the prediction without output; the next attempt creates anew"
@@ -300,6 +321,12 @@ impl ReplicateProvider {
         })
     }
 
+    /// What an error message must not echo: the token and, with a
+    /// request, its prompts.
+    pub(super) fn secrets<'a>(&'a self, request: Option<&'a GenerationRequest>) -> Secrets<'a> {
+        Secrets::new(Some(&self.config.token), request)
+    }
+
     /// The built `Authorization` header, or why there is none.
     pub(super) fn authorization(&self) -> Result<HeaderValue, ProviderError> {
         self.authorization
@@ -315,7 +342,7 @@ impl ReplicateProvider {
         prediction: &Prediction,
         request: &GenerationRequest,
     ) -> Result<GenerationOutput, ProviderError> {
-        let urls = outcome(prediction, request)?;
+        let urls = outcome(prediction, request, &self.secrets(Some(request)))?;
         let mut artifacts = Vec::with_capacity(urls.len());
         for url in urls {
             artifacts.push(self.download(url, request.deadline).await?);
@@ -458,7 +485,7 @@ impl ReplicateProvider {
             builder = builder.header("Cancel-After", format!("{seconds}s"));
         }
         let response = http::send(builder, timeout, deadline).await?;
-        let response = check_status(response, "create", Some(request)).await?;
+        let response = check_status(response, "create", &self.secrets(Some(request))).await?;
         let prediction: Prediction = http::read_json(
             response,
             self.prediction_limit(request),
@@ -505,15 +532,12 @@ impl ReplicateProvider {
     /// Largest prediction body read: it echoes the input (inline images as
     /// base64, 4 bytes per 3) and may carry outputs inline as data URIs.
     fn prediction_limit(&self, request: &GenerationRequest) -> u64 {
-        let inputs: u64 = request.inputs.iter().map(|input| input.bytes.len()).sum();
-        let outputs = self
-            .config
-            .max_output_bytes
-            .saturating_mul(u64::from(request.count.max(1)));
-        inputs
-            .saturating_add(outputs)
-            .saturating_mul(2)
-            .saturating_add(CONTROL_BODY_LIMIT)
+        let inputs = request
+            .inputs
+            .iter()
+            .fold(0u64, |sum, input| sum.saturating_add(input.bytes.len()));
+        http::inline_answer_limit(self.config.max_output_bytes, u64::from(request.count))
+            .saturating_add(inputs.saturating_mul(4).div_ceil(3))
     }
 
     /// Polls until the prediction reaches an end state and returns it.
@@ -541,7 +565,7 @@ impl ReplicateProvider {
         let mut sleep_first = !poll_now;
         loop {
             if sleep_first {
-                let wake = Instant::now() + self.config.poll_interval;
+                let wake = crate::hint::after(Instant::now(), self.config.poll_interval);
                 tokio::time::sleep_until(deadline.map_or(wake, |d| wake.min(d))).await;
             }
             sleep_first = true;
@@ -590,7 +614,7 @@ impl ReplicateProvider {
             .get(url)
             .header(AUTHORIZATION, authorization.clone());
         let response = self.send(builder, request.deadline).await?;
-        let response = check_status(response, "status", Some(request)).await?;
+        let response = check_status(response, "status", &self.secrets(Some(request))).await?;
         http::read_json(
             response,
             self.prediction_limit(request),
@@ -694,21 +718,23 @@ pub(super) fn finished(prediction: &Prediction) -> Result<bool, ProviderError> {
         other => Err(ProviderError::Malformed {
             message: format!(
                 "prediction status {:?} is not starting, processing, succeeded, failed, canceled or aborted",
-                truncate(other, 40)
+                http::label(other)
             ),
         }),
     }
 }
 
-/// The output URLs of a finished prediction, or the error its end state
-/// means.
+/// The output URLs of a finished prediction (at most `request.count`), or
+/// the error its end state means.
 fn outcome<'a>(
     prediction: &'a Prediction,
     request: &GenerationRequest,
+    secrets: &Secrets<'_>,
 ) -> Result<Vec<&'a str>, ProviderError> {
     match prediction.status.as_str() {
-        "succeeded" => output_urls(&prediction.output),
-        "failed" => Err(failure(&prediction.error, request)),
+        "succeeded" => output_urls(&prediction.output)
+            .map(|urls| http::keep_asked(PROVIDER, urls, request.count)),
+        "failed" => Err(failure(&prediction.error, secrets)),
         "canceled" => Err(ProviderError::Rejected {
             message: "canceled at the provider".into(),
         }),
@@ -748,7 +774,7 @@ fn output_urls(output: &Value) -> Result<Vec<&str>, ProviderError> {
 ///   image, an out-of-range parameter). Infrastructure trouble shows as
 ///   `aborted` or an HTTP 5xx instead, so a retry would likely be billed
 ///   for the same exception.
-fn failure(error: &Value, request: &GenerationRequest) -> ProviderError {
+fn failure(error: &Value, secrets: &Secrets<'_>) -> ProviderError {
     let text = match error {
         Value::String(text) => text.clone(),
         Value::Null => String::new(),
@@ -758,7 +784,7 @@ fn failure(error: &Value, request: &GenerationRequest) -> ProviderError {
     let safety = ["nsfw", "safety", "sensitive"]
         .iter()
         .any(|word| lower.contains(word));
-    let detail = detail_text(&text, Some(request));
+    let detail = http::summary(&text, secrets);
     let message = match (safety, detail.is_empty()) {
         (true, true) => "the prediction was flagged by a safety check".to_owned(),
         (true, false) => format!("the prediction was flagged by a safety check: {detail}"),
@@ -766,17 +792,6 @@ fn failure(error: &Value, request: &GenerationRequest) -> ProviderError {
         (false, false) => format!("the model failed on this input: {detail}"),
     };
     ProviderError::Rejected { message }
-}
-
-/// A provider's text made fit for an error message: one line, prompts
-/// scrubbed (models echo their input), truncated.
-fn detail_text(text: &str, request: Option<&GenerationRequest>) -> String {
-    let text = match request {
-        Some(request) => scrub_prompts(text, request),
-        None => text.to_owned(),
-    };
-    let one_line = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    truncate(&one_line, DETAIL_CHARS)
 }
 
 /// Builds the prediction input for `request`; see the module table.
@@ -788,6 +803,7 @@ fn detail_text(text: &str, request: Option<&GenerationRequest>) -> String {
 pub(crate) fn build_input(
     request: &GenerationRequest,
 ) -> Result<Map<String, Value>, ProviderError> {
+    params::check(&request.parameters, &OWNED, &[])?;
     let kind = request.kind;
     let mut input = Map::new();
     if !matches!(kind, JobKind::BackgroundRemoval | JobKind::Upscale) {
@@ -838,7 +854,8 @@ pub(crate) fn build_input(
         }
     }
 
-    // Model-specific knobs win over the generic fields above.
+    // Model-specific knobs; they may replace the seed or aspect ratio, never
+    // a field the worker owns (refused above).
     for (key, value) in &request.parameters {
         input.insert(key.clone(), value.clone());
     }
@@ -864,7 +881,7 @@ fn primary_image(request: &GenerationRequest) -> Option<&InputImage> {
 async fn check_status(
     response: Response,
     stage: &str,
-    request: Option<&GenerationRequest>,
+    secrets: &Secrets<'_>,
 ) -> Result<Response, ProviderError> {
     let status = response.status();
     if status.is_success() {
@@ -872,7 +889,7 @@ async fn check_status(
     }
     let headers = response.headers().clone();
     let body = http::error_body(response).await;
-    Err(status_error(stage, status, &headers, &body, request))
+    Err(status_error(stage, status, &headers, &body, secrets))
 }
 
 /// Classifies a non-2xx answer from the API: 401/403 credentials; 429 and
@@ -883,9 +900,9 @@ pub(super) fn status_error(
     status: StatusCode,
     headers: &HeaderMap,
     body: &[u8],
-    request: Option<&GenerationRequest>,
+    secrets: &Secrets<'_>,
 ) -> ProviderError {
-    let detail = error_detail(body, request);
+    let detail = error_detail(body, secrets);
     let mut message = format!("{stage} answered HTTP {}", status.as_u16());
     if let Some(detail) = &detail {
         message.push_str(": ");
@@ -900,13 +917,13 @@ pub(super) fn status_error(
 
 /// Replicate's error body is `{"detail": "...", "title"?, "status"?}`;
 /// `detail` (else `title`) is the message. Other fields (`invalid_fields`)
-/// are not used.
-fn error_detail(body: &[u8], request: Option<&GenerationRequest>) -> Option<String> {
+/// are not used; the text is reduced to a [`summary`](http::summary).
+fn error_detail(body: &[u8], secrets: &Secrets<'_>) -> Option<String> {
     let json: Value = serde_json::from_slice(body).ok()?;
     let text = ["detail", "title"]
         .iter()
         .find_map(|field| json.get(field).and_then(Value::as_str))?;
-    let text = detail_text(text, request);
+    let text = http::summary(text, secrets);
     (!text.is_empty()).then_some(text)
 }
 
@@ -931,16 +948,17 @@ pub(crate) fn parse_reset_hint(detail: &str) -> Option<Duration> {
     } else {
         value
     };
-    if !seconds.is_finite() || seconds < 0.0 {
-        return None;
-    }
-    let delay = Duration::from_secs_f64(seconds);
+    // Checked: `Duration::from_secs_f64` panics on a huge value, and the
+    // digits are the provider's ("resets in 99999...9s").
+    let delay = Duration::try_from_secs_f64(seconds).ok()?;
     (delay <= MAX_RESET_HINT).then_some(delay)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const TOKEN: &str = "r8_client_test_token_0123";
 
     fn client() -> reqwest::Client {
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -979,6 +997,28 @@ mod tests {
         check("resets in ~2h", None);
         check("Request was throttled.", None);
         check("resets in soon", None);
+        // Used to panic in `Duration::from_secs_f64` (a finite 1e300).
+        check(&format!("resets in ~{}s", "9".repeat(301)), None);
+        check(&format!("resets in ~{}h", "9".repeat(400)), None);
+        check("resets in ~NaNs", None);
+        check("resets in ~-5s", None);
+        check("resets in ~18446744073709551615s", None);
+    }
+
+    #[test]
+    fn error_details_never_echo_the_token() {
+        let body = format!(r#"{{"detail":"Invalid token {TOKEN}: authentication failed"}}"#);
+        let err = status_error(
+            "create",
+            StatusCode::UNAUTHORIZED,
+            &HeaderMap::new(),
+            body.as_bytes(),
+            &Secrets::new(Some(TOKEN), None),
+        );
+        assert_eq!(
+            err.to_string(),
+            "provider credentials were refused: create answered HTTP 401: Invalid token [redacted]: authentication failed"
+        );
     }
 
     #[test]
@@ -990,7 +1030,7 @@ mod tests {
                 StatusCode::from_u16(code).unwrap(),
                 &none,
                 body.as_bytes(),
-                None,
+                &Secrets::default(),
             );
             assert_eq!(
                 format!("{err:?}").split([' ', '{']).next().unwrap(),
@@ -1027,7 +1067,7 @@ mod tests {
             StatusCode::TOO_MANY_REQUESTS,
             &headers,
             br#"{"detail":"resets in ~30s"}"#,
-            None,
+            &Secrets::default(),
         );
         assert_eq!(err.retry_after(), Some(Duration::from_secs(4)));
     }
@@ -1040,7 +1080,7 @@ mod tests {
             StatusCode::UNPROCESSABLE_ENTITY,
             &HeaderMap::new(),
             br#"{"detail":"prompt 'a blue teapot' is too long","input":{"prompt":"a blue teapot"}}"#,
-            Some(&request),
+            &Secrets::new(Some(TOKEN), Some(&request)),
         );
         assert_eq!(
             err.to_string(),
@@ -1052,7 +1092,7 @@ mod tests {
     fn classifies_failures() {
         let request = request("a/b");
         let check = |error: Value, expected: &str| {
-            let err = failure(&error, &request);
+            let err = failure(&error, &Secrets::new(Some(TOKEN), Some(&request)));
             assert!(matches!(err, ProviderError::Rejected { .. }), "{err:?}");
             assert_eq!(err.to_string(), expected);
         };

@@ -17,6 +17,10 @@
 //! | `test/malformed` | create answers `starting`; every poll answers truncated JSON           |
 //! | `test/reset`     | create drops the connection in the middle of the answer's body        |
 //! | `test/video`     | ends `succeeded` with one MP4 URL as a plain string                    |
+//! | `test/extra`     | like `test/ok`, with 2 more outputs than `num_outputs`                 |
+//! | `test/echo`      | create answers 422 quoting the token and the prompt back              |
+//! | `test/endless`   | create answers 201 with a body that never ends                         |
+//! | `test/endless-file` | ends `succeeded` with one output file that never ends               |
 //! | other `test/*`   | 404, as Replicate answers for an unknown model                         |
 //! | any other owner  | like `test/ok`, so production model names work unchanged              |
 //! | `owner/name:ver` | `POST /v1/predictions {version, input}`: like `test/ok`                |
@@ -307,6 +311,10 @@ enum Behaviour {
     Stuck,
     Malformed,
     Video,
+    Extra,
+    Echo,
+    Endless,
+    EndlessFile,
 }
 
 impl Behaviour {
@@ -324,6 +332,10 @@ impl Behaviour {
             "stuck" => Behaviour::Stuck,
             "malformed" => Behaviour::Malformed,
             "video" => Behaviour::Video,
+            "extra" => Behaviour::Extra,
+            "echo" => Behaviour::Echo,
+            "endless" => Behaviour::Endless,
+            "endless-file" => Behaviour::EndlessFile,
             _ => return None,
         })
     }
@@ -478,6 +490,30 @@ fn create(
         };
     }
     match behaviour {
+        Behaviour::Echo => {
+            // As a careless proxy might: the token and the input back.
+            let prompt = input
+                .get("prompt")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            let authorization = state
+                .last_create
+                .as_ref()
+                .map(|seen| seen.authorization.clone())
+                .unwrap_or_default();
+            return error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "Input validation failed",
+                &format!("{authorization} may not run \"{prompt}\" on this model"),
+            );
+        }
+        Behaviour::Endless => {
+            return fake_faults::endless(
+                StatusCode::CREATED,
+                "application/json",
+                r#"{"id": "rpendless", "status": "starting", "logs": ""#.to_owned(),
+            )
+        }
         Behaviour::Throttled if first => {
             shared.faults.refused();
             // Replicate documents no Retry-After here: the body is the hint.
@@ -509,7 +545,8 @@ fn create(
             .get("num_outputs")
             .and_then(Value::as_u64)
             .unwrap_or(1)
-            .clamp(1, MAX_OUTPUTS),
+            .clamp(1, MAX_OUTPUTS)
+            + if behaviour == Behaviour::Extra { 2 } else { 0 },
         prompt: input
             .get("prompt")
             .and_then(Value::as_str)
@@ -602,6 +639,7 @@ fn prediction_json(shared: &Shared, id: &str, prediction: &FakePrediction, input
     let files = format!("{}/files", shared.origin);
     let output = match (status, prediction.behaviour) {
         ("succeeded", Behaviour::Video) => json!(format!("{files}/{id}.mp4")),
+        ("succeeded", Behaviour::EndlessFile) => json!([format!("{files}/{id}_0.bin")]),
         ("succeeded", _) => Value::Array(
             (0..prediction.num_outputs)
                 .map(|i| json!(format!("{files}/{id}_{i}.png")))
@@ -667,6 +705,7 @@ fn file(shared: &Shared, name: &str, headers: &HeaderMap) -> Response {
                 .into_response()
         }
         "mp4" => (StatusCode::OK, [(header::CONTENT_TYPE, "video/mp4")], mp4()).into_response(),
+        "bin" => fake_faults::endless(StatusCode::OK, "image/png", String::new()),
         _ => not_found(),
     }
 }

@@ -66,7 +66,13 @@ impl Resumable for ReplicateProvider {
         }
         let headers = response.headers().clone();
         let body = http::error_body(response).await;
-        Err(status_error("cancel", status, &headers, &body, None))
+        Err(status_error(
+            "cancel",
+            status,
+            &headers,
+            &body,
+            &self.secrets(None),
+        ))
     }
 }
 

@@ -811,3 +811,109 @@ async fn resumable_submit_classifies_create_errors() {
         .unwrap_err();
     assert_eq!(err.retry_after(), Some(Duration::from_secs(30)));
 }
+
+// What a job's parameters may not touch, and what a hostile Replicate may
+// not do to us (issue 15).
+
+#[tokio::test]
+async fn owned_parameters_are_refused_before_any_request() {
+    let fake = FakeReplicate::start().await.unwrap();
+    let provider = provider(&fake);
+    for (key, parameters) in crate::params::hostile_parameters(&super::client::OWNED, &[]) {
+        let mut request = request("test/ok");
+        request.parameters = parameters;
+        let failed = generate_with_retries(&provider, &request, &policy())
+            .await
+            .unwrap_err();
+        assert_eq!(failed.attempts, 1, "{key}");
+        assert_eq!(class(&failed.error), "Unsupported", "{key}: {failed}");
+        assert_eq!(failed.error.code(), "invalid_input");
+        let message = failed.error.to_string();
+        assert!(message.contains(&format!("{key:?}")), "{key}: {message}");
+        let err = provider.submit(&request).await.unwrap_err();
+        assert_eq!(err.code(), "invalid_input", "{key}: {err}");
+    }
+    assert_eq!(fake.creates(), 0);
+}
+
+#[tokio::test]
+async fn harmless_parameters_reach_the_model() {
+    let fake = FakeReplicate::start().await.unwrap();
+    let mut request = request("test/ok");
+    request.parameters.insert("guidance".into(), json!(3.5));
+    request
+        .parameters
+        .insert("lora_scales".into(), json!({"style": 0.7}));
+    generate_with_retries(&provider(&fake), &request, &policy())
+        .await
+        .unwrap();
+    let input = fake.last_create().unwrap().input;
+    assert_eq!(input["guidance"], 3.5);
+    assert_eq!(input["lora_scales"], json!({"style": 0.7}));
+    assert_eq!(input["num_outputs"], 1);
+}
+
+#[tokio::test]
+async fn more_outputs_than_asked_are_dropped_unread() {
+    let fake = FakeReplicate::start().await.unwrap();
+    for count in [1, 3] {
+        let mut request = request("test/extra");
+        request.count = count;
+        let before = fake.downloads();
+        let output = generate_with_retries(&provider(&fake), &request, &policy())
+            .await
+            .unwrap();
+        assert_eq!(output.artifacts.len(), count as usize);
+        assert_eq!(fake.downloads() - before, u64::from(count));
+    }
+}
+
+#[tokio::test]
+async fn an_endless_prediction_body_is_cut_off_at_its_limit() {
+    let fake = FakeReplicate::start().await.unwrap();
+    let provider = ReplicateProvider::new(
+        ReplicateConfig {
+            max_output_bytes: 1024 * 1024,
+            ..config(&fake)
+        },
+        client(),
+    );
+    let err = provider
+        .generate(&request("test/endless"))
+        .await
+        .unwrap_err();
+    let limit = 1024 * 1024 * 4 / 3 + 1 + 16 * 1024 * 1024;
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "provider answered with a malformed body: create answer is larger than {limit} bytes"
+        )
+    );
+}
+
+#[tokio::test]
+async fn an_endless_output_file_is_cut_off_at_the_output_limit() {
+    let fake = FakeReplicate::start().await.unwrap();
+    let err = provider(&fake)
+        .generate(&request("test/endless-file"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "provider rejected the request: an output is larger than the 10485760 byte limit"
+    );
+}
+
+#[tokio::test]
+async fn error_messages_never_echo_the_token_or_the_prompt() {
+    let fake = FakeReplicate::start().await.unwrap();
+    let failed = generate_with_retries(&provider(&fake), &request("test/echo"), &policy())
+        .await
+        .unwrap_err();
+    let message = failed.error.to_string();
+    assert_eq!(
+        message,
+        "provider rejected the request: create answered HTTP 422: Bearer [redacted] may not run \"[prompt]\" on this model"
+    );
+    assert!(!message.contains(TOKEN), "{message}");
+}

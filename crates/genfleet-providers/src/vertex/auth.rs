@@ -52,6 +52,10 @@ const FILE_REREAD_INTERVAL: Duration = Duration::from_secs(60);
 /// An endpoint token is refreshed this long before it expires, so a request
 /// sent with it does not reach Vertex just after it lapsed.
 const EXPIRY_MARGIN: Duration = Duration::from_secs(60);
+/// Longest an endpoint token is kept, whatever `expires_in` says (Google's
+/// tokens live an hour): a token endpoint answering `u64::MAX` cannot make
+/// the cache keep a token forever, nor overflow an `Instant`.
+const MAX_TOKEN_LIFE: Duration = Duration::from_secs(24 * 3600);
 /// A token file is a few hundred bytes; refuse to read a misplaced large file.
 const TOKEN_FILE_LIMIT: u64 = 64 * 1024;
 /// Upper bound on one token request; the job deadline may cut it shorter.
@@ -548,14 +552,16 @@ async fn fetch_from_endpoint(
 
 /// When to refresh a token that expires in `expires_in` from `now`: 60 s
 /// before it expires, or halfway through its life when that is 2 minutes or
-/// less (a margin of 60 s would leave no time to use it).
+/// less (a margin of 60 s would leave no time to use it). A life over
+/// [`MAX_TOKEN_LIFE`] counts as that.
 pub(crate) fn refresh_at(now: Instant, expires_in: Duration) -> Instant {
+    let expires_in = expires_in.min(MAX_TOKEN_LIFE);
     let keep = if expires_in > EXPIRY_MARGIN * 2 {
         expires_in - EXPIRY_MARGIN
     } else {
         expires_in / 2
     };
-    now + keep
+    crate::hint::after(now, keep)
 }
 
 /// Marks a transport or body failure as the token request's, not Vertex's.
@@ -632,6 +638,9 @@ mod tests {
         check(120, 60);
         check(60, 30);
         check(0, 0);
+        // `expires_in: u64::MAX` used to overflow `Instant + Duration`.
+        check(u64::MAX, 24 * 3600 - 60);
+        check(86_400 * 365, 24 * 3600 - 60);
     }
 
     #[tokio::test(start_paused = true)]

@@ -11,7 +11,8 @@ use serde_json::{json, Map, Value};
 use url::Url;
 
 use super::auth::TokenSource;
-use crate::http::{self, encode_base64, input_bytes, truncate, CONTROL_BODY_LIMIT, DETAIL_CHARS};
+use crate::http::{self, encode_base64, input_bytes, truncate, Secrets};
+use crate::params::{self, Owned, COUNT_KEYS, DELIVERY_KEYS, PROMPT_KEYS, SAFETY_KEYS};
 use crate::{
     Artifact, GenerationOutput, GenerationRequest, InputImage, InputRole, JobKind, Provider,
     ProviderError,
@@ -26,9 +27,49 @@ const GEMINI_MAX_IMAGES: u64 = 4;
 /// ~30 s" (shared/PROVIDERS.md).
 const QUOTA_RETRY_FLOOR: Duration = Duration::from_secs(30);
 /// Upper bound on a `retryDelay` taken from an answer.
-const MAX_RETRY_DELAY: Duration = Duration::from_secs(3600);
+const MAX_RETRY_DELAY: Duration = crate::hint::MAX_HINT;
 /// Prompt for a BackgroundRemoval job that has none.
 const PLAIN_BACKGROUND_PROMPT: &str = "a plain white seamless studio background";
+/// The request's framing, around the instance or the contents and the
+/// parameters or generation config.
+const FRAME_KEYS: &[&str] = &["instances", "parameters", "contents", "generation_config"];
+/// The input image fields the bodies carry.
+const INPUT_KEYS: &[&str] = &[
+    "image",
+    "reference_images",
+    "reference_image",
+    "person_image",
+    "product_images",
+    "mask",
+    "inline_data",
+    "file_data",
+    "parts",
+];
+/// Other fields the bodies build: the edit or upscale mode, the watermark
+/// (SynthID, off only when a seed forces it) and Gemini's output shape.
+const BUILT_KEYS: &[&str] = &[
+    "edit_mode",
+    "mode",
+    "upscale_config",
+    "add_watermark",
+    "response_modalities",
+    "response_mime_type",
+];
+
+/// What `request.parameters` may not set on Vertex (see the module docs).
+pub(crate) const OWNED: Owned = Owned {
+    provider: "vertex",
+    groups: &[
+        FRAME_KEYS,
+        PROMPT_KEYS,
+        INPUT_KEYS,
+        BUILT_KEYS,
+        COUNT_KEYS,
+        SAFETY_KEYS,
+        DELIVERY_KEYS,
+    ],
+};
+
 /// Finish reasons that mean Gemini withheld the image for policy reasons.
 const GEMINI_SAFETY_FINISH: [&str; 5] = [
     "IMAGE_SAFETY",
@@ -218,6 +259,7 @@ impl VertexProvider {
         &self,
         request: &GenerationRequest,
     ) -> Result<GenerationOutput, ProviderError> {
+        params::check(&request.parameters, &OWNED, &[])?;
         let model = request.model.as_str();
         if !is_id(model, b"") {
             return Err(ProviderError::Unsupported {
@@ -241,9 +283,16 @@ impl VertexProvider {
         let response = http::send(builder, self.config.request_timeout, deadline).await?;
         let status = response.status();
         let stage = method.as_str();
+        // The access token, as an error message must not echo it.
+        let credential = token
+            .authorization
+            .to_str()
+            .ok()
+            .map(|value| value.strip_prefix("Bearer ").unwrap_or(value));
+        let secrets = Secrets::new(credential, Some(request));
         if status == StatusCode::UNAUTHORIZED {
             let body = http::error_body(response).await;
-            let detail = status_message(stage, status, &body);
+            let detail = status_message(stage, status, &body, &secrets);
             return Err(if self.config.token.rejected(token.generation) {
                 // The next attempt fetches a new token; no reason to wait.
                 ProviderError::Unavailable {
@@ -261,29 +310,33 @@ impl VertexProvider {
             let headers = response.headers().clone();
             let body = http::error_body(response).await;
             tracing::debug!(status = status.as_u16(), "vertex answered an error");
-            return Err(status_error(stage, status, &headers, &body));
+            return Err(status_error(stage, status, &headers, &body, &secrets));
         }
 
         let images = match method {
-            Method::Predict => u64::from(sample_count(request)),
-            Method::GenerateContent => GEMINI_MAX_IMAGES,
+            Method::Predict => sample_count(request),
+            Method::GenerateContent => request.count.max(1),
         };
-        // Base64 is 4 bytes per 3; the JSON around the images is small.
-        let limit = self
-            .config
-            .max_output_bytes
-            .saturating_mul(4)
-            .div_ceil(3)
-            .saturating_mul(images)
-            .saturating_add(CONTROL_BODY_LIMIT);
+        // Base64 is 4 bytes per 3, within the JSON around the images;
+        // Gemini's answer is sized for the images it may add.
+        let limit = http::inline_answer_limit(
+            self.config.max_output_bytes,
+            u64::from(images).max(match method {
+                Method::Predict => 1,
+                Method::GenerateContent => GEMINI_MAX_IMAGES,
+            }),
+        );
         let max_output = self.config.max_output_bytes;
         let answer = http::read_body(response, limit, deadline, || {
             http::too_large_output(max_output)
         })
         .await?;
         let (artifacts, request_id) = match method {
-            Method::Predict => (predict_artifacts(&answer, max_output)?, None),
-            Method::GenerateContent => gemini_artifacts(&answer, max_output)?,
+            Method::Predict => (
+                predict_artifacts(&answer, max_output, images, &secrets)?,
+                None,
+            ),
+            Method::GenerateContent => gemini_artifacts(&answer, max_output, images)?,
         };
         tracing::debug!(artifacts = artifacts.len(), "vertex request completed");
         Ok(GenerationOutput {
@@ -309,6 +362,7 @@ fn sample_count(request: &GenerationRequest) -> u32 {
 /// [`ProviderError::Unsupported`] for ImageToVideo, a missing input the
 /// kind needs, or an upscale factor other than 2 or 4.
 pub(crate) fn build_body(request: &GenerationRequest) -> Result<(Method, Value), ProviderError> {
+    params::check(&request.parameters, &OWNED, &[])?;
     if request.kind == JobKind::ImageToVideo {
         return Err(ProviderError::Unsupported {
             message: "vertex video (veo) is a long-running operation this client does not run; \
@@ -443,7 +497,8 @@ fn predict_body(request: &GenerationRequest) -> Result<Value, ProviderError> {
             parameters.insert("addWatermark".into(), false.into());
         }
     }
-    // Model-specific knobs win over the fields built here.
+    // Model-specific knobs; they may replace the seed or aspect ratio, never
+    // a field the worker owns (refused in `build_body`).
     parameters.extend(overrides);
     Ok(json!({"instances": [instance], "parameters": parameters}))
 }
@@ -569,25 +624,33 @@ fn decoded(
     })
 }
 
-/// The images of a predict answer, or why there are none (module docs).
-pub(crate) fn predict_artifacts(body: &[u8], limit: u64) -> Result<Vec<Artifact>, ProviderError> {
+/// The images of a predict answer, the first `count` of them (the rest
+/// are dropped undecoded), or why there are none (module docs).
+pub(crate) fn predict_artifacts(
+    body: &[u8],
+    limit: u64,
+    count: u32,
+    secrets: &Secrets<'_>,
+) -> Result<Vec<Artifact>, ProviderError> {
     let answer: PredictAnswer =
         serde_json::from_slice(body).map_err(|err| not_json("predict answer", &err))?;
-    let mut artifacts = Vec::new();
+    let mut images = Vec::new();
     let mut filtered = Vec::new();
     for prediction in answer.predictions {
         match (
             prediction.bytes_base64_encoded,
             prediction.rai_filtered_reason,
         ) {
-            (Some(data), _) => {
-                artifacts.push(decoded(&data, prediction.mime_type, "a prediction", limit)?)
-            }
+            (Some(data), _) => images.push((data, prediction.mime_type)),
             (None, Some(reason)) => filtered.push(reason),
             // Safety attributes or other metadata: no image to take.
             (None, None) => {}
         }
     }
+    let artifacts = http::keep_asked("vertex", images, count)
+        .into_iter()
+        .map(|(data, mime)| decoded(&data, mime, "a prediction", limit))
+        .collect::<Result<Vec<_>, _>>()?;
     if artifacts.is_empty() {
         return Err(ProviderError::Rejected {
             message: match filtered.first() {
@@ -595,7 +658,7 @@ pub(crate) fn predict_artifacts(body: &[u8], limit: u64) -> Result<Vec<Artifact>
                     "vertex filtered every output ({} of {}): {}",
                     filtered.len(),
                     filtered.len(),
-                    truncate(reason, DETAIL_CHARS)
+                    http::summary(reason, secrets)
                 ),
                 None => "no image returned: vertex answered no predictions, as it does when the prompt itself is filtered".to_owned(),
             },
@@ -659,38 +722,39 @@ struct PromptFeedback {
     block_reason: Option<String>,
 }
 
-/// The images of a generateContent answer and its response id, or why
-/// there are none (module docs).
+/// The images of a generateContent answer (the first `count`; the rest
+/// are dropped undecoded) and its response id, or why there are none
+/// (module docs).
 pub(crate) fn gemini_artifacts(
     body: &[u8],
     limit: u64,
+    count: u32,
 ) -> Result<(Vec<Artifact>, Option<String>), ProviderError> {
     let answer: GeminiAnswer =
         serde_json::from_slice(body).map_err(|err| not_json("generateContent answer", &err))?;
-    let mut artifacts = Vec::new();
+    let mut images = Vec::new();
     let mut finish_reasons = Vec::new();
     for candidate in answer.candidates {
         if let Some(reason) = candidate.finish_reason {
-            finish_reasons.push(truncate(&reason, 64));
+            finish_reasons.push(http::label(&reason));
         }
         let parts = candidate.content.map(|c| c.parts).unwrap_or_default();
-        for inline in parts.into_iter().filter_map(|part| part.inline_data) {
-            artifacts.push(decoded(
-                &inline.data,
-                inline.mime_type,
-                "an inlineData part",
-                limit,
-            )?);
-        }
+        images.extend(parts.into_iter().filter_map(|part| part.inline_data));
     }
+    let artifacts = http::keep_asked("vertex", images, count)
+        .into_iter()
+        .map(|inline| decoded(&inline.data, inline.mime_type, "an inlineData part", limit))
+        .collect::<Result<Vec<_>, _>>()?;
     if !artifacts.is_empty() {
-        let request_id = answer.response_id.map(|id| truncate(&id, 128));
+        let request_id = answer
+            .response_id
+            .map(|id| http::label(&truncate(&id, 128)));
         return Ok((artifacts, request_id));
     }
     let block = answer.prompt_feedback.and_then(|f| f.block_reason);
     if let Some(reason) = block {
         return Err(ProviderError::Rejected {
-            message: format!("gemini blocked the prompt: {}", truncate(&reason, 64)),
+            message: format!("gemini blocked the prompt: {}", http::label(&reason)),
         });
     }
     if let Some(reason) = finish_reasons
@@ -736,20 +800,31 @@ fn parse_error(body: &[u8]) -> Option<ErrorBody> {
 }
 
 /// `predict answered HTTP 429 RESOURCE_EXHAUSTED: Quota exceeded...`.
-fn status_message(stage: &str, status: StatusCode, body: &[u8]) -> String {
-    describe(stage, status, parse_error(body).as_ref())
+fn status_message(stage: &str, status: StatusCode, body: &[u8], secrets: &Secrets<'_>) -> String {
+    describe(stage, status, parse_error(body).as_ref(), secrets)
 }
 
-fn describe(stage: &str, status: StatusCode, error: Option<&ErrorBody>) -> String {
+/// The status, Google's status name and a [`summary`](http::summary) of
+/// its message: never the token or the prompts.
+fn describe(
+    stage: &str,
+    status: StatusCode,
+    error: Option<&ErrorBody>,
+    secrets: &Secrets<'_>,
+) -> String {
     let mut message = format!("{stage} answered HTTP {}", status.as_u16());
     if let Some(error) = error {
-        if let Some(name) = &error.status {
-            message.push(' ');
-            message.push_str(&truncate(name, 64));
+        if let Some(name) = error.status.as_deref().map(http::label) {
+            if !name.is_empty() {
+                message.push(' ');
+                message.push_str(&name);
+            }
         }
-        if let Some(detail) = error.message.as_deref().filter(|m| !m.is_empty()) {
-            message.push_str(": ");
-            message.push_str(&truncate(detail, DETAIL_CHARS));
+        if let Some(detail) = error.message.as_deref().map(|m| http::summary(m, secrets)) {
+            if !detail.is_empty() {
+                message.push_str(": ");
+                message.push_str(&detail);
+            }
         }
     }
     message
@@ -762,9 +837,10 @@ pub(crate) fn status_error(
     status: StatusCode,
     headers: &HeaderMap,
     body: &[u8],
+    secrets: &Secrets<'_>,
 ) -> ProviderError {
     let error = parse_error(body);
-    let message = describe(stage, status, error.as_ref());
+    let message = describe(stage, status, error.as_ref(), secrets);
     match status.as_u16() {
         // RESOURCE_EXHAUSTED: the project's quota, i.e. backpressure.
         429 => ProviderError::RateLimited {
@@ -797,10 +873,8 @@ fn retry_info(details: &[Value]) -> Option<Duration> {
 /// A protobuf JSON duration: `"30s"`, `"1.5s"`, `"0.200s"`.
 pub(crate) fn parse_proto_duration(text: &str) -> Option<Duration> {
     let seconds: f64 = text.trim().strip_suffix('s')?.parse().ok()?;
-    if !seconds.is_finite() || seconds < 0.0 {
+    if !seconds.is_finite() {
         return None;
     }
-    Duration::try_from_secs_f64(seconds)
-        .ok()
-        .map(|d| d.min(MAX_RETRY_DELAY))
+    crate::hint::from_secs_f64(seconds).map(|d| d.min(MAX_RETRY_DELAY))
 }

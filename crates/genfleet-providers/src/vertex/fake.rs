@@ -24,6 +24,9 @@
 //! | `gemini-malformed`    | 200 with truncated JSON                                            |
 //! | `gemini-text-only`    | a text part only, finishReason STOP                                |
 //! | `slow`                | answers as ok after [`FakeVertex::set_slow_delay`] (2 s)           |
+//! | `imagen-extra`        | 2 more PNG predictions than `sampleCount`                          |
+//! | `imagen-echo`         | 400 INVALID_ARGUMENT quoting the access token and the prompt back  |
+//! | `imagen-endless`      | 200 with a body that never ends                                    |
 //! | `missing*`            | 404 NOT_FOUND, as for an unknown publisher model                   |
 //! | other `gemini*`       | like `gemini-ok`                                                   |
 //! | any other id          | like `imagen-ok` (a `personImage` instance is checked as `vto-ok`) |
@@ -310,6 +313,9 @@ enum Behaviour {
     GeminiTextOnly,
     Slow,
     Missing,
+    Extra,
+    Echo,
+    Endless,
 }
 
 impl Behaviour {
@@ -330,6 +336,9 @@ impl Behaviour {
             "gemini-malformed" => Behaviour::GeminiMalformed,
             "gemini-text-only" => Behaviour::GeminiTextOnly,
             "slow" => Behaviour::Slow,
+            "imagen-extra" => Behaviour::Extra,
+            "imagen-echo" => Behaviour::Echo,
+            "imagen-endless" => Behaviour::Endless,
             m if m.starts_with("missing") => Behaviour::Missing,
             m if m.starts_with("gemini") => Behaviour::GeminiOk,
             _ => Behaviour::ImagenOk,
@@ -439,6 +448,27 @@ async fn handle(
                 "The service is currently unavailable.",
             ),
         };
+    }
+    if behaviour == Behaviour::Echo {
+        // As a careless gateway might: the token and the input back.
+        let authorization = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or_default();
+        let prompt = request
+            .pointer("/instances/0/prompt")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        return invalid(&format!(
+            "Request with {authorization} has an invalid prompt \"{prompt}\"."
+        ));
+    }
+    if behaviour == Behaviour::Endless {
+        return fake_faults::endless(
+            StatusCode::OK,
+            "application/json",
+            r#"{"predictions": [{"mimeType": "image/png", "bytesBase64Encoded": ""#.to_owned(),
+        );
     }
     let response = match (rpc, behaviour.is_gemini(model)) {
         ("generateContent", true) => generate_content(&shared, behaviour, &request).await,
@@ -552,9 +582,12 @@ async fn predict(shared: &Shared, behaviour: Behaviour, model: &str, request: &V
                 let scale = if factor == "x4" { 4 } else { 2 };
                 vec![png_prediction(IMAGE_SIDE * scale, 0)]
             }
-            None => (0..samples)
-                .map(|i| png_prediction(IMAGE_SIDE, i))
-                .collect(),
+            None => {
+                let extra = if behaviour == Behaviour::Extra { 2 } else { 0 };
+                (0..samples + extra)
+                    .map(|i| png_prediction(IMAGE_SIDE, i))
+                    .collect()
+            }
         },
     };
     (

@@ -103,7 +103,7 @@ async fn imagen_ok_sends_the_documented_generation_body() {
     request.negative_prompt = "blurry".into();
     request
         .parameters
-        .insert("personGeneration".into(), json!("dont_allow"));
+        .insert("enhancePrompt".into(), json!(false));
     let output = generate_with_retries(&provider(&fake), &request, &policy())
         .await
         .unwrap();
@@ -130,7 +130,7 @@ async fn imagen_ok_sends_the_documented_generation_body() {
                 "negativePrompt": "blurry",
                 "seed": 7,
                 "addWatermark": false,
-                "personGeneration": "dont_allow",
+                "enhancePrompt": false,
             },
         })
     );
@@ -163,7 +163,8 @@ async fn all_filtered_is_a_rejection_with_the_reason() {
         message.contains("vertex filtered every output (1 of 1): Unable to show generated images"),
         "{message}"
     );
-    assert!(message.contains("Support codes: 39322892"), "{message}");
+    // Vertex's reason is long: a bounded summary of it is kept.
+    assert!(message.chars().count() < 300, "{message}");
     assert!(!message.contains("sneaker"), "prompt leaked: {message}");
 }
 
@@ -959,6 +960,7 @@ fn classifies_error_answers() {
             reqwest::StatusCode::from_u16(code).unwrap(),
             headers,
             body.as_bytes(),
+            &crate::http::Secrets::default(),
         )
     };
     let kind = |err: &ProviderError| {
@@ -1014,7 +1016,7 @@ fn classifies_error_answers() {
         r#"{{"error": {{"code": 400, "status": "INVALID_ARGUMENT", "message": "{}"}}}}"#,
         "x".repeat(2000)
     );
-    assert!(classify(400, &none, &long).to_string().chars().count() < 600);
+    assert!(classify(400, &none, &long).to_string().chars().count() < 300);
     assert_eq!(
         classify(502, &none, "<html>bad gateway</html>").to_string(),
         "provider unavailable: predict answered HTTP 502"
@@ -1031,6 +1033,9 @@ fn parses_protobuf_durations() {
     check("0.200s", Some(Duration::from_millis(200)));
     check("0s", Some(Duration::ZERO));
     check("1e9s", Some(Duration::from_secs(3600)));
+    check("1e300s", Some(Duration::from_secs(3600)));
+    check("18446744073709551615s", Some(Duration::from_secs(3600)));
+    check("infs", None);
     check("-1s", None);
     check("30", None);
     check("NaNs", None);
@@ -1071,4 +1076,125 @@ async fn fault_table_unavailable_calls_cost_no_job() {
     let counts = fake.fault_counts();
     assert_eq!(counts.submits_accepted, fault_table::JOBS as u64);
     assert!(counts.submits_refused >= 6, "{counts:?}");
+}
+
+// What a job's parameters may not touch, and what a hostile Vertex may not
+// do to us (issue 15).
+
+#[tokio::test]
+async fn owned_parameters_are_refused_before_any_request() {
+    let fake = FakeVertex::start().await.unwrap();
+    let provider = provider(&fake);
+    for model in ["imagen-ok", "gemini-ok"] {
+        for (key, parameters) in crate::params::hostile_parameters(&super::client::OWNED, &[]) {
+            let mut request = request(model);
+            request.parameters = parameters;
+            let failed = generate_with_retries(&provider, &request, &policy())
+                .await
+                .unwrap_err();
+            assert_eq!(failed.attempts, 1, "{key}");
+            assert!(
+                matches!(failed.error, ProviderError::Unsupported { .. }),
+                "{key}: {failed}"
+            );
+            assert_eq!(failed.error.code(), "invalid_input");
+            let message = failed.error.to_string();
+            assert!(message.contains(&format!("{key:?}")), "{key}: {message}");
+        }
+    }
+    // Not even a token was fetched.
+    assert_eq!(fake.calls(), 0);
+    assert_eq!(fake.token_requests(), 0);
+}
+
+#[tokio::test]
+async fn storage_uri_watermark_and_safety_cannot_be_set() {
+    let fake = FakeVertex::start().await.unwrap();
+    for (key, value) in [
+        ("storageUri", json!("gs://someone-elses-bucket/out/")),
+        ("addWatermark", json!(false)),
+        ("safetySetting", json!("block_none")),
+        ("personGeneration", json!("allow_all")),
+        ("sample_count", json!(4)),
+        ("upscaleConfig.upscaleFactor", json!("x4")),
+    ] {
+        let mut request = request("imagen-ok");
+        request.parameters.insert(key.into(), value);
+        let failed = generate_with_retries(&provider(&fake), &request, &policy())
+            .await
+            .unwrap_err();
+        assert_eq!(
+            failed.error.to_string(),
+            format!(
+                "parameter {key:?} is set by the worker for vertex and cannot be overridden by a job"
+            )
+        );
+    }
+    assert_eq!(fake.calls(), 0);
+}
+
+#[tokio::test]
+async fn harmless_parameters_reach_the_model() {
+    let fake = FakeVertex::start().await.unwrap();
+    let mut request = request("imagen-ok");
+    request
+        .parameters
+        .insert("outputOptions".into(), json!({"mimeType": "image/png"}));
+    request
+        .parameters
+        .insert("enhancePrompt".into(), json!(false));
+    generate_with_retries(&provider(&fake), &request, &policy())
+        .await
+        .unwrap();
+    let body = fake.last_body("imagen-ok").unwrap();
+    assert_eq!(body["parameters"]["outputOptions"]["mimeType"], "image/png");
+    assert_eq!(body["parameters"]["enhancePrompt"], false);
+    assert_eq!(body["parameters"]["sampleCount"], 1);
+}
+
+#[tokio::test]
+async fn more_outputs_than_asked_are_dropped_undecoded() {
+    let fake = FakeVertex::start().await.unwrap();
+    for count in [1, 3] {
+        let mut request = request("imagen-extra");
+        request.count = count;
+        let output = generate_with_retries(&provider(&fake), &request, &policy())
+            .await
+            .unwrap();
+        assert_pngs(&output, count as usize);
+    }
+}
+
+#[tokio::test]
+async fn an_endless_answer_is_cut_off_at_its_limit() {
+    let fake = FakeVertex::start().await.unwrap();
+    let token = TokenSource::endpoint(fake.token_url(), client());
+    let provider = VertexProvider::new(
+        VertexConfig {
+            max_output_bytes: 1024 * 1024,
+            ..config(&fake, token)
+        },
+        client(),
+    );
+    let err = provider
+        .generate(&request("imagen-endless"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "provider rejected the request: an output is larger than the 1048576 byte limit"
+    );
+}
+
+#[tokio::test]
+async fn error_messages_never_echo_the_token_or_the_prompt() {
+    let fake = FakeVertex::start().await.unwrap();
+    let failed = generate_with_retries(&provider(&fake), &request("imagen-echo"), &policy())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        failed.error.to_string(),
+        "provider rejected the request: predict answered HTTP 400 INVALID_ARGUMENT: \
+         Request with Bearer [redacted] has an invalid prompt \"[prompt]\"."
+    );
 }
