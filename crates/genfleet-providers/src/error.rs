@@ -44,8 +44,11 @@ pub enum ProviderError {
     #[error("deadline exceeded while waiting for the provider")]
     DeadlineExceeded,
 
-    /// The provider cannot do this kind of job, or the request lacks an input
-    /// the kind needs.
+    /// The provider cannot do this kind of job, the request lacks an input
+    /// the kind needs, or its parameters set what the worker owns (an input,
+    /// the prompt, the output count, safety, delivery) or exceed their
+    /// bounds: the job's own fault (`invalid_input`), refused before any
+    /// call.
     #[error("{message}")]
     Unsupported { message: String },
 

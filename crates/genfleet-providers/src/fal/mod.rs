@@ -20,6 +20,26 @@
 //! the file host. Logs carry the provider, request id and status codes only:
 //! never the key, prompt, bytes or URLs.
 //!
+//! # What parameters cannot set
+//!
+//! `request.parameters` may not set a key the worker owns; such a job is
+//! refused (`Unsupported`, i.e. `invalid_input`) before anything is sent,
+//! as is one whose parameters are over 16 KiB or nested deeper than 8
+//! levels. Keys are compared in any case with `_`/`-` ignored, path
+//! segments (`a.b`, `a[b]`) and nested keys included (see `crate::params`).
+//!
+//! | owned because it is…   | keys                                                                   |
+//! |------------------------|------------------------------------------------------------------------|
+//! | an input image         | `image_url`, `image_urls`, `mask_url`, `human_image_url`, `garment_image_url` |
+//! | the prompt             | `prompt`, `negative_prompt`                                            |
+//! | the output count       | `num_images`, `num_outputs`, `number_of_images`, `num_samples`, `sample_count`, `candidate_count`, `batch_size`, `n` |
+//! | safety                 | `enable_safety_checker`, `disable_safety_checker`, `safety_checker`, `enable_safety_checks`, `safety_tolerance`, `safety_filter_level`, `safety_setting(s)`, `person_generation`, `moderation` |
+//! | delivery               | `sync_mode`, `webhook`, `webhook_url`, `fal_webhook`, `webhook_events_filter`, `response_format`, `storage_uri`, `output_uri`, `stream` |
+//!
+//! `seed` and `aspect_ratio` are the job's own choices, not the worker's:
+//! a parameter may set them. A result with more files than `count` has the
+//! extra ones dropped, unread.
+//!
 //! [`resume`] is the [`Resumable`](crate::Resumable) face the worker parks
 //! long renders on; `fake` (tests and the `fake` feature) is a loopback
 //! server shaped like `queue.fal.run`.

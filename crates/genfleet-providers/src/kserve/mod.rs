@@ -23,11 +23,30 @@
 //!
 //! The image is the first Product or Person input, else the first Reference.
 //! Request-level `parameters` are the request's own (for example `scale`),
-//! plus `priority` from the config (unless the request sets one) and
-//! `timeout` in microseconds when the job has a deadline (the time left,
-//! at most `request_timeout`), so Triton drops a request still queued when
-//! nobody waits for it any more. Triton takes string, integer and boolean
-//! parameter values only; it answers 400 for others.
+//! plus `priority` from the config, `num_images` when `count` is over 1,
+//! and `timeout` in microseconds when the job has a deadline (the time
+//! left, at most `request_timeout`), so Triton drops a request still
+//! queued when nobody waits for it any more. Triton takes string, integer
+//! and boolean parameter values only; it answers 400 for others. An answer
+//! with more images than `count` has the extra ones dropped.
+//!
+//! # What parameters cannot set
+//!
+//! `request.parameters` may not set a key the worker owns; such a job is
+//! refused (`Unsupported`, i.e. `invalid_input`) before anything is sent,
+//! as is one whose parameters are over 16 KiB or nested deeper than 8
+//! levels. Keys are compared in any case with `_`/`-` ignored, path
+//! segments (`a.b`, `a[b]`) and nested keys included (see `crate::params`).
+//!
+//! | owned because it is…   | keys                                                                   |
+//! |------------------------|------------------------------------------------------------------------|
+//! | the request's frame    | `id`, `inputs`, `outputs`, `parameters`, and the configured tensor names (`image_input`, `mask_input`, `second_image_input`, `prompt_input`, `output`) |
+//! | set here or Triton's   | `timeout`, `priority` (a job cannot raise its own), `binary_data_output`, `binary_data`, `binary_data_size`, `shared_memory_region`, `shared_memory_byte_size`, `shared_memory_offset` |
+//! | the prompt             | `prompt`, `negative_prompt`                                            |
+//! | the output count       | `num_images`, `num_outputs`, `number_of_images`, `num_samples`, `sample_count`, `candidate_count`, `batch_size`, `n` |
+//! | safety                 | `enable_safety_checker`, `disable_safety_checker`, `safety_checker`, `enable_safety_checks`, `safety_tolerance`, `safety_filter_level`, `safety_setting(s)`, `person_generation`, `moderation` |
+//! | delivery               | `sync_mode`, `webhook`, `webhook_url`, `fal_webhook`, `webhook_events_filter`, `response_format`, `storage_uri`, `output_uri`, `stream` |
+
 //!
 //! # Binary and JSON forms
 //!

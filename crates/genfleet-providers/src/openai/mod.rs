@@ -14,10 +14,30 @@
 //! 1024x1024; 16:9, 3:2, 4:3 → 1536x1024; 9:16, 2:3, 3:4 → 1024x1536; else
 //! none, the model's default); `response_format` is `b64_json` except for
 //! `gpt-image*` models, which always answer base64 and refuse the field.
-//! `request.parameters` are merged last and win (`size`, `quality`,
-//! `background`, ...); a parameter set to null removes a field built here.
-//! In an edit, parameters become text parts; `image` and `mask` come from
-//! the inputs only. The API has no negative prompt or seed.
+//! `request.parameters` are merged last (`size`, `quality`, `background`,
+//! ...); a parameter set to null removes a field built here (`size`). In
+//! an edit, parameters become text parts; `image` and `mask` come from the
+//! inputs only. The API has no negative prompt or seed.
+//!
+//! # What parameters cannot set
+//!
+//! `request.parameters` may not set a key the worker owns; such a job is
+//! refused (`Unsupported`, i.e. `invalid_input`) before anything is sent,
+//! as is one whose parameters are over 16 KiB or nested deeper than 8
+//! levels. Keys are compared in any case with `_`/`-` ignored, path
+//! segments (`a.b`, `a[b]`) and nested keys included (see `crate::params`).
+//!
+//! | owned because it is…   | keys                                                                   |
+//! |------------------------|------------------------------------------------------------------------|
+//! | built here             | `model`, `partial_images`                                              |
+//! | an input image         | `image` (`image[]` too), `mask`                                        |
+//! | the prompt             | `prompt`, `negative_prompt`                                            |
+//! | the output count       | `num_images`, `num_outputs`, `number_of_images`, `num_samples`, `sample_count`, `candidate_count`, `batch_size`, `n` |
+//! | safety                 | `enable_safety_checker`, `disable_safety_checker`, `safety_checker`, `enable_safety_checks`, `safety_tolerance`, `safety_filter_level`, `safety_setting(s)`, `person_generation`, `moderation` |
+//! | delivery               | `sync_mode`, `webhook`, `webhook_url`, `fal_webhook`, `webhook_events_filter`, `response_format`, `storage_uri`, `output_uri`, `stream` |
+//!
+//! An answer with more images than `n` has the extra ones dropped, never
+//! decoded or downloaded.
 //!
 //! The multipart body is built by hand (in [`client`]): reqwest's
 //! `multipart` feature would add crates (mime_guess, unicase) to the

@@ -26,8 +26,8 @@
 //! version), `owner/name:version` through `POST /v1/predictions`.
 //!
 //! The input JSON, per job kind (images as base64 data URIs; then
-//! `request.parameters` merged over it, a parameter winning over a field
-//! built here):
+//! `request.parameters` added to it, which may replace the seed or aspect
+//! ratio but no field the worker owns, below):
 //!
 //! | kind                | fields                                                                  |
 //! |---------------------|-------------------------------------------------------------------------|
@@ -43,6 +43,26 @@
 //! Utility models (background removal, upscalers) get no generation fields
 //! and try-on/video models no `num_outputs`: their schemas have none, and a
 //! field a model does not declare is at best ignored.
+//!
+//! # What parameters cannot set
+//!
+//! `request.parameters` may not set a key the worker owns; such a job is
+//! refused (`Unsupported`, i.e. `invalid_input`) before anything is sent,
+//! as is one whose parameters are over 16 KiB or nested deeper than 8
+//! levels. Keys are compared in any case with `_`/`-` ignored, path
+//! segments (`a.b`, `a[b]`) and nested keys included (see `crate::params`).
+//!
+//! | owned because it is…   | keys                                                                   |
+//! |------------------------|------------------------------------------------------------------------|
+//! | the request's frame    | `input`, `version`, `model`                                            |
+//! | an input image         | `image`, `mask`, `human_img`, `garm_img`                               |
+//! | the prompt             | `prompt`, `negative_prompt`                                            |
+//! | the output count       | `num_images`, `num_outputs`, `number_of_images`, `num_samples`, `sample_count`, `candidate_count`, `batch_size`, `n` |
+//! | safety                 | `enable_safety_checker`, `disable_safety_checker`, `safety_checker`, `enable_safety_checks`, `safety_tolerance`, `safety_filter_level`, `safety_setting(s)`, `person_generation`, `moderation` |
+//! | delivery               | `sync_mode`, `webhook`, `webhook_url`, `fal_webhook`, `webhook_events_filter`, `response_format`, `storage_uri`, `output_uri`, `stream` |
+//!
+//! A succeeded prediction with more output files than `count` has the extra
+//! ones dropped, never downloaded.
 //!
 //! A prediction's end state is classified in [`client`]:
 //!

@@ -35,8 +35,8 @@
 //! swaps the background for a plain one rather than cutting it out. With a
 //! `seed`, `addWatermark: false` is sent too: Vertex refuses a seed on
 //! watermarked output. `request.parameters` is merged into `parameters`
-//! last, so it can set `personGeneration`, `safetySetting`, `outputOptions`,
-//! `baseSteps` or override anything built here.
+//! last: it can set `outputOptions`, `baseSteps`, `enhancePrompt`, the seed
+//! or the aspect ratio, never a key the worker owns (below).
 //!
 //! Gemini gets `{contents: [{role: "user", parts: [{text: prompt},
 //! {inlineData} per input image]}], generationConfig: {responseModalities:
@@ -44,6 +44,30 @@
 //! `request.parameters` merged into `generationConfig`. It has no negative
 //! prompt or sample count; kinds other than ProductPhoto need an input
 //! image (VirtualTryOn a person and a garment).
+//!
+//! # What parameters cannot set
+//!
+//! `request.parameters` may not set a key the worker owns; such a job is
+//! refused (`Unsupported`, i.e. `invalid_input`) before anything is sent,
+//! as is one whose parameters are over 16 KiB or nested deeper than 8
+//! levels. Keys are compared in any case with `_`/`-` ignored, path
+//! segments (`a.b`, `a[b]`) and nested keys included (see `crate::params`).
+//!
+//! Protobuf JSON takes `sample_count` for `sampleCount`, so each key below
+//! is refused in either spelling.
+//!
+//! | owned because it is…   | keys                                                                   |
+//! |------------------------|------------------------------------------------------------------------|
+//! | the request's frame    | `instances`, `parameters`, `contents`, `generationConfig`              |
+//! | an input image         | `image`, `referenceImages`, `referenceImage`, `personImage`, `productImages`, `mask`, `inlineData`, `fileData`, `parts` |
+//! | the prompt             | `prompt`, `negativePrompt`                                             |
+//! | built here             | `editMode`, `mode`, `upscaleConfig`, `addWatermark` (SynthID), `responseModalities`, `responseMimeType` |
+//! | the output count       | `num_images`, `num_outputs`, `number_of_images`, `num_samples`, `sampleCount`, `candidateCount`, `batch_size`, `n` |
+//! | safety                 | `enable_safety_checker`, `disable_safety_checker`, `safety_checker`, `enable_safety_checks`, `safety_tolerance`, `safety_filter_level`, `safetySetting(s)`, `personGeneration`, `moderation` |
+//! | delivery               | `sync_mode`, `webhook`, `webhook_url`, `fal_webhook`, `webhook_events_filter`, `response_format`, `storageUri` (a bucket we do not own), `output_uri`, `stream` |
+//!
+//! An answer with more images than asked for (`sampleCount`, or `count`
+//! for Gemini) has the extra ones dropped undecoded.
 //!
 //! # Answers
 //!
