@@ -443,11 +443,13 @@ async fn start_fake(fake_rt: &tokio::runtime::Runtime) -> FakeFal {
         .expect("fake fal starts")
 }
 
-/// `<dir>/store/uploads/photo.jpg` = the chosen input.
+/// `<dir>/store/uploads/acme/shop-1/photo.jpg` = the chosen input (the
+/// jobs are `acme/shop-1`'s, and a worker reads only the tenant's uploads).
 fn store_with_input(dir: &Path, input: &Path) -> PathBuf {
     let root = dir.join("store");
-    std::fs::create_dir_all(root.join("uploads")).expect("store folder");
-    std::fs::copy(input, root.join("uploads/photo.jpg")).expect("input copied");
+    let uploads = root.join("uploads/acme/shop-1");
+    std::fs::create_dir_all(&uploads).expect("store folder");
+    std::fs::copy(input, uploads.join("photo.jpg")).expect("input copied");
     root
 }
 

@@ -262,6 +262,9 @@ async fn jobs_survive_killed_workers_a_broker_restart_and_a_database_drop() {
     let root = dir.0.join("store");
     std::fs::create_dir_all(root.join("uploads")).unwrap();
     small_jpeg(&root.join("uploads/photo.jpg"));
+    for w in 0..WORKSPACES {
+        photo_for(&root, &format!("ws{w}"));
+    }
     let fake = FakeFal::start().await.unwrap();
     let ledger = Ledger::connect(PG_URL, &schema.name, 2).await.unwrap();
     ledger.migrate().await.unwrap();

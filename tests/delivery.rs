@@ -31,11 +31,14 @@ async fn setup(prefix: &str, accounts: &[&str]) -> Setup {
     let vhost = Vhost::create();
     let schema = Schema::new();
     let dir = TempDir::new(prefix);
-    store_with_photo(&dir.0);
+    let root = store_with_photo(&dir.0);
     let fake = FakeFal::start().await.unwrap();
     let ledger = Ledger::connect(PG_URL, &schema.name, 2).await.unwrap();
     ledger.migrate().await.unwrap();
     for account in accounts {
+        if let Some(("acme", workspace)) = account.split_once('/') {
+            photo_for(&root, workspace);
+        }
         ledger.grant(account, 1_000, prefix).await.unwrap();
     }
     let results = results_queue(&vhost.url()).await;

@@ -43,7 +43,7 @@ fn job_body(job_id: &str) -> Vec<u8> {
         "jobId": job_id,
         "tenant": {"org": "acme", "workspace": "shop-1"},
         "kind": "JOB_KIND_PRODUCT_PHOTO",
-        "inputs": [{"role": "INPUT_ROLE_PRODUCT", "uri": "s3://genfleet/uploads/mug.jpg"}],
+        "inputs": [{"role": "INPUT_ROLE_PRODUCT", "uri": "s3://genfleet/uploads/acme/shop-1/mug.jpg"}],
         "generation": {"providers": ["fal"], "prompt": PROMPT},
     })
     .to_string()

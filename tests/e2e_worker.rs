@@ -65,7 +65,7 @@ fn tenant(org: &str, workspace: &str) -> Option<v1::Tenant> {
 fn input(role: v1::InputRole, key: &str) -> v1::Input {
     v1::Input {
         role: role as i32,
-        uri: format!("s3://genfleet/uploads/{key}"),
+        uri: format!("s3://genfleet/uploads/acme/shop-1/{key}"),
         ..Default::default()
     }
 }
@@ -122,8 +122,27 @@ fn image_alpha(image: &genfleet_imaging::DynamicImage) -> image::GrayImage {
     }
 }
 
+/// `j` for another tenant, with its inputs moved to that tenant's uploads
+/// (a worker reads only the tenant's own).
+fn for_tenant(j: &mut v1::Job, org: &str, workspace: &str) {
+    j.tenant = tenant(org, workspace);
+    for input in &mut j.inputs {
+        input.uri = input.uri.replace(
+            "/uploads/acme/shop-1/",
+            &format!("/uploads/{org}/{workspace}/"),
+        );
+    }
+}
+
+/// The uploads of `acme/shop-1`, copied for the other tenants of the test.
 fn stage_uploads(root: &std::path::Path) {
-    let uploads = root.join("uploads");
+    stage_tenant_uploads(&root.join("uploads/acme/shop-1"));
+    for other in ["modehaus/eu-store", "poor/ws"] {
+        stage_tenant_uploads(&root.join("uploads").join(other));
+    }
+}
+
+fn stage_tenant_uploads(uploads: &std::path::Path) {
     std::fs::create_dir_all(uploads.join("hostile")).unwrap();
     for (name, target) in [
         ("examples/photos/dandelions_1024.jpg", "photo.jpg"),
@@ -291,7 +310,7 @@ async fn two_hundred_mixed_jobs_end_to_end() {
             ],
             6,
         );
-        j.tenant = tenant("modehaus", "eu-store");
+        for_tenant(&mut j, "modehaus", "eu-store");
         j.credits = Some(v1::CreditRequest {
             account: "modehaus".into(),
             amount: 6,
@@ -326,7 +345,7 @@ async fn two_hundred_mixed_jobs_end_to_end() {
             vec![input(v1::InputRole::Product, "photo.jpg")],
             5,
         );
-        j.tenant = tenant("poor", "ws");
+        for_tenant(&mut j, "poor", "ws");
         jobs.push((
             j,
             Expect {
@@ -498,6 +517,7 @@ async fn two_hundred_mixed_jobs_end_to_end() {
     let store = Store::open_local(StoreConfig {
         root: root.clone(),
         bucket: "genfleet".into(),
+        inputs: Default::default(),
     })
     .unwrap();
     let mut captured: HashMap<&str, i64> = HashMap::new();
@@ -639,12 +659,14 @@ async fn two_hundred_mixed_jobs_end_to_end() {
 
     for i in 0..3 {
         assert!(
-            !root.join(format!("uploads/delete-me-{i}.jpg")).exists(),
+            !root
+                .join(format!("uploads/acme/shop-1/delete-me-{i}.jpg"))
+                .exists(),
             "source {i} was not deleted"
         );
     }
     assert!(
-        root.join("uploads/photo.jpg").exists(),
+        root.join("uploads/acme/shop-1/photo.jpg").exists(),
         "sources of other jobs stay"
     );
 

@@ -19,7 +19,7 @@ use genfleet_scan::testing::{PrivateClamd, EICAR, EICAR_SIGNATURE};
 use support::*;
 
 /// A local batch edit (resize to 512 px, one JPEG) of `acme/shop-1` on
-/// `inputs` (keys under `uploads/`), holding `credits`.
+/// `inputs` (keys under `uploads/acme/shop-1/`), holding `credits`.
 fn local_job(inputs: &[&str], credits: i64) -> v1::Job {
     v1::Job {
         job_id: new_job_id(),
@@ -33,7 +33,7 @@ fn local_job(inputs: &[&str], credits: i64) -> v1::Job {
             .iter()
             .map(|key| v1::Input {
                 role: v1::InputRole::Product as i32,
-                uri: format!("s3://genfleet/uploads/{key}"),
+                uri: format!("s3://genfleet/uploads/acme/shop-1/{key}"),
                 ..Default::default()
             })
             .collect(),
@@ -71,15 +71,16 @@ async fn setup(prefix: &str, extra: &str) -> Setup {
     let schema = Schema::new();
     let dir = TempDir::new(prefix);
     let root = store_with_photo(&dir.0);
+    photo_for(&root, "shop-1");
     std::fs::copy(
         repo_path("tests/fixtures/hostile/eicar.jpg"),
-        root.join("uploads/eicar.jpg"),
+        root.join("uploads/acme/shop-1/eicar.jpg"),
     )
     .unwrap();
     // A valid JPEG with EICAR after its end: it would decode and succeed.
     let mut polyglot = std::fs::read(root.join("uploads/photo.jpg")).unwrap();
     polyglot.extend_from_slice(EICAR);
-    std::fs::write(root.join("uploads/polyglot.jpg"), polyglot).unwrap();
+    std::fs::write(root.join("uploads/acme/shop-1/polyglot.jpg"), polyglot).unwrap();
 
     let ledger = Ledger::connect(PG_URL, &schema.name, 2).await.unwrap();
     ledger.migrate().await.unwrap();

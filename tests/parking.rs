@@ -33,7 +33,8 @@ async fn setup(prefix: &str) -> Setup {
     let vhost = Vhost::create();
     let schema = Schema::new();
     let dir = TempDir::new(prefix);
-    store_with_photo(&dir.0);
+    let root = store_with_photo(&dir.0);
+    photo_for(&root, "video");
     let fake = FakeFal::start().await.unwrap();
     let ledger = Ledger::connect(PG_URL, &schema.name, 2).await.unwrap();
     ledger.migrate().await.unwrap();
@@ -113,7 +114,14 @@ impl Setup {
         let out = Command::new(env!("CARGO_BIN_EXE_genfleet"))
             .args(["--config"])
             .arg(config)
-            .args(["cancel", job_id, "--reason", "customer closed the tab"])
+            .args([
+                "cancel",
+                job_id,
+                "--tenant",
+                "acme/video",
+                "--reason",
+                "customer closed the tab",
+            ])
             .output()
             .expect("genfleet cancel runs");
         assert!(

@@ -231,6 +231,7 @@ async fn fault_table(which: Fake) {
     for scenario in &scenarios {
         let account = format!("acme/{}", scenario.name);
         ledger.grant(&account, 1000, "test").await.unwrap();
+        photo_for(&store, scenario.name);
     }
     let (conn, queue) = results_queue(&vhost.url()).await;
     let broker = genfleet_broker::Broker::connect(&vhost.url(), "faults-test")

@@ -33,7 +33,7 @@ fn job(kind: v1::JobKind, providers: &[&str], model: &str, with_mask: bool) -> v
     if with_mask {
         job.inputs.push(v1::Input {
             role: v1::InputRole::Mask as i32,
-            uri: "s3://genfleet/uploads/photo.jpg".into(),
+            uri: "s3://genfleet/uploads/acme/multi/photo.jpg".into(),
             ..Default::default()
         });
     }
@@ -45,7 +45,8 @@ async fn every_provider_serves_jobs_through_the_worker() {
     let vhost = Vhost::create();
     let schema = Schema::new();
     let dir = TempDir::new("genfleet-providers");
-    store_with_photo(&dir.0);
+    let root = store_with_photo(&dir.0);
+    photo_for(&root, "multi");
     let fal = FakeFal::start().await.unwrap();
     let replicate = FakeReplicate::start().await.unwrap();
     let vertex = FakeVertex::start().await.unwrap();
@@ -218,11 +219,12 @@ async fn fal_gets_clean_uploads_as_they_came_and_the_spool_empties() {
     let corpus = repo_path("tests/fixtures/corpus/photos");
     // EXIF with GPS, orientation 1: passes through.
     let upright = std::fs::read(corpus.join("p01_foliage_sky_1000x750.jpg")).unwrap();
-    std::fs::write(store.join("uploads/upright.jpg"), &upright).unwrap();
+    std::fs::create_dir_all(store.join("uploads/acme/spool")).unwrap();
+    std::fs::write(store.join("uploads/acme/spool/upright.jpg"), &upright).unwrap();
     // Orientation 6: must be turned, so re-encoded.
     std::fs::copy(
         corpus.join("p08_dogs_portrait_orient6_1000x667.jpg"),
-        store.join("uploads/rotated.jpg"),
+        store.join("uploads/acme/spool/rotated.jpg"),
     )
     .unwrap();
     let fal = FakeFal::start().await.unwrap();
@@ -265,7 +267,7 @@ async fn fal_gets_clean_uploads_as_they_came_and_the_spool_empties() {
     let mut sent = Vec::new();
     for upload in ["upright", "rotated"] {
         let mut job = fal_product_job("spool", "test/ok", "a vase", 1, v1::Priority::Normal);
-        job.inputs[0].uri = format!("s3://genfleet/uploads/{upload}.jpg");
+        job.inputs[0].uri = format!("s3://genfleet/uploads/acme/spool/{upload}.jpg");
         publish_job(
             &publisher,
             "remote",

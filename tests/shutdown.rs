@@ -21,6 +21,7 @@ async fn sigterm_finishes_in_flight_jobs_and_loses_none() {
     let schema = Schema::new();
     let dir = TempDir::new("genfleet-shutdown");
     let root = store_with_photo(&dir.0);
+    photo_for(&root, "shop-1");
     let fake = FakeFal::start().await.unwrap();
     let ledger = Ledger::connect(PG_URL, &schema.name, 2).await.unwrap();
     ledger.migrate().await.unwrap();

@@ -454,7 +454,8 @@ pub async fn publish_job(
 }
 
 /// A fal product-photo job of `acme/<workspace>` on the input
-/// `s3://genfleet/uploads/photo.jpg`, holding `credits`.
+/// `s3://genfleet/uploads/acme/<workspace>/photo.jpg` (see [`photo_for`]),
+/// holding `credits`.
 pub fn fal_product_job(
     workspace: &str,
     model: &str,
@@ -472,7 +473,7 @@ pub fn fal_product_job(
         kind: v1::JobKind::ProductPhoto as i32,
         inputs: vec![v1::Input {
             role: v1::InputRole::Product as i32,
-            uri: "s3://genfleet/uploads/photo.jpg".into(),
+            uri: format!("s3://genfleet/uploads/acme/{workspace}/photo.jpg"),
             ..Default::default()
         }],
         generation: Some(v1::Generation {
@@ -500,6 +501,16 @@ pub fn store_with_photo(dir: &Path) -> PathBuf {
     )
     .expect("photo copied");
     root
+}
+
+/// Copies the store's `uploads/photo.jpg` to where a job of
+/// `acme/<workspace>` may read it (`uploads/acme/<workspace>/photo.jpg`):
+/// a worker reads only the tenant's own uploads.
+pub fn photo_for(root: &Path, workspace: &str) {
+    let folder = root.join("uploads/acme").join(workspace);
+    std::fs::create_dir_all(&folder).expect("tenant upload folder");
+    std::fs::copy(root.join("uploads/photo.jpg"), folder.join("photo.jpg"))
+        .expect("photo copied for the tenant");
 }
 
 /// Jobs waiting in every lane (high, normal, low) of `class`.
