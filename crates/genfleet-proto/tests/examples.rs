@@ -61,6 +61,18 @@ fn canonical_json_details() {
 }
 
 #[test]
+fn the_cancel_example_names_its_tenant() {
+    let cancel =
+        genfleet_proto::decode_cancel(&read("cancel_job.json"), &ContentType::Json).unwrap();
+    assert_eq!(cancel.job_id, "01JD3XQ6Z8M5V9K2T4W7Y1B0A1");
+    let tenant = cancel.tenant.unwrap();
+    assert_eq!(
+        (tenant.org.as_str(), tenant.workspace.as_str()),
+        ("acme", "shop-1")
+    );
+}
+
+#[test]
 fn every_result_status_has_an_example_that_round_trips() {
     let cases = [
         ("result_succeeded.json", v1::JobStatus::Succeeded),
