@@ -25,34 +25,13 @@ const MAX_REQUEUES: u32 = 2;
 const RSS_BOUND_MB: u64 = 768;
 
 fn job(workspace: &str, credits: i64) -> v1::Job {
-    v1::Job {
-        job_id: new_job_id(),
-        tenant: Some(v1::Tenant {
-            org: "acme".into(),
-            workspace: workspace.into(),
-            user: "u".into(),
-        }),
-        kind: v1::JobKind::BatchEdit as i32,
-        inputs: vec![v1::Input {
-            role: v1::InputRole::Product as i32,
-            uri: format!("s3://genfleet/uploads/acme/{workspace}/photo.jpg"),
-            ..Default::default()
-        }],
-        preprocess: vec![v1::PreprocessStep {
-            step: Some(v1::preprocess_step::Step::Resize(v1::Resize {
-                long_side: 256,
-            })),
-        }],
-        generation: Some(v1::Generation {
-            providers: vec!["local".into()],
-            ..Default::default()
-        }),
-        credits: Some(v1::CreditRequest {
-            amount: credits,
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
+    local_edit_job(
+        "acme",
+        workspace,
+        &[format!("s3://genfleet/uploads/acme/{workspace}/photo.jpg")],
+        256,
+        credits,
+    )
 }
 
 fn upscale(factor: u32) -> v1::PreprocessStep {

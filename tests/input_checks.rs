@@ -18,40 +18,14 @@ use genfleet_proto::v1;
 use genfleet_scan::testing::{PrivateClamd, EICAR, EICAR_SIGNATURE};
 use support::*;
 
-/// A local batch edit (resize to 512 px, one JPEG) of `acme/shop-1` on
-/// `inputs` (keys under `uploads/acme/shop-1/`), holding `credits`.
+/// A local batch edit (resize to 512 px) of `acme/shop-1` on `inputs`
+/// (keys under `uploads/acme/shop-1/`), holding `credits`.
 fn local_job(inputs: &[&str], credits: i64) -> v1::Job {
-    v1::Job {
-        job_id: new_job_id(),
-        tenant: Some(v1::Tenant {
-            org: "acme".into(),
-            workspace: "shop-1".into(),
-            user: "e2e".into(),
-        }),
-        kind: v1::JobKind::BatchEdit as i32,
-        inputs: inputs
-            .iter()
-            .map(|key| v1::Input {
-                role: v1::InputRole::Product as i32,
-                uri: format!("s3://genfleet/uploads/acme/shop-1/{key}"),
-                ..Default::default()
-            })
-            .collect(),
-        preprocess: vec![v1::PreprocessStep {
-            step: Some(v1::preprocess_step::Step::Resize(v1::Resize {
-                long_side: 512,
-            })),
-        }],
-        generation: Some(v1::Generation {
-            providers: vec!["local".into()],
-            ..Default::default()
-        }),
-        credits: Some(v1::CreditRequest {
-            amount: credits,
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
+    let uris: Vec<String> = inputs
+        .iter()
+        .map(|key| format!("s3://genfleet/uploads/acme/shop-1/{key}"))
+        .collect();
+    local_edit_job("acme", "shop-1", &uris, 512, credits)
 }
 
 /// A worker on its own vhost and schema with `extra` TOML appended to the

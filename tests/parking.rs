@@ -132,26 +132,6 @@ impl Setup {
     }
 }
 
-async fn metric(port: u16, line_prefix: &str) -> f64 {
-    let (_, body) = http_get(port, "/metrics").await.expect("metrics answer");
-    body.lines()
-        .find(|line| line.starts_with(line_prefix))
-        .and_then(|line| line.rsplit(' ').next())
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(0.0)
-}
-
-async fn until(what: &str, within: Duration, mut check: impl AsyncFnMut() -> bool) {
-    let wait = async {
-        while !check().await {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    };
-    tokio::time::timeout(within, wait)
-        .await
-        .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
-}
-
 /// A video job is submitted to fal once, then parked; the worker that
 /// parked it is killed (-9) while fal renders, and a second worker picks
 /// the poll message up, finds the render finished and completes the job.

@@ -34,33 +34,7 @@ fn tenant(org: &str, workspace: &str) -> Option<v1::Tenant> {
 
 /// A local batch edit (resize to 256 px) of `org/workspace` on `uris`.
 fn edit_job(org: &str, workspace: &str, uris: &[String], credits: i64) -> v1::Job {
-    v1::Job {
-        job_id: new_job_id(),
-        tenant: tenant(org, workspace),
-        kind: v1::JobKind::BatchEdit as i32,
-        inputs: uris
-            .iter()
-            .map(|uri| v1::Input {
-                role: v1::InputRole::Product as i32,
-                uri: uri.clone(),
-                ..Default::default()
-            })
-            .collect(),
-        preprocess: vec![v1::PreprocessStep {
-            step: Some(v1::preprocess_step::Step::Resize(v1::Resize {
-                long_side: 256,
-            })),
-        }],
-        generation: Some(v1::Generation {
-            providers: vec!["local".into()],
-            ..Default::default()
-        }),
-        credits: Some(v1::CreditRequest {
-            amount: credits,
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
+    local_edit_job(org, workspace, uris, 256, credits)
 }
 
 /// Every result published, in arrival order, with its routing key: two
@@ -98,6 +72,30 @@ async fn collect_all(
     }
     channel.close(200, "done".into()).await.ok();
     all
+}
+
+/// A `CancelJob` for `job_id` from `(org, workspace)`, as a backend
+/// publishes it.
+async fn publish_cancel(
+    publisher: &genfleet_broker::Publisher,
+    job_id: &str,
+    (org, workspace): (&str, &str),
+    reason: &str,
+) {
+    let cancel = serde_json::json!({
+        "jobId": job_id,
+        "tenant": {"org": org, "workspace": workspace},
+        "reason": reason,
+    });
+    publisher
+        .publish(
+            genfleet_broker::CANCEL_EXCHANGE,
+            "",
+            cancel.to_string().as_bytes(),
+            &genfleet_broker::Outgoing::default(),
+        )
+        .await
+        .unwrap();
 }
 
 /// What the victim owns, read straight from the ledger and the disk.
@@ -140,26 +138,6 @@ struct VictimIds {
     settled: String,
     held: String,
     parked: String,
-}
-
-async fn metric(port: u16, series: &str) -> f64 {
-    let Some((200, text)) = http_get(port, "/metrics").await else {
-        return 0.0;
-    };
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
-async fn until(what: &str, within: Duration, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + within;
-    while tokio::time::Instant::now() < deadline {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("{what}: not within {within:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -438,20 +416,7 @@ async fn another_tenants_files_credits_and_jobs_cannot_be_reached() {
     // Cancel requests from the attacker for the victim's parked and held
     // jobs: dead-lettered, nothing recorded, no provider cancel.
     for job_id in [&ids.parked, &ids.held] {
-        let cancel = serde_json::json!({
-            "jobId": job_id,
-            "tenant": {"org": "acme", "workspace": "shop-1"},
-            "reason": "not yours",
-        });
-        publisher
-            .publish(
-                genfleet_broker::CANCEL_EXCHANGE,
-                "",
-                cancel.to_string().as_bytes(),
-                &genfleet_broker::Outgoing::default(),
-            )
-            .await
-            .unwrap();
+        publish_cancel(&publisher, job_id, ("acme", "shop-1"), "not yours").await;
     }
 
     let results = collect_all(&conn, &queue, attempts.len(), Duration::from_secs(60)).await;
@@ -518,20 +483,13 @@ async fn another_tenants_files_credits_and_jobs_cannot_be_reached() {
     assert!(ledger.check_invariants().await.unwrap().is_empty());
 
     // The victim's own cancel still reaches its parked job.
-    let cancel = serde_json::json!({
-        "jobId": ids.parked,
-        "tenant": {"org": VICTIM_ORG, "workspace": VICTIM_WS},
-        "reason": "changed my mind",
-    });
-    publisher
-        .publish(
-            genfleet_broker::CANCEL_EXCHANGE,
-            "",
-            cancel.to_string().as_bytes(),
-            &genfleet_broker::Outgoing::default(),
-        )
-        .await
-        .unwrap();
+    publish_cancel(
+        &publisher,
+        &ids.parked,
+        (VICTIM_ORG, VICTIM_WS),
+        "changed my mind",
+    )
+    .await;
     until(
         "the victim's own cancel",
         Duration::from_secs(10),

@@ -527,3 +527,69 @@ pub async fn queued_in_lanes(
     }
     queued
 }
+
+/// The value of the first `/metrics` line that starts with `line_prefix`
+/// (a series with its labels), 0 when absent.
+pub async fn metric(port: u16, line_prefix: &str) -> f64 {
+    let Some((_, body)) = http_get(port, "/metrics").await else {
+        return 0.0;
+    };
+    body.lines()
+        .find(|line| line.starts_with(line_prefix))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Waits until `check` holds, failing the test after `within`.
+pub async fn until(what: &str, within: Duration, mut check: impl AsyncFnMut() -> bool) {
+    let wait = async {
+        while !check().await {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(within, wait)
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
+}
+
+/// A local batch edit (resize to `long_side`, provider `local`) of
+/// `org/workspace` on `uris`, holding `credits`: a job that needs no
+/// provider fake.
+pub fn local_edit_job(
+    org: &str,
+    workspace: &str,
+    uris: &[String],
+    long_side: u32,
+    credits: i64,
+) -> v1::Job {
+    v1::Job {
+        job_id: new_job_id(),
+        tenant: Some(v1::Tenant {
+            org: org.into(),
+            workspace: workspace.into(),
+            user: "e2e".into(),
+        }),
+        kind: v1::JobKind::BatchEdit as i32,
+        inputs: uris
+            .iter()
+            .map(|uri| v1::Input {
+                role: v1::InputRole::Product as i32,
+                uri: uri.clone(),
+                ..Default::default()
+            })
+            .collect(),
+        preprocess: vec![v1::PreprocessStep {
+            step: Some(v1::preprocess_step::Step::Resize(v1::Resize { long_side })),
+        }],
+        generation: Some(v1::Generation {
+            providers: vec!["local".into()],
+            ..Default::default()
+        }),
+        credits: Some(v1::CreditRequest {
+            amount: credits,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}

@@ -437,7 +437,23 @@ async fn end_requeued_too_often(
             ))
         }
     };
-    let result = if own {
+    let reason = format!("requeue_limit: {}", failure.message);
+    release_then_dead_letter(services, publisher, incoming, job, result, own, &reason).await
+}
+
+/// Ends a job that will not be run again: its credits released with
+/// `result` stored (when `settle` is set: the job's id is its tenant's),
+/// the result published, then the message dead-lettered with `reason`.
+async fn release_then_dead_letter(
+    services: &Services,
+    publisher: &Publisher,
+    incoming: &Incoming,
+    job: &ValidJob,
+    result: v1::JobResult,
+    settle: bool,
+    reason: &str,
+) -> Disposition {
+    let result = if settle {
         match settle::release_with_result(services, job, result).await {
             Ok(Settled::Own(result)) => result,
             Ok(Settled::Earlier(earlier)) => {
@@ -454,7 +470,7 @@ async fn end_requeued_too_often(
         incoming,
         &result,
         ErrorCode::Internal,
-        &format!("requeue_limit: {}", failure.message),
+        reason,
     )
     .await
 }
@@ -483,20 +499,6 @@ async fn end_abandoned(
     let mut result =
         reply::failed_result(services, job.job_id_as_sent(), Some(job.tenant()), &failure);
     result.attempts = crashed;
-    let result = match settle::release_with_result(services, job, result).await {
-        Ok(Settled::Own(result)) => result,
-        Ok(Settled::Earlier(earlier)) => {
-            return reply::publish_result(publisher, incoming, &earlier).await
-        }
-        Err(stop) => return stopped(stop),
-    };
-    reply::publish_failure_then_dead_letter(
-        services,
-        publisher,
-        incoming,
-        &result,
-        ErrorCode::Internal,
-        &format!("delivery_limit: {}", failure.message),
-    )
-    .await
+    let reason = format!("delivery_limit: {}", failure.message);
+    release_then_dead_letter(services, publisher, incoming, job, result, true, &reason).await
 }
