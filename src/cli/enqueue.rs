@@ -18,8 +18,9 @@ pub(crate) struct EnqueueArgs {
     /// Generate this many jobs instead of reading files.
     #[arg(long)]
     generate: Option<u32>,
-    /// Input URI of generated jobs.
-    #[arg(long, default_value = "s3://genfleet/uploads/example.jpg")]
+    /// Input URI of generated jobs; it must lie under the tenant's
+    /// prefixes (`uploads/<org>/<workspace>/` by default).
+    #[arg(long, default_value = "s3://genfleet/uploads/acme/shop-1/example.jpg")]
     input: String,
     /// Kind of generated jobs, e.g. upscale, batch_edit, product_photo.
     #[arg(long, default_value = "batch_edit")]
