@@ -20,6 +20,9 @@ fuzz_target!(|data: &[u8]| {
         max_pixels: 4_000_000,
         max_decode_alloc_bytes: 64 * 1024 * 1024,
         max_frames: 100,
+        // Small enough that metadata bombs trip it quickly, big enough for
+        // the real profiles in the seed corpus (a few kB to 600 kB).
+        max_metadata_bytes: 4 * 1024 * 1024,
     };
     let sniffed = genfleet_imaging::sniff(data);
     let inspected = genfleet_imaging::inspect(data, &limits);

@@ -296,6 +296,27 @@ mod tests {
             ),
             ("h08_jpeg_header_65500x65500.jpg", Err { code: "too_large" }),
             ("h09_html_named_jpg.jpg", Unsupported { found: "html" }),
+            // Metadata and embedded-frame bombs (issue 15; see
+            // tests/fixtures/hostile/README.md and tests/alloc_bound.rs).
+            ("h10_png_iccp_inflates_64mib.png", Err { code: "too_large" }),
+            // Compressed text is stored, never inflated: the image decodes.
+            (
+                "h11_png_ztxt_inflates_64mib.png",
+                Ok {
+                    format: ImageFormat::Png,
+                    width: 1,
+                    height: 1,
+                },
+            ),
+            ("h12_webp_iccp_claims_4gib.webp", Err { code: "too_large" }),
+            ("h13_webp_exif_claims_4gib.webp", Err { code: "too_large" }),
+            ("h14_tiff_8m_strip_offsets.tif", Err { code: "too_large" }),
+            (
+                "h15_tiff_jpeg_strip_16000x16000.tif",
+                Err {
+                    code: "invalid_input",
+                },
+            ),
         ];
         for (name, want) in cases {
             // The GIF's size is whatever its header says; only the type matters.

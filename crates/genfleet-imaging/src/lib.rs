@@ -23,6 +23,7 @@ mod error;
 mod jpeg;
 mod limits;
 mod matte;
+mod metadata;
 mod passthrough;
 mod presets;
 mod resize;

@@ -2,12 +2,15 @@
 //!
 //! Owns [`Limits`] and [`inspect`], which must reject decompression bombs
 //! before a single pixel is allocated: it reads only the container header
-//! (PNG IHDR, JPEG SOF, ...). It does not decode pixels and does not check
-//! that the rest of the file is well formed; [`crate::decode_sanitised`] does.
+//! (PNG IHDR, JPEG SOF, ...) and the sizes of the metadata structures the
+//! decoders read whole (see `metadata.rs`). It does not decode pixels and
+//! does not check that the rest of the file is well formed;
+//! [`crate::decode_sanitised`] does.
 
 use std::io::Cursor;
 
 use crate::error::ImagingError;
+use crate::metadata;
 use crate::sniff::{sniff, ImageFormat, Sniffed};
 use crate::structure;
 
@@ -29,6 +32,13 @@ pub struct Limits {
     /// frame is decoded, but a file of 100,000 one-pixel frames is still a
     /// parser workload nobody uploads in good faith.
     pub max_frames: u64,
+    /// Most bytes any one metadata structure a decoder reads whole may take
+    /// once inflated or reassembled: a PNG iCCP profile after inflating
+    /// (and all of a PNG's stored metadata chunks together), a WebP ICCP,
+    /// EXIF or XMP chunk, a GIF ICC or XMP extension, a JPEG ICC profile,
+    /// a TIFF tag's value list as the tiff crate holds it. Checked by
+    /// [`inspect`] before any decoder is built; see `metadata.rs`.
+    pub max_metadata_bytes: u64,
 }
 
 impl Default for Limits {
@@ -36,7 +46,9 @@ impl Default for Limits {
     /// px per side and 50 MP cover 48 MP phone sensors while keeping one
     /// RGBA8 decode at or below 200 MB; 1 GiB of decoder allocation leaves
     /// room for 16-bit intermediates of a 50 MP image; 1,000 frames is 40 s
-    /// of a 25 fps animation.
+    /// of a 25 fps animation; 16 MiB of metadata is 8x the largest real
+    /// ICC profiles (LUT-based printer profiles, ~2 MB) and holds the
+    /// largest profile a JPEG can carry (255 APP2 segments, 16.7 MB).
     fn default() -> Self {
         Limits {
             max_bytes: 50 * 1024 * 1024,
@@ -45,6 +57,7 @@ impl Default for Limits {
             max_pixels: 50_000_000,
             max_decode_alloc_bytes: 1024 * 1024 * 1024,
             max_frames: 1000,
+            max_metadata_bytes: 16 * 1024 * 1024,
         }
     }
 }
@@ -68,8 +81,9 @@ pub struct ImageInfo {
 ///
 /// - [`ImagingError::Invalid`] for empty input, a header the decoder cannot
 ///   read, or a zero width or height.
-/// - [`ImagingError::TooLarge`] when the input bytes, width, height or pixel
-///   count are above `limits`.
+/// - [`ImagingError::TooLarge`] when the input bytes, width, height, pixel
+///   count, frame count or a metadata structure (see
+///   [`Limits::max_metadata_bytes`]) are above `limits`.
 /// - [`ImagingError::UnsupportedType`] when the magic bytes are not an image
 ///   type we decode.
 pub fn inspect(bytes: &[u8], limits: &Limits) -> Result<ImageInfo, ImagingError> {
@@ -92,15 +106,20 @@ pub fn inspect(bytes: &[u8], limits: &Limits) -> Result<ImageInfo, ImagingError>
         }
     };
 
-    // JPEG frame size is read from SOF directly (see structure.rs); other
-    // formats ask their decoder for the header only.
+    // Before any decoder is built: building one reads (and for PNG
+    // inflates) metadata sized by what the file claims.
+    metadata::check(format, bytes, limits)?;
+
+    // JPEG frame size is read from SOF and PNG's from IHDR directly (see
+    // structure.rs); other formats ask their decoder for the header only.
     let dimensions = match format {
         ImageFormat::Jpeg => structure::jpeg_dimensions(bytes),
+        ImageFormat::Png => structure::png_dimensions(bytes),
         _ => None,
     };
     let (width, height) = match dimensions {
         Some(dimensions) => dimensions,
-        None => header_dimensions(bytes, format)?,
+        None => header_dimensions(bytes, format, limits)?,
     };
 
     check_dimensions(width, height, limits)?;
@@ -120,12 +139,20 @@ pub fn inspect(bytes: &[u8], limits: &Limits) -> Result<ImageInfo, ImagingError>
 }
 
 /// Dimensions from the format's decoder, which parses only the header.
-fn header_dimensions(bytes: &[u8], format: ImageFormat) -> Result<(u32, u32), ImagingError> {
-    // No image::Limits here on purpose: we want the real dimensions to
+fn header_dimensions(
+    bytes: &[u8],
+    format: ImageFormat,
+    limits: &Limits,
+) -> Result<(u32, u32), ImagingError> {
+    // No size limits here on purpose: we want the real dimensions to
     // produce our own error message, and constructing a decoder reads only
     // the header, so nothing proportional to the pixel count is allocated.
+    // What a header read may allocate is metadata, so that is its budget
+    // (the png decoder, for one, inflates a profile while reading it).
+    let mut header_limits = image::Limits::no_limits();
+    header_limits.max_alloc = Some(limits.max_metadata_bytes);
     let mut reader = image::ImageReader::with_format(Cursor::new(bytes), format.to_image());
-    reader.no_limits();
+    reader.limits(header_limits);
     reader
         .into_dimensions()
         .map_err(|e| match ImagingError::from_decode(e) {

@@ -92,6 +92,21 @@ pub(crate) fn jpeg_dimensions(bytes: &[u8]) -> Option<(u32, u32)> {
     found
 }
 
+/// Width and height from a PNG's IHDR, which must be its first chunk.
+/// `None` when it is not there; the decoder then says what is wrong.
+///
+/// Read here rather than by the png decoder, which reads every chunk up to
+/// the first IDAT to answer, inflating any colour profile on the way.
+pub(crate) fn png_dimensions(bytes: &[u8]) -> Option<(u32, u32)> {
+    let ihdr = bytes.get(8..24)?;
+    if ihdr[..8] != [0, 0, 0, 13, b'I', b'H', b'D', b'R'] {
+        return None;
+    }
+    let width = u32::from_be_bytes([ihdr[8], ihdr[9], ihdr[10], ihdr[11]]);
+    let height = u32::from_be_bytes([ihdr[12], ihdr[13], ihdr[14], ihdr[15]]);
+    Some((width, height))
+}
+
 /// Metadata from a JPEG's application segments, borrowed from the input.
 #[derive(Debug, Default)]
 pub(crate) struct JpegMetadata<'a> {
@@ -113,17 +128,24 @@ impl JpegMetadata<'_> {
     }
 }
 
-/// Largest ICC profile we reassemble: real profiles are a few kB (a big
-/// LUT-based printer profile is ~2 MB), and 255 chunks of 64 kB is the
-/// format's own ceiling.
-const MAX_ICC_BYTES: usize = 4 * 1024 * 1024;
+/// The tag that starts an APP2 segment holding a piece of an ICC profile.
+const ICC_TAG: &[u8] = b"ICC_PROFILE\0";
+
+/// The most pieces an ICC profile can be split into: its sequence numbers
+/// are one byte, 1 to 255. So a reassembled profile is at most 255 x 65519
+/// bytes (16.7 MB), and more pieces than that make it inconsistent.
+const MAX_ICC_CHUNKS: usize = 255;
 
 /// Reads the EXIF block and the ICC profile of a JPEG from its header.
+///
+/// The profile's size is bounded by the format (see [`MAX_ICC_CHUNKS`]);
+/// [`crate::inspect`] holds it to `Limits::max_metadata_bytes` before this
+/// runs.
 pub(crate) fn jpeg_metadata(bytes: &[u8]) -> JpegMetadata<'_> {
-    const ICC_TAG: &[u8] = b"ICC_PROFILE\0";
     let mut meta = JpegMetadata::default();
     // (sequence number, total, data) of each ICC chunk.
     let mut chunks: Vec<(u8, u8, &[u8])> = Vec::new();
+    let mut too_many = false;
     walk_jpeg(bytes, |segment| {
         match segment {
             Segment::App { marker: 0xE1, data } if meta.exif.is_none() => {
@@ -131,15 +153,36 @@ pub(crate) fn jpeg_metadata(bytes: &[u8]) -> JpegMetadata<'_> {
             }
             Segment::App { marker: 0xE2, data } => {
                 if let Some([seq, total, payload @ ..]) = data.strip_prefix(ICC_TAG) {
-                    chunks.push((*seq, *total, payload));
+                    // A file of tiny APP2 segments must not grow this list
+                    // with the upload: past 255 the profile is broken anyway.
+                    if chunks.len() == MAX_ICC_CHUNKS {
+                        too_many = true;
+                    } else {
+                        chunks.push((*seq, *total, payload));
+                    }
                 }
             }
             _ => {}
         }
         true
     });
-    meta.icc = assemble_icc(chunks);
+    meta.icc = if too_many { None } else { assemble_icc(chunks) };
     meta
+}
+
+/// The bytes of every ICC profile piece (APP2 "ICC_PROFILE" payloads) in a
+/// JPEG's header together: what reassembling the profile would hold.
+pub(crate) fn jpeg_icc_bytes(bytes: &[u8]) -> u64 {
+    let mut total = 0u64;
+    walk_jpeg(bytes, |segment| {
+        if let Segment::App { marker: 0xE2, data } = segment {
+            if let Some([_, _, payload @ ..]) = data.strip_prefix(ICC_TAG) {
+                total += payload.len() as u64;
+            }
+        }
+        true
+    });
+    total
 }
 
 /// Joins ICC chunks. Each says its 1-based number and the total; all must
@@ -158,7 +201,7 @@ fn assemble_icc(mut chunks: Vec<(u8, u8, &[u8])>) -> Option<Vec<u8>> {
         return None;
     }
     let size: usize = chunks.iter().map(|c| c.2.len()).sum();
-    if size == 0 || size > MAX_ICC_BYTES {
+    if size == 0 {
         return None;
     }
     let mut icc = Vec::with_capacity(size);
@@ -230,6 +273,311 @@ fn gif_frames(b: &[u8]) -> Option<u64> {
             _ => return Some(frames),
         }
     }
+}
+
+/// The largest ICC or XMP application extension of a GIF, as the gif crate
+/// collects it: ("ICC profile", bytes of its sub-blocks) or ("XMP", bytes
+/// of its sub-blocks with their length bytes). `None` when there is none;
+/// the walk stops where the block structure breaks.
+pub(crate) fn gif_largest_metadata_extension(b: &[u8]) -> Option<(&'static str, u64)> {
+    let mut largest: Option<(&'static str, u64)> = None;
+    // Where the structure breaks, what was measured so far stands.
+    let _ = walk_gif_metadata(b, |name, size| {
+        if largest.is_none_or(|(_, s)| size > s) {
+            largest = Some((name, size));
+        }
+    });
+    largest
+}
+
+/// Walks a GIF's blocks, calling `found` with each ICC or XMP application
+/// extension's name and size; `None` where the structure breaks.
+fn walk_gif_metadata(b: &[u8], mut found: impl FnMut(&'static str, u64)) -> Option<()> {
+    let flags = *b.get(10)?;
+    let mut pos = 13;
+    if flags & 0x80 != 0 {
+        pos += 3 << ((flags & 0x07) + 1);
+    }
+    // Sub-blocks from `pos` to their 0 terminator: (next position, data
+    // bytes, count of sub-blocks).
+    let sub_blocks = |mut pos: usize| -> Option<(usize, u64, u64)> {
+        let (mut data, mut blocks) = (0u64, 0u64);
+        loop {
+            let len = usize::from(*b.get(pos)?);
+            pos += 1;
+            if len == 0 {
+                return Some((pos, data, blocks));
+            }
+            data += len as u64;
+            blocks += 1;
+            pos += len;
+        }
+    };
+    loop {
+        match b.get(pos) {
+            Some(0x2C) => {
+                let flags = *b.get(pos + 9)?;
+                pos += 10;
+                if flags & 0x80 != 0 {
+                    pos += 3 << ((flags & 0x07) + 1);
+                }
+                pos += 1;
+                pos = sub_blocks(pos)?.0;
+            }
+            Some(0x21) => {
+                let label = *b.get(pos + 1)?;
+                pos += 2;
+                // An application extension's first sub-block is its
+                // 11-byte identifier; the data follows in more sub-blocks.
+                let kind = match (label, b.get(pos..pos + 12)) {
+                    (0xFF, Some(id)) if id == b"\x0BICCRGBG1012" => Some(("ICC profile", false)),
+                    (0xFF, Some(id)) if id == b"\x0BXMP DataXMP" => Some(("XMP", true)),
+                    _ => None,
+                };
+                if let Some((name, with_lengths)) = kind {
+                    let (next, data, blocks) = sub_blocks(pos + 12)?;
+                    found(name, if with_lengths { data + blocks } else { data });
+                    pos = next;
+                } else {
+                    pos = sub_blocks(pos)?.0;
+                }
+            }
+            _ => return Some(()),
+        }
+    }
+}
+
+/// The first image directory (IFD) of a TIFF, read in place: classic or
+/// BigTIFF, either byte order. Only what the metadata checks need.
+struct TiffIfd<'a> {
+    b: &'a [u8],
+    little: bool,
+    big: bool,
+    /// Where the first entry starts.
+    first: usize,
+    /// How many entries the directory claims (bounded by the file when
+    /// walked: entries past its end are not there to read).
+    entries: u64,
+}
+
+/// One entry of a [`TiffIfd`].
+#[derive(Clone, Copy)]
+struct TiffEntry {
+    tag: u16,
+    kind: u16,
+    count: u64,
+    /// Where the value (when it fits) or the offset to it is stored.
+    field: usize,
+}
+
+impl<'a> TiffIfd<'a> {
+    fn parse(b: &'a [u8]) -> Option<Self> {
+        let little = match b.get(..2)? {
+            b"II" => true,
+            b"MM" => false,
+            _ => return None,
+        };
+        let mut ifd = TiffIfd {
+            b,
+            little,
+            big: false,
+            first: 0,
+            entries: 0,
+        };
+        match ifd.u16_at(2)? {
+            42 => {
+                let at = usize::try_from(ifd.u32_at(4)?).ok()?;
+                ifd.entries = u64::from(ifd.u16_at(at)?);
+                ifd.first = at.checked_add(2)?;
+            }
+            43 => {
+                let at = usize::try_from(ifd.u64_at(8)?).ok()?;
+                ifd.big = true;
+                ifd.entries = ifd.u64_at(at)?;
+                ifd.first = at.checked_add(8)?;
+            }
+            _ => return None,
+        }
+        Some(ifd)
+    }
+
+    fn bytes<const N: usize>(&self, pos: usize) -> Option<[u8; N]> {
+        let s = self.b.get(pos..pos.checked_add(N)?)?;
+        let mut out = [0; N];
+        out.copy_from_slice(s);
+        if self.little != cfg!(target_endian = "little") {
+            out.reverse();
+        }
+        Some(out)
+    }
+
+    fn u16_at(&self, pos: usize) -> Option<u16> {
+        self.bytes(pos).map(u16::from_ne_bytes)
+    }
+
+    fn u32_at(&self, pos: usize) -> Option<u64> {
+        self.bytes(pos).map(|v| u64::from(u32::from_ne_bytes(v)))
+    }
+
+    fn u64_at(&self, pos: usize) -> Option<u64> {
+        self.bytes(pos).map(u64::from_ne_bytes)
+    }
+
+    /// The entries there are bytes for, in order. A classic entry is tag
+    /// (2), type (2), count (4), value or offset (4); BigTIFF widens the
+    /// last two to 8 bytes each.
+    fn entries(&self) -> impl Iterator<Item = TiffEntry> + '_ {
+        let len = if self.big { 20 } else { 12 };
+        (0..self.entries).map_while(move |i| {
+            let at = self
+                .first
+                .checked_add(usize::try_from(i).ok()?.checked_mul(len)?)?;
+            let count = if self.big {
+                self.u64_at(at + 4)?
+            } else {
+                self.u32_at(at + 4)?
+            };
+            Some(TiffEntry {
+                tag: self.u16_at(at)?,
+                kind: self.u16_at(at + 2)?,
+                count,
+                field: at + if self.big { 12 } else { 8 },
+            })
+        })
+    }
+
+    fn find(&self, tag: u16) -> Option<TiffEntry> {
+        self.entries().find(|e| e.tag == tag)
+    }
+
+    /// The `i`th value of a SHORT, LONG or LONG8 entry, read in place when
+    /// the values fit in the entry and at the offset it holds otherwise.
+    fn value(&self, e: TiffEntry, i: u64) -> Option<u64> {
+        let size: u64 = match e.kind {
+            3 => 2,
+            4 => 4,
+            16 => 8,
+            _ => return None,
+        };
+        if i >= e.count {
+            return None;
+        }
+        let inline = if self.big { 8 } else { 4 };
+        let base = if e.count.checked_mul(size)? <= inline {
+            e.field
+        } else if self.big {
+            usize::try_from(self.u64_at(e.field)?).ok()?
+        } else {
+            usize::try_from(self.u32_at(e.field)?).ok()?
+        };
+        let at = base.checked_add(usize::try_from(i.checked_mul(size)?).ok()?)?;
+        match size {
+            2 => self.u16_at(at).map(u64::from),
+            4 => self.u32_at(at),
+            _ => self.u64_at(at),
+        }
+    }
+
+    fn first_value(&self, tag: u16) -> Option<u64> {
+        self.value(self.find(tag)?, 0)
+    }
+
+    /// The bytes an entry's values occupy in the file.
+    fn data(&self, e: TiffEntry) -> Option<&'a [u8]> {
+        let start = if self.big {
+            usize::try_from(self.u64_at(e.field)?).ok()?
+        } else {
+            usize::try_from(self.u32_at(e.field)?).ok()?
+        };
+        self.b
+            .get(start..start.checked_add(usize::try_from(e.count).ok()?)?)
+    }
+}
+
+/// The tag of a TIFF's first image directory that declares the most values,
+/// and that count; `None` when the header or directory cannot be read.
+pub(crate) fn tiff_largest_tag(b: &[u8]) -> Option<(u16, u64)> {
+    let ifd = TiffIfd::parse(b)?;
+    ifd.entries()
+        .max_by_key(|e| e.count)
+        .map(|e| (e.tag, e.count))
+}
+
+/// For a JPEG-compressed TIFF (compression 7): the first JPEG frame, in a
+/// strip or tile or in the shared JPEGTables, larger than the strip or
+/// tile it stands for, as (frame width, height, strip width, height).
+///
+/// The tiff crate decodes each strip as a whole JPEG sized by that JPEG's
+/// own frame header, not by the TIFF's, so 4 KB claiming a 16000x16000
+/// frame in a 16x16 image allocated 770 MB. A frame may be padded up to
+/// whole 16-pixel blocks; anything larger is not this strip.
+pub(crate) fn tiff_oversized_jpeg_frame(b: &[u8]) -> Option<(u32, u32, u32, u32)> {
+    const COMPRESSION: u16 = 259;
+    const IMAGE_WIDTH: u16 = 256;
+    const IMAGE_LENGTH: u16 = 257;
+    const ROWS_PER_STRIP: u16 = 278;
+    const STRIP_OFFSETS: u16 = 273;
+    const STRIP_BYTE_COUNTS: u16 = 279;
+    const TILE_WIDTH: u16 = 322;
+    const TILE_LENGTH: u16 = 323;
+    const TILE_OFFSETS: u16 = 324;
+    const TILE_BYTE_COUNTS: u16 = 325;
+    const JPEG_TABLES: u16 = 347;
+
+    let ifd = TiffIfd::parse(b)?;
+    if ifd.first_value(COMPRESSION)? != 7 {
+        return None;
+    }
+    let clamp = |v: u64| u32::try_from(v).unwrap_or(u32::MAX);
+    let (offsets, counts, width, height) = match ifd.find(TILE_OFFSETS) {
+        Some(tiles) => (
+            tiles,
+            ifd.find(TILE_BYTE_COUNTS)?,
+            clamp(ifd.first_value(TILE_WIDTH)?),
+            clamp(ifd.first_value(TILE_LENGTH)?),
+        ),
+        None => {
+            let image_height = ifd.first_value(IMAGE_LENGTH)?;
+            let rows = ifd.first_value(ROWS_PER_STRIP).unwrap_or(image_height);
+            (
+                ifd.find(STRIP_OFFSETS)?,
+                ifd.find(STRIP_BYTE_COUNTS)?,
+                clamp(ifd.first_value(IMAGE_WIDTH)?),
+                clamp(rows.min(image_height)),
+            )
+        }
+    };
+    let fits = |(w, h): (u32, u32)| {
+        u64::from(w) <= u64::from(width).next_multiple_of(16)
+            && u64::from(h) <= u64::from(height).next_multiple_of(16)
+    };
+    let too_big = |frame: (u32, u32)| (frame.0, frame.1, width, height);
+    // The tables are prepended to every strip, so a frame header there
+    // would size every strip.
+    if let Some(frame) = ifd
+        .find(JPEG_TABLES)
+        .and_then(|e| ifd.data(e))
+        .and_then(jpeg_dimensions)
+    {
+        if !fits(frame) {
+            return Some(too_big(frame));
+        }
+    }
+    for i in 0..offsets.count {
+        let (Some(start), Some(len)) = (ifd.value(offsets, i), ifd.value(counts, i)) else {
+            break;
+        };
+        let strip = usize::try_from(start)
+            .ok()
+            .zip(usize::try_from(len).ok())
+            .and_then(|(start, len)| b.get(start..start.checked_add(len)?.min(b.len())));
+        if let Some(frame) = strip.and_then(jpeg_dimensions) {
+            if !fits(frame) {
+                return Some(too_big(frame));
+            }
+        }
+    }
+    None
 }
 
 fn apng_frames(b: &[u8]) -> Option<u64> {
@@ -521,6 +869,190 @@ mod tests {
         assert_eq!(jpeg_scan_count(&many, 10), 5);
         // The walk stops once past the limit.
         assert_eq!(jpeg_scan_count(&many, 2), 3);
+    }
+
+    #[test]
+    fn png_size_is_read_from_ihdr() {
+        let mut png = b"\x89PNG\r\n\x1a\n\0\0\0\x0dIHDR".to_vec();
+        png.extend_from_slice(&60000u32.to_be_bytes());
+        png.extend_from_slice(&7u32.to_be_bytes());
+        assert_eq!(png_dimensions(&png), Some((60000, 7)));
+        assert_eq!(png_dimensions(&png[..23]), None);
+        png[12] = b'X';
+        assert_eq!(png_dimensions(&png), None);
+    }
+
+    #[test]
+    fn jpeg_icc_pieces_are_counted_and_capped() {
+        let app2 = |seq: u8, total: u8, len: usize| {
+            let mut s = b"\xFF\xE2".to_vec();
+            s.extend_from_slice(&((2 + 14 + len) as u16).to_be_bytes());
+            s.extend_from_slice(b"ICC_PROFILE\0");
+            s.extend_from_slice(&[seq, total]);
+            s.extend(std::iter::repeat_n(7u8, len));
+            s
+        };
+        let mut jpeg = b"\xFF\xD8".to_vec();
+        jpeg.extend(app2(2, 2, 3));
+        jpeg.extend(app2(1, 2, 5));
+        jpeg.extend_from_slice(b"\xFF\xDA\x00\x02");
+        assert_eq!(jpeg_icc_bytes(&jpeg), 8);
+        assert_eq!(jpeg_metadata(&jpeg).icc.map(|p| p.len()), Some(8));
+        // 300 pieces: more than a profile can have; the list stops at 255.
+        let mut many = b"\xFF\xD8".to_vec();
+        for _ in 0..300 {
+            many.extend(app2(1, 1, 1));
+        }
+        many.extend_from_slice(b"\xFF\xDA\x00\x02");
+        assert_eq!(jpeg_icc_bytes(&many), 300);
+        assert!(jpeg_metadata(&many).icc.is_none());
+    }
+
+    #[test]
+    fn gif_metadata_extensions_are_measured() {
+        let mut gif = b"GIF89a\x01\x00\x01\x00\x80\x00\x00".to_vec();
+        gif.extend_from_slice(&[0; 6]); // global colour table, 2 entries
+        gif.extend_from_slice(b"\x21\xFF\x0BXMP DataXMP\x03abc\x02de\x00");
+        gif.extend_from_slice(b"\x21\xFE\x05hello\x00"); // a comment: not kept whole
+        gif.extend_from_slice(b"\x21\xFF\x0BICCRGBG1012\x04abcd\x00");
+        gif.extend_from_slice(b"\x3B");
+        // XMP keeps its length bytes: 3 + 2 data bytes and 2 lengths.
+        assert_eq!(gif_largest_metadata_extension(&gif), Some(("XMP", 7)));
+        gif.truncate(gif.len() - 9);
+        assert_eq!(gif_largest_metadata_extension(&gif), Some(("XMP", 7)));
+        assert_eq!(gif_largest_metadata_extension(b"GIF89a"), None);
+    }
+
+    /// A TIFF with one directory of `entries` (tag, type, count, 4-byte
+    /// field), little- or big-endian, then `tail`.
+    fn tiff(little: bool, entries: &[(u16, u16, u32, u32)], tail: &[u8]) -> Vec<u8> {
+        let u16b = |v: u16| {
+            if little {
+                v.to_le_bytes()
+            } else {
+                v.to_be_bytes()
+            }
+        };
+        let u32b = |v: u32| {
+            if little {
+                v.to_le_bytes()
+            } else {
+                v.to_be_bytes()
+            }
+        };
+        let mut out = if little {
+            b"II".to_vec()
+        } else {
+            b"MM".to_vec()
+        };
+        out.extend_from_slice(&u16b(42));
+        out.extend_from_slice(&u32b(8));
+        out.extend_from_slice(&u16b(entries.len() as u16));
+        for &(tag, kind, count, field) in entries {
+            out.extend_from_slice(&u16b(tag));
+            out.extend_from_slice(&u16b(kind));
+            out.extend_from_slice(&u32b(count));
+            // A SHORT that fits sits in the first two bytes of the field.
+            if kind == 3 && count == 1 {
+                out.extend_from_slice(&u16b(field as u16));
+                out.extend_from_slice(&[0, 0]);
+            } else {
+                out.extend_from_slice(&u32b(field));
+            }
+        }
+        out.extend_from_slice(&[0; 4]);
+        out.extend_from_slice(tail);
+        out
+    }
+
+    #[test]
+    fn tiff_largest_tag_in_either_byte_order_and_bigtiff() {
+        for little in [true, false] {
+            let file = tiff(
+                little,
+                &[(256, 3, 1, 9), (273, 4, 5000, 0), (34675, 7, 40, 0)],
+                &[],
+            );
+            assert_eq!(
+                tiff_largest_tag(&file),
+                Some((273, 5000)),
+                "little: {little}"
+            );
+            // Entries past the end of the file are not read.
+            assert_eq!(tiff_largest_tag(&file[..10 + 12]), Some((256, 1)));
+        }
+        // BigTIFF: header, IFD at 16 with one 20-byte entry.
+        let mut big = b"II+\0\x08\0\0\0".to_vec();
+        big.extend_from_slice(&16u64.to_le_bytes());
+        big.extend_from_slice(&1u64.to_le_bytes());
+        big.extend_from_slice(&34675u16.to_le_bytes());
+        big.extend_from_slice(&7u16.to_le_bytes());
+        big.extend_from_slice(&(1u64 << 40).to_le_bytes());
+        big.extend_from_slice(&0u64.to_le_bytes());
+        assert_eq!(tiff_largest_tag(&big), Some((34675, 1 << 40)));
+        assert_eq!(tiff_largest_tag(b"II*\0"), None);
+    }
+
+    #[test]
+    fn tiff_jpeg_frames_must_fit_their_strip() {
+        // SOI, SOF0 of the given size, SOS: all jpeg_dimensions reads.
+        let jpeg = |w: u16, h: u16| {
+            let mut j = b"\xFF\xD8\xFF\xC0\x00\x0B\x08".to_vec();
+            j.extend_from_slice(&h.to_be_bytes());
+            j.extend_from_slice(&w.to_be_bytes());
+            j.extend_from_slice(b"\x01\x01\x11\x00\xFF\xDA\x00\x02\xFF\xD9");
+            j
+        };
+        // Two strips of 100x8 rows (100x12 image); data after 8 entries.
+        let data_at = 8 + 2 + 8 * 12 + 4;
+        let file = |compression: u32, frames: [(u16, u16); 2]| {
+            let (a, b) = (
+                jpeg(frames[0].0, frames[0].1),
+                jpeg(frames[1].0, frames[1].1),
+            );
+            let offsets_at = data_at;
+            let counts_at = data_at + 8;
+            let first = data_at + 16;
+            let mut tail = Vec::new();
+            tail.extend_from_slice(&(first as u32).to_le_bytes());
+            tail.extend_from_slice(&((first + a.len()) as u32).to_le_bytes());
+            tail.extend_from_slice(&(a.len() as u32).to_le_bytes());
+            tail.extend_from_slice(&(b.len() as u32).to_le_bytes());
+            tail.extend(a);
+            tail.extend(b);
+            tiff(
+                true,
+                &[
+                    (256, 3, 1, 100),
+                    (257, 3, 1, 12),
+                    (259, 3, 1, compression),
+                    (262, 3, 1, 1),
+                    (273, 4, 2, offsets_at as u32),
+                    (277, 3, 1, 1),
+                    (278, 3, 1, 8),
+                    (279, 4, 2, counts_at as u32),
+                ],
+                &tail,
+            )
+        };
+        // Frames padded up to whole 16-pixel blocks still fit.
+        assert_eq!(
+            tiff_oversized_jpeg_frame(&file(7, [(100, 8), (112, 16)])),
+            None
+        );
+        assert_eq!(
+            tiff_oversized_jpeg_frame(&file(7, [(100, 8), (16000, 8)])),
+            Some((16000, 8, 100, 8))
+        );
+        assert_eq!(
+            tiff_oversized_jpeg_frame(&file(7, [(100, 17), (100, 8)])),
+            Some((100, 17, 100, 8))
+        );
+        // Not JPEG-compressed: the strips are not JPEGs to read.
+        assert_eq!(
+            tiff_oversized_jpeg_frame(&file(1, [(16000, 16000); 2])),
+            None
+        );
     }
 
     #[test]
