@@ -58,6 +58,8 @@ mod fake_media;
 #[cfg(test)]
 mod fault_table;
 #[cfg(test)]
+mod hostile_table;
+#[cfg(test)]
 mod scripted;
 
 // The fakes' public paths from before the providers had folders, which the

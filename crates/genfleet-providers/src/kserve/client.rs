@@ -549,14 +549,18 @@ pub(crate) fn check_parameters(
     request: &GenerationRequest,
     config: &KServeConfig,
 ) -> Result<(), ProviderError> {
-    let tensors = [
+    params::check(&request.parameters, &OWNED, &tensor_names(config))
+}
+
+/// The configured tensor names: owned too, though known only at run time.
+pub(crate) fn tensor_names(config: &KServeConfig) -> [&str; 5] {
+    [
         config.image_input.as_str(),
         config.mask_input.as_str(),
         config.second_image_input.as_str(),
         config.prompt_input.as_str(),
         config.output.as_str(),
-    ];
-    params::check(&request.parameters, &OWNED, &tensors)
+    ]
 }
 
 /// Encodes the infer request in the configured form.

@@ -11,10 +11,11 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
-use super::client::{parse_answer, status_error};
+use super::client::{parse_answer, status_error, tensor_names};
 use super::fake::{FakeKServe, Faults};
 use super::tensor::encode_bytes_elements;
 use crate::fault_table;
+use crate::hostile_table;
 use crate::{
     generate_with_retries, Contract, GenerationRequest, InputImage, InputRole, JobKind,
     KServeConfig, KServeProvider, Provider, ProviderError, RetryPolicy,
@@ -1088,64 +1089,50 @@ async fn fault_table_unavailable_calls_cost_no_job() {
 }
 
 // What a job's parameters may not touch, and what a hostile server may not
-// do to us (issue 15).
+// do to us (issue 15); the checks are `hostile_table`'s, the data KServe's.
 
 #[tokio::test]
 async fn owned_parameters_are_refused_before_any_request() {
     let fake = FakeKServe::start().await.unwrap();
-    let provider = provider(&fake);
     let config = config(&fake);
-    let tensors = [
-        config.image_input.as_str(),
-        config.mask_input.as_str(),
-        config.second_image_input.as_str(),
-        config.prompt_input.as_str(),
-        config.output.as_str(),
-    ];
-    for (key, parameters) in crate::params::hostile_parameters(&super::client::OWNED, &tensors) {
-        let mut request = request("matting");
-        request.parameters = parameters;
-        let failed = generate_with_retries(&provider, &request, &policy())
-            .await
-            .unwrap_err();
-        assert_eq!(failed.attempts, 1, "{key}");
-        assert!(
-            matches!(failed.error, ProviderError::Unsupported { .. }),
-            "{key}: {failed}"
-        );
-        assert_eq!(failed.error.code(), "invalid_input");
-        let message = failed.error.to_string();
-        assert!(message.contains(&format!("{key:?}")), "{key}: {message}");
-    }
+    hostile_table::owned_keys_are_refused(
+        &provider(&fake),
+        None,
+        &policy(),
+        &request("matting"),
+        &super::client::OWNED,
+        &tensor_names(&config),
+        || fake.infer_calls(),
+    )
+    .await;
     assert_eq!(fake.infer_calls(), 0);
 }
 
 #[tokio::test]
 async fn harmless_parameters_reach_the_model() {
     let fake = FakeKServe::start().await.unwrap();
-    let mut request = request("matting");
-    request.parameters.insert("threshold".into(), json!(7));
-    request.parameters.insert("feather".into(), json!(true));
-    generate_with_retries(&provider(&fake), &request, &policy())
-        .await
-        .unwrap();
-    assert_eq!(
-        Value::Object(fake.last_received().unwrap().parameters),
-        json!({"threshold": 7, "feather": true})
-    );
+    let parameters = hostile_table::harmless_parameters_pass(
+        &provider(&fake),
+        &policy(),
+        request("matting"),
+        json!({"threshold": 7, "feather": true}),
+        || Value::Object(fake.last_received().unwrap().parameters),
+    )
+    .await;
+    assert_eq!(parameters, json!({"threshold": 7, "feather": true}));
 }
 
 #[tokio::test]
 async fn more_outputs_than_asked_are_dropped() {
     let fake = FakeKServe::start().await.unwrap();
-    for count in [1, 2] {
-        let mut request = request("extra");
-        request.count = count;
-        let output = generate_with_retries(&provider(&fake), &request, &policy())
-            .await
-            .unwrap();
-        assert_eq!(output.artifacts.len(), count as usize);
-    }
+    hostile_table::extra_outputs_are_dropped(
+        &provider(&fake),
+        &policy(),
+        &request("extra"),
+        &[1, 2],
+        None,
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -1153,19 +1140,16 @@ async fn an_endless_answer_is_cut_off_at_its_limit() {
     let fake = FakeKServe::start().await.unwrap();
     let provider = KServeProvider::new(
         KServeConfig {
-            max_output_bytes: 1024 * 1024,
+            max_output_bytes: hostile_table::SMALL_OUTPUT_LIMIT,
             ..config(&fake)
         },
         client(),
     );
-    let err = provider.generate(&request("endless")).await.unwrap_err();
-    let limit = 1024 * 1024 * 4 / 3 + 1 + 16 * 1024 * 1024;
-    assert_eq!(
-        err.to_string(),
-        format!(
-            "provider rejected the request: infer answer is larger than the {limit} byte limit"
-        )
+    let limit = hostile_table::SMALL_ANSWER_LIMIT;
+    let expected = format!(
+        "provider rejected the request: infer answer is larger than the {limit} byte limit"
     );
+    hostile_table::fails_with(&provider, &request("endless"), &expected).await;
 }
 
 #[tokio::test]
@@ -1180,11 +1164,11 @@ async fn error_messages_never_echo_the_bearer_or_the_prompt() {
         },
         client(),
     );
-    let failed = generate_with_retries(&provider, &request("echo"), &policy())
-        .await
-        .unwrap_err();
+    let message =
+        hostile_table::sanitised_error(&provider, &policy(), &request("echo"), &["tok-secret-123"])
+            .await;
     assert_eq!(
-        failed.error.to_string(),
+        message,
         "provider rejected the request: infer answered HTTP 400: \
          Bearer [redacted] cannot run prompt '[prompt]' on model 'echo'"
     );

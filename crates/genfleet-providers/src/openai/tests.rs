@@ -10,6 +10,7 @@ use tokio::time::Instant;
 
 use super::fake::{FakeOpenAi, Faults};
 use crate::fault_table;
+use crate::hostile_table;
 use crate::{
     generate_with_retries, GenerationRequest, InputImage, InputRole, JobKind, OpenAiConfig,
     OpenAiProvider, Provider, ProviderError, RetryPolicy,
@@ -545,25 +546,24 @@ async fn fault_table_unavailable_calls_cost_no_job() {
 }
 
 // What a job's parameters may not touch, and what a hostile images API may
-// not do to us (issue 15).
+// not do to us (issue 15); the checks are `hostile_table`'s, the data
+// OpenAI's.
 
 #[tokio::test]
 async fn owned_parameters_are_refused_before_any_request() {
     let fake = FakeOpenAi::start().await.unwrap();
     let provider = provider(&fake);
     for base in [request("test/ok"), inpaint("test/ok")] {
-        for (key, parameters) in crate::params::hostile_parameters(&super::client::OWNED, &[]) {
-            let mut request = base.clone();
-            request.parameters = parameters;
-            let failed = generate_with_retries(&provider, &request, &policy())
-                .await
-                .unwrap_err();
-            assert_eq!(failed.attempts, 1, "{key}");
-            assert_eq!(class(&failed.error), "Unsupported", "{key}: {failed}");
-            assert_eq!(failed.error.code(), "invalid_input");
-            let message = failed.error.to_string();
-            assert!(message.contains(&format!("{key:?}")), "{key}: {message}");
-        }
+        hostile_table::owned_keys_are_refused(
+            &provider,
+            None,
+            &policy(),
+            &base,
+            &super::client::OWNED,
+            &[],
+            || fake.calls(),
+        )
+        .await;
     }
     // A multipart spelling of a file part is the file part.
     let mut request = inpaint("test/ok");
@@ -578,70 +578,60 @@ async fn owned_parameters_are_refused_before_any_request() {
 #[tokio::test]
 async fn harmless_parameters_reach_the_model() {
     let fake = FakeOpenAi::start().await.unwrap();
-    let mut request = request("test/ok");
-    request.parameters.insert("quality".into(), json!("high"));
-    request
-        .parameters
-        .insert("background".into(), json!("opaque"));
-    generate_with_retries(&provider(&fake), &request, &policy())
-        .await
-        .unwrap();
-    let seen = fake.last_call().unwrap();
-    assert_eq!(seen.fields["quality"], "high");
-    assert_eq!(seen.fields["background"], "opaque");
-    assert_eq!(seen.fields["n"], "1");
-    assert!(!seen.fields.contains_key("moderation"));
+    let seen = hostile_table::harmless_parameters_pass(
+        &provider(&fake),
+        &policy(),
+        request("test/ok"),
+        json!({"quality": "high", "background": "opaque"}),
+        || json!(fake.last_call().unwrap().fields),
+    )
+    .await;
+    assert_eq!(seen["quality"], "high");
+    assert_eq!(seen["background"], "opaque");
+    assert_eq!(seen["n"], "1");
+    assert!(seen.get("moderation").is_none());
 }
 
 #[tokio::test]
 async fn more_outputs_than_asked_are_dropped_undecoded() {
     let fake = FakeOpenAi::start().await.unwrap();
-    for count in [1, 2] {
-        let mut request = request("test/extra");
-        request.count = count;
-        let output = generate_with_retries(&provider(&fake), &request, &policy())
-            .await
-            .unwrap();
-        assert_eq!(output.artifacts.len(), count as usize);
-    }
+    hostile_table::extra_outputs_are_dropped(
+        &provider(&fake),
+        &policy(),
+        &request("test/extra"),
+        &[1, 2],
+        None,
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn an_endless_answer_is_cut_off_at_its_limit() {
     let fake = FakeOpenAi::start().await.unwrap();
-    let err = provider(&fake)
-        .generate(&request("test/endless"))
-        .await
-        .unwrap_err();
-    // 1 MiB as base64, plus 16 MiB for the JSON around it.
-    let limit = 1024 * 1024 * 4 / 3 + 1 + 16 * 1024 * 1024;
+    // The configured `max_output_bytes` is the tables' 1 MiB.
     assert_eq!(
-        err.to_string(),
-        format!("provider answered with a malformed body: answer is larger than {limit} bytes")
+        config(&fake).max_output_bytes,
+        hostile_table::SMALL_OUTPUT_LIMIT
     );
+    let expected = hostile_table::answer_too_large("answer");
+    hostile_table::fails_with(&provider(&fake), &request("test/endless"), &expected).await;
 }
 
 #[tokio::test]
 async fn an_endless_output_file_is_cut_off_at_the_output_limit() {
     let fake = FakeOpenAi::start().await.unwrap();
-    let err = provider(&fake)
-        .generate(&request("test/endless-url"))
-        .await
-        .unwrap_err();
-    assert_eq!(
-        err.to_string(),
-        "provider rejected the request: an output is larger than the 1048576 byte limit"
-    );
+    let expected = hostile_table::output_too_large(1_048_576);
+    hostile_table::fails_with(&provider(&fake), &request("test/endless-url"), &expected).await;
 }
 
 #[tokio::test]
 async fn error_messages_never_echo_the_key_or_the_prompt() {
     let fake = FakeOpenAi::start().await.unwrap();
-    let failed = generate_with_retries(&provider(&fake), &request("test/echo"), &policy())
-        .await
-        .unwrap_err();
+    let message =
+        hostile_table::sanitised_error(&provider(&fake), &policy(), &request("test/echo"), &[KEY])
+            .await;
     assert_eq!(
-        failed.error.to_string(),
+        message,
         "provider rejected the request: generations answered HTTP 400 ([redacted]): \
          Bearer [redacted] may not ask for '[prompt]'"
     );

@@ -967,17 +967,8 @@ mod tests {
 
     fn request(model: &str) -> GenerationRequest {
         GenerationRequest {
-            job_id: "job-1".into(),
-            kind: JobKind::ProductPhoto,
-            model: model.into(),
             prompt: "a blue teapot".into(),
-            negative_prompt: String::new(),
-            seed: None,
-            count: 1,
-            aspect_ratio: String::new(),
-            parameters: Map::new(),
-            inputs: Vec::new(),
-            deadline: None,
+            ..crate::scripted::request_for(model, None)
         }
     }
 

@@ -16,6 +16,7 @@ use super::client::{build_body, parse_proto_duration, status_error, Method};
 use super::fake::{FakeVertex, Faults};
 use crate::fake_media::gradient_png;
 use crate::fault_table;
+use crate::hostile_table;
 use crate::{
     generate_with_retries, GenerationRequest, InputImage, InputRole, JobKind, Provider,
     ProviderError, RetryPolicy, TokenSource, VertexConfig, VertexProvider,
@@ -1079,28 +1080,23 @@ async fn fault_table_unavailable_calls_cost_no_job() {
 }
 
 // What a job's parameters may not touch, and what a hostile Vertex may not
-// do to us (issue 15).
+// do to us (issue 15); the checks are `hostile_table`'s, the data Vertex's.
 
 #[tokio::test]
 async fn owned_parameters_are_refused_before_any_request() {
     let fake = FakeVertex::start().await.unwrap();
     let provider = provider(&fake);
     for model in ["imagen-ok", "gemini-ok"] {
-        for (key, parameters) in crate::params::hostile_parameters(&super::client::OWNED, &[]) {
-            let mut request = request(model);
-            request.parameters = parameters;
-            let failed = generate_with_retries(&provider, &request, &policy())
-                .await
-                .unwrap_err();
-            assert_eq!(failed.attempts, 1, "{key}");
-            assert!(
-                matches!(failed.error, ProviderError::Unsupported { .. }),
-                "{key}: {failed}"
-            );
-            assert_eq!(failed.error.code(), "invalid_input");
-            let message = failed.error.to_string();
-            assert!(message.contains(&format!("{key:?}")), "{key}: {message}");
-        }
+        hostile_table::owned_keys_are_refused(
+            &provider,
+            None,
+            &policy(),
+            &request(model),
+            &super::client::OWNED,
+            &[],
+            || fake.calls() + fake.token_requests(),
+        )
+        .await;
     }
     // Not even a token was fetched.
     assert_eq!(fake.calls(), 0);
@@ -1136,32 +1132,33 @@ async fn storage_uri_watermark_and_safety_cannot_be_set() {
 #[tokio::test]
 async fn harmless_parameters_reach_the_model() {
     let fake = FakeVertex::start().await.unwrap();
-    let mut request = request("imagen-ok");
-    request
-        .parameters
-        .insert("outputOptions".into(), json!({"mimeType": "image/png"}));
-    request
-        .parameters
-        .insert("enhancePrompt".into(), json!(false));
-    generate_with_retries(&provider(&fake), &request, &policy())
-        .await
-        .unwrap();
-    let body = fake.last_body("imagen-ok").unwrap();
-    assert_eq!(body["parameters"]["outputOptions"]["mimeType"], "image/png");
-    assert_eq!(body["parameters"]["enhancePrompt"], false);
-    assert_eq!(body["parameters"]["sampleCount"], 1);
+    let parameters = hostile_table::harmless_parameters_pass(
+        &provider(&fake),
+        &policy(),
+        request("imagen-ok"),
+        json!({"outputOptions": {"mimeType": "image/png"}, "enhancePrompt": false}),
+        || fake.last_body("imagen-ok").unwrap()["parameters"].take(),
+    )
+    .await;
+    assert_eq!(parameters["outputOptions"]["mimeType"], "image/png");
+    assert_eq!(parameters["enhancePrompt"], false);
+    assert_eq!(parameters["sampleCount"], 1);
 }
 
 #[tokio::test]
 async fn more_outputs_than_asked_are_dropped_undecoded() {
     let fake = FakeVertex::start().await.unwrap();
-    for count in [1, 3] {
-        let mut request = request("imagen-extra");
-        request.count = count;
-        let output = generate_with_retries(&provider(&fake), &request, &policy())
-            .await
-            .unwrap();
-        assert_pngs(&output, count as usize);
+    let counts = [1, 3];
+    let outputs = hostile_table::extra_outputs_are_dropped(
+        &provider(&fake),
+        &policy(),
+        &request("imagen-extra"),
+        &counts,
+        None,
+    )
+    .await;
+    for (output, count) in outputs.iter().zip(counts) {
+        assert_pngs(output, count as usize);
     }
 }
 
@@ -1171,29 +1168,27 @@ async fn an_endless_answer_is_cut_off_at_its_limit() {
     let token = TokenSource::endpoint(fake.token_url(), client());
     let provider = VertexProvider::new(
         VertexConfig {
-            max_output_bytes: 1024 * 1024,
+            max_output_bytes: hostile_table::SMALL_OUTPUT_LIMIT,
             ..config(&fake, token)
         },
         client(),
     );
-    let err = provider
-        .generate(&request("imagen-endless"))
-        .await
-        .unwrap_err();
-    assert_eq!(
-        err.to_string(),
-        "provider rejected the request: an output is larger than the 1048576 byte limit"
-    );
+    let expected = hostile_table::output_too_large(1_048_576);
+    hostile_table::fails_with(&provider, &request("imagen-endless"), &expected).await;
 }
 
 #[tokio::test]
 async fn error_messages_never_echo_the_token_or_the_prompt() {
     let fake = FakeVertex::start().await.unwrap();
-    let failed = generate_with_retries(&provider(&fake), &request("imagen-echo"), &policy())
-        .await
-        .unwrap_err();
+    let message = hostile_table::sanitised_error(
+        &provider(&fake),
+        &policy(),
+        &request("imagen-echo"),
+        &["ya29.fake-token"],
+    )
+    .await;
     assert_eq!(
-        failed.error.to_string(),
+        message,
         "provider rejected the request: predict answered HTTP 400 INVALID_ARGUMENT: \
          Request with Bearer [redacted] has an invalid prompt \"[prompt]\"."
     );
