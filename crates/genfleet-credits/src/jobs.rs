@@ -253,19 +253,8 @@ impl Ledger {
     /// # Errors
     /// [`CreditsError::Invalid`] for a malformed id; database errors.
     pub async fn begin_attempt(&self, job_id: &str) -> Result<u32, CreditsError> {
-        validate_id("job id", job_id)?;
-        let client = self.pool.get().await?;
-        let row = client
-            .query_one(
-                "INSERT INTO job_attempts (job_id, started) VALUES ($1, 1)
-                 ON CONFLICT (job_id) DO UPDATE
-                 SET started = job_attempts.started + 1, last_started_at = now()
-                 RETURNING started",
-                &[&job_id],
-            )
-            .await?;
-        let started: i32 = row.get(0);
-        Ok(u32::try_from(started).unwrap_or(0))
+        // Any tenant's cancel request is irrelevant here: only the count is.
+        Ok(self.start(job_id, ANY_TENANT).await?.starts)
     }
 
     /// [`Ledger::begin_attempt`] and [`Ledger::cancellation`] in one round
