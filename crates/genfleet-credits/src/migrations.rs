@@ -193,6 +193,34 @@ ALTER TABLE job_cancellations DROP CONSTRAINT job_cancellations_pkey;
 ALTER TABLE job_cancellations ADD PRIMARY KEY (job_id, tenant);
 "#,
     },
+    Migration {
+        version: 7,
+        name: "pending_source_deletions_and_retention_indexes",
+        sql: r#"
+-- Sources (inputs) a job asked to delete once it ended. Written before the
+-- job's outcome and acted on only once that outcome exists, so a
+-- redelivery before the settlement still finds its inputs; removed when
+-- the delete succeeded, retried with backoff (next_attempt_at) until then.
+CREATE TABLE pending_source_deletions (
+    job_id          text NOT NULL,
+    uri             text NOT NULL,
+    org             text NOT NULL,
+    workspace       text NOT NULL,
+    attempts        integer NOT NULL DEFAULT 0,
+    next_attempt_at timestamptz NOT NULL DEFAULT now(),
+    last_error      text,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (job_id, uri)
+);
+CREATE INDEX pending_source_deletions_due ON pending_source_deletions (next_attempt_at);
+
+-- The purge finds old rows by time, in bounded batches.
+CREATE INDEX job_outcomes_created_at ON job_outcomes (created_at);
+CREATE INDEX provider_submissions_created_at ON provider_submissions (created_at);
+CREATE INDEX job_attempts_last_started_at ON job_attempts (last_started_at);
+CREATE INDEX job_cancellations_requested_at ON job_cancellations (requested_at);
+"#,
+    },
 ];
 
 /// Creates the schema if needed and applies every migration not yet recorded.
