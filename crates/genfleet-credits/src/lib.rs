@@ -31,6 +31,7 @@ mod jobs;
 mod ledger;
 mod migrations;
 mod queries;
+mod retention;
 #[cfg(test)]
 mod tests;
 
@@ -42,6 +43,9 @@ pub use crate::error::CreditsError;
 pub use crate::jobs::{CancelRequest, Claim, Started};
 pub use crate::ledger::{Balance, Hold, HoldState, Settled, Settlement};
 pub use crate::queries::Entry;
+pub use crate::retention::{
+    PendingSourceDeletions, PurgeLock, RecordCutoffs, RecordsPurged, SourceDeletion,
+};
 
 /// How long `ping` waits for `SELECT 1`, pool wait included: a health check
 /// that hangs is worse than one that says "unavailable".

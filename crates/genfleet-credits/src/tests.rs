@@ -13,6 +13,7 @@ mod jobs;
 mod model;
 mod parents;
 mod queries;
+mod retention;
 mod stress;
 
 use std::sync::atomic::{AtomicU32, Ordering};
