@@ -21,6 +21,8 @@
 //! redeliveries (`x-delivery-count` grows); `genfleet.dead` has no delivery
 //! limit, so that is harmless here, and the header is dropped on replay.
 
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
 use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel};
@@ -154,6 +156,23 @@ pub struct Refused {
     pub why: String,
 }
 
+/// Header the worker sets on every dead letter it publishes: when it was
+/// dead-lettered, in Unix seconds. The retention purge reads a dead
+/// letter's age from it (or, for messages RabbitMQ dead-lettered itself,
+/// from the `x-death` time).
+pub const HEADER_DEAD_AT: &str = "x-genfleet-dead-at";
+
+/// What [`Broker::purge_dead_letters_older_than`] did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct AgePurgeReport {
+    /// Dead letters older than the cutoff, acked (or, dry, counted).
+    pub purged: usize,
+    /// Dead letters passed over because nothing tells their age (no
+    /// [`HEADER_DEAD_AT`], no `x-death` time, no timestamp property): the
+    /// broker's message-ttl policy is their backstop.
+    pub undated: usize,
+}
+
 #[derive(Debug, Default)]
 pub struct PurgeReport {
     pub purged: usize,
@@ -258,6 +277,104 @@ impl Broker {
             purged: result?,
             missing: selector.missing(&seen),
         })
+    }
+}
+
+impl Broker {
+    /// Deletes (acks) the dead letters that were dead-lettered before
+    /// `cutoff`, from the head of [`DEAD_QUEUE`]: dead letters arrive in
+    /// the order they died, so the walk stops at the first one that is
+    /// younger and leaves it and everything behind it. Undated letters are
+    /// passed over (left) without stopping. With `dry_run`, nothing is
+    /// acked: the same letters are counted and all return to the queue.
+    ///
+    /// # Errors
+    /// The queue does not exist or the channel fails; what was acked before
+    /// is deleted, the rest stays (run again).
+    pub async fn purge_dead_letters_older_than(
+        &self,
+        cutoff: SystemTime,
+        dry_run: bool,
+    ) -> Result<AgePurgeReport, BrokerError> {
+        let mut walk = Walk::open(self).await?;
+        let mut report = AgePurgeReport::default();
+        let result: Result<(), BrokerError> = async {
+            while let Some(delivery) = walk.next().await? {
+                match dead_at(&delivery.properties) {
+                    None => report.undated += 1,
+                    Some(at) if at < cutoff => {
+                        if !dry_run {
+                            ack(&delivery).await?;
+                        }
+                        report.purged += 1;
+                    }
+                    // Closing the walk returns it (and all left unacked)
+                    // to the queue.
+                    Some(_) => break,
+                }
+            }
+            Ok(())
+        }
+        .await;
+        walk.close().await;
+        result.map(|()| report)
+    }
+}
+
+/// When a dead letter died: the worker's [`HEADER_DEAD_AT`], else the
+/// newest `x-death` entry's time (RabbitMQ's own dead-lettering), else the
+/// message's timestamp property.
+pub fn dead_at(properties: &BasicProperties) -> Option<SystemTime> {
+    let from_secs = |secs: u64| UNIX_EPOCH.checked_add(Duration::from_secs(secs));
+    if let Some(headers) = properties.headers() {
+        let headers_map = headers.inner();
+        if let Some(secs) = headers_map
+            .get(HEADER_DEAD_AT)
+            .and_then(as_string)
+            .and_then(|s| s.trim().parse::<u64>().ok())
+        {
+            return from_secs(secs);
+        }
+        if let Some(AMQPValue::FieldArray(deaths)) = headers_map.get("x-death") {
+            if let Some(AMQPValue::FieldTable(entry)) = deaths.as_slice().first() {
+                if let Some(AMQPValue::Timestamp(secs)) = entry.inner().get("time") {
+                    return from_secs(*secs);
+                }
+            }
+        }
+    }
+    properties.timestamp().and_then(from_secs)
+}
+
+impl Broker {
+    /// Deletes (acks) every dead letter for which `select` says yes, and
+    /// leaves the others in the queue, in their order: one walk holds every
+    /// message it looked at unacked and returns the unselected ones together
+    /// when its channel closes. The walk looks at the messages ready when it
+    /// began, so it ends however many arrive meanwhile. Returns how many
+    /// were deleted.
+    ///
+    /// # Errors
+    /// The queue does not exist or the channel fails; what was acked before
+    /// is deleted, the rest stays.
+    pub async fn purge_dead_letters_where<F>(&self, mut select: F) -> Result<usize, BrokerError>
+    where
+        F: FnMut(&DeadLetter) -> bool,
+    {
+        let mut walk = Walk::open(self).await?;
+        let result: Result<usize, BrokerError> = async {
+            let mut purged = 0;
+            while let Some(delivery) = walk.next().await? {
+                if select(&DeadLetter::from_delivery(&delivery)) {
+                    ack(&delivery).await?;
+                    purged += 1;
+                }
+            }
+            Ok(purged)
+        }
+        .await;
+        walk.close().await;
+        result
     }
 }
 
@@ -514,6 +631,34 @@ mod tests {
             .collect();
         assert_eq!(kept, vec!["traceparent".to_string()]);
         assert_eq!(*replayed.delivery_mode(), Some(2));
+    }
+
+    #[test]
+    fn a_dead_letters_age_comes_from_our_header_then_x_death_then_the_timestamp() {
+        let at = |secs: u64| Some(UNIX_EPOCH + Duration::from_secs(secs));
+        let mut ours = FieldTable::default();
+        ours.insert(HEADER_DEAD_AT.into(), AMQPValue::LongString("1000".into()));
+        let mut entry = FieldTable::default();
+        entry.insert("time".into(), AMQPValue::Timestamp(2000));
+        ours.insert(
+            "x-death".into(),
+            AMQPValue::FieldArray(vec![AMQPValue::FieldTable(entry.clone())].into()),
+        );
+        let p = BasicProperties::default().with_timestamp(3000);
+        assert_eq!(dead_at(&p.clone().with_headers(ours)), at(1000));
+        let mut death = FieldTable::default();
+        death.insert(
+            "x-death".into(),
+            AMQPValue::FieldArray(vec![AMQPValue::FieldTable(entry)].into()),
+        );
+        assert_eq!(dead_at(&p.clone().with_headers(death)), at(2000));
+        assert_eq!(dead_at(&p), at(3000));
+        let mut garbage = FieldTable::default();
+        garbage.insert(HEADER_DEAD_AT.into(), AMQPValue::LongString("soon".into()));
+        assert_eq!(
+            dead_at(&BasicProperties::default().with_headers(garbage)),
+            None
+        );
     }
 
     #[test]

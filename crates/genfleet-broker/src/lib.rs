@@ -13,7 +13,10 @@ mod topology;
 use lapin::{Connection, ConnectionProperties};
 
 pub use consumer::{Incoming, JobConsumer};
-pub use dlq::{DeadLetter, PurgeReport, Refused, ReplayReport, Selector};
+pub use dlq::{
+    dead_at, AgePurgeReport, DeadLetter, PurgeReport, Refused, ReplayReport, Selector,
+    HEADER_DEAD_AT,
+};
 pub use publisher::{Outgoing, Publisher};
 pub use topology::{declare, JobClass, Lane, Topology};
 
