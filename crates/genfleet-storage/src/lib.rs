@@ -6,25 +6,42 @@
 //! time-limited URLs. Knows nothing of jobs, credits or images: callers pass
 //! ids that the contract already validated.
 //!
-//! The store is an `object_store::ObjectStore`; today the local filesystem
-//! backend (tests, `genfleet batch`, single-node installs). S3/GCS/Azure are
-//! the same trait with another constructor.
+//! The store is an `object_store::ObjectStore`: the local filesystem
+//! ([`Store::open_local`]: tests, `genfleet batch`, single-node installs) or
+//! any S3-protocol service ([`Store::open_s3`]: a fleet whose workers share
+//! one bucket). Everything above the constructors is the same code for both.
 #![forbid(unsafe_code)]
 
+pub mod fetch;
+mod forget;
+mod private_fs;
+mod retention;
+mod s3;
+#[cfg(test)]
+mod s3_tests;
+pub mod serve;
 mod signing;
 mod tenancy;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use object_store::local::LocalFileSystem;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use sha2::{Digest, Sha256};
 
-pub use signing::UrlSigner;
+pub use forget::SubjectPrefixes;
+pub use private_fs::{create_private_dir_all, DIR_MODE, FILE_MODE};
+pub use retention::{PurgedObjects, StoredEntry};
+pub use s3::{S3Credentials, S3StoreConfig};
+pub use signing::{
+    is_valid_key_id, Clock, Keyring, KeyringError, Refusal, UrlSigner, DEFAULT_KEY_ID,
+    MAX_SIGNED_URL_TTL,
+};
 pub use tenancy::{InputPolicy, TenantScope, DEFAULT_INPUT_PREFIXES};
 
 /// Where inputs and outputs live.
@@ -82,15 +99,23 @@ impl StorageError {
 #[derive(Clone)]
 pub struct Store {
     inner: Arc<dyn ObjectStore>,
-    config: StoreConfig,
+    /// The bucket `s3://` URIs must name.
+    bucket: String,
+    inputs: InputPolicy,
     /// The canonical `file://` input root, when `file://` inputs are on.
     file_root: Option<PathBuf>,
+    /// The canonical folder behind a local store; `None` on S3.
+    local_root: Option<PathBuf>,
+    /// Presigns GET URLs on S3 (SigV4 with the store's own credentials).
+    presigner: Option<Arc<dyn object_store::signer::Signer>>,
 }
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store")
-            .field("config", &self.config)
+            .field("bucket", &self.bucket)
+            .field("backend", &self.inner.to_string())
+            .field("inputs", &self.inputs)
             .finish()
     }
 }
@@ -101,32 +126,65 @@ impl Store {
     /// # Errors
     /// The root cannot be created or resolved.
     pub fn open_local(config: StoreConfig) -> Result<Store, StorageError> {
-        std::fs::create_dir_all(&config.root).map_err(|e| {
+        // A missing root is made private (0700); see `private_fs`.
+        create_private_dir_all(&config.root).map_err(|e| {
             StorageError::Unavailable(format!("cannot create {}: {e}", config.root.display()))
         })?;
         let root = config.root.canonicalize().map_err(|e| {
             StorageError::Unavailable(format!("cannot resolve {}: {e}", config.root.display()))
         })?;
-        let fs = LocalFileSystem::new_with_prefix(&root)
+        let fs = private_fs::PrivateLocalFs::new(&root)
             .map_err(|e| StorageError::Unavailable(e.to_string()))?;
-        let file_root = match config.inputs.file_root() {
-            Some(dir) => Some(dir.canonicalize().map_err(|e| {
-                StorageError::InvalidConfig(format!(
-                    "file input root {} cannot be resolved: {e}",
-                    dir.display()
-                ))
-            })?),
-            None => None,
-        };
         Ok(Store {
             inner: Arc::new(fs),
-            config,
-            file_root,
+            file_root: file_input_root(&config.inputs)?,
+            bucket: config.bucket,
+            inputs: config.inputs,
+            local_root: Some(root),
+            presigner: None,
         })
     }
 
     pub fn bucket(&self) -> &str {
-        &self.config.bucket
+        &self.bucket
+    }
+
+    /// The folder behind a local store (what a file server serves); `None`
+    /// for S3.
+    pub fn local_root(&self) -> Option<&FsPath> {
+        self.local_root.as_deref()
+    }
+
+    /// Whether outputs are linked by the store's own presigned URLs
+    /// ([`Store::presign_get`]) rather than by a [`UrlSigner`] in front of
+    /// a file server.
+    pub fn presigns(&self) -> bool {
+        self.presigner.is_some()
+    }
+
+    /// A presigned GET URL for one of the store's objects, valid for
+    /// `ttl`, with its expiry (Unix seconds); `Ok(None)` on a store that
+    /// cannot presign (local: see [`UrlSigner`]). The URL is a credential:
+    /// callers never log it.
+    ///
+    /// # Errors
+    /// A key that is not a valid object key, or signing failed (e.g. no
+    /// credentials could be loaded).
+    pub async fn presign_get(
+        &self,
+        key: &str,
+        ttl: Duration,
+    ) -> Result<Option<(String, u64)>, StorageError> {
+        let Some(presigner) = &self.presigner else {
+            return Ok(None);
+        };
+        let path = Path::parse(key).map_err(|e| StorageError::InvalidUri(e.to_string()))?;
+        let expires = unix_now().saturating_add(ttl.as_secs());
+        let url = presigner
+            .signed_url(object_store::signer::Method::GET, &path, ttl)
+            .await
+            .map_err(|e| StorageError::Unavailable(format!("presigning failed: {e}")))?;
+        Ok(Some((url.to_string(), expires)))
     }
 
     /// The scope of one tenant's job (see [`InputPolicy::scope`]).
@@ -134,7 +192,7 @@ impl Store {
     /// # Errors
     /// [`StorageError::Forbidden`] for a reserved tenant name.
     pub fn scope(&self, org: &str, workspace: &str) -> Result<TenantScope, StorageError> {
-        self.config.inputs.scope(org, workspace)
+        self.inputs.scope(org, workspace)
     }
 
     /// Reads a job's input, refusing anything above `max_bytes` before
@@ -144,7 +202,11 @@ impl Store {
     /// key under one of the tenant's prefixes, and `file:///<path>` inside
     /// the configured file input root (symlinks and `..` resolved first, so
     /// neither escapes it) whose path below the root lies under one of the
-    /// tenant's prefixes.
+    /// tenant's prefixes; and `https://` URLs (`http://` for allow-listed
+    /// hosts) when the input policy has a URL fetcher
+    /// ([`InputPolicy::with_url_fetcher`]), read behind its SSRF guard. The
+    /// tenant's prefixes cannot apply to a URL: whoever holds a presigned
+    /// URL may read what it names.
     ///
     /// # Errors
     /// [`StorageError::InvalidUri`], [`StorageError::Forbidden`],
@@ -156,6 +218,9 @@ impl Store {
         uri: &str,
         max_bytes: u64,
     ) -> Result<Bytes, StorageError> {
+        if fetch::is_url(uri) {
+            return fetch::fetch_input(self.inputs.url_fetcher(), uri, max_bytes).await;
+        }
         match self.resolve_input(scope, uri).await? {
             Input::Object(path) => self.read_object(&path, uri, max_bytes).await,
             Input::File(real) => read_file(&real, uri, max_bytes).await,
@@ -164,11 +229,15 @@ impl Store {
 
     /// Deletes a job's input (`delete_sources_after`) under the same rule
     /// as [`Store::fetch_input`]; deleting one that is already gone
-    /// succeeds.
+    /// succeeds. An `http(s)://` input is not deleted: the product owns
+    /// the object behind its URL and deletes it itself.
     ///
     /// # Errors
     /// As [`Store::fetch_input`], without `TooLarge`.
     pub async fn delete_input(&self, scope: &TenantScope, uri: &str) -> Result<(), StorageError> {
+        if fetch::is_url(uri) {
+            return fetch::delete_input(self.inputs.url_fetcher());
+        }
         match self.resolve_input(scope, uri).await {
             Ok(Input::Object(path)) => self.delete_object(&path).await,
             Ok(Input::File(real)) => match tokio::fs::remove_file(&real).await {
@@ -233,9 +302,13 @@ impl Store {
 
     /// Writes an output under `<org>/<workspace>/<job_id>/<name>`.
     ///
-    /// The write is atomic (temporary file, then rename), so a reader never
-    /// sees half an object, and the key is deterministic, so a redelivered
-    /// job overwrites its own outputs instead of storing them twice.
+    /// The write is atomic (a reader never sees half an object) and
+    /// conditional (`PutMode::Create`: S3's `If-None-Match: *`, a no-replace
+    /// rename locally). The key is deterministic, so two deliveries of one
+    /// job racing (a redelivery while the first worker still runs) write the
+    /// same key: the first write wins and the other run adopts the stored
+    /// object — its size and sha256 are returned, not the losing bytes'.
+    /// Every result of the job then names the same bytes.
     ///
     /// # Errors
     /// [`StorageError::InvalidUri`] for a name that is not a single safe
@@ -257,14 +330,34 @@ impl Store {
         }
         let key = format!("{org}/{workspace}/{job_id}/{name}");
         let path = Path::parse(&key).map_err(|e| StorageError::InvalidUri(e.to_string()))?;
-        let sha256 = hex::encode(Sha256::digest(&bytes));
-        let size = bytes.len() as u64;
-        self.inner
-            .put(&path, PutPayload::from(bytes))
+        let mut sha256 = hex::encode(Sha256::digest(&bytes));
+        let mut size = bytes.len() as u64;
+        let create = PutOptions {
+            mode: PutMode::Create,
+            ..PutOptions::default()
+        };
+        match self
+            .inner
+            .put_opts(&path, PutPayload::from(bytes), create)
             .await
-            .map_err(|e| StorageError::Unavailable(e.to_string()))?;
+        {
+            Ok(_) => {}
+            Err(object_store::Error::AlreadyExists { .. }) => {
+                let stored = self
+                    .inner
+                    .get(&path)
+                    .await
+                    .map_err(|e| StorageError::Unavailable(e.to_string()))?
+                    .bytes()
+                    .await
+                    .map_err(|e| StorageError::Unavailable(e.to_string()))?;
+                sha256 = hex::encode(Sha256::digest(&stored));
+                size = stored.len() as u64;
+            }
+            Err(e) => return Err(StorageError::Unavailable(e.to_string())),
+        }
         Ok(StoredObject {
-            uri: format!("s3://{}/{key}", self.config.bucket),
+            uri: format!("s3://{}/{key}", self.bucket),
             key,
             size,
             sha256,
@@ -327,10 +420,10 @@ impl Store {
         let (bucket, key) = rest.split_once('/').ok_or_else(|| {
             StorageError::InvalidUri("input URI has no key after the bucket".into())
         })?;
-        if bucket != self.config.bucket {
+        if bucket != self.bucket {
             return Err(StorageError::InvalidUri(format!(
                 "input bucket {bucket:?} is not served by this worker, expected {}",
-                self.config.bucket
+                self.bucket
             )));
         }
         // `Path::parse` refuses empty, `.` and `..` segments, so the key
@@ -407,6 +500,19 @@ impl Store {
             )));
         }
         Ok(real)
+    }
+}
+
+/// The canonical `file://` input root of a policy, when it has one.
+fn file_input_root(inputs: &InputPolicy) -> Result<Option<PathBuf>, StorageError> {
+    match inputs.file_root() {
+        Some(dir) => dir.canonicalize().map(Some).map_err(|e| {
+            StorageError::InvalidConfig(format!(
+                "file input root {} cannot be resolved: {e}",
+                dir.display()
+            ))
+        }),
+        None => Ok(None),
     }
 }
 

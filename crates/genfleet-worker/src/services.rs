@@ -14,7 +14,7 @@ use genfleet_providers::{
     VertexConfig, VertexProvider,
 };
 use genfleet_scan::{ClamdConfig, ClamdScanner, Scanner};
-use genfleet_storage::{InputPolicy, Store, StoreConfig, UrlSigner};
+use genfleet_storage::{InputPolicy, S3StoreConfig, Store, StoreConfig, UrlSigner};
 
 /// Each provider's model per job kind.
 pub type DefaultModels = HashMap<String, HashMap<genfleet_proto::v1::JobKind, String>>;
@@ -78,23 +78,12 @@ impl Services {
             config.storage.file_input_root.clone(),
         )
         .map_err(|e| WorkerError::Startup(format!("storage.input_prefixes: {e}")))?;
-        let store = Store::open_local(StoreConfig {
-            root: config.storage.root.clone(),
-            bucket: config.storage.bucket.clone(),
-            inputs,
-        })
-        .map_err(|e| WorkerError::Startup(format!("storage: {e}")))?;
-        let signer = if config.storage.public_base_url.is_empty() {
-            None
-        } else {
-            let base = url::Url::parse(&config.storage.public_base_url)
-                .map_err(|e| WorkerError::Startup(format!("storage.public_base_url: {e}")))?;
-            Some(UrlSigner::new(
-                base,
-                config.storage.signing_key.expose().as_bytes(),
-                Duration::from_secs(config.storage.signed_url_ttl_seconds),
-            ))
-        };
+        let store = open_store(&config.storage, inputs)?;
+        // Every configured key (rotation): the current one signs.
+        let signer = config
+            .storage
+            .url_signer()
+            .map_err(|e| WorkerError::Startup(e.to_string()))?;
 
         let presets = load_presets(config.limits.presets_file.as_deref())?;
         let cpu = CpuPool::new(config.worker.imaging_threads);
@@ -500,4 +489,31 @@ pub fn load_presets(file: Option<&std::path::Path>) -> Result<Presets, WorkerErr
         WorkerError::Startup(format!("limits.presets_file {}: {e}", file.display()))
     })?;
     Ok(builtin.merged(extra))
+}
+
+/// The configured object store: the local folder or the S3 bucket.
+///
+/// # Errors
+/// An unusable storage configuration.
+pub fn open_store(
+    storage: &crate::config::StorageSection,
+    inputs: InputPolicy,
+) -> Result<Store, WorkerError> {
+    let store = match storage.backend {
+        crate::config::StorageBackend::Local => Store::open_local(StoreConfig {
+            root: storage.root.clone(),
+            bucket: storage.bucket.clone(),
+            inputs,
+        }),
+        crate::config::StorageBackend::S3 => Store::open_s3(S3StoreConfig {
+            bucket: storage.bucket.clone(),
+            region: storage.s3.region.clone(),
+            endpoint: (!storage.s3.endpoint.is_empty()).then(|| storage.s3.endpoint.clone()),
+            path_style: storage.s3.path_style,
+            allow_http: storage.s3.allow_http,
+            credentials: storage.s3.credentials(),
+            inputs,
+        }),
+    };
+    store.map_err(|e| WorkerError::Startup(format!("storage: {e}")))
 }

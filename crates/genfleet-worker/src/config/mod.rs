@@ -13,9 +13,11 @@ use figment::Figment;
 use serde::{Deserialize, Serialize};
 
 mod providers;
+mod retention;
 mod storage;
 
 pub use providers::*;
+pub use retention::*;
 pub use storage::*;
 
 /// A value that must never reach logs: `Debug` prints `[redacted]`.
@@ -52,6 +54,7 @@ pub struct Config {
     pub http: HttpSection,
     pub providers: ProvidersSection,
     pub scanner: ScannerSection,
+    pub retention: RetentionSection,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -368,6 +371,17 @@ impl Config {
         if let Some(path) = &self.storage.signing_key_file {
             self.storage.signing_key = read(path, "storage.signing_key_file")?;
         }
+        self.storage.read_signing_key_files()?;
+        let s3 = &mut self.storage.s3;
+        if let Some(path) = &s3.access_key_id_file {
+            s3.access_key_id = read(path, "storage.s3.access_key_id_file")?;
+        }
+        if let Some(path) = &s3.secret_access_key_file {
+            s3.secret_access_key = read(path, "storage.s3.secret_access_key_file")?;
+        }
+        if let Some(path) = &s3.session_token_file {
+            s3.session_token = read(path, "storage.s3.session_token_file")?;
+        }
         Ok(())
     }
 
@@ -375,6 +389,7 @@ impl Config {
     /// The first key whose value is out of range.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let fail = |msg: String| Err(ConfigError::Invalid(msg));
+        self.retention.validate()?;
         if self.worker.concurrency == 0 {
             return fail("worker.concurrency must be at least 1".into());
         }
@@ -430,19 +445,15 @@ impl Config {
         if self.database.pool_size == 0 {
             return fail("database.pool_size must be at least 1".into());
         }
-        if !self.storage.public_base_url.is_empty() {
-            if url::Url::parse(&self.storage.public_base_url).is_err() {
-                return fail(format!(
-                    "storage.public_base_url: {:?} is not a URL",
-                    self.storage.public_base_url
-                ));
-            }
-            if self.storage.signing_key.is_empty() {
-                return fail(
-                    "storage.signing_key is required when storage.public_base_url is set".into(),
-                );
-            }
+        if !self.storage.public_base_url.is_empty()
+            && url::Url::parse(&self.storage.public_base_url).is_err()
+        {
+            return fail(format!(
+                "storage.public_base_url: {:?} is not a URL",
+                self.storage.public_base_url
+            ));
         }
+        self.storage.validate_signing()?;
         if url::Url::parse(&self.providers.fal.base_url).is_err() {
             return fail(format!(
                 "providers.fal.base_url: {:?} is not a URL",

@@ -115,11 +115,19 @@ pub(crate) async fn render_and_store(
                 return Err(GenStop::from(Stop::from(e)));
             }
         };
-        let (signed_url, expires) = services
-            .signer
-            .as_ref()
-            .and_then(|s| s.sign(&stored.key))
-            .map_or((String::new(), None), |(url, exp)| (url, Some(exp)));
+        let (signed_url, expires) = match signed_link(services, &stored.key).await {
+            Ok(link) => link.map_or((String::new(), None), |(url, exp)| (url, Some(exp))),
+            Err(e) => {
+                for done in outputs
+                    .iter()
+                    .map(|o| o.uri.as_str())
+                    .chain([stored.uri.as_str()])
+                {
+                    let _ = services.store.delete(done).await;
+                }
+                return Err(GenStop::from(Stop::from(e)));
+            }
+        };
         outputs.push(v1::Output {
             uri: stored.uri,
             signed_url,
@@ -216,4 +224,18 @@ mod tests {
         odd[8..12].copy_from_slice(b"evil");
         assert!(!is_mp4(&odd));
     }
+}
+
+/// The link a result carries for one output: the store's own presigned GET
+/// on S3, else a URL signed for the file server in front of the local store
+/// (`storage.public_base_url`), else none.
+async fn signed_link(
+    services: &Services,
+    key: &str,
+) -> Result<Option<(String, u64)>, genfleet_storage::StorageError> {
+    if services.store.presigns() {
+        let ttl = std::time::Duration::from_secs(services.config.storage.signed_url_ttl_seconds);
+        return services.store.presign_get(key, ttl).await;
+    }
+    Ok(services.signer.as_ref().and_then(|s| s.sign(key)))
 }
