@@ -86,14 +86,16 @@ impl KeyPattern {
     }
 }
 
-/// What a job may read and delete: key prefixes per tenant, and the
-/// folder `file://` inputs may come from (none: `file://` is refused).
+/// What a job may read and delete: key prefixes per tenant, the folder
+/// `file://` inputs may come from (none: `file://` is refused), and the
+/// fetcher of `http(s)://` inputs (none: URLs are refused).
 #[derive(Clone, Debug)]
 pub struct InputPolicy {
     prefixes: Vec<KeyPattern>,
     reserved_orgs: Vec<String>,
     reserved_workspaces: Vec<String>,
     file_root: Option<PathBuf>,
+    url_fetcher: Option<crate::fetch::Fetcher>,
 }
 
 impl Default for InputPolicy {
@@ -104,6 +106,7 @@ impl Default for InputPolicy {
             reserved_orgs: Vec::new(),
             reserved_workspaces: Vec::new(),
             file_root: None,
+            url_fetcher: None,
         })
     }
 }
@@ -154,7 +157,19 @@ impl InputPolicy {
             reserved_orgs,
             reserved_workspaces,
             file_root,
+            url_fetcher: None,
         })
+    }
+
+    /// Accepts `http(s)://` inputs, read through `fetcher` (its SSRF guard,
+    /// allow-list, timeouts and redirect limit).
+    pub fn with_url_fetcher(mut self, fetcher: crate::fetch::Fetcher) -> InputPolicy {
+        self.url_fetcher = Some(fetcher);
+        self
+    }
+
+    pub(crate) fn url_fetcher(&self) -> Option<&crate::fetch::Fetcher> {
+        self.url_fetcher.as_ref()
     }
 
     /// The scope of one tenant's job.
@@ -193,6 +208,15 @@ impl InputPolicy {
 
     pub(crate) fn file_root(&self) -> Option<&PathBuf> {
         self.file_root.as_ref()
+    }
+
+    /// Whether `name` is a fixed segment of the layout where an org would
+    /// stand (`uploads`): never an org's folder (the retention purge skips
+    /// it).
+    pub(crate) fn is_reserved_org(&self, name: &str) -> bool {
+        self.reserved_orgs
+            .iter()
+            .any(|r| r.eq_ignore_ascii_case(name))
     }
 }
 
