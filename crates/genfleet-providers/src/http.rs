@@ -163,15 +163,66 @@ pub(crate) async fn error_body(response: Response) -> Bytes {
     .unwrap_or_default()
 }
 
+/// How output URLs are fetched: a plain GET of a URL, without
+/// credentials, within a time bound. The worker injects one behind its SSRF
+/// guard (every hop resolved and checked, private and metadata addresses
+/// refused, the connection made to the address checked); without one, a
+/// client's outputs are fetched with [`DirectDownloads`].
+#[async_trait::async_trait]
+pub trait Downloads: Send + Sync {
+    /// GETs `url`, redirects followed, within `timeout`; returns the first
+    /// answer that is not a redirect, whatever its status, body unread.
+    async fn get(&self, url: &Url, timeout: Duration) -> Result<Response, DownloadError>;
+}
+
+/// Why [`Downloads::get`] got no answer. Messages name at most the host.
+#[derive(Debug, thiserror::Error)]
+pub enum DownloadError {
+    /// The URL's destination is refused by the worker's policy (a private,
+    /// loopback or metadata address, plain http, too many redirects):
+    /// nothing was connected to, and fetching it again cannot help.
+    #[error("{0}")]
+    Refused(String),
+    /// Connecting or answering failed or timed out: worth another read.
+    #[error("{message}")]
+    Failed { message: String, timed_out: bool },
+}
+
+/// [`Downloads`] with a plain client: its own redirect policy, no address
+/// check. For tests against the fakes and callers that check nothing.
+#[derive(Clone, Debug)]
+pub struct DirectDownloads(reqwest::Client);
+
+impl DirectDownloads {
+    pub fn new(client: reqwest::Client) -> DirectDownloads {
+        DirectDownloads(client)
+    }
+}
+
+#[async_trait::async_trait]
+impl Downloads for DirectDownloads {
+    async fn get(&self, url: &Url, timeout: Duration) -> Result<Response, DownloadError> {
+        self.0
+            .get(url.clone())
+            .timeout(timeout)
+            .send()
+            .await
+            .map_err(|err| DownloadError::Failed {
+                timed_out: err.is_timeout(),
+                message: format!("output download failed: {}", describe_transport(err)),
+            })
+    }
+}
+
 /// Copies one output out of a provider's short-lived URL (http or https,
-/// fetched without credentials: the file host must never see a key) or
-/// out of a `data:` URI.
+/// fetched through `downloads`, without credentials: the file host must
+/// never see a key) or out of a `data:` URI.
 ///
 /// # Errors
 ///
 /// As [`fetch_output`], whose read-again class is dropped.
 pub(crate) async fn download(
-    client: &reqwest::Client,
+    downloads: &dyn Downloads,
     spool: &Spool,
     raw_url: &str,
     content_type: Option<String>,
@@ -180,7 +231,7 @@ pub(crate) async fn download(
     deadline: Option<Instant>,
 ) -> Result<Artifact, ProviderError> {
     fetch_output(
-        client,
+        downloads,
         spool,
         raw_url,
         content_type,
@@ -194,18 +245,21 @@ pub(crate) async fn download(
 
 /// [`download`], saying whether fetching the same URL again may help: it
 /// may after a transport failure, a 408, 429 or 5xx, or a local spool
-/// failure; it may not for a URL this client cannot fetch, an output over
-/// the cap, or any other 4xx (the file expired or is unknown: only a new
-/// request makes a new one).
+/// failure; it may not for a URL this client cannot fetch, a URL whose
+/// destination `downloads` refuses, an output over the cap, or any other
+/// 4xx (the file expired or is unknown: only a new request makes a new
+/// one).
 ///
 /// # Errors
 ///
-/// [`ProviderError::Malformed`] for a URL that is not http(s) or a broken
-/// data URI; [`ProviderError::Unavailable`] for a failed download;
+/// [`ProviderError::Malformed`] for a URL that is not http(s), a broken
+/// data URI, or a URL whose destination is refused (a provider that hands
+/// back a private address: its fault, `provider_unavailable`, never the
+/// customer's); [`ProviderError::Unavailable`] for a failed download;
 /// [`ProviderError::Local`] when the spool cannot take it; the size cap as
 /// a rejection.
 pub(crate) async fn fetch_output(
-    client: &reqwest::Client,
+    downloads: &dyn Downloads,
     spool: &Spool,
     raw_url: &str,
     content_type: Option<String>,
@@ -235,7 +289,36 @@ pub(crate) async fn fetch_output(
         }));
     }
     let _slot = spool.download_slot(deadline).await?;
-    let response = send(client.get(url), request_timeout, deadline).await?;
+    let timeout = match deadline {
+        Some(deadline) => {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(ProviderError::DeadlineExceeded.into());
+            }
+            request_timeout.min(left)
+        }
+        None => request_timeout,
+    };
+    let response = match downloads.get(&url, timeout).await {
+        Ok(response) => response,
+        Err(DownloadError::Refused(reason)) => {
+            return Err(ReadError::verdict(ProviderError::Malformed {
+                message: format!("an output URL was refused: {reason}"),
+            }))
+        }
+        Err(DownloadError::Failed { timed_out, .. })
+            if timed_out && deadline.is_some_and(|d| Instant::now() >= d) =>
+        {
+            return Err(ProviderError::DeadlineExceeded.into())
+        }
+        Err(DownloadError::Failed { message, .. }) => {
+            return Err(ProviderError::Unavailable {
+                message,
+                retry_after: None,
+            }
+            .into())
+        }
+    };
     let status = response.status();
     if !status.is_success() {
         let error = ProviderError::Unavailable {

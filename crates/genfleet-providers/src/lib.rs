@@ -80,6 +80,7 @@ use std::fmt;
 pub use error::{DeferReason, Failed, ProviderError};
 pub use fal::{FalConfig, FalProvider};
 pub use guard::{BreakerState, GuardConfig, GuardSnapshot, Guarded};
+pub use http::{DirectDownloads, DownloadError, Downloads};
 pub use kserve::{Contract, KServeConfig, KServeProvider, ModelMetadata, TensorMetadata};
 pub use openai::{OpenAiConfig, OpenAiProvider};
 pub use replicate::{ReplicateConfig, ReplicateProvider};

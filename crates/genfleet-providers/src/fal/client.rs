@@ -113,6 +113,8 @@ pub struct FalProvider {
     authorization: Result<HeaderValue, String>,
     pub(super) submissions: Submissions,
     pub(super) spool: Spool,
+    /// How output URLs are fetched.
+    downloads: std::sync::Arc<dyn http::Downloads>,
 }
 
 impl fmt::Debug for FalProvider {
@@ -130,11 +132,20 @@ impl FalProvider {
         let authorization = http::credential_header(&format!("Key {}", config.key), "fal key");
         Self {
             config,
+            downloads: std::sync::Arc::new(http::DirectDownloads::new(client.clone())),
             client,
             authorization,
             submissions: Submissions::new(PROVIDER),
             spool: Spool::memory_only(),
         }
+    }
+
+    /// Fetches output URLs through `downloads` (the worker's SSRF-guarded
+    /// fetcher) instead of this client's own [`http::DirectDownloads`].
+    #[must_use]
+    pub fn with_downloads(mut self, downloads: std::sync::Arc<dyn http::Downloads>) -> Self {
+        self.downloads = downloads;
+        self
     }
 
     /// Copies outputs into `spool` (memory within its budget, files beyond)
@@ -660,7 +671,7 @@ impl FalProvider {
         deadline: Option<Instant>,
     ) -> Result<Artifact, ReadError> {
         http::fetch_output(
-            &self.client,
+            self.downloads.as_ref(),
             &self.spool,
             &file.url,
             file.content_type.clone(),

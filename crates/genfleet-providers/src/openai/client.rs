@@ -103,6 +103,8 @@ pub struct OpenAiProvider {
     /// panicking at start-up, since `new` cannot fail.
     headers: Result<HeaderMap, String>,
     spool: Spool,
+    /// How output URLs are fetched.
+    downloads: std::sync::Arc<dyn http::Downloads>,
 }
 
 impl fmt::Debug for OpenAiProvider {
@@ -120,10 +122,19 @@ impl OpenAiProvider {
         let headers = auth_headers(&config);
         Self {
             config,
+            downloads: std::sync::Arc::new(http::DirectDownloads::new(client.clone())),
             client,
             headers,
             spool: Spool::memory_only(),
         }
+    }
+
+    /// Fetches output URLs through `downloads` (the worker's SSRF-guarded
+    /// fetcher) instead of this client's own [`http::DirectDownloads`].
+    #[must_use]
+    pub fn with_downloads(mut self, downloads: std::sync::Arc<dyn http::Downloads>) -> Self {
+        self.downloads = downloads;
+        self
     }
 
     /// Copies outputs into `spool` (memory within its budget, files beyond)
@@ -295,7 +306,7 @@ impl OpenAiProvider {
                 // No Authorization header: the file host is not the API.
                 (None, Some(url)) => {
                     http::download(
-                        &self.client,
+                        self.downloads.as_ref(),
                         &self.spool,
                         &url,
                         None,

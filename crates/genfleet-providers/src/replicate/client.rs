@@ -121,6 +121,8 @@ pub struct ReplicateProvider {
     authorization: Result<HeaderValue, String>,
     pub(super) submissions: Submissions,
     spool: Spool,
+    /// How output URLs are fetched.
+    downloads: Arc<dyn http::Downloads>,
 }
 
 impl fmt::Debug for ReplicateProvider {
@@ -139,11 +141,20 @@ impl ReplicateProvider {
             http::credential_header(&format!("Bearer {}", config.token), "replicate token");
         Self {
             config,
+            downloads: Arc::new(http::DirectDownloads::new(client.clone())),
             client,
             authorization,
             submissions: Submissions::new(PROVIDER),
             spool: Spool::memory_only(),
         }
+    }
+
+    /// Fetches output URLs through `downloads` (the worker's SSRF-guarded
+    /// fetcher) instead of this client's own [`http::DirectDownloads`].
+    #[must_use]
+    pub fn with_downloads(mut self, downloads: Arc<dyn http::Downloads>) -> Self {
+        self.downloads = downloads;
+        self
     }
 
     /// Copies outputs into `spool` (memory within its budget, files beyond)
@@ -675,7 +686,7 @@ impl ReplicateProvider {
         deadline: Option<Instant>,
     ) -> Result<Artifact, ReadError> {
         http::fetch_output(
-            &self.client,
+            self.downloads.as_ref(),
             &self.spool,
             url,
             None,
