@@ -203,6 +203,20 @@ fn is_mp4(bytes: &[u8]) -> bool {
         && BRANDS.iter().any(|brand| &bytes[8..12] == brand.as_slice())
 }
 
+/// The link a result carries for one output: the store's own presigned GET
+/// on S3, else a URL signed for the file server in front of the local store
+/// (`storage.public_base_url`), else none.
+async fn signed_link(
+    services: &Services,
+    key: &str,
+) -> Result<Option<(String, u64)>, genfleet_storage::StorageError> {
+    if services.store.presigns() {
+        let ttl = std::time::Duration::from_secs(services.config.storage.signed_url_ttl_seconds);
+        return services.store.presign_get(key, ttl).await;
+    }
+    Ok(services.signer.as_ref().and_then(|s| s.sign(key)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::is_mp4;
@@ -224,18 +238,4 @@ mod tests {
         odd[8..12].copy_from_slice(b"evil");
         assert!(!is_mp4(&odd));
     }
-}
-
-/// The link a result carries for one output: the store's own presigned GET
-/// on S3, else a URL signed for the file server in front of the local store
-/// (`storage.public_base_url`), else none.
-async fn signed_link(
-    services: &Services,
-    key: &str,
-) -> Result<Option<(String, u64)>, genfleet_storage::StorageError> {
-    if services.store.presigns() {
-        let ttl = std::time::Duration::from_secs(services.config.storage.signed_url_ttl_seconds);
-        return services.store.presign_get(key, ttl).await;
-    }
-    Ok(services.signer.as_ref().and_then(|s| s.sign(key)))
 }
