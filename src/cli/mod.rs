@@ -7,6 +7,7 @@ pub(crate) mod credits;
 pub(crate) mod dlq;
 pub(crate) mod enqueue;
 pub(crate) mod migrate;
+pub(crate) mod purge;
 mod shared;
 pub(crate) mod validate;
 pub(crate) mod worker;
@@ -68,6 +69,12 @@ pub(crate) enum Command {
         #[command(subcommand)]
         command: credits::CreditsCommand,
     },
+    /// Remove what is past retention ([retention], per organisation):
+    /// outputs in the store, stored results, provider submission records,
+    /// job start counts and cancel requests, dead letters; retry pending
+    /// source deletions. Never touches open holds or the credit books.
+    /// Prints counts; --dry-run removes nothing.
+    Purge(purge::PurgeArgs),
     /// Dead letters in genfleet.dead: list, show, replay to their job queue,
     /// or purge.
     Dlq {

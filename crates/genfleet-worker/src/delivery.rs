@@ -300,6 +300,14 @@ async fn publish_dead_letter(
             dead.code.as_str().to_string(),
         ),
         (genfleet_broker::HEADER_REASON.to_string(), dead.reason),
+        // When it died: the retention purge drains dead letters by age.
+        (
+            genfleet_broker::HEADER_DEAD_AT.to_string(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs())
+                .to_string(),
+        ),
     ];
     if let Some(id) = dead.job_id {
         headers.push(("x-genfleet-job-id".into(), id));

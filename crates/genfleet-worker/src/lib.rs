@@ -21,6 +21,7 @@ pub mod kinds;
 mod local_provider;
 pub mod metrics;
 pub mod pipeline;
+pub mod retention;
 pub mod runner;
 pub mod services;
 
@@ -68,9 +69,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Work
     .await?;
     tracing::info!(%addr, worker = %services.worker_name, "health and metrics listener up");
     let sweeper = tokio::spawn(sweep_expired_holds(services.clone(), http_shutdown.clone()));
+    let retention = tokio::spawn(retention::run_periodic(
+        services.clone(),
+        http_shutdown.clone(),
+    ));
     let outcome = runner::run(services, readiness, shutdown).await;
     http_shutdown.cancel();
     let _ = sweeper.await;
+    let _ = retention.await;
     outcome
 }
 

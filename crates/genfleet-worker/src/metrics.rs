@@ -71,6 +71,17 @@ pub struct Metrics {
     /// Inputs prepared for a provider, by how: `passed_through` (the
     /// upload's JPEG data, metadata stripped) or `reencoded`.
     pub provider_inputs_total: IntCounterVec,
+    /// Source deletions (`delete_sources_after`) waiting in the ledger,
+    /// fleet-wide, by state (`waiting`: not tried or not due yet;
+    /// `failing`: the last attempt failed and will be retried).
+    pub source_deletions_pending: IntGaugeVec,
+    /// Source deletion attempts by this worker, by outcome (`deleted`,
+    /// `failed`: retried later, `refused`: not the tenant's to delete).
+    pub source_deletions_total: IntCounterVec,
+    /// What retention purges run by this worker removed, by kind
+    /// (`outputs`, `outcomes`, `provider_submissions`, `job_attempts`,
+    /// `job_cancellations`, `dead_letters`).
+    pub purged_total: IntCounterVec,
     /// Read state into gauges right before each scrape.
     hooks: Arc<Mutex<Vec<RenderHook>>>,
 }
@@ -244,6 +255,21 @@ impl Metrics {
                 "genfleet_provider_inputs_total",
                 "Inputs prepared for a provider, by how (passed_through, reencoded)",
                 &["path"],
+            ),
+            source_deletions_pending: gauge_vec(
+                "genfleet_source_deletions_pending",
+                "Source deletions waiting in the ledger, fleet-wide, by state (waiting, failing)",
+                &["state"],
+            ),
+            source_deletions_total: counter(
+                "genfleet_source_deletions_total",
+                "Source deletion attempts by this worker, by outcome (deleted, failed, refused)",
+                &["outcome"],
+            ),
+            purged_total: counter(
+                "genfleet_purged_total",
+                "Objects, rows and dead letters removed by retention purges run here, by kind",
+                &["kind"],
             ),
             hooks: Arc::default(),
             registry,

@@ -144,10 +144,12 @@ async fn run(
         }
         Ok(Start::Republish(result)) => {
             info!("job already settled, republishing its stored result");
-            // The earlier delivery may have died before deleting them.
-            if result.status == v1::JobStatus::Succeeded as i32 {
-                settle::delete_sources(services, job).await;
+            // The earlier delivery may have died before deleting them (or
+            // before recording them, if an older worker settled it).
+            if let Err(stop) = settle::record_sources(services, job).await {
+                return stopped(stop);
             }
+            settle::delete_sources(services, job).await;
             return reply::publish_result(publisher, incoming, &result).await;
         }
         Ok(Start::Cancelled { reason }) => {
@@ -175,7 +177,11 @@ async fn run(
         Err(Stop::Fail(failure)) => {
             let result =
                 reply::failed_result(services, job.job_id_as_sent(), Some(job.tenant()), &failure);
-            if !came_back(incoming) {
+            // A first run that failed here holds no credits and stores no
+            // outcome, unless it must delete its sources: those may go
+            // only once the outcome is stored (a redelivery then republishes
+            // it instead of failing anew on inputs that are gone).
+            if !came_back(incoming) && !job.job().delete_sources_after {
                 result
             } else {
                 match settle::release_with_result(services, job, result).await {

@@ -69,19 +69,17 @@ pub(crate) async fn settle_run(
     tracker.begin(v1::Stage::Settle, 0.95).await;
     result.finished_at = Some(system_time_to_timestamp(SystemTime::now()));
     let stored = genfleet_proto::encode_json(&result);
+    record_sources(services, job).await?;
     let settled = services
         .ledger
         .settle_outcome(job.job_id(), settlement, &stored)
         .await?;
+    // Only now, with the outcome recorded, may the sources go, whatever the
+    // job's status: a redelivery before this point must still find them.
+    delete_sources(services, job).await;
     if let Some(earlier) = settled.earlier_outcome {
         warn!("another delivery of this job settled first; publishing its result");
         return parse_outcome(&earlier).map(Settled::Earlier);
-    }
-    // Only now, with the outcome recorded, may the sources go: a redelivery
-    // before this point must still find them. A failed job keeps them, so the
-    // customer can try again.
-    if result.status == v1::JobStatus::Succeeded as i32 {
-        delete_sources(services, job).await;
     }
     if let Some(hold) = settled.hold {
         let kind = job.kind().label();
@@ -125,11 +123,15 @@ pub(crate) async fn release_with_result(
     }
     result.finished_at = Some(system_time_to_timestamp(SystemTime::now()));
     let stored = genfleet_proto::encode_json(&result);
+    record_sources(services, job).await?;
     let settled = services
         .ledger
         .settle_outcome(job.job_id(), Settlement::Release, &stored)
         .await
         .map_err(ledger_down)?;
+    // The outcome is stored (this one or an earlier delivery's): the job
+    // is over, whatever ended it, so its sources may go.
+    delete_sources(services, job).await;
     if let Some(earlier) = settled.earlier_outcome {
         return parse_outcome(&earlier).map(Settled::Earlier);
     }
@@ -155,26 +157,66 @@ pub(crate) fn parse_outcome(stored: &[u8]) -> Result<v1::JobResult, Stop> {
         .map_err(|e| Stop::requeue(RequeueReason::OutcomeUnreadable, e))
 }
 
-/// Deletes the job's inputs when it asked for it, only those its tenant
-/// may delete (the rule the fetch applied). Idempotent: deleting a source
-/// that is already gone succeeds.
-pub(crate) async fn delete_sources(services: &Services, job: &ValidJob) {
+/// The job's sources that are ours to delete when it asked for that:
+/// objects of the store and `file://` inputs (`https://` inputs belong to
+/// whoever serves them).
+fn deletable_sources(job: &ValidJob) -> Vec<String> {
     if !job.job().delete_sources_after {
-        return;
+        return Vec::new();
     }
-    let scope = match services
-        .store
-        .scope(&job.tenant().org, &job.tenant().workspace)
-    {
-        Ok(scope) => scope,
-        Err(e) => {
-            warn!(error = %e, "sources not deleted: the tenant has no storage scope");
-            return;
-        }
-    };
-    for input in &job.job().inputs {
-        if let Err(e) = services.store.delete_input(&scope, &input.uri).await {
-            warn!(error = %e, "could not delete a source after the job was settled");
-        }
+    let mut uris: Vec<String> = job
+        .job()
+        .inputs
+        .iter()
+        .map(|input| input.uri.clone())
+        .filter(|uri| crate::retention::is_deletable_source(uri))
+        .collect();
+    uris.sort();
+    uris.dedup();
+    uris
+}
+
+/// Records in the ledger, before the outcome is stored, which sources the
+/// job will delete once it is: a delete that fails later, or a worker
+/// that dies before it, leaves a row that the sweeper retries.
+///
+/// # Errors
+/// The ledger is down: the job waits in its queue like any settlement.
+pub(crate) async fn record_sources(services: &Services, job: &ValidJob) -> Result<(), Stop> {
+    let uris = deletable_sources(job);
+    if uris.is_empty() {
+        return Ok(());
+    }
+    let tenant = job.tenant();
+    services
+        .ledger
+        .record_source_deletions(job.job_id(), &tenant.org, &tenant.workspace, &uris)
+        .await
+        .map_err(ledger_down)
+}
+
+/// Deletes the job's sources when it asked for it, only those its tenant
+/// may delete (the rule the fetch applied), each recorded in the ledger
+/// first ([`record_sources`]): a failed delete is retried by the sweeper,
+/// not only logged. Idempotent: a source already gone counts as deleted.
+pub(crate) async fn delete_sources(services: &Services, job: &ValidJob) {
+    let now = SystemTime::now();
+    let tenant = job.tenant();
+    for uri in deletable_sources(job) {
+        let source = genfleet_credits::SourceDeletion {
+            job_id: job.job_id().to_string(),
+            uri,
+            org: tenant.org.clone(),
+            workspace: tenant.workspace.clone(),
+            attempts: 1,
+        };
+        crate::retention::delete_source(
+            &services.store,
+            &services.ledger,
+            Some(&services.metrics),
+            &source,
+            now,
+        )
+        .await;
     }
 }
