@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod files;
 pub mod rabbit_node;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -174,6 +175,9 @@ listen = "127.0.0.1:{port}"
 
 [providers]
 max_wait_seconds = 30
+# The fakes serve their output files from loopback, which the SSRF guard
+# refuses unless allowed.
+download_allow = ["127.0.0.1"]
 
 [providers.fal]
 base_url = "{fal}"

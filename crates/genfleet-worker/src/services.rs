@@ -8,12 +8,14 @@ use std::time::Duration;
 
 use genfleet_credits::Ledger;
 use genfleet_imaging::{Limits, Presets};
+use genfleet_providers::{DownloadError, Downloads};
 use genfleet_providers::{
     FalConfig, FalProvider, GuardConfig, Guarded, KServeConfig, KServeProvider, OpenAiConfig,
     OpenAiProvider, Provider, ReplicateConfig, ReplicateProvider, RetryPolicy, Spool, TokenSource,
     VertexConfig, VertexProvider,
 };
 use genfleet_scan::{ClamdConfig, ClamdScanner, Scanner};
+use genfleet_storage::fetch::{FetchConfig, FetchError, Fetcher};
 use genfleet_storage::{InputPolicy, S3StoreConfig, Store, StoreConfig, UrlSigner};
 
 /// Each provider's model per job kind.
@@ -77,7 +79,13 @@ impl Services {
             &config.storage.input_prefixes,
             config.storage.file_input_root.clone(),
         )
-        .map_err(|e| WorkerError::Startup(format!("storage.input_prefixes: {e}")))?;
+        .map_err(|e| WorkerError::Startup(format!("storage.input_prefixes: {e}")))?
+        .with_url_fetcher(url_fetcher(
+            &config,
+            &config.storage.fetch_allow,
+            "storage.fetch_allow",
+            Duration::from_secs(config.storage.fetch_timeout_seconds.max(1)),
+        )?);
         let store = open_store(&config.storage, inputs)?;
         // Every configured key (rotation): the current one signs.
         let signer = config
@@ -308,6 +316,13 @@ fn add_remote_providers(
     let url = |key: &str, value: &str| {
         url::Url::parse(value).map_err(|e| WorkerError::Startup(format!("{key}: {e}")))
     };
+    let downloads: Arc<dyn Downloads> = Arc::new(GuardedDownloads(url_fetcher(
+        config,
+        &config.providers.download_allow,
+        "providers.download_allow",
+        // Each provider's own request timeout bounds its downloads.
+        genfleet_storage::fetch::MAX_FETCH_TIME,
+    )?));
     let max_output_bytes = config.limits.max_output_bytes;
     let mut add = |name: &str, provider: Arc<dyn Provider>, models: &crate::config::KindModels| {
         providers.insert(name.to_string(), provider);
@@ -333,7 +348,8 @@ fn add_remote_providers(
             http.clone(),
         )
         .with_submission_log(Arc::new(LedgerSubmissions(ledger.clone())))
-        .with_spool(spool.clone());
+        .with_spool(spool.clone())
+        .with_downloads(downloads.clone());
         add(
             "fal",
             guarded(fal, &section.limits, metrics),
@@ -355,7 +371,8 @@ fn add_remote_providers(
             http.clone(),
         )
         .with_submission_log(Arc::new(LedgerSubmissions(ledger.clone())))
-        .with_spool(spool.clone());
+        .with_spool(spool.clone())
+        .with_downloads(downloads.clone());
         add(
             "replicate",
             guarded(replicate, &section.limits, metrics),
@@ -403,7 +420,8 @@ fn add_remote_providers(
             },
             http.clone(),
         )
-        .with_spool(spool.clone());
+        .with_spool(spool.clone())
+        .with_downloads(downloads.clone());
         add(
             "openai",
             guarded(openai, &section.limits, metrics),
@@ -516,4 +534,60 @@ pub fn open_store(
         }),
     };
     store.map_err(|e| WorkerError::Startup(format!("storage: {e}")))
+}
+
+/// The SSRF-guarded fetcher of URLs, with `allow` (named `key` in errors),
+/// the `storage.fetch_*` connect and redirect bounds and `timeout`: inputs
+/// use it with `storage.fetch_allow`, provider downloads with
+/// `providers.download_allow`.
+fn url_fetcher(
+    config: &Config,
+    allow: &[String],
+    key: &str,
+    timeout: Duration,
+) -> Result<Fetcher, WorkerError> {
+    let storage = &config.storage;
+    Fetcher::new(FetchConfig {
+        allow: allow.to_vec(),
+        connect_timeout: Duration::from_secs(storage.fetch_connect_timeout_seconds.max(1)),
+        timeout,
+        max_redirects: storage.fetch_max_redirects,
+    })
+    .map_err(|e| WorkerError::Startup(format!("{key}: {e}")))
+}
+
+/// Provider output downloads through the storage crate's SSRF guard: the
+/// providers crate cannot depend on storage (DESIGN.md's one-way rule), so
+/// the worker, which knows both, hands this to each client.
+#[derive(Debug, Clone)]
+pub struct GuardedDownloads(pub Fetcher);
+
+#[async_trait::async_trait]
+impl Downloads for GuardedDownloads {
+    async fn get(
+        &self,
+        url: &url::Url,
+        timeout: Duration,
+    ) -> Result<reqwest::Response, DownloadError> {
+        self.0
+            .get(url.as_str(), timeout)
+            .await
+            .map_err(|error| match error {
+                FetchError::Timeout(_) => DownloadError::Failed {
+                    message: format!("output download failed: {error}"),
+                    timed_out: true,
+                },
+                FetchError::Unavailable(_) => DownloadError::Failed {
+                    message: format!("output download failed: {error}"),
+                    timed_out: false,
+                },
+                // Refused, unusable or redirecting without end: the URL
+                // the provider handed back, not a passing failure.
+                FetchError::Refused(_)
+                | FetchError::Invalid(_)
+                | FetchError::TooManyRedirects(_)
+                | FetchError::Status { .. }
+                | FetchError::TooLarge { .. } => DownloadError::Refused(error.to_string()),
+            })
+    }
 }

@@ -41,6 +41,9 @@ use crate::StorageError;
 
 pub use guard::{refusal, Refusal};
 
+/// Longest any fetch may take, whatever the configuration says.
+pub const MAX_FETCH_TIME: Duration = Duration::from_secs(24 * 3600);
+
 /// How URLs are fetched.
 #[derive(Clone, Debug)]
 pub struct FetchConfig {
@@ -341,7 +344,8 @@ impl Fetcher {
     /// [`FetchError::TooManyRedirects`], [`FetchError::Timeout`],
     /// [`FetchError::Unavailable`].
     pub async fn get(&self, url: &str, budget: Duration) -> Result<reqwest::Response, FetchError> {
-        let deadline = Instant::now() + budget.min(self.timeout);
+        // Bounded so that no configured value can overflow the clock.
+        let deadline = Instant::now() + budget.min(self.timeout).min(MAX_FETCH_TIME);
         let mut url =
             Url::parse(url).map_err(|_| FetchError::Invalid("URL is not a valid URL".into()))?;
         for _ in 0..=self.max_redirects {

@@ -20,6 +20,14 @@ pub struct ProvidersSection {
     /// counted from the first time it was sent back, in seconds; then it
     /// fails `provider_unavailable`.
     pub defer_horizon_seconds: u64,
+    /// Hosts a provider's output URL may point at although they resolve to
+    /// a non-public address, and over plain `http://`; every output URL
+    /// (and each of its redirects) goes through the same SSRF guard as
+    /// input URLs, with this list instead of `storage.fetch_allow` (a
+    /// provider's URLs and a customer's are trusted apart). Same entry
+    /// syntax as `storage.fetch_allow`; e.g. an in-cluster model server's
+    /// file host. Empty by default.
+    pub download_allow: Vec<String>,
     pub fal: FalSection,
     pub replicate: ReplicateSection,
     pub vertex: VertexSection,
@@ -34,6 +42,7 @@ impl Default for ProvidersSection {
         ProvidersSection {
             max_wait_seconds: 600,
             defer_horizon_seconds: 1800,
+            download_allow: Vec::new(),
             fal: FalSection::default(),
             replicate: ReplicateSection::default(),
             vertex: VertexSection::default(),

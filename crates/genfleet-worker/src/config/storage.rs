@@ -60,6 +60,26 @@ pub struct StorageSection {
     /// The folder `file://` inputs may come from (their path below it must
     /// lie under the tenant's prefixes); unset: `file://` is refused.
     pub file_input_root: Option<PathBuf>,
+    /// Hosts an input URL may reach although they resolve to a loopback,
+    /// private, link-local or otherwise non-public address, and over plain
+    /// `http://` (every other input URL must be `https://` to a host whose
+    /// every address is public): `host`, `host:port`, an IP address,
+    /// `ip:port` or `[ipv6]:port`. Names match exactly as written in the
+    /// URL (case and a trailing dot aside; no wildcards, no subdomains), IP
+    /// addresses by value (`127.0.0.1` does not allow `[::ffff:127.0.0.1]`),
+    /// and an entry without a port allows every port. Checked again on
+    /// every redirect. Empty by default.
+    pub fetch_allow: Vec<String>,
+    /// Longest a URL input's name resolution or connect (TCP and TLS) may
+    /// take, in seconds; the same bound applies to provider output
+    /// downloads.
+    pub fetch_connect_timeout_seconds: u64,
+    /// Longest the whole fetch of one URL input may take, redirects and
+    /// body included, in seconds. Too slow: the job is retried later.
+    pub fetch_timeout_seconds: u64,
+    /// Redirects a URL input (and a provider output download) may follow;
+    /// one more fails the job `invalid_input` (a download, the attempt).
+    pub fetch_max_redirects: u32,
 }
 
 impl Default for StorageSection {
@@ -81,6 +101,10 @@ impl Default for StorageSection {
                 .map(|p| (*p).to_string())
                 .collect(),
             file_input_root: None,
+            fetch_allow: Vec::new(),
+            fetch_connect_timeout_seconds: 10,
+            fetch_timeout_seconds: 60,
+            fetch_max_redirects: 5,
         }
     }
 }
