@@ -38,6 +38,15 @@ const FILE_BUFFER: usize = 256 * 1024;
 /// link a worker has.
 pub const DOWNLOADS_AT_ONCE: usize = 64;
 
+/// A spool file's builder: 0600, the worker's user's alone. `tempfile`
+/// already defaults to that on Unix; saying it here keeps it so.
+fn private_file() -> tempfile::Builder<'static, 'static> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mut builder = tempfile::Builder::new();
+    builder.permissions(std::fs::Permissions::from_mode(0o600));
+    builder
+}
+
 /// Image bytes a job holds; see the module docs.
 #[derive(Clone)]
 pub struct Blob {
@@ -197,7 +206,15 @@ impl Spool {
     /// `dir` cannot be created.
     pub fn new(dir: impl Into<PathBuf>, memory_budget_bytes: u64) -> io::Result<Spool> {
         let dir = dir.into();
-        std::fs::create_dir_all(&dir)?;
+        // Customer images wait here: folders the spool creates are the
+        // worker's user's alone (0700), like its files (`private_file`).
+        {
+            use std::os::unix::fs::DirBuilderExt as _;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&dir)?;
+        }
         let units = usize::try_from(memory_budget_bytes / UNIT)
             .unwrap_or(usize::MAX)
             .min(Semaphore::MAX_PERMITS);
@@ -293,7 +310,7 @@ impl Spool {
         let dir = dir.clone();
         let len = bytes.len() as u64;
         let path = tokio::task::spawn_blocking(move || -> io::Result<tempfile::TempPath> {
-            let mut file = tempfile::Builder::new().prefix("blob-").tempfile_in(&dir)?;
+            let mut file = private_file().prefix("blob-").tempfile_in(&dir)?;
             file.write_all(&bytes)?;
             Ok(file.into_temp_path())
         })
@@ -449,7 +466,7 @@ impl Receiver {
             .clone()
             .ok_or_else(|| io::Error::other("a memory-only spool has no folder"))?;
         let (file, path) = tokio::task::spawn_blocking(move || {
-            tempfile::Builder::new()
+            private_file()
                 .prefix("download-")
                 .tempfile_in(&dir)
                 .map(tempfile::NamedTempFile::into_parts)
@@ -632,5 +649,33 @@ mod tests {
         receiver.push(b"0123456789").await.unwrap();
         let blob = receiver.finish().await.unwrap();
         assert_eq!(blob.bytes().await.unwrap(), &b"0123456789"[..]);
+    }
+
+    /// Issue 17: spooled customer images are the worker's user's alone, in
+    /// a folder only that user can list, whatever the umask.
+    #[tokio::test]
+    async fn spool_files_and_folders_are_private() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+        let parent = tempfile::tempdir().unwrap();
+        let spool = Spool::new(parent.path().join("a/b/spool"), 0).unwrap();
+        for folder in ["a", "a/b", "a/b/spool"] {
+            assert_eq!(mode(&parent.path().join(folder)), 0o700, "{folder}");
+        }
+        // Both ways into a file: a kept blob and a streamed download.
+        let kept = spool.keep(Bytes::from(vec![3u8; 4096])).await.unwrap();
+        let mut receiver = spool.receiver(None);
+        receiver.push(&[4u8; 4096]).await.unwrap();
+        let downloaded = receiver.finish().await.unwrap();
+        assert!(kept.is_spooled() && downloaded.is_spooled());
+        let dir = spool.inner.dir.as_ref().unwrap();
+        let files: Vec<PathBuf> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert_eq!(files.len(), 2);
+        for file in &files {
+            assert_eq!(mode(file), 0o600, "{}", file.display());
+        }
     }
 }
