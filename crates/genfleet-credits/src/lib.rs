@@ -27,6 +27,7 @@
 #![forbid(unsafe_code)]
 
 mod error;
+mod forget;
 mod jobs;
 mod ledger;
 mod migrations;
@@ -40,6 +41,7 @@ use std::time::Duration;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, Timeouts};
 
 pub use crate::error::CreditsError;
+pub use crate::forget::{Erased, Erasure, ForgetScope, KnownJob, PendingSource, FORGOTTEN_PREFIX};
 pub use crate::jobs::{CancelRequest, Claim, Started};
 pub use crate::ledger::{Balance, Hold, HoldState, Settled, Settlement};
 pub use crate::queries::Entry;

@@ -9,6 +9,7 @@
 //! property test against an in-memory model), `stress` (many concurrent
 //! tasks on shared accounts).
 
+mod forget;
 mod jobs;
 mod model;
 mod parents;
