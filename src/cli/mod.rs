@@ -8,6 +8,7 @@ pub(crate) mod dlq;
 pub(crate) mod enqueue;
 pub(crate) mod migrate;
 pub(crate) mod purge;
+pub(crate) mod serve_files;
 mod shared;
 pub(crate) mod validate;
 pub(crate) mod worker;
@@ -75,6 +76,10 @@ pub(crate) enum Command {
     /// source deletions. Never touches open holds or the credit books.
     /// Prints counts; --dry-run removes nothing.
     Purge(purge::PurgeArgs),
+    /// Serve the local store's outputs to holders of valid signed links
+    /// (storage.public_base_url): GET and HEAD only, unexpired signatures
+    /// of an accepted key only.
+    ServeFiles(serve_files::ServeFilesArgs),
     /// Dead letters in genfleet.dead: list, show, replay to their job queue,
     /// or purge.
     Dlq {
