@@ -55,9 +55,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     Command::Credits { command } => cli::credits::run(config, command).await,
                     Command::Dlq { command } => cli::dlq::run(config, command).await,
                     Command::Purge(args) => cli::purge::run(config, args).await,
-                    Command::ServeFiles(args) => cli::serve_files::run(config, args).await,
                     Command::Enqueue(args) => cli::enqueue::run(config, args).await,
                     Command::Cancel(args) => cli::cancel::run(config, args).await,
+                    Command::Forget(args) => cli::forget::run(config, args).await,
+                    Command::ServeFiles(args) => cli::serve_files::run(config, args).await,
                     Command::Batch(_) | Command::Validate(_) => Ok(ExitCode::SUCCESS),
                 }
             })

@@ -6,6 +6,7 @@ pub(crate) mod cancel;
 pub(crate) mod credits;
 pub(crate) mod dlq;
 pub(crate) mod enqueue;
+pub(crate) mod forget;
 pub(crate) mod migrate;
 pub(crate) mod purge;
 pub(crate) mod serve_files;
@@ -70,20 +71,25 @@ pub(crate) enum Command {
         #[command(subcommand)]
         command: credits::CreditsCommand,
     },
+    /// Forget a data subject (a workspace, an org, a user or one job):
+    /// delete its outputs, uploads, stored results, dead letters and spool
+    /// leftovers, and anonymise its credit accounts so the books still
+    /// balance. Idempotent; prints counts, never contents.
+    Forget(forget::ForgetArgs),
     /// Remove what is past retention ([retention], per organisation):
     /// outputs in the store, stored results, provider submission records,
     /// job start counts and cancel requests, dead letters; retry pending
     /// source deletions. Never touches open holds or the credit books.
     /// Prints counts; --dry-run removes nothing.
     Purge(purge::PurgeArgs),
-    /// Serve the local store's outputs to holders of valid signed links
-    /// (storage.public_base_url): GET and HEAD only, unexpired signatures
-    /// of an accepted key only.
-    ServeFiles(serve_files::ServeFilesArgs),
     /// Dead letters in genfleet.dead: list, show, replay to their job queue,
     /// or purge.
     Dlq {
         #[command(subcommand)]
         command: dlq::DlqCommand,
     },
+    /// Serve the local store's outputs to holders of valid signed links
+    /// (storage.public_base_url): GET and HEAD only, unexpired signatures
+    /// of an accepted key only.
+    ServeFiles(serve_files::ServeFilesArgs),
 }
