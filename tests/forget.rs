@@ -409,5 +409,30 @@ async fn forget_a_workspace_then_one_job() {
         &["--org", "acme", "--workspace", "ws2", "--job", alice],
     );
     assert_eq!(again.get("total"), Some(&0));
+
+    // One user across the org: bob's job goes, globex's user of the same
+    // name would not (another org), and alice's dead letter stays.
+    let bob_run = forget(&config, &spool, &["--org", "acme", "--user", "bob"]);
+    assert_eq!(bob_run.get("jobs"), Some(&1));
+    assert_eq!(bob_run.get("outputs"), Some(&1));
+    assert_eq!(bob_run.get("outcomes"), Some(&1));
+    assert_eq!(bob_run.get("dead_letters"), Some(&0));
+    assert_eq!(bob_run.get("accounts_anonymised"), Some(&0));
+    assert!(ledger.outcome(bob).await.unwrap().is_none());
+    assert!(files_under(&root, "acme/ws2").is_empty());
+    assert_eq!(files_under(&root, "globex"), others_before[2]);
+    assert!(ledger.outcome(&jobs[4].job_id).await.unwrap().is_some());
+    let jane_run = forget(&config, &spool, &["--org", "acme", "--user", "jane"]);
+    assert_eq!(
+        jane_run.get("total"),
+        Some(&0),
+        "jane's acme jobs went with ws1"
+    );
+    assert!(ledger.outcome(&jobs[4].job_id).await.unwrap().is_some());
+    assert_eq!(dead_letter_ids(&broker).await, kept_letters);
+    assert_eq!(
+        ledger.check_invariants().await.unwrap(),
+        Vec::<String>::new()
+    );
     broker.close().await;
 }
