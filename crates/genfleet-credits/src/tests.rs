@@ -580,7 +580,7 @@ async fn migrate_twice_is_fine() {
         .iter()
         .map(|row| row.get(0))
         .collect();
-    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6]);
+    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6, 7]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
