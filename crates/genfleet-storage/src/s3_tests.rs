@@ -159,3 +159,72 @@ async fn unreachable_or_misconfigured_s3_is_reported_not_panicked() {
         .expect_err("no bucket");
     assert!(error.is_retryable(), "{error}");
 }
+
+#[tokio::test]
+async fn retention_lists_and_purges_on_s3() {
+    use std::time::SystemTime;
+    let server = MotoS3::start("genfleet-s3-retention");
+    let store = open(&server);
+    for (org, job) in [("acme", "j1"), ("acme", "j2"), ("globex", "j3")] {
+        for name in ["0.png", "1.png"] {
+            store
+                .put_output(org, "ws", job, name, Bytes::from_static(b"12345"))
+                .await
+                .expect("put");
+        }
+    }
+    server.put_object("uploads/acme/ws/photo.jpg", b"raw");
+    let listed = store.list_under("acme").await.expect("list");
+    let keys: Vec<&str> = listed.iter().map(|e| e.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "acme/ws/j1/0.png",
+            "acme/ws/j1/1.png",
+            "acme/ws/j2/0.png",
+            "acme/ws/j2/1.png"
+        ]
+    );
+    assert!(listed.iter().all(|e| e.size == 5));
+    // Whole segments: `acm` is not a prefix of `acme`'s keys.
+    assert!(store.list_under("acm").await.expect("list").is_empty());
+    assert_eq!(
+        store.child_names("").await.expect("top level"),
+        ["acme", "globex", "uploads"]
+    );
+    assert_eq!(store.output_orgs().await.expect("orgs"), ["acme", "globex"]);
+
+    // Nothing is older than an hour ago; everything is older than an hour
+    // from now (S3's Last-Modified is the clock here).
+    let hour = Duration::from_secs(3600);
+    let past = SystemTime::now() - hour;
+    let future = SystemTime::now() + hour;
+    let none = store
+        .purge_older_than("acme", past, 1, false)
+        .await
+        .expect("purge");
+    assert_eq!(none.objects, 0);
+    let dry = store
+        .purge_older_than("acme", future, 3, true)
+        .await
+        .expect("dry");
+    assert_eq!((dry.objects, dry.bytes), (4, 20));
+    assert_eq!(store.list_under("acme").await.expect("list").len(), 4);
+    let done = store
+        .purge_older_than("acme", future, 3, false)
+        .await
+        .expect("purge");
+    assert_eq!(done, dry);
+    assert!(store.list_under("acme").await.expect("list").is_empty());
+    // Other tenants and the uploads stay.
+    assert_eq!(store.list_under("globex").await.expect("list").len(), 2);
+    assert_eq!(store.list_under("uploads").await.expect("list").len(), 1);
+    // Deleting keys that are gone succeeds (a resumed forget).
+    assert_eq!(
+        store
+            .delete_keys(&["acme/ws/j1/0.png".to_string()])
+            .await
+            .expect("delete gone"),
+        1
+    );
+}
