@@ -400,17 +400,11 @@ fn sweep_spool(base: &Path, count_only: bool) -> Result<SpoolFiles> {
         Err(e) => return Err(e).context(format!("spool folder {}", base.display())),
     };
     for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(pid) = name
-            .to_str()
-            .and_then(|n| n.strip_prefix("run-"))
-            .and_then(|rest| rest.split('-').next())
-            .and_then(|pid| pid.parse::<u32>().ok())
-        else {
+        let Some(pid) = genfleet_worker::services::spool_folder_pid(&entry.file_name()) else {
             continue;
         };
         let count = std::fs::read_dir(entry.path()).map_or(0, |d| d.flatten().count() as u64);
-        if Path::new(&format!("/proc/{pid}")).exists() {
+        if genfleet_worker::services::process_alive(pid) {
             files.in_use += count;
             continue;
         }

@@ -276,6 +276,20 @@ fn open_spool(worker: &crate::config::WorkerSection) -> Result<Spool, WorkerErro
     })
 }
 
+/// The pid in a spool folder's name (`run-<pid>-<started>`, one per
+/// worker process); `None` for anything else in the spool's base folder.
+pub fn spool_folder_pid(name: &std::ffi::OsStr) -> Option<u32> {
+    name.to_str()
+        .and_then(|n| n.strip_prefix("run-"))
+        .and_then(|rest| rest.split('-').next())
+        .and_then(|pid| pid.parse::<u32>().ok())
+}
+
+/// Whether a process with `pid` runs on this machine (Linux `/proc`).
+pub fn process_alive(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
 /// Removes `run-<pid>-*` folders whose process is gone, and those carrying
 /// this process's own pid (a restarted container is pid 1 again).
 fn remove_stale_spools(base: &std::path::Path) {
@@ -284,17 +298,10 @@ fn remove_stale_spools(base: &std::path::Path) {
     };
     let own_pid = std::process::id();
     for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(pid) = name
-            .to_str()
-            .and_then(|n| n.strip_prefix("run-"))
-            .and_then(|rest| rest.split('-').next())
-            .and_then(|pid| pid.parse::<u32>().ok())
-        else {
+        let Some(pid) = spool_folder_pid(&entry.file_name()) else {
             continue;
         };
-        let alive = std::path::Path::new(&format!("/proc/{pid}")).exists();
-        if pid == own_pid || !alive {
+        if pid == own_pid || !process_alive(pid) {
             if let Err(e) = std::fs::remove_dir_all(entry.path()) {
                 tracing::warn!(error = %e, "could not remove a dead worker's spool folder");
             }
