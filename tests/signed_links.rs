@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use genfleet_credits::Ledger;
 use genfleet_proto::v1;
+use genfleet_storage::testing::with_query_param as with_param;
 use sha2::{Digest, Sha256};
 use support::files::{fetch, target, FilesProcess};
 use support::*;
@@ -73,24 +74,6 @@ fn only_output(collected: &Collected, job: &v1::Job) -> v1::Output {
 
 fn mode(path: &Path) -> u32 {
     std::fs::metadata(path).unwrap().permissions().mode() & 0o777
-}
-
-/// `url` with its query parameter `name` set to `value`.
-fn with_param(url: &str, name: &str, value: &str) -> String {
-    let mut url = url::Url::parse(url).unwrap();
-    let pairs: Vec<(String, String)> = url
-        .query_pairs()
-        .map(|(k, v)| {
-            let v = if k == name {
-                value.to_string()
-            } else {
-                v.into_owned()
-            };
-            (k.into_owned(), v)
-        })
-        .collect();
-    url.query_pairs_mut().clear().extend_pairs(pairs);
-    url.to_string()
 }
 
 /// The path of `path_of`'s link with the query of `query_of`'s: one output's

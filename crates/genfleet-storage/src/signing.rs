@@ -441,6 +441,7 @@ mod tests {
     use std::sync::atomic::{AtomicU64, Ordering};
 
     use super::*;
+    use crate::testing::with_query_param as with_param;
 
     const T0: u64 = 1_750_000_000;
     const KEY: &str = "acme/shop-1/01JXAMPLE/0.jpg";
@@ -467,24 +468,6 @@ mod tests {
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.into_owned())
             .unwrap()
-    }
-
-    /// `url` with its query parameter `name` set to `value`.
-    fn with_param(url: &str, name: &str, value: &str) -> String {
-        let mut url = Url::parse(url).unwrap();
-        let pairs: Vec<(String, String)> = url
-            .query_pairs()
-            .map(|(k, v)| {
-                let v = if k == name {
-                    value.to_string()
-                } else {
-                    v.into_owned()
-                };
-                (k.into_owned(), v)
-            })
-            .collect();
-        url.query_pairs_mut().clear().extend_pairs(pairs);
-        url.to_string()
     }
 
     #[test]

@@ -182,3 +182,25 @@ fn free_port() -> u16 {
         .map(|a| a.port())
         .expect("a free loopback port")
 }
+
+/// `url` with its query parameter `name` set to `value` (the others kept,
+/// in order): a tampered signed link.
+///
+/// # Panics
+/// `url` is not a URL.
+pub fn with_query_param(url: &str, name: &str, value: &str) -> String {
+    let mut url = url::Url::parse(url).expect("a URL");
+    let pairs: Vec<(String, String)> = url
+        .query_pairs()
+        .map(|(k, v)| {
+            let v = if k == name {
+                value.to_string()
+            } else {
+                v.into_owned()
+            };
+            (k.into_owned(), v)
+        })
+        .collect();
+    url.query_pairs_mut().clear().extend_pairs(pairs);
+    url.to_string()
+}

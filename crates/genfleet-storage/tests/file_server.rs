@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use genfleet_storage::serve::FileServer;
+use genfleet_storage::testing::with_query_param as with_param;
 use genfleet_storage::{
     Clock, InputPolicy, Keyring, Store, StoreConfig, UrlSigner, DEFAULT_INPUT_PREFIXES,
 };
@@ -177,24 +178,6 @@ fn dechunk(mut data: &[u8]) -> Vec<u8> {
 fn target(url: &str) -> String {
     let url = Url::parse(url).unwrap();
     format!("{}?{}", url.path(), url.query().unwrap_or(""))
-}
-
-/// `url` with its query parameter `name` set to `value`.
-fn with_param(url: &str, name: &str, value: &str) -> String {
-    let mut url = Url::parse(url).unwrap();
-    let pairs: Vec<(String, String)> = url
-        .query_pairs()
-        .map(|(k, v)| {
-            let v = if k == name {
-                value.to_string()
-            } else {
-                v.into_owned()
-            };
-            (k.into_owned(), v)
-        })
-        .collect();
-    url.query_pairs_mut().clear().extend_pairs(pairs);
-    url.to_string()
 }
 
 #[tokio::test]
