@@ -31,7 +31,7 @@ use genfleet_credits::Ledger;
 use genfleet_proto::v1;
 use genfleet_providers::fake_fal::FakeFal;
 use support::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 /// A loopback HTTP server: `/photo.jpg` is the example photo, `/go?<url>`
 /// redirects to `<url>`; counts connections.
@@ -59,15 +59,11 @@ impl Host {
                 count.fetch_add(1, Ordering::SeqCst);
                 let photo = photo.clone();
                 tokio::spawn(async move {
-                    let mut head = Vec::new();
-                    let mut byte = [0u8; 1];
-                    while !head.ends_with(b"\r\n\r\n") && head.len() < 16 * 1024 {
-                        match stream.read(&mut byte).await {
-                            Ok(1) => head.push(byte[0]),
-                            _ => return,
-                        }
-                    }
-                    let head = String::from_utf8_lossy(&head).to_string();
+                    let Some(head) =
+                        genfleet_storage::testing::read_request_head(&mut stream).await
+                    else {
+                        return;
+                    };
                     let target = head.split_whitespace().nth(1).unwrap_or("/").to_string();
                     let mut out = if let Some(to) = target.strip_prefix("/go?") {
                         format!(

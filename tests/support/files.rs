@@ -71,53 +71,12 @@ impl Drop for FilesProcess {
     }
 }
 
-/// An answer: status, headers (names lower-case), body bytes.
-pub struct Fetched {
-    pub status: u16,
-    pub headers: Vec<(String, String)>,
-    pub body: Vec<u8>,
-}
-
-impl Fetched {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
-}
+/// An answer: status, headers, body bytes.
+pub type Fetched = genfleet_storage::testing::RawAnswer;
 
 /// `GET <path_and_query>` on `127.0.0.1:<port>`, read to the end.
 pub async fn fetch(port: u16, path_and_query: &str) -> Fetched {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .expect("file server reachable");
-    let request =
-        format!("GET {path_and_query} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.expect("request");
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).await.expect("response");
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("a response head");
-    let head = String::from_utf8_lossy(&raw[..split]).to_string();
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|s| s.parse().ok())
-        .expect("a status");
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    Fetched {
-        status,
-        headers,
-        body: raw[split + 4..].to_vec(),
-    }
+    genfleet_storage::testing::raw_request(port, "GET", path_and_query).await
 }
 
 /// The path and query of a URL: what a client sends for it.
