@@ -338,7 +338,9 @@ pub async fn results_queue(amqp_url: &str) -> (Connection, String) {
     channel
         .queue_bind(
             queue.as_str().into(),
-            genfleet_broker::RESULTS_EXCHANGE.into(),
+            // The contract's name, not the crate's constant (see
+            // tests/contract_names.rs).
+            "genfleet.results".into(),
             "result.#".into(),
             QueueBindOptions::default(),
             FieldTable::default(),
@@ -410,13 +412,15 @@ pub async fn collect_results(
     collected
 }
 
-/// Reads every message in the dead-letter queue: (x-genfleet-error, x-genfleet-reason).
+/// Reads every message in the dead-letter queue: (x-genfleet-error,
+/// x-genfleet-reason). The names are the contract's, spelled out, so a
+/// rename in the broker crate fails every test that reads dead letters.
 pub async fn drain_dead_letters(conn: &Connection) -> Vec<(String, String)> {
     let channel = conn.create_channel().await.expect("channel");
     let mut found = Vec::new();
     while let Ok(Some(message)) = channel
         .basic_get(
-            genfleet_broker::DEAD_QUEUE.into(),
+            "genfleet.dead".into(),
             lapin::options::BasicGetOptions { no_ack: true },
         )
         .await
@@ -431,10 +435,7 @@ pub async fn drain_dead_letters(conn: &Connection) -> Vec<(String, String)> {
             Some(AMQPValue::LongString(s)) => s.to_string(),
             _ => String::new(),
         };
-        found.push((
-            get(genfleet_broker::HEADER_ERROR),
-            get(genfleet_broker::HEADER_REASON),
-        ));
+        found.push((get("x-genfleet-error"), get("x-genfleet-reason")));
     }
     found
 }
@@ -452,7 +453,7 @@ pub async fn publish_job(
         ..Default::default()
     };
     publisher
-        .publish(genfleet_broker::JOBS_EXCHANGE, class, body, &outgoing)
+        .publish("genfleet.jobs", class, body, &outgoing)
         .await
         .expect("job published");
 }
@@ -596,4 +597,34 @@ pub fn local_edit_job(
         }),
         ..Default::default()
     }
+}
+
+/// Every job some worker started, with how many times (the ledger's
+/// `job_attempts` in `schema`): what a test compares results against to
+/// know which jobs were running, rather than trusting the worker's logs.
+pub fn job_starts(schema: &str) -> HashMap<String, u32> {
+    let out = Command::new("psql")
+        .args([
+            PG_URL,
+            "-At",
+            "-F",
+            " ",
+            "-c",
+            "SELECT job_id, started FROM job_attempts",
+        ])
+        .env("PGOPTIONS", format!("-c search_path={schema}"))
+        .output()
+        .expect("psql runs");
+    assert!(
+        out.status.success(),
+        "reading job_attempts: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| {
+            let (job, started) = line.split_once(' ')?;
+            Some((job.to_string(), started.parse().ok()?))
+        })
+        .collect()
 }
