@@ -5,6 +5,7 @@
 
 mod support;
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime};
 
 use genfleet_credits::Ledger;
@@ -14,6 +15,18 @@ use support::*;
 
 const JOBS: usize = 40;
 const CONCURRENCY: u16 = 4;
+
+/// A result's `finished_at` as a time.
+fn finished_at(result: &v1::JobResult) -> Option<SystemTime> {
+    let at = result.finished_at.as_ref()?;
+    Some(
+        SystemTime::UNIX_EPOCH
+            + Duration::new(
+                u64::try_from(at.seconds).unwrap_or(0),
+                u32::try_from(at.nanos).unwrap_or(0),
+            ),
+    )
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_in_flight_jobs_and_loses_none() {
@@ -71,9 +84,17 @@ async fn sigterm_finishes_in_flight_jobs_and_loses_none() {
     let mut worker = WorkerProcess::start(&config, dir.0.join("worker.log"));
     wait_ready(&mut worker, port, Duration::from_secs(60)).await;
 
-    // Let a few jobs finish, then ask the worker to stop while it holds more.
+    // Let a few jobs finish, then ask the worker to stop while every one of
+    // its slots runs a job (its own gauge says so), so that the jobs in
+    // flight at the signal are several, not a lucky one or none.
     let first = collect_results(&conn, &results_queue, 2, Duration::from_secs(60)).await;
     assert_eq!(first.results.len(), 2, "{}", worker.log_tail());
+    until(
+        "every slot busy before SIGTERM",
+        Duration::from_secs(30),
+        async || metric(port, "genfleet_jobs_in_flight ").await == f64::from(CONCURRENCY),
+    )
+    .await;
     let signalled = Instant::now();
     let signalled_at = SystemTime::now();
     let status = tokio::task::spawn_blocking(move || {
@@ -112,16 +133,7 @@ async fn sigterm_finishes_in_flight_jobs_and_loses_none() {
         .results
         .values()
         .chain(rest.results.values())
-        .filter(|(result, _)| {
-            result.finished_at.as_ref().is_some_and(|at| {
-                let at = SystemTime::UNIX_EPOCH
-                    + Duration::new(
-                        u64::try_from(at.seconds).unwrap_or(0),
-                        u32::try_from(at.nanos).unwrap_or(0),
-                    );
-                at >= signalled_at
-            })
-        })
+        .filter(|(result, _)| finished_at(result).is_some_and(|at| at >= signalled_at))
         .count();
     assert!(
         finished_after_signal <= usize::from(CONCURRENCY) + 1,
@@ -136,5 +148,73 @@ async fn sigterm_finishes_in_flight_jobs_and_loses_none() {
     let balance = ledger.balance("acme/shop-1").await.unwrap().unwrap();
     assert_eq!(balance.held, 0);
     assert_eq!(balance.captured, finished as i64);
+
+    // The jobs in flight at the signal: those the worker had started (the
+    // ledger counts every start, whatever the worker says of itself)
+    // without a result finished before it. Each must have finished, not
+    // gone back to the queue: succeeded, its credit captured once and
+    // nothing released, and started only once. A worker that requeued
+    // them (nack) and released their credits passes every check above.
+    let results: HashMap<String, &v1::JobResult> = first
+        .results
+        .values()
+        .chain(rest.results.values())
+        .map(|(result, _)| (genfleet_proto::canonical_job_id(&result.job_id), result))
+        .collect();
+    let mut captures: HashMap<String, Vec<i64>> = HashMap::new();
+    let mut releases: HashMap<String, i64> = HashMap::new();
+    for entry in ledger.statement("acme/shop-1", 1_000).await.unwrap() {
+        let Some(job) = entry.job_id else { continue };
+        match entry.kind.as_str() {
+            "capture" => captures.entry(job).or_default().push(entry.amount),
+            "release" | "expire" => *releases.entry(job).or_default() += entry.amount,
+            _ => {}
+        }
+    }
+    let starts = job_starts(&schema.name);
+    let mut in_flight_at_signal = 0;
+    for (job, started) in &starts {
+        let result = results.get(job);
+        if result.is_some_and(|r| finished_at(r).is_some_and(|at| at < signalled_at)) {
+            continue;
+        }
+        in_flight_at_signal += 1;
+        let result = result.unwrap_or_else(|| {
+            panic!(
+                "job {job} was running at SIGTERM and has no result (requeued?), {} still queued:\n{}",
+                queued,
+                worker.log_tail()
+            )
+        });
+        assert_eq!(
+            result.status,
+            v1::JobStatus::Succeeded as i32,
+            "job {job} was running at SIGTERM: {result:?}"
+        );
+        assert_eq!(
+            result.credits.unwrap_or_default().captured,
+            1,
+            "job {job}: {result:?}"
+        );
+        assert_eq!(
+            captures.get(job),
+            Some(&vec![1]),
+            "job {job} was running at SIGTERM: its credit is not captured once in the ledger"
+        );
+        assert_eq!(
+            releases.get(job),
+            None,
+            "job {job} was running at SIGTERM: credits released"
+        );
+        assert_eq!(*started, 1, "job {job} was started again");
+    }
+    println!("shutdown: {in_flight_at_signal} jobs in flight at SIGTERM, all finished");
+    assert!(
+        (1..=usize::from(CONCURRENCY)).contains(&in_flight_at_signal),
+        "{in_flight_at_signal} jobs in flight at SIGTERM: the test needs some (at most {CONCURRENCY})"
+    );
+    // And no job was started that has no result: a started job either ran
+    // before the signal or was one of those above.
+    assert_eq!(starts.len(), finished, "started jobs vs results");
     broker.close().await;
 }
