@@ -7,7 +7,7 @@ mod support;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use genfleet_broker::{Broker, Outgoing, Topology, DEAD_LETTER_EXCHANGE, DEAD_QUEUE};
+use genfleet_broker::{Broker, Outgoing, Topology};
 use lapin::options::{BasicGetOptions, BasicNackOptions};
 use lapin::{Connection, ConnectionProperties};
 use support::*;
@@ -51,7 +51,8 @@ fn job_body(job_id: &str) -> Vec<u8> {
 }
 
 /// Publishes a dead letter as the worker does: to the DLX, original routing
-/// key, message id, content type and the genfleet error headers.
+/// key, message id, content type and the genfleet error headers (the
+/// contract's names, spelled out: tests/contract_names.rs).
 async fn publish_dead_letter(broker: &Broker, job_id: &str, routing_key: &str, error: &str) {
     let publisher = broker.publisher().await.expect("publisher");
     let outgoing = Outgoing {
@@ -59,9 +60,9 @@ async fn publish_dead_letter(broker: &Broker, job_id: &str, routing_key: &str, e
         message_id: Some(job_id.to_string()),
         persistent: true,
         headers: vec![
-            (genfleet_broker::HEADER_ERROR.into(), error.into()),
+            ("x-genfleet-error".into(), error.into()),
             (
-                genfleet_broker::HEADER_REASON.into(),
+                "x-genfleet-reason".into(),
                 format!("{error} while running {job_id}"),
             ),
             ("traceparent".into(), "00-abc-def-01".into()),
@@ -69,12 +70,7 @@ async fn publish_dead_letter(broker: &Broker, job_id: &str, routing_key: &str, e
         ..Default::default()
     };
     publisher
-        .publish(
-            DEAD_LETTER_EXCHANGE,
-            routing_key,
-            &job_body(job_id),
-            &outgoing,
-        )
+        .publish("genfleet.dlx", routing_key, &job_body(job_id), &outgoing)
         .await
         .expect("dead letter published");
     publisher.close().await;
@@ -144,7 +140,7 @@ async fn worker_dead_letters_list_show_replay_purge() {
     publish_dead_letter(&broker, &ids[1], "remote", "provider_timeout").await;
     publish_dead_letter(&broker, &ids[2], "remote", "invalid_output").await;
     publish_dead_letter(&broker, &ids[3], "bogus", "invalid_input").await;
-    assert_eq!(settled_depth(&broker, DEAD_QUEUE, 4).await, 4);
+    assert_eq!(settled_depth(&broker, "genfleet.dead", 4).await, 4);
 
     // list peeks: every one shown, none removed.
     let output = genfleet(&url, &["list"]);
@@ -159,13 +155,13 @@ async fn worker_dead_letters_list_show_replay_purge() {
     }
     assert!(text.contains("4 of 4 dead letter(s)"), "{text}");
     assert_eq!(
-        settled_depth(&broker, DEAD_QUEUE, 4).await,
+        settled_depth(&broker, "genfleet.dead", 4).await,
         4,
         "list removes nothing"
     );
     let output = genfleet(&url, &["list", "--limit", "2"]);
     assert!(stdout(&output).contains("2 of 4"), "{}", stdout(&output));
-    assert_eq!(settled_depth(&broker, DEAD_QUEUE, 4).await, 4);
+    assert_eq!(settled_depth(&broker, "genfleet.dead", 4).await, 4);
 
     // show: code, reason and job, but the prompt only with --body.
     let output = genfleet(&url, &["show", &ids[0]]);
@@ -186,7 +182,7 @@ async fn worker_dead_letters_list_show_replay_purge() {
     let output = genfleet(&url, &["show", "01NOSUCHJOB0000000000000000"]);
     assert!(!output.status.success());
     assert_eq!(
-        settled_depth(&broker, DEAD_QUEUE, 4).await,
+        settled_depth(&broker, "genfleet.dead", 4).await,
         4,
         "show removes nothing"
     );
@@ -198,7 +194,7 @@ async fn worker_dead_letters_list_show_replay_purge() {
     assert!(text.contains("replayed 1 dead letter(s)"), "{text}");
     assert_eq!(settled_depth(&broker, "genfleet.jobs.cpu", 1).await, 1);
     assert_eq!(settled_depth(&broker, "genfleet.jobs.remote", 0).await, 0);
-    assert_eq!(settled_depth(&broker, DEAD_QUEUE, 3).await, 3);
+    assert_eq!(settled_depth(&broker, "genfleet.dead", 3).await, 3);
     let replayed = take(&url, "genfleet.jobs.cpu").await;
     assert_eq!(
         replayed
@@ -221,7 +217,7 @@ async fn worker_dead_letters_list_show_replay_purge() {
         "{text}"
     );
     assert_eq!(settled_depth(&broker, "genfleet.jobs.remote", 2).await, 2);
-    assert_eq!(settled_depth(&broker, DEAD_QUEUE, 1).await, 1);
+    assert_eq!(settled_depth(&broker, "genfleet.dead", 1).await, 1);
 
     // purge without --yes deletes nothing and says what it would delete.
     let output = genfleet(&url, &["purge", "--all"]);
@@ -231,10 +227,10 @@ async fn worker_dead_letters_list_show_replay_purge() {
         text.contains(&format!("would delete {}", ids[3])) && text.contains("without --yes"),
         "{text}"
     );
-    assert_eq!(settled_depth(&broker, DEAD_QUEUE, 1).await, 1);
+    assert_eq!(settled_depth(&broker, "genfleet.dead", 1).await, 1);
     let output = genfleet(&url, &["purge", "--all", "--yes"]);
     assert!(stdout(&output).contains("deleted 1 dead letter(s)"));
-    assert_eq!(settled_depth(&broker, DEAD_QUEUE, 0).await, 0);
+    assert_eq!(settled_depth(&broker, "genfleet.dead", 0).await, 0);
     // The replayed jobs were not touched by the purge.
     assert_eq!(settled_depth(&broker, "genfleet.jobs.remote", 2).await, 2);
     broker.close().await;
@@ -276,7 +272,7 @@ async fn a_job_rabbitmq_dead_lettered_is_listed_and_replayed() {
         .await
         .expect("nack");
     let started = Instant::now();
-    while depth(&broker, DEAD_QUEUE).await == 0 {
+    while depth(&broker, "genfleet.dead").await == 0 {
         assert!(
             started.elapsed() < Duration::from_secs(10),
             "never dead-lettered"
@@ -300,7 +296,7 @@ async fn a_job_rabbitmq_dead_lettered_is_listed_and_replayed() {
 
     let output = genfleet(&url, &["replay", &job_id]);
     assert!(output.status.success(), "{}", stdout(&output));
-    assert_eq!(settled_depth(&broker, DEAD_QUEUE, 0).await, 0);
+    assert_eq!(settled_depth(&broker, "genfleet.dead", 0).await, 0);
     let replayed = take(&url, "genfleet.jobs.cpu").await;
     assert!(
         !header_names(&replayed).iter().any(|h| h.starts_with("x-")),

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use genfleet_broker::{Broker, Outgoing, Selector, DEAD_LETTER_EXCHANGE};
+use genfleet_broker::{Broker, Outgoing, Selector};
 use genfleet_credits::Ledger;
 use genfleet_proto::v1;
 use support::*;
@@ -90,16 +90,13 @@ async fn dead_letter(broker: &Broker, message_id: &str, body: &[u8]) {
         message_id: Some(message_id.to_string()),
         persistent: true,
         headers: vec![
-            (genfleet_broker::HEADER_ERROR.into(), "internal".into()),
-            (
-                genfleet_broker::HEADER_REASON.into(),
-                "delivery_limit".into(),
-            ),
+            ("x-genfleet-error".into(), "internal".into()),
+            ("x-genfleet-reason".into(), "delivery_limit".into()),
         ],
         ..Default::default()
     };
     publisher
-        .publish(DEAD_LETTER_EXCHANGE, "cpu", body, &outgoing)
+        .publish("genfleet.dlx", "cpu", body, &outgoing)
         .await
         .expect("dead letter published");
     publisher.close().await;

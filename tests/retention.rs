@@ -54,7 +54,7 @@ async fn dead_letter(broker: &Broker, id: &str, dead_at: Option<SystemTime>) {
     let publisher = broker.publisher().await.unwrap();
     let mut headers = vec![("x-genfleet-error".to_string(), "internal".to_string())];
     if let Some(at) = dead_at {
-        headers.push((genfleet_broker::HEADER_DEAD_AT.to_string(), unix(at)));
+        headers.push(("x-genfleet-dead-at".to_string(), unix(at)));
     }
     let outgoing = Outgoing {
         message_id: Some(id.to_string()),
@@ -63,12 +63,7 @@ async fn dead_letter(broker: &Broker, id: &str, dead_at: Option<SystemTime>) {
         ..Default::default()
     };
     publisher
-        .publish(
-            genfleet_broker::DEAD_LETTER_EXCHANGE,
-            "cpu",
-            b"{\"prompt\":\"p\"}",
-            &outgoing,
-        )
+        .publish("genfleet.dlx", "cpu", b"{\"prompt\":\"p\"}", &outgoing)
         .await
         .unwrap();
     publisher.close().await;
@@ -79,12 +74,7 @@ async fn dead_letter(broker: &Broker, id: &str, dead_at: Option<SystemTime>) {
 /// only ready ones.
 async fn settle_dead(broker: &Broker, expected: u32) {
     for _ in 0..100 {
-        if broker
-            .queue_depth(genfleet_broker::DEAD_QUEUE)
-            .await
-            .unwrap()
-            == expected
-        {
+        if broker.queue_depth("genfleet.dead").await.unwrap() == expected {
             return;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
