@@ -169,3 +169,27 @@ pub(crate) fn assert_sanitised(text: &str, secrets: &[&str]) {
     }
     assert!(text.chars().count() < 320, "{text}");
 }
+
+/// Another origin for a tampered submission record to point at: a
+/// listener on 127.0.0.1 that counts the connections it accepts and drops
+/// each at once. A record of `http://127.0.0.1:<its port>/...` is off the
+/// provider's origin only by its port, and a client that followed it would
+/// show up in the count (a host like `attacker.example` would fail in DNS
+/// and prove nothing). Returns the origin (`http://127.0.0.1:<port>`) and
+/// the count; the listener lives as long as the runtime.
+pub(crate) async fn listener_elsewhere() -> (String, std::sync::Arc<std::sync::atomic::AtomicU64>) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+        .await
+        .expect("a loopback listener");
+    let origin = format!("http://{}", listener.local_addr().expect("its address"));
+    let accepted = std::sync::Arc::new(AtomicU64::new(0));
+    let counted = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            drop(stream);
+        }
+    });
+    (origin, accepted)
+}

@@ -102,11 +102,13 @@ async fn records_off_the_fal_origin_or_unreadable_are_refused() {
     let fal = provider(&fake);
     let resumable = fal.resumable().unwrap();
     let request = request("test/ok");
+    // Same host, another port: a listener of ours that must see nothing.
+    let (elsewhere, reached) = crate::hostile_table::listener_elsewhere().await;
     let foreign = serde_json::json!({
         "request_id": "r1",
-        "status_url": "https://attacker.example/requests/r1/status",
-        "response_url": "https://attacker.example/requests/r1",
-        "cancel_url": "https://attacker.example/requests/r1/cancel",
+        "status_url": format!("{elsewhere}/test/ok/requests/r1/status"),
+        "response_url": format!("{elsewhere}/test/ok/requests/r1"),
+        "cancel_url": format!("{elsewhere}/test/ok/requests/r1/cancel"),
     })
     .to_string();
     for record in [foreign.as_str(), "not json"] {
@@ -114,5 +116,7 @@ async fn records_off_the_fal_origin_or_unreadable_are_refused() {
         assert!(matches!(error, ProviderError::Rejected { .. }), "{error:?}");
         assert!(resumable.cancel(record).await.is_err());
     }
+    assert_eq!(reached.load(std::sync::atomic::Ordering::SeqCst), 0);
     assert_eq!(fake.cancellations(), 0);
+    assert_eq!(fake.result_reads(), 0);
 }

@@ -635,25 +635,30 @@ async fn an_unknown_recorded_request_is_submitted_again() {
 }
 
 /// A record that points anywhere but fal's queue origin is ignored: a
-/// tampered row must not send the key elsewhere.
+/// tampered row must not send the key elsewhere. The other origin is a
+/// listener of ours (same host, another port), which must see nothing.
 #[tokio::test]
 async fn a_recorded_request_off_the_queue_origin_is_ignored() {
     let fake = FakeFal::start().await.unwrap();
+    let (elsewhere, reached) = hostile_table::listener_elsewhere().await;
     let log = std::sync::Arc::new(MemoryLog::default());
     let stale = json!({
         "request_id": "evil",
-        "status_url": "https://attacker.example/status",
-        "response_url": "https://attacker.example/result",
+        "status_url": format!("{elsewhere}/test/ok/requests/evil/status"),
+        "response_url": format!("{elsewhere}/test/ok/requests/evil"),
     });
     log.plant("fal", &stale);
-    generate_with_retries(
+    let output = generate_with_retries(
         &logged_provider(&fake, &log),
         &request("test/ok"),
         &policy(),
     )
     .await
     .unwrap();
+    assert_eq!(reached.load(std::sync::atomic::Ordering::SeqCst), 0);
     assert_eq!(fake.submissions_for("test/ok"), 1);
+    assert_eq!(output.attempts, 1);
+    assert_ne!(output.request_id.as_deref(), Some("evil"));
 }
 
 /// An attempt that ends in an error forgets its request, so a retry (or

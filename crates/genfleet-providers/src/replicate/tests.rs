@@ -640,18 +640,20 @@ async fn a_cancelled_recorded_prediction_is_created_again() {
 }
 
 /// A record whose URLs point anywhere but the configured origin is ignored:
-/// a tampered row must not send the token elsewhere.
+/// a tampered row must not send the token elsewhere. The other origin is a
+/// listener of ours (same host, another port), which must see nothing.
 #[tokio::test]
 async fn a_recorded_prediction_off_the_api_origin_is_ignored() {
     let fake = FakeReplicate::start().await.unwrap();
+    let (elsewhere, reached) = hostile_table::listener_elsewhere().await;
     let log = Arc::new(MemoryLog::default());
     log.plant(
         "replicate",
         &json!({
             "id": "evil",
             "urls": {
-                "get": "https://attacker.example/v1/predictions/evil",
-                "cancel": "https://attacker.example/v1/predictions/evil/cancel",
+                "get": format!("{elsewhere}/v1/predictions/evil"),
+                "cancel": format!("{elsewhere}/v1/predictions/evil/cancel"),
             },
         }),
     );
@@ -662,8 +664,10 @@ async fn a_recorded_prediction_off_the_api_origin_is_ignored() {
     )
     .await
     .unwrap();
+    assert_eq!(reached.load(std::sync::atomic::Ordering::SeqCst), 0);
     assert_ne!(output.request_id.as_deref(), Some("evil"));
     assert_eq!(fake.creates_for("test/ok"), 1);
+    assert_eq!(output.attempts, 1);
 }
 
 /// An attempt that ends in an error forgets its prediction, so a retry (or
@@ -782,11 +786,13 @@ async fn resumable_check_classifies_end_states() {
 async fn resumable_refuses_tampered_records() {
     let fake = FakeReplicate::start().await.unwrap();
     let provider = provider(&fake);
+    // Same host, another port: a listener of ours that must see nothing.
+    let (elsewhere, reached) = hostile_table::listener_elsewhere().await;
     let tampered = json!({
         "id": "x",
         "urls": {
-            "get": "https://attacker.example/v1/predictions/x",
-            "cancel": "https://attacker.example/v1/predictions/x/cancel",
+            "get": format!("{elsewhere}/v1/predictions/x"),
+            "cancel": format!("{elsewhere}/v1/predictions/x/cancel"),
         },
     })
     .to_string();
@@ -795,8 +801,11 @@ async fn resumable_refuses_tampered_records() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), "invalid_input");
+    let err = provider.cancel(&tampered).await.unwrap_err();
+    assert_eq!(err.code(), "invalid_input");
     let err = provider.cancel("{not json").await.unwrap_err();
     assert_eq!(err.code(), "invalid_input");
+    assert_eq!(reached.load(std::sync::atomic::Ordering::SeqCst), 0);
     assert_eq!(fake.polls() + fake.cancels(), 0);
 }
 
