@@ -1,9 +1,11 @@
 //! The fault table the fakes can play, whatever their model: a fraction of
 //! submits refused with 429 (and a Retry-After) or 503, a fraction of
-//! status and result reads whose connection breaks mid-body, a fraction of
-//! result bodies cut short, and an outage window in which every API call
-//! answers 503; plus the counters a test needs to tell that each job was
-//! rendered once.
+//! submits the provider runs (and bills) whose answer is lost on the way
+//! back, a fraction of status and result reads whose connection breaks
+//! mid-body, a fraction of result bodies cut short, a fraction of output
+//! downloads reset, cut short or answered as an expired URL, and an outage
+//! window in which every API call answers 503; plus the counters a test
+//! needs to tell how many times each job was rendered.
 //!
 //! Which calls fail is decided by a counter per knob, not a random draw:
 //! with fraction `f`, call `n` (from 0) of that kind fails when
@@ -19,7 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use axum::body::{Body, Bytes};
+use axum::body::{Body, Bytes, HttpBody as _};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
@@ -45,6 +47,29 @@ pub struct Faults {
     /// Result reads (fal's result; a Replicate poll of a finished
     /// prediction) answered 200 with the JSON cut short.
     pub result_truncated: f64,
+    /// Submits the provider accepts and runs (the request is created, the
+    /// render starts and is billed) whose answer is lost: the connection
+    /// drops in the middle of the 2xx answer, so the client never learns the
+    /// request id (for the synchronous providers, never gets the output).
+    /// The case that bills twice: no provider here takes an idempotency
+    /// key, so a client that submits again pays for a second render.
+    pub submit_answer_lost: f64,
+    /// Status reads only (fal's status endpoint, Replicate's polls of a
+    /// prediction still running) whose answer breaks off mid-body, so a
+    /// test can break polls without touching result reads.
+    pub status_reset: f64,
+    /// Output downloads from the file host whose answer breaks off
+    /// mid-body.
+    pub download_reset: f64,
+    /// Output downloads answered 200 with the whole file's
+    /// `Content-Length`, then only the first half of the file before the
+    /// connection closes: a transfer cut short.
+    pub download_truncated: f64,
+    /// Output downloads answered as the file host answers a URL that has
+    /// expired (fal's and OpenAI's signed URLs: 403; Replicate's deleted
+    /// files: 404): the file is gone, and only a new request makes a new
+    /// one.
+    pub download_expired: f64,
 }
 
 /// What a fake counted, for the assertion that submits equal jobs.
@@ -66,6 +91,22 @@ pub struct FaultCounts {
     /// `submits_accepted`; it is counted apart so that a test says what it
     /// means.
     pub renders_started: u64,
+    /// Accepted submits (so: renders started, and billed) whose answer was
+    /// lost ([`Faults::submit_answer_lost`]); included in
+    /// `submits_accepted` and `renders_started`.
+    pub submit_answers_lost: u64,
+    /// Status reads answered with a reset (not counting outages).
+    pub status_reads_broken: u64,
+    /// Result reads answered with a reset or a truncated body (not
+    /// counting outages).
+    pub result_reads_broken: u64,
+    /// Downloads of output files the fake handed out, whatever they were
+    /// answered.
+    pub downloads: u64,
+    /// Downloads reset or cut short.
+    pub downloads_broken: u64,
+    /// Downloads answered as an expired URL.
+    pub downloads_expired: u64,
 }
 
 /// A fault to answer a submit with.
@@ -90,6 +131,18 @@ pub(crate) enum ReadFault {
     Truncated,
 }
 
+/// A fault to answer an output download with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DownloadFault {
+    /// The file host answers as for an expired URL.
+    Expired,
+    /// The answer breaks off mid-body.
+    Reset,
+    /// The whole file's `Content-Length`, half the file, then the
+    /// connection closes.
+    Truncated,
+}
+
 /// One fake's knobs, pattern counters and counts.
 #[derive(Default)]
 pub(crate) struct FaultState {
@@ -99,10 +152,21 @@ pub(crate) struct FaultState {
     unavailable: AtomicU64,
     reset: AtomicU64,
     truncated: AtomicU64,
+    status_reset: AtomicU64,
+    lost: AtomicU64,
+    download_reset: AtomicU64,
+    download_truncated: AtomicU64,
+    download_expired: AtomicU64,
     accepted: AtomicU64,
     refused: AtomicU64,
     status_reads: AtomicU64,
     result_reads: AtomicU64,
+    answers_lost: AtomicU64,
+    status_broken: AtomicU64,
+    result_broken: AtomicU64,
+    downloads: AtomicU64,
+    downloads_broken: AtomicU64,
+    downloads_expired: AtomicU64,
 }
 
 impl FaultState {
@@ -125,6 +189,12 @@ impl FaultState {
             status_reads: self.status_reads.load(Ordering::Relaxed),
             result_reads: self.result_reads.load(Ordering::Relaxed),
             renders_started: accepted,
+            submit_answers_lost: self.answers_lost.load(Ordering::Relaxed),
+            status_reads_broken: self.status_broken.load(Ordering::Relaxed),
+            result_reads_broken: self.result_broken.load(Ordering::Relaxed),
+            downloads: self.downloads.load(Ordering::Relaxed),
+            downloads_broken: self.downloads_broken.load(Ordering::Relaxed),
+            downloads_expired: self.downloads_expired.load(Ordering::Relaxed),
         }
     }
 
@@ -194,13 +264,58 @@ impl FaultState {
         response
     }
 
+    /// Whether the answer of a submit the fake has just accepted (and
+    /// counted with [`accepted`](Self::accepted)) is to be lost; counts it
+    /// if so. The request stays created and rendered: only its answer is
+    /// broken, with [`lost_answer`] or [`settle`](Self::settle).
+    pub(crate) fn answer_lost(&self) -> bool {
+        let lost = hits(&self.lost, self.faults().submit_answer_lost);
+        if lost {
+            self.answers_lost.fetch_add(1, Ordering::Relaxed);
+        }
+        lost
+    }
+
+    /// [`tally`](Self::tally) for a synchronous provider's one call, and
+    /// the loss of its answer: a 2xx answer (rendered, billed) picked by
+    /// [`Faults::submit_answer_lost`] goes out as its status and half its
+    /// body, then the connection drops. Answers whose length is not known
+    /// (an endless body) are never picked.
+    pub(crate) async fn settle(&self, response: Response) -> Response {
+        let response = self.tally(response);
+        if !response.status().is_success() || response.body().size_hint().exact().is_none() {
+            return response;
+        }
+        if !self.answer_lost() {
+            return response;
+        }
+        let (parts, body) = response.into_parts();
+        // A full body in memory: collecting it cannot fail, but if it did
+        // the answer would be lost all the same.
+        let bytes = axum::body::to_bytes(body, usize::MAX)
+            .await
+            .unwrap_or_default();
+        let mut lost = lost_answer(parts.status, bytes);
+        if let Some(kind) = parts.headers.get(header::CONTENT_TYPE) {
+            lost.headers_mut()
+                .insert(header::CONTENT_TYPE, kind.clone());
+        }
+        lost
+    }
+
     /// Counts a status read and says which fault it gets, if any.
     pub(crate) fn status_read(&self) -> Option<ReadFault> {
         self.status_reads.fetch_add(1, Ordering::Relaxed);
         if self.in_outage() {
             return Some(ReadFault::Outage);
         }
-        hits(&self.reset, self.faults().read_reset).then_some(ReadFault::Reset)
+        let faults = self.faults();
+        let reset =
+            hits(&self.status_reset, faults.status_reset) || hits(&self.reset, faults.read_reset);
+        if reset {
+            self.status_broken.fetch_add(1, Ordering::Relaxed);
+        }
+        reset.then_some(ReadFault::Reset)
     }
 
     /// Counts a result read and says which fault it gets, if any.
@@ -210,13 +325,44 @@ impl FaultState {
             return Some(ReadFault::Outage);
         }
         let faults = self.faults();
-        if hits(&self.reset, faults.read_reset) {
+        let fault = if hits(&self.reset, faults.read_reset) {
             Some(ReadFault::Reset)
         } else if hits(&self.truncated, faults.result_truncated) {
             Some(ReadFault::Truncated)
         } else {
             None
+        };
+        if fault.is_some() {
+            self.result_broken.fetch_add(1, Ordering::Relaxed);
         }
+        fault
+    }
+
+    /// Counts a download of an output file the fake handed out and says
+    /// which fault it gets, if any. The file host is not the API: an
+    /// outage leaves it up.
+    pub(crate) fn download(&self) -> Option<DownloadFault> {
+        self.downloads.fetch_add(1, Ordering::Relaxed);
+        let faults = self.faults();
+        let fault = if hits(&self.download_expired, faults.download_expired) {
+            Some(DownloadFault::Expired)
+        } else if hits(&self.download_reset, faults.download_reset) {
+            Some(DownloadFault::Reset)
+        } else if hits(&self.download_truncated, faults.download_truncated) {
+            Some(DownloadFault::Truncated)
+        } else {
+            None
+        };
+        match fault {
+            Some(DownloadFault::Expired) => {
+                self.downloads_expired.fetch_add(1, Ordering::Relaxed);
+            }
+            Some(_) => {
+                self.downloads_broken.fetch_add(1, Ordering::Relaxed);
+            }
+            None => {}
+        }
+        fault
     }
 }
 
@@ -269,6 +415,49 @@ pub(crate) fn reset(status: StatusCode, body: Bytes) -> Response {
         HeaderValue::from_static("application/json"),
     );
     response
+}
+
+/// The answer of a submit that was accepted, lost on the way back:
+/// `status` and the first half of `body`, then the connection drops, so
+/// the client has neither the request id nor the output.
+pub(crate) fn lost_answer(status: StatusCode, body: Bytes) -> Response {
+    reset(status, body)
+}
+
+/// A download of `file` cut short: 200 with the whole file's
+/// `Content-Length`, then only its first half before the connection
+/// closes (the server cannot finish a body shorter than it announced).
+pub(crate) fn cut_file(content_type: &'static str, file: Bytes) -> Response {
+    let whole = file.len();
+    let half = file.slice(..whole / 2);
+    let chunks: Vec<Result<Bytes, std::io::Error>> = vec![Ok(half)];
+    let mut response = Response::new(Body::from_stream(futures_util::stream::iter(chunks)));
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(whole));
+    response
+}
+
+/// A download of `file` broken off mid-body (`Transfer-Encoding:
+/// chunked`, half the file, then the connection drops).
+pub(crate) fn reset_file(content_type: &'static str, file: Bytes) -> Response {
+    let mut response = reset(StatusCode::OK, file);
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+/// What a file host answers for a URL that has expired: `status` (403 for
+/// a signed URL past its expiry, 404 for a file deleted) with a short
+/// XML error body, as object stores answer.
+pub(crate) fn expired(status: StatusCode) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/xml")],
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>AccessDenied</Code><Message>Request has expired</Message></Error>",
+    )
+        .into_response()
 }
 
 /// `status` with the first half of `body` as a complete answer: valid
@@ -343,5 +532,40 @@ mod tests {
         assert_eq!(state.result_read(), Some(ReadFault::Outage));
         assert_eq!(state.counts().submits_refused, 2);
         assert_eq!(state.counts().result_reads, 1);
+    }
+
+    #[test]
+    fn lost_answers_status_resets_and_download_faults_are_counted() {
+        let state = FaultState::default();
+        state.set(Faults {
+            submit_answer_lost: 0.5,
+            status_reset: 0.5,
+            download_expired: 1.0,
+            ..Faults::default()
+        });
+        assert_eq!([state.answer_lost(), state.answer_lost()], [false, true]);
+        assert_eq!(state.status_read(), None);
+        assert_eq!(state.status_read(), Some(ReadFault::Reset));
+        assert_eq!(state.result_read(), None, "status_reset spares results");
+        assert_eq!(state.download(), Some(DownloadFault::Expired));
+        state.set(Faults {
+            download_reset: 0.5,
+            download_truncated: 1.0,
+            ..Faults::default()
+        });
+        // The reset knob's pattern first, then the truncated one's.
+        assert_eq!(state.download(), Some(DownloadFault::Truncated));
+        assert_eq!(state.download(), Some(DownloadFault::Reset));
+        // An outage leaves the file host up.
+        state.start_outage(Duration::from_secs(60));
+        state.set(Faults::default());
+        assert_eq!(state.download(), None);
+        let counts = state.counts();
+        assert_eq!(counts.submit_answers_lost, 1);
+        assert_eq!(counts.status_reads_broken, 1);
+        assert_eq!(counts.result_reads_broken, 0);
+        assert_eq!(counts.downloads, 4);
+        assert_eq!(counts.downloads_broken, 2);
+        assert_eq!(counts.downloads_expired, 1);
     }
 }

@@ -216,34 +216,8 @@ impl Downloads for DirectDownloads {
 
 /// Copies one output out of a provider's short-lived URL (http or https,
 /// fetched through `downloads`, without credentials: the file host must
-/// never see a key) or out of a `data:` URI.
-///
-/// # Errors
-///
-/// As [`fetch_output`], whose read-again class is dropped.
-pub(crate) async fn download(
-    downloads: &dyn Downloads,
-    spool: &Spool,
-    raw_url: &str,
-    content_type: Option<String>,
-    request_timeout: Duration,
-    limit: u64,
-    deadline: Option<Instant>,
-) -> Result<Artifact, ProviderError> {
-    fetch_output(
-        downloads,
-        spool,
-        raw_url,
-        content_type,
-        request_timeout,
-        limit,
-        deadline,
-    )
-    .await
-    .map_err(|failed| failed.error)
-}
-
-/// [`download`], saying whether fetching the same URL again may help: it
+/// never see a key) or out of a `data:` URI, saying whether fetching the
+/// same URL again may help: it
 /// may after a transport failure, a 408, 429 or 5xx, or a local spool
 /// failure; it may not for a URL this client cannot fetch, a URL whose
 /// destination `downloads` refuses, an output over the cap, or any other

@@ -30,8 +30,11 @@
 //! `Retry-After`) or 503 (`runner_scheduling_failure`), status and result
 //! reads reset mid-body, result bodies truncated, and an outage in which
 //! every API call answers a plain 503 as fal's edge would (not fal's error
-//! body: an outage is no verdict on a request). [`FakeFal::fault_counts`]
-//! counts accepted and refused submits, reads and renders.
+//! body: an outage is no verdict on a request); submits run (and billed)
+//! whose answer is lost mid-body, status polls reset mid-body, and output
+//! downloads (`/files/*`, fal's CDN) reset, cut short or answered 403 as an
+//! expired signed URL. [`FakeFal::fault_counts`] counts accepted, refused
+//! and lost submits, reads, downloads and renders.
 //!
 //! Every route but `/files/*` needs an `Authorization: Key ...` header, and
 //! `/files/*` (the stand-in for fal's CDN) is served without one, as the
@@ -55,7 +58,7 @@ use serde_json::{json, Value};
 use tokio::sync::oneshot;
 use url::Url;
 
-use crate::fake_faults::{self, FaultState, ReadFault, SubmitFault};
+use crate::fake_faults::{self, DownloadFault, FaultState, ReadFault, SubmitFault};
 pub use crate::fake_faults::{FaultCounts, Faults};
 pub use crate::fake_media::{gradient_png, mp4};
 
@@ -476,6 +479,11 @@ fn submit(shared: &Shared, owner: &str, app: &str, key: &str, body: &[u8]) -> Re
         "cancel_url": format!("{base}/cancel"),
         "queue_position": 0,
     });
+    // The request exists and will run (and be billed) whether or not its
+    // id reaches the client.
+    if shared.faults.answer_lost() {
+        return fake_faults::lost_answer(StatusCode::OK, Bytes::from(answer.to_string()));
+    }
     (StatusCode::OK, axum::Json(answer)).into_response()
 }
 
@@ -675,27 +683,34 @@ fn file(shared: &Shared, name: &str) -> Response {
         shared.downloads.fetch_add(1, Ordering::Relaxed);
         response
     };
-    match extension {
+    let (content_type, bytes) = match extension {
         "png" => {
             let variant = index.parse::<u32>().unwrap_or(0);
-            served(
-                (
-                    StatusCode::OK,
-                    [(header::CONTENT_TYPE, "image/png")],
-                    served_png(variant),
-                )
-                    .into_response(),
+            ("image/png", served_png(variant))
+        }
+        "mp4" => ("video/mp4", Bytes::from(mp4())),
+        "bin" => {
+            return served(fake_faults::endless(
+                StatusCode::OK,
+                "image/png",
+                String::new(),
+            ))
+        }
+        _ => return not_found(),
+    };
+    match shared.faults.download() {
+        // fal's CDN serves signed URLs: past their expiry, 403.
+        Some(DownloadFault::Expired) => fake_faults::expired(StatusCode::FORBIDDEN),
+        Some(DownloadFault::Reset) => fake_faults::reset_file(content_type, bytes),
+        Some(DownloadFault::Truncated) => fake_faults::cut_file(content_type, bytes),
+        None => served(
+            (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, content_type)],
+                bytes,
             )
-        }
-        "mp4" => {
-            served((StatusCode::OK, [(header::CONTENT_TYPE, "video/mp4")], mp4()).into_response())
-        }
-        "bin" => served(fake_faults::endless(
-            StatusCode::OK,
-            "image/png",
-            String::new(),
-        )),
-        _ => not_found(),
+                .into_response(),
+        ),
     }
 }
 

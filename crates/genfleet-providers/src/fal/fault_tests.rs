@@ -250,6 +250,92 @@ async fn reads_that_fail_keep_the_recorded_request() {
     );
 }
 
+/// A submit fal ran but whose answer was lost (the request exists, runs and
+/// is billed; the client never got its id): the attempt fails
+/// `provider_unavailable` and the retry submits again. fal has no
+/// idempotency key and no way to find a request by anything but its id, so
+/// the second render is unavoidable: exactly one more per lost answer.
+#[tokio::test]
+async fn lost_submit_answers_cost_exactly_one_more_render_each() {
+    let fake = FakeFal::start().await.unwrap();
+    let set_lost = |fraction| {
+        fake.set_faults(Faults {
+            submit_answer_lost: fraction,
+            ..Faults::default()
+        })
+    };
+    let template = requests("test/ok", Duration::from_secs(60)).remove(0);
+    crate::fault_table::lost_answers_cost_one_render_each(
+        provider(&fake),
+        &template,
+        || fake.fault_counts(),
+        set_lost,
+    )
+    .await;
+    // Every POST was accepted: none was refused, so each is a render.
+    assert_eq!(fake.submissions(), fake.fault_counts().renders_started);
+}
+
+/// 30 % of status polls reset mid-body (results untouched): every job
+/// succeeds, each polled again on its own request, never submitted again.
+#[tokio::test]
+async fn reset_status_polls_are_polled_again_never_submitted_again() {
+    let fake = FakeFal::start().await.unwrap();
+    fake.set_faults(Faults {
+        status_reset: 0.3,
+        ..Faults::default()
+    });
+    let guarded = guarded(provider(&fake));
+    let ended = run_jobs(&guarded, requests("test/ok", Duration::from_secs(60))).await;
+    assert_all_succeeded(&ended);
+    let counts = fake.fault_counts();
+    assert_eq!(counts.submits_accepted, JOBS as u64);
+    assert_eq!(fake.submissions(), JOBS as u64);
+    // Each job polls at least twice (IN_PROGRESS, COMPLETED; the fake
+    // counts a poll whose answer then broke), and a third of all polls
+    // were reset.
+    assert!(counts.status_reads_broken >= 6, "{counts:?}");
+    assert!(counts.status_reads >= 2 * JOBS as u64, "{counts:?}");
+    assert_eq!(counts.result_reads, JOBS as u64, "{counts:?}");
+    assert!(guarded.open_models().is_empty());
+}
+
+/// Output downloads from fal's CDN reset or cut short (30 % each): the
+/// same URL is fetched again, every file kept is whole, nothing is
+/// submitted twice.
+#[tokio::test]
+async fn broken_downloads_are_fetched_again_never_submitted_again() {
+    let fake = FakeFal::start().await.unwrap();
+    fake.set_faults(Faults {
+        download_reset: 0.3,
+        download_truncated: 0.3,
+        ..Faults::default()
+    });
+    let template = requests("test/ok", Duration::from_secs(60)).remove(0);
+    crate::fault_table::broken_downloads_are_fetched_again(provider(&fake), &template, || {
+        fake.fault_counts()
+    })
+    .await;
+    assert_eq!(fake.submissions(), JOBS as u64);
+}
+
+/// An output URL that answers 403 (expired): the attempt fails
+/// `provider_unavailable` at once, and the retry renders anew.
+#[tokio::test]
+async fn an_expired_output_url_fails_the_attempt_and_the_retry_renders_again() {
+    let fake = FakeFal::start().await.unwrap();
+    fake.set_faults(Faults {
+        download_expired: 0.5,
+        ..Faults::default()
+    });
+    let template = requests("test/ok", Duration::from_secs(60)).remove(0);
+    crate::fault_table::an_expired_download_fails_the_attempt(provider(&fake), &template, || {
+        fake.fault_counts()
+    })
+    .await;
+    assert_eq!(fake.submissions(), 5);
+}
+
 /// A spooled input that cannot be read is our disk's failure: `Local`,
 /// nothing submitted, and the breaker does not count it.
 #[tokio::test]

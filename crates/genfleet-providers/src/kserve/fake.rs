@@ -42,9 +42,16 @@
 //! [`FakeKServe::set_faults`] and [`FakeKServe::start_outage`] play the
 //! submit rows of the fault table (see [`crate::fake_faults`]) on every
 //! infer: calls refused with Triton's backpressure (503 "Exceeds maximum
-//! queue size", which carries no Retry-After) or a plain 503 error, and an
-//! outage in which every infer answers a plain 503;
-//! [`FakeKServe::fault_counts`] counts the infers accepted and refused.
+//! queue size", which carries no Retry-After) or a plain 503 error, an
+//! outage in which every infer answers a plain 503, and infers run (the
+//! GPU time spent) whose answer is lost mid-body;
+//! [`FakeKServe::fault_counts`] counts the infers accepted, refused and
+//! lost.
+//!
+//! The binary tensor form is read and written by the fake's own [`wire`]
+//! code, written from the protocol's text, never by the client's `tensor`
+//! module: a bug in the client's encoding must fail a test here, not be
+//! mirrored by a fake that decodes with the same bug.
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
@@ -60,8 +67,7 @@ use serde_json::{json, Map, Value};
 use tokio::sync::oneshot;
 use url::Url;
 
-use super::client::HEADER_LENGTH;
-use super::tensor::{decode_bytes_elements, encode_bytes_elements, split_body, take_sections};
+use self::wire::HEADER_LENGTH;
 use crate::fake_faults::{self, FaultState, SubmitFault};
 pub use crate::fake_faults::{FaultCounts, Faults};
 pub use crate::fake_media::gradient_png;
@@ -417,7 +423,7 @@ async fn handle(
                 };
             }
             let response = infer(&shared, behaviour, name, version, &headers, &body).await;
-            shared.faults.tally(response)
+            shared.faults.settle(response).await
         }
     }
 }
@@ -634,7 +640,7 @@ fn parse_request(
         })
         .transpose()?;
     let (json, sections) = match header_len {
-        Some(len) => split_body(body, len)?,
+        Some(len) => wire::split(body, len)?,
         None => (body.clone(), Bytes::new()),
     };
     let request: Value = serde_json::from_slice(&json)
@@ -660,7 +666,7 @@ fn parse_request(
         }
         sizes.push((input_name, size));
     }
-    let parts = take_sections(&sections, &sizes)?;
+    let parts = wire::sections(&sections, &sizes)?;
     let mut received = Vec::with_capacity(inputs.len());
     for (input, part) in inputs.iter().zip(parts) {
         received.push(parse_input(input, part)?);
@@ -723,8 +729,8 @@ fn parse_input(input: &Value, part: Option<Bytes>) -> Result<ReceivedTensor, Str
         .ok_or_else(|| format!("input '{name}' has too many elements"))?;
     let (byte_size, elements) = match (part, datatype.as_str()) {
         (Some(part), "BYTES") => {
-            let elements = decode_bytes_elements(&part, count)
-                .map_err(|err| format!("input '{name}': {err}"))?;
+            let elements =
+                wire::decode_bytes(&part, count).map_err(|err| format!("input '{name}': {err}"))?;
             (part.len(), elements)
         }
         (Some(part), _) => (part.len(), Vec::new()),
@@ -791,14 +797,10 @@ fn answer(name: &str, id: Option<&str>, images: &[Vec<u8>], shape: &[u64], form:
             header["outputs"] = json!([output]);
             return (StatusCode::OK, axum::Json(header)).into_response();
         }
-        Form::Binary | Form::Lying => {
-            let slices: Vec<&[u8]> = images.iter().map(Vec::as_slice).collect();
-            let mut data = Vec::new();
-            if let Err(err) = encode_bytes_elements(&slices, &mut data) {
-                return error(StatusCode::INTERNAL_SERVER_ERROR, err);
-            }
-            data
-        }
+        Form::Binary | Form::Lying => match wire::encode_bytes(images) {
+            Ok(data) => data,
+            Err(err) => return error(StatusCode::INTERNAL_SERVER_ERROR, err),
+        },
     };
     let claimed = match form {
         Form::Lying => data.len() + 1000,
@@ -817,6 +819,126 @@ fn answer(name: &str, id: Option<&str>, images: &[Vec<u8>], shape: &[u64], form:
     );
     headers.insert(HEADER_LENGTH, HeaderValue::from(header_len));
     response
+}
+
+/// The binary tensor data extension (KServe v2 / Triton), from the
+/// protocol's text and independent of the client's `tensor` module:
+///
+/// - A binary request or answer is a JSON header of exactly
+///   `Inference-Header-Content-Length` bytes, followed by the binary data
+///   of each tensor that declares `parameters.binary_data_size`, in the
+///   order the tensors appear in the header, back to back, nothing after.
+/// - A BYTES tensor's data is its elements in row-major order, each a
+///   4-byte little-endian unsigned length followed by that many bytes.
+///
+/// Every length read from the peer is checked against what is there
+/// before anything is sliced.
+mod wire {
+    use axum::body::Bytes;
+
+    /// The header that says how long the JSON part is (header names are
+    /// case-insensitive; this is how the protocol's text spells it,
+    /// lowercased).
+    pub(super) const HEADER_LENGTH: &str = "inference-header-content-length";
+
+    /// The JSON header and the data after it.
+    pub(super) fn split(body: &Bytes, header_len: usize) -> Result<(Bytes, Bytes), String> {
+        if body.len() < header_len {
+            return Err(format!(
+                "Inference-Header-Content-Length {header_len} is past the end of a {} byte body",
+                body.len()
+            ));
+        }
+        Ok((body.slice(0..header_len), body.slice(header_len..)))
+    }
+
+    /// The data after the header, one part per tensor in header order:
+    /// `Some` for one with a `binary_data_size`, `None` for one whose
+    /// data is in the JSON. The sizes must use up the data exactly.
+    pub(super) fn sections(
+        data: &Bytes,
+        sizes: &[(&str, Option<u64>)],
+    ) -> Result<Vec<Option<Bytes>>, String> {
+        let mut rest = data.clone();
+        let mut parts = Vec::new();
+        for (name, size) in sizes {
+            match size {
+                None => parts.push(None),
+                Some(size) => {
+                    let size = usize::try_from(*size)
+                        .ok()
+                        .filter(|size| *size <= rest.len())
+                        .ok_or_else(|| {
+                            format!(
+                                "input '{name}' declares binary_data_size {size}, more than the {} byte(s) left",
+                                rest.len()
+                            )
+                        })?;
+                    parts.push(Some(rest.split_to(size)));
+                }
+            }
+        }
+        if !rest.is_empty() {
+            return Err(format!(
+                "{} byte(s) of binary data follow the last input's",
+                rest.len()
+            ));
+        }
+        Ok(parts)
+    }
+
+    /// A BYTES tensor's `expected` elements.
+    pub(super) fn decode_bytes(data: &Bytes, expected: usize) -> Result<Vec<Bytes>, String> {
+        let mut rest = data.clone();
+        let mut elements = Vec::new();
+        while !rest.is_empty() {
+            if elements.len() == expected {
+                return Err(format!(
+                    "{} byte(s) follow the {expected} element(s) of the shape",
+                    rest.len()
+                ));
+            }
+            if rest.len() < 4 {
+                return Err(format!(
+                    "element {} has a {} byte length, not 4",
+                    elements.len(),
+                    rest.len()
+                ));
+            }
+            let prefix = rest.split_to(4);
+            let len = u32::from_le_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]);
+            let len = usize::try_from(len)
+                .ok()
+                .filter(|len| *len <= rest.len())
+                .ok_or_else(|| {
+                    format!(
+                        "element {} is {len} byte(s) long, more than the {} left",
+                        elements.len(),
+                        rest.len()
+                    )
+                })?;
+            elements.push(rest.split_to(len));
+        }
+        if elements.len() != expected {
+            return Err(format!(
+                "{} element(s) where the shape says {expected}",
+                elements.len()
+            ));
+        }
+        Ok(elements)
+    }
+
+    /// `elements` as a BYTES tensor's data.
+    pub(super) fn encode_bytes(elements: &[Vec<u8>]) -> Result<Vec<u8>, String> {
+        let mut data = Vec::new();
+        for element in elements {
+            let len = u32::try_from(element.len())
+                .map_err(|_| format!("an element of {} bytes is too long", element.len()))?;
+            data.extend_from_slice(&len.to_le_bytes());
+            data.extend_from_slice(element);
+        }
+        Ok(data)
+    }
 }
 
 /// Triton's error shape: `{"error": "..."}`.
@@ -844,6 +966,48 @@ mod tests {
         );
     }
 
+    /// The fake's wire code against bytes written out by hand from the
+    /// protocol's text, not produced by any encoder of this crate.
+    #[test]
+    fn wire_reads_and_writes_the_documented_form() {
+        // Two BYTES elements: "ab" and "" (a zero length is allowed).
+        let data = Bytes::from_static(&[2, 0, 0, 0, b'a', b'b', 0, 0, 0, 0]);
+        let elements = wire::decode_bytes(&data, 2).unwrap();
+        assert_eq!(elements, [Bytes::from_static(b"ab"), Bytes::new()]);
+        assert_eq!(
+            wire::encode_bytes(&[b"ab".to_vec(), Vec::new()]).unwrap(),
+            &data[..]
+        );
+        // A length read big-endian would be 0x02000000: little-endian only.
+        assert_eq!(
+            wire::encode_bytes(&[vec![7; 258]]).unwrap()[..4],
+            [2, 1, 0, 0]
+        );
+        // Short prefix, a length past the end, too many or too few elements.
+        assert!(wire::decode_bytes(&Bytes::from_static(&[1, 0]), 1).is_err());
+        assert!(wire::decode_bytes(&Bytes::from_static(&[9, 0, 0, 0, 1]), 1).is_err());
+        assert!(wire::decode_bytes(&data, 1).is_err());
+        assert!(wire::decode_bytes(&data, 3).is_err());
+        // Sections in header order; a JSON tensor takes none; all used.
+        let after = Bytes::from_static(b"xxxyy");
+        let parts = wire::sections(&after, &[("A", Some(3)), ("B", None), ("C", Some(2))]).unwrap();
+        assert_eq!(
+            parts,
+            [
+                Some(Bytes::from_static(b"xxx")),
+                None,
+                Some(Bytes::from_static(b"yy"))
+            ]
+        );
+        assert!(wire::sections(&after, &[("A", Some(3))]).is_err());
+        assert!(wire::sections(&after, &[("A", Some(6))]).is_err());
+        assert!(wire::sections(&after, &[("A", Some(u64::MAX))]).is_err());
+        let body = Bytes::from_static(b"{}rest");
+        let (json, rest) = wire::split(&body, 2).unwrap();
+        assert_eq!((&json[..], &rest[..]), (&b"{}"[..], &b"rest"[..]));
+        assert!(wire::split(&body, 7).is_err());
+    }
+
     #[test]
     fn parses_json_and_binary_requests_alike() {
         let json_body = json!({
@@ -867,7 +1031,10 @@ mod tests {
         })
         .to_string();
         let mut body = header.clone().into_bytes();
-        encode_bytes_elements(&["héllo".as_bytes()], &mut body).unwrap();
+        // Written out by hand: the length prefix, little-endian, then the
+        // UTF-8 bytes.
+        body.extend_from_slice(&[6, 0, 0, 0]);
+        body.extend_from_slice("héllo".as_bytes());
         let mut headers = HeaderMap::new();
         headers.insert(HEADER_LENGTH, HeaderValue::from(header.len()));
         let request = parse_request("m", Some("1"), &headers, &Bytes::from(body.clone())).unwrap();

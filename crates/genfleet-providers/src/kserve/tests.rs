@@ -1173,3 +1173,26 @@ async fn error_messages_never_echo_the_bearer_or_the_prompt() {
          Bearer [redacted] cannot run prompt '[prompt]' on model 'echo'"
     );
 }
+
+/// An infer the server ran (its GPU time spent) whose answer was lost: the
+/// attempt fails `provider_unavailable` and the retry infers again: exactly
+/// one more run per lost answer (the protocol has no idempotency key and
+/// nothing to find a lost run by).
+#[tokio::test]
+async fn fault_table_lost_answers_cost_exactly_one_more_run_each() {
+    let fake = FakeKServe::start().await.unwrap();
+    let set_lost = |fraction| {
+        fake.set_faults(Faults {
+            submit_answer_lost: fraction,
+            ..Faults::default()
+        })
+    };
+    fault_table::lost_answers_cost_one_render_each(
+        provider(&fake),
+        &request("matting"),
+        || fake.fault_counts(),
+        set_lost,
+    )
+    .await;
+    assert_eq!(fake.infer_calls(), fake.fault_counts().renders_started);
+}

@@ -14,6 +14,7 @@ use url::Url;
 
 use crate::http::{self, decode_base64, input_bytes, read_body, truncate, Secrets};
 use crate::params::{self, Owned, COUNT_KEYS, DELIVERY_KEYS, PROMPT_KEYS, SAFETY_KEYS};
+use crate::reread::{read_again, Failure};
 use crate::{
     Artifact, GenerationOutput, GenerationRequest, InputImage, InputRole, JobKind, Provider,
     ProviderError, Spool,
@@ -21,6 +22,11 @@ use crate::{
 
 /// The name in logs and metric labels.
 const PROVIDER: &str = "openai";
+
+/// First pause before fetching an output URL again after a failed
+/// download (doubling, see `reread`): the image is rendered and billed, so
+/// a reset or a transfer cut short is read again, not rendered again.
+const OUTPUT_READ_PACE: Duration = Duration::from_millis(200);
 /// Codes OpenAI gives a prompt or image its safety system refused.
 const POLICY_CODES: [&str; 2] = ["content_policy_violation", "moderation_blocked"];
 /// Codes of a 429 that is an account problem, not a rate: retrying cannot
@@ -237,7 +243,9 @@ impl Provider for OpenAiProvider {
                 ),
             })?;
         drop(body);
-        let artifacts = self.artifacts(answer, request.count, deadline).await?;
+        let artifacts = self
+            .artifacts(answer, request.count, deadline, request_id.as_deref())
+            .await?;
         tracing::debug!(artifacts = artifacts.len(), "openai images answered");
         Ok(GenerationOutput {
             artifacts,
@@ -274,12 +282,17 @@ impl OpenAiProvider {
     }
 
     /// Decodes or downloads each image of the answer, in order, the first
-    /// `count` only.
+    /// `count` only. A download that fails (reset, cut short, a 5xx of the
+    /// file host, a timeout) is fetched again from the same URL until the
+    /// deadline: the images are rendered and billed, and failing the
+    /// attempt would make the caller render (and pay for) them again. Only
+    /// the file host's verdict (a 403/404: the URL expired) fails it.
     async fn artifacts(
         &self,
         answer: ImagesAnswer,
         count: u32,
         deadline: Option<Instant>,
+        request_id: Option<&str>,
     ) -> Result<Vec<Artifact>, ProviderError> {
         if answer.data.is_empty() {
             return Err(ProviderError::Malformed {
@@ -305,16 +318,31 @@ impl OpenAiProvider {
                 }
                 // No Authorization header: the file host is not the API.
                 (None, Some(url)) => {
-                    http::download(
-                        self.downloads.as_ref(),
-                        &self.spool,
-                        &url,
-                        None,
-                        self.config.request_timeout,
-                        self.config.max_output_bytes,
+                    let read = read_again(
+                        PROVIDER,
+                        request_id.unwrap_or("-"),
+                        "output",
                         deadline,
+                        OUTPUT_READ_PACE,
+                        || {
+                            http::fetch_output(
+                                self.downloads.as_ref(),
+                                &self.spool,
+                                &url,
+                                None,
+                                self.config.request_timeout,
+                                self.config.max_output_bytes,
+                                deadline,
+                            )
+                        },
                     )
-                    .await?
+                    .await;
+                    match read {
+                        Ok(artifact) => artifact,
+                        // No request to keep for a later attempt: an
+                        // answer's URLs live only in this attempt.
+                        Err(Failure::Judged(error) | Failure::Unread(error)) => return Err(error),
+                    }
                 }
                 (None, None) => {
                     return Err(ProviderError::Malformed {

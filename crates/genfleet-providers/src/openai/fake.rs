@@ -32,9 +32,11 @@
 //! [`FakeOpenAi::set_faults`] and [`FakeOpenAi::start_outage`] play the
 //! submit rows of the fault table (see [`crate::fake_faults`]) on every
 //! model: calls refused with 429 `rate_limit_exceeded` (with
-//! `retry-after`) or 503, and an outage in which every API call answers a
-//! plain 503; [`FakeOpenAi::fault_counts`] counts the calls accepted and
-//! refused.
+//! `retry-after`) or 503, an outage in which every API call answers a
+//! plain 503, calls rendered (billed) whose answer is lost mid-body, and
+//! downloads of `test/url`'s files reset, cut short or answered 403 as an
+//! expired signed URL; [`FakeOpenAi::fault_counts`] counts the calls
+//! accepted, refused and lost, and the downloads.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
@@ -52,7 +54,7 @@ use serde_json::{json, Value};
 use tokio::sync::oneshot;
 use url::Url;
 
-use crate::fake_faults::{self, FaultState, SubmitFault};
+use crate::fake_faults::{self, DownloadFault, FaultState, SubmitFault};
 pub use crate::fake_faults::{FaultCounts, Faults};
 use crate::fake_media::gradient_png;
 
@@ -400,7 +402,7 @@ async fn handle(
         };
     }
     let response = answer(&shared, seen).await;
-    shared.faults.tally(response)
+    shared.faults.settle(response).await
 }
 
 /// Counts and records the call, then answers as the model's behaviour says.
@@ -574,17 +576,21 @@ fn file(shared: &Shared, name: &str, headers: &HeaderMap) -> Response {
     if headers.contains_key(header::AUTHORIZATION) {
         state.file_authorizations += 1;
     }
-    match state.files.get(name) {
+    let variant = match state.files.get(name) {
         Some(_) if name.ends_with(".bin") => {
-            fake_faults::endless(StatusCode::OK, "image/png", String::new())
+            return fake_faults::endless(StatusCode::OK, "image/png", String::new())
         }
-        Some(&variant) => (
-            StatusCode::OK,
-            [(header::CONTENT_TYPE, "image/png")],
-            gradient_png(IMAGE_SIDE, IMAGE_SIDE, variant),
-        )
-            .into_response(),
-        None => (StatusCode::NOT_FOUND, "not found").into_response(),
+        Some(&variant) => variant,
+        None => return (StatusCode::NOT_FOUND, "not found").into_response(),
+    };
+    drop(state);
+    let png = Bytes::from(gradient_png(IMAGE_SIDE, IMAGE_SIDE, variant));
+    match shared.faults.download() {
+        // OpenAI's image URLs are signed blob URLs: past their expiry, 403.
+        Some(DownloadFault::Expired) => fake_faults::expired(StatusCode::FORBIDDEN),
+        Some(DownloadFault::Reset) => fake_faults::reset_file("image/png", png),
+        Some(DownloadFault::Truncated) => fake_faults::cut_file("image/png", png),
+        None => (StatusCode::OK, [(header::CONTENT_TYPE, "image/png")], png).into_response(),
     }
 }
 

@@ -636,3 +636,65 @@ async fn error_messages_never_echo_the_key_or_the_prompt() {
          Bearer [redacted] may not ask for '[prompt]'"
     );
 }
+
+/// A call OpenAI rendered (and bills) whose answer was lost, for both
+/// answer forms (`b64_json` inline, `url`): the attempt fails
+/// `provider_unavailable` and the retry renders again. The images API
+/// documents no idempotency key, so the bound is exactly one more render
+/// per lost answer.
+#[tokio::test]
+async fn fault_table_lost_answers_cost_exactly_one_more_render_each() {
+    for model in ["test/ok", "test/url"] {
+        let fake = FakeOpenAi::start().await.unwrap();
+        let set_lost = |fraction| {
+            fake.set_faults(Faults {
+                submit_answer_lost: fraction,
+                ..Faults::default()
+            })
+        };
+        fault_table::lost_answers_cost_one_render_each(
+            provider(&fake),
+            &request(model),
+            || fake.fault_counts(),
+            set_lost,
+        )
+        .await;
+        assert_eq!(fake.calls(), fake.fault_counts().renders_started, "{model}");
+    }
+}
+
+/// `url` answers whose download is reset or cut short (30 % each): the
+/// same URL is fetched again, every file kept is whole, nothing rendered
+/// twice.
+#[tokio::test]
+async fn fault_table_broken_downloads_are_fetched_again_never_rendered_again() {
+    let fake = FakeOpenAi::start().await.unwrap();
+    fake.set_faults(Faults {
+        download_reset: 0.3,
+        download_truncated: 0.3,
+        ..Faults::default()
+    });
+    fault_table::broken_downloads_are_fetched_again(provider(&fake), &request("test/url"), || {
+        fake.fault_counts()
+    })
+    .await;
+    assert_eq!(fake.calls(), fault_table::JOBS as u64);
+}
+
+/// A `url` answer whose file has expired (403): the attempt fails
+/// `provider_unavailable` at once, and the retry renders anew.
+#[tokio::test]
+async fn fault_table_an_expired_url_fails_the_attempt_and_the_retry_renders_again() {
+    let fake = FakeOpenAi::start().await.unwrap();
+    fake.set_faults(Faults {
+        download_expired: 0.5,
+        ..Faults::default()
+    });
+    fault_table::an_expired_download_fails_the_attempt(
+        provider(&fake),
+        &request("test/url"),
+        || fake.fault_counts(),
+    )
+    .await;
+    assert_eq!(fake.calls(), 5);
+}

@@ -33,11 +33,14 @@
 //! [`FakeReplicate::start_outage`] play the fault table (see
 //! [`crate::fake_faults`]) on every model: creates refused with 429 (with
 //! `Retry-After` and the "resets in" detail) or 503, polls reset
-//! mid-body, polls of a finished prediction (its result) truncated, and an
-//! outage in which every API call answers a plain 503.
-//! [`FakeReplicate::fault_counts`] counts accepted and refused creates,
-//! polls (status reads while running, result reads once finished) and
-//! renders.
+//! mid-body, polls of a finished prediction (its result) truncated, an
+//! outage in which every API call answers a plain 503, creates that start
+//! a prediction (billed) whose answer is lost mid-body, polls of a running
+//! prediction reset mid-body, and output downloads (`/files/*`) reset, cut
+//! short or answered 404 as a file Replicate has deleted.
+//! [`FakeReplicate::fault_counts`] counts accepted, refused and lost
+//! creates, polls (status reads while running, result reads once
+//! finished), downloads and renders.
 //!
 //! Every API route needs `Authorization: Bearer <token>` (401 otherwise);
 //! `/files/*` (the stand-in for Replicate's file host) is served without
@@ -65,7 +68,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use url::Url;
 
-use crate::fake_faults::{self, FaultState, ReadFault, SubmitFault};
+use crate::fake_faults::{self, DownloadFault, FaultState, ReadFault, SubmitFault};
 pub use crate::fake_faults::{FaultCounts, Faults};
 use crate::fake_media::{gradient_png, mp4};
 
@@ -561,6 +564,11 @@ fn create(
     let answer = prediction_json(shared, &id, &prediction, &Value::Object(input));
     state.last_prediction_id = Some(id.clone());
     state.predictions.insert(id, prediction);
+    // The prediction exists and runs (and is billed) whether or not its id
+    // reaches the client.
+    if shared.faults.answer_lost() {
+        return fake_faults::lost_answer(StatusCode::CREATED, Bytes::from(answer.to_string()));
+    }
     (StatusCode::CREATED, axum::Json(answer)).into_response()
 }
 
@@ -694,19 +702,30 @@ fn file(shared: &Shared, name: &str, headers: &HeaderMap) -> Response {
     if !state.predictions.contains_key(id) {
         return not_found();
     }
-    match extension {
+    drop(state);
+    let (content_type, bytes) = match extension {
         "png" => {
             let variant = index.parse::<u32>().unwrap_or(0);
             (
-                StatusCode::OK,
-                [(header::CONTENT_TYPE, "image/png")],
-                gradient_png(IMAGE_SIDE, IMAGE_SIDE, variant),
+                "image/png",
+                Bytes::from(gradient_png(IMAGE_SIDE, IMAGE_SIDE, variant)),
             )
-                .into_response()
         }
-        "mp4" => (StatusCode::OK, [(header::CONTENT_TYPE, "video/mp4")], mp4()).into_response(),
-        "bin" => fake_faults::endless(StatusCode::OK, "image/png", String::new()),
-        _ => not_found(),
+        "mp4" => ("video/mp4", Bytes::from(mp4())),
+        "bin" => return fake_faults::endless(StatusCode::OK, "image/png", String::new()),
+        _ => return not_found(),
+    };
+    match shared.faults.download() {
+        // Replicate deletes output files after about an hour: 404.
+        Some(DownloadFault::Expired) => fake_faults::expired(StatusCode::NOT_FOUND),
+        Some(DownloadFault::Reset) => fake_faults::reset_file(content_type, bytes),
+        Some(DownloadFault::Truncated) => fake_faults::cut_file(content_type, bytes),
+        None => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, content_type)],
+            bytes,
+        )
+            .into_response(),
     }
 }
 

@@ -269,3 +269,84 @@ async fn a_worker_dying_during_the_wait_creates_the_prediction_once() {
         "not the recorded prediction"
     );
 }
+
+/// A create Replicate ran but whose answer was lost (the prediction exists,
+/// runs and is billed; the client never got its id): the attempt fails
+/// `provider_unavailable` and the retry creates again. Replicate takes no
+/// idempotency key; its prediction list could find the lost prediction, but
+/// the client does not look, so the bound is exactly one more render per
+/// lost answer.
+#[tokio::test]
+async fn lost_create_answers_cost_exactly_one_more_render_each() {
+    let fake = FakeReplicate::start().await.unwrap();
+    let set_lost = |fraction| {
+        fake.set_faults(Faults {
+            submit_answer_lost: fraction,
+            ..Faults::default()
+        })
+    };
+    let template = requests("test/ok", Duration::from_secs(60)).remove(0);
+    crate::fault_table::lost_answers_cost_one_render_each(
+        provider(&fake),
+        &template,
+        || fake.fault_counts(),
+        set_lost,
+    )
+    .await;
+    assert_eq!(fake.creates(), fake.fault_counts().renders_started);
+}
+
+/// 30 % of polls of running predictions reset mid-body: every job
+/// succeeds, polled again on its own prediction, never created again.
+#[tokio::test]
+async fn reset_status_polls_are_polled_again_never_created_again() {
+    let fake = FakeReplicate::start().await.unwrap();
+    fake.set_faults(Faults {
+        status_reset: 0.3,
+        ..Faults::default()
+    });
+    let guarded = guarded(provider(&fake));
+    let ended = run_jobs(&guarded, requests("test/ok", Duration::from_secs(60))).await;
+    assert_all_succeeded(&ended);
+    let counts = fake.fault_counts();
+    assert_eq!(counts.submits_accepted, JOBS as u64);
+    assert_eq!(fake.creates(), JOBS as u64);
+    assert!(counts.status_reads_broken >= 3, "{counts:?}");
+    assert_eq!(counts.result_reads_broken, 0, "{counts:?}");
+    assert!(guarded.open_models().is_empty());
+}
+
+/// Output downloads reset or cut short (30 % each): the same URL is
+/// fetched again, every file kept is whole, nothing is created twice.
+#[tokio::test]
+async fn broken_downloads_are_fetched_again_never_created_again() {
+    let fake = FakeReplicate::start().await.unwrap();
+    fake.set_faults(Faults {
+        download_reset: 0.3,
+        download_truncated: 0.3,
+        ..Faults::default()
+    });
+    let template = requests("test/ok", Duration::from_secs(60)).remove(0);
+    crate::fault_table::broken_downloads_are_fetched_again(provider(&fake), &template, || {
+        fake.fault_counts()
+    })
+    .await;
+    assert_eq!(fake.creates(), JOBS as u64);
+}
+
+/// An output file Replicate has deleted (404): the attempt fails
+/// `provider_unavailable` at once, and the retry creates anew.
+#[tokio::test]
+async fn a_deleted_output_file_fails_the_attempt_and_the_retry_renders_again() {
+    let fake = FakeReplicate::start().await.unwrap();
+    fake.set_faults(Faults {
+        download_expired: 0.5,
+        ..Faults::default()
+    });
+    let template = requests("test/ok", Duration::from_secs(60)).remove(0);
+    crate::fault_table::an_expired_download_fails_the_attempt(provider(&fake), &template, || {
+        fake.fault_counts()
+    })
+    .await;
+    assert_eq!(fake.creates(), 5);
+}

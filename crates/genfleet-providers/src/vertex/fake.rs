@@ -49,8 +49,11 @@
 //! [`FakeVertex::set_faults`] and [`FakeVertex::start_outage`] play the
 //! submit rows of the fault table (see [`crate::fake_faults`]) on every
 //! model: calls refused with 429 RESOURCE_EXHAUSTED (with a RetryInfo) or
-//! 503, and an outage in which every model call answers a plain 503;
-//! [`FakeVertex::fault_counts`] counts the calls accepted and refused.
+//! 503, an outage in which every model call answers a plain 503, and
+//! calls rendered (billed) whose answer is lost mid-body (Vertex answers
+//! inline: no status to poll, no file to download);
+//! [`FakeVertex::fault_counts`] counts the calls accepted, refused and
+//! lost.
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
@@ -483,7 +486,7 @@ async fn handle(
             "The requested URL was not found on this server.",
         ),
     };
-    shared.faults.tally(response)
+    shared.faults.settle(response).await
 }
 
 /// `Authorization: Bearer <an issued, unexpired token>`.

@@ -1193,3 +1193,25 @@ async fn error_messages_never_echo_the_token_or_the_prompt() {
          Request with Bearer [redacted] has an invalid prompt \"[prompt]\"."
     );
 }
+
+/// A predict Vertex ran (and bills) whose answer was lost: the attempt
+/// fails `provider_unavailable` and the retry predicts again. Vertex takes
+/// no idempotency key and answers inline (no request to find later), so
+/// the bound is exactly one more render per lost answer.
+#[tokio::test]
+async fn fault_table_lost_answers_cost_exactly_one_more_render_each() {
+    let fake = FakeVertex::start().await.unwrap();
+    let set_lost = |fraction| {
+        fake.set_faults(Faults {
+            submit_answer_lost: fraction,
+            ..Faults::default()
+        })
+    };
+    fault_table::lost_answers_cost_one_render_each(
+        provider(&fake),
+        &request("imagen-ok"),
+        || fake.fault_counts(),
+        set_lost,
+    )
+    .await;
+}
