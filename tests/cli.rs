@@ -39,6 +39,10 @@ fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).to_string()
 }
 
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).to_string()
+}
+
 #[test]
 fn batch_converts_the_examples_and_reports_rejections() {
     let out = TempDir::new("genfleet-cli-batch");
@@ -340,8 +344,23 @@ fn credits_grant_and_balance() {
     assert!(stdout(&output).contains("250 available, 0 held, 0 captured"));
     let output = genfleet(&["credits", "balance", "nobody/here"], &env);
     assert!(!output.status.success());
+    assert_eq!(stdout(&output), "nobody/here: no such account\n");
+    // `-5` reads as an option, which the parser refuses; after `--` it is
+    // the amount, which the ledger refuses.
     let output = genfleet(&["credits", "grant", "acme/shop-1", "-5"], &env);
     assert!(!output.status.success(), "negative grants are refused");
+    assert!(
+        stderr(&output).contains("unexpected argument '-5'"),
+        "{}",
+        stderr(&output)
+    );
+    let output = genfleet(&["credits", "grant", "acme/shop-1", "--", "-5"], &env);
+    assert!(!output.status.success(), "negative grants are refused");
+    assert!(
+        stderr(&output).contains("grant amount is -5, expected a positive number of credits"),
+        "{}",
+        stderr(&output)
+    );
     let output = genfleet(&["credits", "statement", "acme/shop-1"], &env);
     let text = stdout(&output);
     assert!(output.status.success(), "{text}");
@@ -359,6 +378,11 @@ fn credits_grant_and_balance() {
         &env,
     );
     assert!(!output.status.success(), "the parent must exist");
+    assert!(
+        stderr(&output).contains("parent account acme does not exist"),
+        "{}",
+        stderr(&output)
+    );
     let output = genfleet(&["credits", "grant", "acme", "1000"], &env);
     assert!(output.status.success());
     let output = genfleet(
@@ -402,6 +426,11 @@ fn credits_grant_and_balance() {
         &env,
     );
     assert!(!output.status.success(), "a parent cannot get a parent");
+    assert!(
+        stderr(&output).contains("cannot be a parent (one level only)"),
+        "{}",
+        stderr(&output)
+    );
     let output = genfleet(
         &[
             "credits",

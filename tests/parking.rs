@@ -242,6 +242,11 @@ async fn a_cancel_request_reaches_the_provider_and_releases_the_credits() {
         assert_eq!(credits.captured, 0, "{result:?}");
         assert_eq!(credits.held, credits.released, "{result:?}");
     }
+    // The job cancelled while queued never reached fal: no submit for its
+    // model, one submit in all (the stuck job's). (fal's cancels, counted
+    // for known requests only, are the stuck job's request's.)
+    assert_eq!(s.fake.submissions_for("test/video"), 0);
+    assert_eq!(s.fake.submissions(), 1);
     let balance = s.ledger.balance("acme/video").await.unwrap().unwrap();
     assert_eq!(
         (balance.held, balance.captured, balance.available),
