@@ -266,13 +266,29 @@ async fn fal_gets_clean_uploads_as_they_came_and_the_spool_empties() {
 
     let mut sent = Vec::new();
     for upload in ["upright", "rotated"] {
-        let mut job = fal_product_job("spool", "test/ok", "a vase", 1, v1::Priority::Normal);
+        // fal renders for 1.5 s, a while the job's input waits in the spool.
+        let mut job = fal_product_job(
+            "spool",
+            "test/sleep-1500",
+            "a vase",
+            1,
+            v1::Priority::Normal,
+        );
         job.inputs[0].uri = format!("s3://genfleet/uploads/acme/spool/{upload}.jpg");
         publish_job(
             &publisher,
             "remote",
             &genfleet_proto::encode_json(&job),
             Some(&job.job_id),
+        )
+        .await;
+        // The spool is in use: a file of this job's is in it while fal
+        // renders (so "no file left" below is about this folder, not one
+        // the worker never wrote to).
+        until(
+            &format!("a spool file for {upload}"),
+            Duration::from_secs(30),
+            async || !walk_files(&spool).is_empty(),
         )
         .await;
         // One at a time, so the fake's last input is this job's.
@@ -323,6 +339,7 @@ async fn fal_gets_clean_uploads_as_they_came_and_the_spool_empties() {
     );
     assert!(metrics.contains("genfleet_provider_inputs_total{path=\"reencoded\"} 1"));
     // Every spooled input and output was removed with its job.
+    assert!(spool.is_dir(), "{} is gone", spool.display());
     let left: Vec<_> = walk_files(&spool);
     assert!(left.is_empty(), "spool files left: {left:?}");
     let status = worker.terminate(Duration::from_secs(20));
