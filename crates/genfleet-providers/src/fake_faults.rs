@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use axum::body::{Body, Bytes, HttpBody as _};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt as _;
 
 /// Fractions (0 to 1) of calls a fake answers with a fault. All zero by
 /// default: no faults.
@@ -401,20 +402,32 @@ pub(crate) fn rate_limited(secs: u64, body: serde_json::Value) -> Response {
 /// stream fails after its first chunk, and the server aborts the response.
 pub(crate) fn reset(status: StatusCode, body: Bytes) -> Response {
     let half = body.slice(..body.len() / 2);
-    let chunks: Vec<Result<Bytes, std::io::Error>> = vec![
-        Ok(half),
+    let first = futures_util::stream::once(async move { Ok::<Bytes, std::io::Error>(half) });
+    let broken = futures_util::stream::once(async {
+        flushed().await;
         Err(std::io::Error::new(
             std::io::ErrorKind::ConnectionReset,
             "fault: reset mid-body",
-        )),
-    ];
-    let mut response = Response::new(Body::from_stream(futures_util::stream::iter(chunks)));
+        ))
+    });
+    let mut response = Response::new(Body::from_stream(futures_util::StreamExt::chain(
+        first, broken,
+    )));
     *response.status_mut() = status;
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
     response
+}
+
+/// A pause before a broken body breaks: hyper writes the head and the
+/// chunks it has when the body has nothing more for now, so without it an
+/// error (or an early end) right after the first chunk would drop the
+/// connection before anything was sent, and the client would see a
+/// connection failure instead of an answer that starts and breaks off.
+async fn flushed() {
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
 }
 
 /// The answer of a submit that was accepted, lost on the way back:
@@ -430,8 +443,12 @@ pub(crate) fn lost_answer(status: StatusCode, body: Bytes) -> Response {
 pub(crate) fn cut_file(content_type: &'static str, file: Bytes) -> Response {
     let whole = file.len();
     let half = file.slice(..whole / 2);
-    let chunks: Vec<Result<Bytes, std::io::Error>> = vec![Ok(half)];
-    let mut response = Response::new(Body::from_stream(futures_util::stream::iter(chunks)));
+    let first = futures_util::stream::once(async move { Ok::<Bytes, std::io::Error>(half) });
+    // Ends (short of the length announced) only once the half is out.
+    let end = futures_util::stream::once(flushed()).filter_map(|()| async { None });
+    let mut response = Response::new(Body::from_stream(futures_util::StreamExt::chain(
+        first, end,
+    )));
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(whole));
