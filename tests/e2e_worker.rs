@@ -719,7 +719,9 @@ async fn two_hundred_mixed_jobs_end_to_end() {
         "genfleet_job_errors_total{code=\"too_large\"} 3",
         "genfleet_dead_letters_total{code=\"invalid_input\"} 7",
         "genfleet_broker_connected 1",
-        // The flaky and down models failed, but below the breaker threshold.
+        // The flaky and down models failed, but the breaker threshold is
+        // 1000 here: the breaker that trips is
+        // a_failing_model_opens_its_breaker_and_calls_stop below.
         "genfleet_provider_breakers_open{provider=\"fal\"} 0",
         "genfleet_provider_calls_in_flight{provider=\"fal\"} 0",
     ] {
@@ -765,5 +767,129 @@ async fn two_hundred_mixed_jobs_end_to_end() {
         collected.duplicates,
         fake.submissions()
     );
+    broker.close().await;
+}
+
+/// The breaker, with a threshold it can reach (write_config's 1000 keeps it
+/// shut for the test above): two failed submits to `test/down` open it;
+/// from then on that model's jobs are refused without a call (deferred,
+/// and with the breaker open past `defer_horizon_seconds`, failed
+/// `provider_unavailable`, credits released), while another model of the
+/// same provider still runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_model_opens_its_breaker_and_calls_stop() {
+    let vhost = Vhost::create();
+    let schema = Schema::new();
+    let dir = TempDir::new("genfleet-breaker");
+    let store = store_with_photo(&dir.0);
+    photo_for(&store, "breaker");
+    let fake = FakeFal::start().await.unwrap();
+    let ledger = Ledger::connect(PG_URL, &schema.name, 2).await.unwrap();
+    ledger.migrate().await.unwrap();
+    ledger.grant("acme/breaker", 100, "e2e").await.unwrap();
+    let (conn, queue) = results_queue(&vhost.url()).await;
+    let broker = genfleet_broker::Broker::connect(&vhost.url(), "breaker-test")
+        .await
+        .unwrap();
+    let publisher = broker.publisher().await.unwrap();
+
+    let port = free_port();
+    let config = write_config(
+        &dir.0,
+        &WorkerSettings {
+            amqp_url: vhost.url(),
+            schema: &schema.name,
+            storage_root: &store,
+            fal_base_url: fake.base_url.as_str(),
+            concurrency: 2,
+            grace_seconds: 10,
+            http_port: port,
+            fal_poll_ms: 50,
+        },
+    );
+    let toml = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace(
+            "breaker_failure_threshold = 1000",
+            "breaker_failure_threshold = 2\nbreaker_open_seconds = 300",
+        )
+        .replace(
+            "max_wait_seconds = 30",
+            "max_wait_seconds = 30\ndefer_horizon_seconds = 6",
+        );
+    std::fs::write(&config, toml).unwrap();
+    let mut worker = WorkerProcess::start(&config, dir.0.join("worker.log"));
+    wait_ready(&mut worker, port, Duration::from_secs(60)).await;
+    let run = async |model: &str| {
+        let job = fal_product_job("breaker", model, "a vase", 2, v1::Priority::Normal);
+        let body = genfleet_proto::encode_json(&job);
+        publish_job(&publisher, "remote", &body, Some(&job.job_id)).await;
+        let got = collect_results(&conn, &queue, 1, Duration::from_secs(60)).await;
+        got.results
+            .get(&job.job_id)
+            .map(|(result, _)| result.clone())
+            .unwrap_or_else(|| panic!("no result for {model}:\n{}", worker.log_tail()))
+    };
+    let failed = |result: &v1::JobResult| {
+        assert_eq!(result.status, v1::JobStatus::Failed as i32, "{result:?}");
+        assert_eq!(
+            result.error.as_ref().map(|e| e.code.as_str()),
+            Some("provider_unavailable"),
+            "{result:?}"
+        );
+        let credits = result.credits.unwrap_or_default();
+        assert_eq!((credits.captured, credits.released), (0, 2), "{result:?}");
+    };
+
+    // Two 503s open the breaker: the job's third attempt is not made.
+    failed(&run("test/down").await);
+    assert_eq!(fake.submissions_for("test/down"), 2);
+    for series in [
+        "genfleet_provider_breakers_open{provider=\"fal\"}",
+        "genfleet_provider_circuit_open{model=\"test/down\",provider=\"fal\"}",
+    ] {
+        assert_eq!(metric(port, series).await, 1.0, "{series}");
+    }
+
+    // Open: the next job of that model is refused without a call (the
+    // breaker stays open 300 s, past the job's 6 s horizon, so it is not
+    // sent to wait for it).
+    let series = [
+        "genfleet_jobs_delayed_total{provider=\"fal\",reason=\"circuit_open\"}",
+        "genfleet_provider_attempts_total{outcome=\"circuit_open\",provider=\"fal\"}",
+    ];
+    let mut before = Vec::new();
+    for series in series {
+        before.push(metric(port, series).await);
+    }
+    let refused = run("test/down").await;
+    failed(&refused);
+    let message = refused.error.as_ref().map(|e| e.message.as_str());
+    assert!(
+        message.is_some_and(|m| m.contains("circuit open")),
+        "{message:?}"
+    );
+    assert_eq!(fake.submissions_for("test/down"), 2);
+    for (series, before) in series.into_iter().zip(before) {
+        let after = metric(port, series).await;
+        assert!(after > before, "{series}: {before} -> {after}");
+    }
+
+    // Another model of the same provider is not held back.
+    let ok = run("test/ok").await;
+    assert_eq!(ok.status, v1::JobStatus::Succeeded as i32, "{ok:?}");
+    assert_eq!(fake.submissions_for("test/ok"), 1);
+    assert_eq!(
+        metric(
+            port,
+            "genfleet_provider_circuit_open{model=\"test/down\",provider=\"fal\"}"
+        )
+        .await,
+        1.0
+    );
+    let balance = ledger.balance("acme/breaker").await.unwrap().unwrap();
+    assert_eq!((balance.captured, balance.held), (2, 0));
+    let status = worker.terminate(Duration::from_secs(20));
+    assert!(status.is_some_and(|s| s.success()), "{}", worker.log_tail());
     broker.close().await;
 }
