@@ -496,7 +496,6 @@ async fn genfleet_run(
         .expect("credits granted");
     let (conn, results) = results_queue(&vhost.url()).await;
 
-    let port = free_port();
     let fal_url = fake.base_url.to_string();
     let jobs = u16::try_from(knobs.jobs).expect("checked above");
     let config = write_config(
@@ -508,7 +507,7 @@ async fn genfleet_run(
             fal_base_url: &fal_url,
             concurrency: jobs,
             grace_seconds: 30,
-            http_port: port,
+            http_port: 0,
             fal_poll_ms: 500,
         },
     );
@@ -531,7 +530,7 @@ async fn genfleet_run(
         ("GENFLEET__PROVIDERS__MAX_WAIT_SECONDS", "600"),
     ];
     let mut worker = WorkerProcess::start_with_env(&config, dir.0.join("worker.log"), &env);
-    wait_ready(&mut worker, port, Duration::from_secs(120)).await;
+    wait_ready(&mut worker, Duration::from_secs(120)).await;
     // Start-up work (migrations, topology, first allocations) is done.
     tokio::time::sleep(Duration::from_secs(1)).await;
 

@@ -193,15 +193,16 @@ fn drop_database_connections(application_name: &str) -> usize {
 struct Fleet {
     config: PathBuf,
     dir: PathBuf,
-    ports: Vec<u16>,
     workers: Vec<Option<WorkerProcess>>,
     starts: Vec<usize>,
 }
 
 impl Fleet {
-    fn env(port: u16) -> Vec<(String, String)> {
+    /// The configuration's `http_port` is 0: each start binds a port of
+    /// the system's choosing and logs it (see [`last_listening_port`]), so
+    /// no restart can find its port taken.
+    fn env() -> Vec<(String, String)> {
         vec![
-            ("GENFLEET__HTTP__LISTEN".into(), format!("127.0.0.1:{port}")),
             (
                 "GENFLEET__BROKER__RECONNECT_MAX_DELAY_SECONDS".into(),
                 "1".into(),
@@ -217,9 +218,9 @@ impl Fleet {
 
     fn start(&mut self, i: usize) {
         self.starts[i] += 1;
-        let env = Fleet::env(self.ports[i]);
+        let env = Fleet::env();
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        let log = self.dir.join(format!("worker-{i}.log"));
+        let log = self.log(i);
         self.workers[i] = Some(WorkerProcess::start_with_env(&self.config, log, &env));
     }
 
@@ -232,28 +233,16 @@ impl Fleet {
 
     /// Every worker's log, without the terminal colour codes.
     fn logs(&self) -> String {
-        let raw = (0..self.ports.len())
-            .map(|i| {
-                std::fs::read_to_string(self.dir.join(format!("worker-{i}.log")))
-                    .unwrap_or_default()
-            })
+        let raw = (0..self.workers.len())
+            .map(|i| std::fs::read_to_string(self.log(i)).unwrap_or_default())
             .collect::<Vec<_>>()
             .join("\n");
-        let mut plain = String::with_capacity(raw.len());
-        let mut chars = raw.chars();
-        while let Some(c) = chars.next() {
-            if c == '\u{1b}' {
-                // ESC [ ... m
-                for c in chars.by_ref() {
-                    if c == 'm' {
-                        break;
-                    }
-                }
-            } else {
-                plain.push(c);
-            }
-        }
-        plain
+        without_colours(&raw)
+    }
+
+    /// Worker `i`'s log, which its restarts append to.
+    fn log(&self, i: usize) -> PathBuf {
+        self.dir.join(format!("worker-{i}.log"))
     }
 }
 
@@ -380,7 +369,6 @@ async fn jobs_survive_killed_workers_a_broker_restart_and_a_database_drop() {
     let mut fleet = Fleet {
         config,
         dir: dir.0.clone(),
-        ports: (0..WORKERS).map(|_| free_port()).collect(),
         workers: (0..WORKERS).map(|_| None).collect(),
         starts: vec![0; WORKERS],
     };
@@ -396,7 +384,7 @@ async fn jobs_survive_killed_workers_a_broker_restart_and_a_database_drop() {
     let chaos_started = Instant::now();
     let outages = {
         let rabbit = rabbit.clone();
-        let ports = fleet.ports.clone();
+        let logs: Vec<PathBuf> = (0..WORKERS).map(|i| fleet.log(i)).collect();
         let application_name = application_name.clone();
         let amqp_url = amqp_url.clone();
         tokio::spawn(async move {
@@ -410,8 +398,13 @@ async fn jobs_survive_killed_workers_a_broker_restart_and_a_database_drop() {
             let mut readyz_saw_outage = false;
             let until = Instant::now() + Duration::from_secs(5);
             while !readyz_saw_outage && Instant::now() < until {
-                for port in &ports {
-                    if let Some((503, _)) = http_get(*port, "/readyz").await {
+                // Each worker's latest start: a port of a killed one
+                // answers nothing.
+                for log in &logs {
+                    let Some(port) = last_listening_port(log) else {
+                        continue;
+                    };
+                    if let Some((503, _)) = http_get(port, "/readyz").await {
                         readyz_saw_outage = true;
                     }
                 }

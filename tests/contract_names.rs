@@ -426,7 +426,6 @@ async fn a_worker_speaks_the_contract_by_its_literal_names() {
     ledger.migrate().await.unwrap();
     ledger.grant("acme/names", 100, "test").await.unwrap();
 
-    let port = free_port();
     let config = write_config(
         &dir.0,
         &WorkerSettings {
@@ -436,12 +435,12 @@ async fn a_worker_speaks_the_contract_by_its_literal_names() {
             fal_base_url: fal.base_url.as_str(),
             concurrency: 2,
             grace_seconds: 10,
-            http_port: port,
+            http_port: 0,
             fal_poll_ms: 50,
         },
     );
     let mut worker = WorkerProcess::start(&config, dir.0.join("worker.log"));
-    wait_ready(&mut worker, port, Duration::from_secs(60)).await;
+    let port = wait_ready(&mut worker, Duration::from_secs(60)).await;
 
     // What the worker declared, by name and kind.
     let conn = Connection::connect(&vhost.url(), ConnectionProperties::default())

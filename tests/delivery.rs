@@ -118,15 +118,14 @@ async fn a_big_batch_does_not_starve_other_workspaces() {
     let vip = fal_job("vip", "test/ok", v1::Priority::High);
     s.publish(&vip).await;
 
-    let port = free_port();
     // One fal poll of 300 ms: each job takes about half a second.
-    let config = s.config(4, port, 300);
+    let config = s.config(4, 0, 300);
     let mut worker = WorkerProcess::start_with_env(
         &config,
         s.dir.0.join("worker.log"),
         &[("GENFLEET__WORKER__MAX_IN_FLIGHT_PER_WORKSPACE", "2")],
     );
-    wait_ready(&mut worker, port, Duration::from_secs(60)).await;
+    let port = wait_ready(&mut worker, Duration::from_secs(60)).await;
 
     let (conn, queue) = &s.results;
     let first = collect_results(conn, queue, 16, Duration::from_secs(60)).await;
@@ -197,14 +196,13 @@ async fn a_job_that_kills_every_worker_is_failed_released_and_dead_lettered() {
     let poison = fal_job("shop", "test/stuck", v1::Priority::Normal);
     s.publish(&poison).await;
 
-    let port = free_port();
-    let config = s.config(2, port, 50);
+    let config = s.config(2, 0, 50);
     let env = [];
     let log = s.dir.0.join("worker.log");
     let mut kills = 0;
     for _ in 0..4 {
         let mut worker = WorkerProcess::start_with_env(&config, log.clone(), &env);
-        wait_ready(&mut worker, port, Duration::from_secs(60)).await;
+        wait_ready(&mut worker, Duration::from_secs(60)).await;
         // Wait until the job holds its credits: it is past reserve and
         // waiting on the provider, the worst place to die.
         let held = async {
@@ -229,7 +227,7 @@ async fn a_job_that_kills_every_worker_is_failed_released_and_dead_lettered() {
 
     // The fifth delivery: given up, not run.
     let mut worker = WorkerProcess::start_with_env(&config, log.clone(), &env);
-    wait_ready(&mut worker, port, Duration::from_secs(60)).await;
+    wait_ready(&mut worker, Duration::from_secs(60)).await;
     let healthy = fal_job("shop", "test/ok", v1::Priority::Normal);
     s.publish(&healthy).await;
     let (conn, queue) = &s.results;
@@ -285,12 +283,11 @@ async fn a_redelivered_job_resumes_its_provider_request_instead_of_resubmitting(
     let s = setup("genfleet-resume", &["acme/shop"]).await;
     let job = fal_job("shop", "test/ok", v1::Priority::Normal);
     s.publish(&job).await;
-    let port = free_port();
     // Two polls 1.5 s apart: the job waits on fal long enough to be killed.
-    let config = s.config(2, port, 1_500);
+    let config = s.config(2, 0, 1_500);
     let log = s.dir.0.join("worker.log");
     let mut worker = WorkerProcess::start(&config, log.clone());
-    wait_ready(&mut worker, port, Duration::from_secs(60)).await;
+    wait_ready(&mut worker, Duration::from_secs(60)).await;
     let submitted = async {
         while s.fake.submissions_for("test/ok") == 0 {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -305,7 +302,7 @@ async fn a_redelivered_job_resumes_its_provider_request_instead_of_resubmitting(
     worker.child.wait().unwrap();
 
     let mut worker = WorkerProcess::start(&config, log.clone());
-    wait_ready(&mut worker, port, Duration::from_secs(60)).await;
+    wait_ready(&mut worker, Duration::from_secs(60)).await;
     let (conn, queue) = &s.results;
     let got = collect_results(conn, queue, 1, Duration::from_secs(30)).await;
     let (result, _) = got

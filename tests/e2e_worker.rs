@@ -487,7 +487,6 @@ async fn two_hundred_mixed_jobs_end_to_end() {
     )
     .await;
 
-    let port = free_port();
     let fal_url = fake.base_url.to_string();
     let config = write_config(
         &dir.0,
@@ -498,12 +497,12 @@ async fn two_hundred_mixed_jobs_end_to_end() {
             fal_base_url: &fal_url,
             concurrency: 8,
             grace_seconds: 20,
-            http_port: port,
+            http_port: 0,
             fal_poll_ms: 20,
         },
     );
     let mut worker = WorkerProcess::start(&config, dir.0.join("worker.log"));
-    wait_ready(&mut worker, port, Duration::from_secs(60)).await;
+    let port = wait_ready(&mut worker, Duration::from_secs(60)).await;
 
     let collected =
         collect_results(&conn, &results_queue, jobs.len(), Duration::from_secs(240)).await;
@@ -792,8 +791,6 @@ async fn a_failing_model_opens_its_breaker_and_calls_stop() {
         .await
         .unwrap();
     let publisher = broker.publisher().await.unwrap();
-
-    let port = free_port();
     let config = write_config(
         &dir.0,
         &WorkerSettings {
@@ -803,7 +800,7 @@ async fn a_failing_model_opens_its_breaker_and_calls_stop() {
             fal_base_url: fake.base_url.as_str(),
             concurrency: 2,
             grace_seconds: 10,
-            http_port: port,
+            http_port: 0,
             fal_poll_ms: 50,
         },
     );
@@ -819,7 +816,7 @@ async fn a_failing_model_opens_its_breaker_and_calls_stop() {
         );
     std::fs::write(&config, toml).unwrap();
     let mut worker = WorkerProcess::start(&config, dir.0.join("worker.log"));
-    wait_ready(&mut worker, port, Duration::from_secs(60)).await;
+    let port = wait_ready(&mut worker, Duration::from_secs(60)).await;
     let run = async |model: &str| {
         let job = fal_product_job("breaker", model, "a vase", 2, v1::Priority::Normal);
         let body = genfleet_proto::encode_json(&job);

@@ -164,7 +164,6 @@ async fn forget_a_workspace_then_one_job() {
     .unwrap();
 
     let (conn, queue) = results_queue(&vhost.url()).await;
-    let port = free_port();
     let config = write_config(
         &dir.0,
         &WorkerSettings {
@@ -174,7 +173,7 @@ async fn forget_a_workspace_then_one_job() {
             fal_base_url: "http://127.0.0.1:9",
             concurrency: 4,
             grace_seconds: 5,
-            http_port: port,
+            http_port: 0,
             fal_poll_ms: 200,
         },
     );
@@ -184,7 +183,7 @@ async fn forget_a_workspace_then_one_job() {
         dir.0.join("worker.log"),
         &[("GENFLEET__WORKER__SPOOL_DIR", spool_env.as_str())],
     );
-    wait_ready(&mut worker, port, Duration::from_secs(60)).await;
+    wait_ready(&mut worker, Duration::from_secs(60)).await;
     let broker = Broker::connect(&vhost.url(), "forget-test").await.unwrap();
     let publisher = broker.publisher().await.unwrap();
     for job in &jobs {

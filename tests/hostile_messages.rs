@@ -321,7 +321,6 @@ async fn hostile_messages_get_their_codes_and_the_worker_stays_bounded() {
     ledger.grant("acme/blocked", 100, "hostile").await.unwrap();
     let (conn, queue) = results_queue(&vhost.url()).await;
 
-    let port = free_port();
     let config = write_config(
         &dir.0,
         &WorkerSettings {
@@ -331,7 +330,7 @@ async fn hostile_messages_get_their_codes_and_the_worker_stays_bounded() {
             fal_base_url: "http://127.0.0.1:9/",
             concurrency: 4,
             grace_seconds: 5,
-            http_port: port,
+            http_port: 0,
             fal_poll_ms: 50,
         },
     );
@@ -343,7 +342,7 @@ async fn hostile_messages_get_their_codes_and_the_worker_stays_bounded() {
     toml = toml.replace("[broker]\n", "[broker]\nrequeue_delays_seconds = [5]\n");
     std::fs::write(&config, toml).unwrap();
     let mut worker = WorkerProcess::start(&config, dir.0.join("worker.log"));
-    wait_ready(&mut worker, port, Duration::from_secs(60)).await;
+    wait_ready(&mut worker, Duration::from_secs(60)).await;
 
     let rows = rows();
     let broker = genfleet_broker::Broker::connect(&vhost.url(), "hostile-publisher")

@@ -36,7 +36,6 @@ struct Setup {
     _schema: Schema,
     dir: TempDir,
     ledger: Ledger,
-    http_port: u16,
     config: std::path::PathBuf,
 }
 
@@ -60,7 +59,6 @@ async fn setup(prefix: &str, extra: &str) -> Setup {
     ledger.migrate().await.unwrap();
     ledger.grant("acme/shop-1", 1_000, "e2e").await.unwrap();
 
-    let http_port = free_port();
     let config = write_config(
         &dir.0,
         &WorkerSettings {
@@ -71,7 +69,7 @@ async fn setup(prefix: &str, extra: &str) -> Setup {
             fal_base_url: "http://127.0.0.1:9/",
             concurrency: 4,
             grace_seconds: 5,
-            http_port,
+            http_port: 0,
             fal_poll_ms: 50,
         },
     );
@@ -83,7 +81,6 @@ async fn setup(prefix: &str, extra: &str) -> Setup {
         _schema: schema,
         dir,
         ledger,
-        http_port,
         config,
     }
 }
@@ -135,7 +132,7 @@ async fn infected_inputs_end_as_malware_without_a_hold_and_clamd_outages_requeue
     let (conn, queue) = results_queue(&s.vhost.url()).await;
     let mut worker = WorkerProcess::start(&s.config, s.dir.0.join("worker.log"));
     // /readyz asks clamd too.
-    wait_ready(&mut worker, s.http_port, Duration::from_secs(30)).await;
+    let http_port = wait_ready(&mut worker, Duration::from_secs(30)).await;
 
     let eicar = local_job(&["eicar.jpg"], 5);
     let polyglot = local_job(&["photo.jpg", "polyglot.jpg"], 5);
@@ -174,7 +171,7 @@ async fn infected_inputs_end_as_malware_without_a_hold_and_clamd_outages_requeue
     publish_all(&s.vhost.url(), &[(&waiting, "cpu")]).await;
     let started = Instant::now();
     loop {
-        let (_, metrics) = http_get(s.http_port, "/metrics").await.unwrap();
+        let (_, metrics) = http_get(http_port, "/metrics").await.unwrap();
         if sample(
             &metrics,
             "genfleet_requeues_total{reason=\"scanner_unavailable\"}",
@@ -189,7 +186,7 @@ async fn infected_inputs_end_as_malware_without_a_hold_and_clamd_outages_requeue
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let (status, body) = http_get(s.http_port, "/readyz").await.unwrap();
+    let (status, body) = http_get(http_port, "/readyz").await.unwrap();
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("clamd"), "{body}");
     assert!(s.ledger.hold(&waiting.job_id).await.unwrap().is_none());
@@ -200,9 +197,9 @@ async fn infected_inputs_end_as_malware_without_a_hold_and_clamd_outages_requeue
     let result = result_of(&collected, &waiting);
     assert_eq!(result.status, v1::JobStatus::Succeeded as i32, "{result:?}");
     assert_eq!(credits(result), (5, 5, 0));
-    assert_eq!(http_get(s.http_port, "/readyz").await.unwrap().0, 200);
+    assert_eq!(http_get(http_port, "/readyz").await.unwrap().0, 200);
 
-    let (_, metrics) = http_get(s.http_port, "/metrics").await.unwrap();
+    let (_, metrics) = http_get(http_port, "/metrics").await.unwrap();
     assert_eq!(
         sample(&metrics, "genfleet_scans_total{outcome=\"infected\"}"),
         2.0
@@ -247,7 +244,7 @@ async fn class_limits_apply_to_the_queue_the_job_came_from() {
     .await;
     let (conn, queue) = results_queue(&s.vhost.url()).await;
     let mut worker = WorkerProcess::start(&s.config, s.dir.0.join("worker.log"));
-    wait_ready(&mut worker, s.http_port, Duration::from_secs(30)).await;
+    wait_ready(&mut worker, Duration::from_secs(30)).await;
 
     let on_cpu = local_job(&["photo.jpg"], 2);
     let on_remote = local_job(&["photo.jpg"], 2);

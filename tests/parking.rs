@@ -140,12 +140,11 @@ async fn a_parked_render_holds_no_slot_and_finishes_on_another_worker() {
     let s = setup("genfleet-parking").await;
     let job = s.video_job("test/video", 3);
     s.publish(&job).await;
-    let port = free_port();
-    let config = s.config(port);
+    let config = s.config(0);
     let log = s.dir.0.join("worker.log");
 
     let mut first = WorkerProcess::start(&config, log.clone());
-    wait_ready(&mut first, port, Duration::from_secs(60)).await;
+    let port = wait_ready(&mut first, Duration::from_secs(60)).await;
     until("the job to park", Duration::from_secs(30), async || {
         metric(port, "genfleet_jobs_parked_total{provider=\"fal\"}").await >= 1.0
     })
@@ -159,7 +158,7 @@ async fn a_parked_render_holds_no_slot_and_finishes_on_another_worker() {
     first.child.wait().unwrap();
 
     let mut second = WorkerProcess::start(&config, log.clone());
-    wait_ready(&mut second, port, Duration::from_secs(60)).await;
+    wait_ready(&mut second, Duration::from_secs(60)).await;
     let (conn, queue) = &s.results;
     let got = collect_results(conn, queue, 1, Duration::from_secs(40)).await;
     let (result, _) = got
@@ -194,14 +193,13 @@ async fn a_parked_render_holds_no_slot_and_finishes_on_another_worker() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancel_request_reaches_the_provider_and_releases_the_credits() {
     let s = setup("genfleet-cancel").await;
-    let port = free_port();
-    let config = s.config(port);
+    let config = s.config(0);
     let log = s.dir.0.join("worker.log");
     let stuck = s.video_job("test/stuck", 5);
     s.publish(&stuck).await;
 
     let mut worker = WorkerProcess::start(&config, log.clone());
-    wait_ready(&mut worker, port, Duration::from_secs(60)).await;
+    let port = wait_ready(&mut worker, Duration::from_secs(60)).await;
     until(
         "the stuck job to park",
         Duration::from_secs(30),
@@ -267,12 +265,11 @@ async fn a_cancel_request_reaches_the_provider_and_releases_the_credits() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_render_stuck_past_its_wait_is_cancelled_and_expires() {
     let s = setup("genfleet-stuck").await;
-    let port = free_port();
-    let config = s.config_waiting(port, 4);
+    let config = s.config_waiting(0, 4);
     let stuck = s.video_job("test/stuck", 4);
     s.publish(&stuck).await;
     let mut worker = WorkerProcess::start(&config, s.dir.0.join("worker.log"));
-    wait_ready(&mut worker, port, Duration::from_secs(60)).await;
+    wait_ready(&mut worker, Duration::from_secs(60)).await;
     let (conn, queue) = &s.results;
     let got = collect_results(conn, queue, 1, Duration::from_secs(30)).await;
     let (result, routing_key) = got

@@ -239,7 +239,6 @@ async fn fault_table(which: Fake) {
         .unwrap();
     let publisher = broker.publisher().await.unwrap();
 
-    let port = free_port();
     let config = write_config(
         &dir.0,
         &WorkerSettings {
@@ -249,7 +248,7 @@ async fn fault_table(which: Fake) {
             fal_base_url: fakes.fal.base_url.as_str(),
             concurrency: 8,
             grace_seconds: 10,
-            http_port: port,
+            http_port: 0,
             fal_poll_ms: 50,
         },
     );
@@ -317,7 +316,7 @@ breaker_open_seconds = 5
     );
     std::fs::write(&config, toml).unwrap();
     let mut worker = WorkerProcess::start(&config, dir.0.join("worker.log"));
-    wait_ready(&mut worker, port, Duration::from_secs(60)).await;
+    let port = wait_ready(&mut worker, Duration::from_secs(60)).await;
 
     let mut report = Vec::new();
     // GENFLEET_FAULT_SCENARIOS=outage,... runs only those rows (debugging).

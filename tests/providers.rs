@@ -61,7 +61,6 @@ async fn every_provider_serves_jobs_through_the_worker() {
         .unwrap();
     let publisher = broker.publisher().await.unwrap();
 
-    let port = free_port();
     let config = write_config(
         &dir.0,
         &WorkerSettings {
@@ -71,7 +70,7 @@ async fn every_provider_serves_jobs_through_the_worker() {
             fal_base_url: fal.base_url.as_str(),
             concurrency: 4,
             grace_seconds: 10,
-            http_port: port,
+            http_port: 0,
             fal_poll_ms: 50,
         },
     );
@@ -139,7 +138,7 @@ base_url = "{kserve}"
         .await;
     }
     let mut worker = WorkerProcess::start(&config, dir.0.join("worker.log"));
-    wait_ready(&mut worker, port, Duration::from_secs(60)).await;
+    wait_ready(&mut worker, Duration::from_secs(60)).await;
     let got = collect_results(&conn, &queue, jobs.len(), Duration::from_secs(60)).await;
 
     let result_of = |name: &str| {
@@ -237,7 +236,6 @@ async fn fal_gets_clean_uploads_as_they_came_and_the_spool_empties() {
         .unwrap();
     let publisher = broker.publisher().await.unwrap();
 
-    let port = free_port();
     let config = write_config(
         &dir.0,
         &WorkerSettings {
@@ -247,7 +245,7 @@ async fn fal_gets_clean_uploads_as_they_came_and_the_spool_empties() {
             fal_base_url: fal.base_url.as_str(),
             concurrency: 2,
             grace_seconds: 10,
-            http_port: port,
+            http_port: 0,
             fal_poll_ms: 50,
         },
     );
@@ -262,7 +260,7 @@ async fn fal_gets_clean_uploads_as_they_came_and_the_spool_empties() {
     );
     std::fs::write(&config, toml).unwrap();
     let mut worker = WorkerProcess::start(&config, dir.0.join("worker.log"));
-    wait_ready(&mut worker, port, Duration::from_secs(60)).await;
+    let port = wait_ready(&mut worker, Duration::from_secs(60)).await;
 
     let mut sent = Vec::new();
     for upload in ["upright", "rotated"] {

@@ -321,7 +321,7 @@ async fn the_command_refuses_nonsense_and_a_dry_run_prints_counts() {
             fal_base_url: "http://127.0.0.1:9",
             concurrency: 1,
             grace_seconds: 1,
-            http_port: free_port(),
+            http_port: 0,
             fal_poll_ms: 50,
         },
     );

@@ -65,7 +65,6 @@ async fn sigterm_finishes_in_flight_jobs_and_loses_none() {
         .await;
     }
 
-    let port = free_port();
     let fal_url = fake.base_url.to_string();
     let config = write_config(
         &dir.0,
@@ -76,13 +75,13 @@ async fn sigterm_finishes_in_flight_jobs_and_loses_none() {
             fal_base_url: &fal_url,
             concurrency: CONCURRENCY,
             grace_seconds: 20,
-            http_port: port,
+            http_port: 0,
             // Each job polls fal once before it completes: ~0.8 s a job.
             fal_poll_ms: 800,
         },
     );
     let mut worker = WorkerProcess::start(&config, dir.0.join("worker.log"));
-    wait_ready(&mut worker, port, Duration::from_secs(60)).await;
+    let port = wait_ready(&mut worker, Duration::from_secs(60)).await;
 
     // Let a few jobs finish, then ask the worker to stop while every one of
     // its slots runs a job (its own gauge says so), so that the jobs in

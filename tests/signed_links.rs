@@ -30,11 +30,11 @@ use support::*;
 const K1: &str = "e2e-first-signing-key-0123456789";
 const K2: &str = "e2e-second-signing-key-987654321";
 
-/// The worker's `[storage]` key lines for links served on `files_port`,
+/// The worker's `[storage]` key lines for links that name `link_port`,
 /// signing with `current` among `keys` (`(id, key file, verify_until)`).
-fn signing_toml(files_port: u16, current: &str, keys: &[(&str, &Path, Option<&str>)]) -> String {
+fn signing_toml(link_port: u16, current: &str, keys: &[(&str, &Path, Option<&str>)]) -> String {
     let mut toml = format!(
-        "public_base_url = \"http://127.0.0.1:{files_port}/files\"\nsigning_key_id = \"{current}\"\n"
+        "public_base_url = \"http://127.0.0.1:{link_port}/files\"\nsigning_key_id = \"{current}\"\n"
     );
     for (id, file, until) in keys {
         toml.push_str(&format!(
@@ -109,8 +109,11 @@ async fn signed_links_from_real_results() {
     std::fs::write(&k1_file, format!("{K1}\n")).unwrap();
     std::fs::write(&k2_file, format!("{K2}\n")).unwrap();
 
-    let http_port = free_port();
-    let files_port = free_port();
+    // The address the links name, as a proxy in front of serve-files would
+    // publish it. serve-files itself listens on a port it binds (and each
+    // restart binds another): a link's signature covers its path and query,
+    // which is what a client sends, so the host part only has to look right.
+    let link_port: u16 = 8443;
     let base_config = write_config(
         &dir.0,
         &WorkerSettings {
@@ -120,7 +123,7 @@ async fn signed_links_from_real_results() {
             fal_base_url: "http://127.0.0.1:9/",
             concurrency: 3,
             grace_seconds: 5,
-            http_port,
+            http_port: 0,
             fal_poll_ms: 50,
         },
     );
@@ -130,16 +133,16 @@ async fn signed_links_from_real_results() {
         &config,
         with_signing(
             &base_toml,
-            &signing_toml(files_port, "k1", &[("k1", &k1_file, None)]),
+            &signing_toml(link_port, "k1", &[("k1", &k1_file, None)]),
         ),
     )
     .unwrap();
 
     let (conn, queue) = results_queue(&vhost.url()).await;
     let mut worker = WorkerProcess::start(&config, dir.0.join("worker.log"));
-    wait_ready(&mut worker, http_port, Duration::from_secs(60)).await;
+    wait_ready(&mut worker, Duration::from_secs(60)).await;
     let files_log = dir.0.join("serve-files.log");
-    let files = FilesProcess::start(&config, files_port, files_log.clone()).await;
+    let files = FilesProcess::start(&config, files_log.clone()).await;
 
     let input = |org: &str, ws: &str| vec![format!("s3://genfleet/uploads/{org}/{ws}/photo.jpg")];
     let jobs = [
@@ -168,7 +171,7 @@ async fn signed_links_from_real_results() {
     let link = outputs[0].signed_url.clone();
     assert!(
         link.starts_with(&format!(
-            "http://127.0.0.1:{files_port}/files/acme/shop-1/{}/",
+            "http://127.0.0.1:{link_port}/files/acme/shop-1/{}/",
             jobs[0].job_id
         )),
         "{link}"
@@ -177,7 +180,7 @@ async fn signed_links_from_real_results() {
 
     // Every output's own link downloads exactly the bytes its result states.
     for output in &outputs {
-        let got = fetch(files_port, &target(&output.signed_url)).await;
+        let got = fetch(files.port, &target(&output.signed_url)).await;
         assert_eq!(got.status, 200, "{}", String::from_utf8_lossy(&got.body));
         assert_eq!(got.body.len() as u64, output.bytes);
         assert_eq!(hex::encode(Sha256::digest(&got.body)), output.sha256);
@@ -205,7 +208,7 @@ async fn signed_links_from_real_results() {
         ),
     ];
     for (what, changed) in &refused {
-        let got = fetch(files_port, &target(changed)).await;
+        let got = fetch(files.port, &target(changed)).await;
         assert_eq!(
             got.status,
             403,
@@ -225,7 +228,7 @@ async fn signed_links_from_real_results() {
     for (offset, status) in [(-1i64, 200u16), (1, 403)] {
         let now = expires.checked_add_signed(offset).unwrap();
         let signer = genfleet_storage::UrlSigner::with_keyring(
-            url::Url::parse(&format!("http://127.0.0.1:{files_port}/files")).unwrap(),
+            url::Url::parse(&format!("http://127.0.0.1:{link_port}/files")).unwrap(),
             genfleet_storage::Keyring::new("k1", K1.as_bytes()).unwrap(),
             Duration::from_secs(3600),
         )
@@ -258,7 +261,7 @@ async fn signed_links_from_real_results() {
         with_signing(
             &base_toml,
             &signing_toml(
-                files_port,
+                link_port,
                 "k2",
                 &[
                     ("k2", &k2_file, None),
@@ -268,14 +271,14 @@ async fn signed_links_from_real_results() {
         ),
     )
     .unwrap();
-    let files = FilesProcess::start(&rotated, files_port, files_log.clone()).await;
-    let got = fetch(files_port, &target(&link)).await;
+    let files = FilesProcess::start(&rotated, files_log.clone()).await;
+    let got = fetch(files.port, &target(&link)).await;
     assert_eq!(got.status, 200, "{}", String::from_utf8_lossy(&got.body));
     assert_eq!(hex::encode(Sha256::digest(&got.body)), outputs[0].sha256);
     // A worker on the rotated configuration signs with k2, and that works.
     worker.terminate(Duration::from_secs(30));
     let mut worker = WorkerProcess::start(&rotated, dir.0.join("worker.log"));
-    wait_ready(&mut worker, http_port, Duration::from_secs(60)).await;
+    wait_ready(&mut worker, Duration::from_secs(60)).await;
     let job = local_edit_job("acme", "shop-1", &input("acme", "shop-1"), 128, 10);
     let broker = genfleet_broker::Broker::connect(&vhost.url(), "e2e-publisher")
         .await
@@ -292,7 +295,7 @@ async fn signed_links_from_real_results() {
     let collected = collect_results(&conn, &queue, 1, Duration::from_secs(60)).await;
     let new_link = only_output(&collected, &job).signed_url;
     assert!(new_link.contains("kid=k2"), "{new_link}");
-    assert_eq!(fetch(files_port, &target(&new_link)).await.status, 200);
+    assert_eq!(fetch(files.port, &target(&new_link)).await.status, 200);
     files.stop();
 
     // k1 past its verify_until: the old link is refused, the new one works.
@@ -302,7 +305,7 @@ async fn signed_links_from_real_results() {
         with_signing(
             &base_toml,
             &signing_toml(
-                files_port,
+                link_port,
                 "k2",
                 &[
                     ("k2", &k2_file, None),
@@ -312,14 +315,14 @@ async fn signed_links_from_real_results() {
         ),
     )
     .unwrap();
-    let files = FilesProcess::start(&retired, files_port, files_log.clone()).await;
-    let got = fetch(files_port, &target(&link)).await;
+    let files = FilesProcess::start(&retired, files_log.clone()).await;
+    let got = fetch(files.port, &target(&link)).await;
     assert_eq!(got.status, 403);
     assert_eq!(
         String::from_utf8_lossy(&got.body),
         "link was signed with a key that is not accepted\n"
     );
-    assert_eq!(fetch(files_port, &target(&new_link)).await.status, 200);
+    assert_eq!(fetch(files.port, &target(&new_link)).await.status, 200);
     files.stop();
 
     // What the worker stored is its user's alone.

@@ -41,7 +41,6 @@ async fn sources_go_on_every_ending_and_failed_deletes_are_retried() {
     std::fs::create_dir_all(&stuck).unwrap();
     std::fs::write(stuck.join("inside"), b"x").unwrap();
 
-    let port = free_port();
     let config = write_config(
         &dir.0,
         &WorkerSettings {
@@ -51,7 +50,7 @@ async fn sources_go_on_every_ending_and_failed_deletes_are_retried() {
             fal_base_url: "http://127.0.0.1:9",
             concurrency: 4,
             grace_seconds: 5,
-            http_port: port,
+            http_port: 0,
             fal_poll_ms: 50,
         },
     );
@@ -63,7 +62,7 @@ async fn sources_go_on_every_ending_and_failed_deletes_are_retried() {
         dir.0.join("worker.log"),
         &[("GENFLEET__RETENTION__SOURCE_RETRY_SECONDS", "0")],
     );
-    wait_ready(&mut worker, port, Duration::from_secs(60)).await;
+    let port = wait_ready(&mut worker, Duration::from_secs(60)).await;
     let ledger = genfleet_credits::Ledger::connect(PG_URL, &schema.name, 2)
         .await
         .unwrap();

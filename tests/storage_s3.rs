@@ -81,7 +81,6 @@ async fn fifty_jobs_of_two_tenants_on_s3_with_working_presigned_links() {
             .unwrap();
     }
     let (conn, queue) = results_queue(&vhost.url()).await;
-    let port = free_port();
     let config = write_config(
         &dir.0,
         &WorkerSettings {
@@ -91,7 +90,7 @@ async fn fifty_jobs_of_two_tenants_on_s3_with_working_presigned_links() {
             fal_base_url: "http://127.0.0.1:9",
             concurrency: 8,
             grace_seconds: 5,
-            http_port: port,
+            http_port: 0,
             fal_poll_ms: 200,
         },
     );
@@ -103,7 +102,7 @@ async fn fifty_jobs_of_two_tenants_on_s3_with_working_presigned_links() {
     );
     std::fs::write(&config, with_storage_section(&toml, &storage)).unwrap();
     let mut worker = WorkerProcess::start(&config, dir.0.join("worker.log"));
-    wait_ready(&mut worker, port, Duration::from_secs(60)).await;
+    wait_ready(&mut worker, Duration::from_secs(60)).await;
 
     let broker = genfleet_broker::Broker::connect(&vhost.url(), "s3-e2e")
         .await

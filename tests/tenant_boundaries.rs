@@ -173,7 +173,6 @@ async fn another_tenants_files_credits_and_jobs_cannot_be_reached() {
     ledger.grant(ATTACKER, 1_000, "attacker").await.unwrap();
     let (conn, queue) = results_queue(&vhost.url()).await;
 
-    let port = free_port();
     let fal_url = fake.base_url.to_string();
     let config = write_config(
         &dir.0,
@@ -184,7 +183,7 @@ async fn another_tenants_files_credits_and_jobs_cannot_be_reached() {
             fal_base_url: &fal_url,
             concurrency: 4,
             grace_seconds: 5,
-            http_port: port,
+            http_port: 0,
             fal_poll_ms: 200,
         },
     );
@@ -192,7 +191,7 @@ async fn another_tenants_files_credits_and_jobs_cannot_be_reached() {
     toml.push_str("\n[providers.park]\npoll_delays_seconds = [5]\nmax_wait_seconds = 300\n");
     std::fs::write(&config, toml).unwrap();
     let mut worker = WorkerProcess::start(&config, dir.0.join("worker.log"));
-    wait_ready(&mut worker, port, Duration::from_secs(60)).await;
+    let port = wait_ready(&mut worker, Duration::from_secs(60)).await;
     let broker = genfleet_broker::Broker::connect(&vhost.url(), "tenant-test")
         .await
         .unwrap();

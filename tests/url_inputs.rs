@@ -105,7 +105,6 @@ struct Setup {
     _schema: Schema,
     dir: TempDir,
     ledger: Ledger,
-    http_port: u16,
     config: std::path::PathBuf,
 }
 
@@ -120,7 +119,6 @@ async fn setup(prefix: &str, fal_base_url: &str, edit: impl Fn(String) -> String
     let ledger = Ledger::connect(PG_URL, &schema.name, 2).await.unwrap();
     ledger.migrate().await.unwrap();
     ledger.grant("acme/shop-1", 1_000, "e2e").await.unwrap();
-    let http_port = free_port();
     let config = write_config(
         &dir.0,
         &WorkerSettings {
@@ -130,7 +128,7 @@ async fn setup(prefix: &str, fal_base_url: &str, edit: impl Fn(String) -> String
             fal_base_url,
             concurrency: 4,
             grace_seconds: 5,
-            http_port,
+            http_port: 0,
             fal_poll_ms: 50,
         },
     );
@@ -141,7 +139,6 @@ async fn setup(prefix: &str, fal_base_url: &str, edit: impl Fn(String) -> String
         _schema: schema,
         dir,
         ledger,
-        http_port,
         config,
     }
 }
@@ -181,7 +178,7 @@ async fn url_inputs_on_allowed_hosts_succeed_and_refused_ones_fail_without_a_con
     .await;
     let (conn, queue) = results_queue(&s.vhost.url()).await;
     let mut worker = WorkerProcess::start(&s.config, s.dir.0.join("worker.log"));
-    wait_ready(&mut worker, s.http_port, Duration::from_secs(30)).await;
+    wait_ready(&mut worker, Duration::from_secs(30)).await;
 
     let job = |uri: String| local_edit_job("acme", "shop-1", &[uri], 512, 5);
     let up = uploads.addr;
@@ -266,7 +263,7 @@ async fn provider_output_urls_to_refused_addresses_fail_the_provider_not_the_cus
     .await;
     let (conn, queue) = results_queue(&s.vhost.url()).await;
     let mut worker = WorkerProcess::start(&s.config, s.dir.0.join("worker.log"));
-    wait_ready(&mut worker, s.http_port, Duration::from_secs(30)).await;
+    wait_ready(&mut worker, Duration::from_secs(30)).await;
 
     let job = fal_product_job(
         "shop-1",

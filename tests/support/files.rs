@@ -9,24 +9,28 @@ use std::time::{Duration, Instant};
 pub struct FilesProcess {
     pub child: Child,
     pub log: PathBuf,
+    /// Where it listens: a port it bound itself (`--listen 127.0.0.1:0`)
+    /// and logged, so no other process can have taken it in between.
+    pub port: u16,
 }
 
 impl FilesProcess {
-    /// Starts it with `config` on `127.0.0.1:<port>` and waits until the
-    /// port answers. Appends to `log`.
-    pub async fn start(config: &Path, port: u16, log: PathBuf) -> FilesProcess {
+    /// Starts it with `config` on a loopback port of the system's choosing
+    /// and waits until it says where it listens. Appends to `log`.
+    pub async fn start(config: &Path, log: PathBuf) -> FilesProcess {
         let log_file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log)
             .expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_genfleet"))
+        let log_from = log_file.metadata().map(|m| m.len()).unwrap_or(0);
+        let mut child = Command::new(env!("CARGO_BIN_EXE_genfleet"))
             .args([
                 "--config",
                 &config.display().to_string(),
                 "serve-files",
                 "--listen",
-                &format!("127.0.0.1:{port}"),
+                "127.0.0.1:0",
             ])
             .env("RUST_LOG", "info,genfleet_storage=debug")
             .env_remove("GENFLEET_CONFIG")
@@ -34,30 +38,27 @@ impl FilesProcess {
             .stderr(Stdio::from(log_file))
             .spawn()
             .expect("serve-files starts");
-        let mut process = FilesProcess { child, log };
         let started = Instant::now();
         loop {
-            if let Ok(Some(status)) = process.child.try_wait() {
+            if let Ok(Some(status)) = child.try_wait() {
                 panic!(
                     "serve-files exited with {status}:\n{}",
-                    std::fs::read_to_string(&process.log).unwrap_or_default()
+                    std::fs::read_to_string(&log).unwrap_or_default()
                 );
             }
-            if tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok()
-            {
-                return process;
+            if let Some(port) = files_port_in(&log, log_from) {
+                return FilesProcess { child, log, port };
             }
             assert!(
                 started.elapsed() < Duration::from_secs(20),
-                "serve-files did not listen on {port}"
+                "serve-files did not say where it listens:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
-    /// Stops it and waits until it is gone, so its port can be bound again.
+    /// Stops it and waits until it is gone.
     pub fn stop(mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -69,6 +70,19 @@ impl Drop for FilesProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The port in the "serving signed links" line written to `log` after
+/// byte `from` (the line comes once the listener is bound).
+fn files_port_in(log: &Path, from: u64) -> Option<u16> {
+    let text = std::fs::read(log).ok()?;
+    let from = usize::try_from(from).ok()?.min(text.len());
+    let text = super::without_colours(&String::from_utf8_lossy(&text[from..]));
+    let line = text
+        .lines()
+        .find(|l| l.contains("serving signed links to the local store"))?;
+    let addr = line.split_once("listen=")?.1.split_whitespace().next()?;
+    addr.parse::<std::net::SocketAddr>().ok().map(|a| a.port())
 }
 
 /// An answer: status, headers, body bytes.

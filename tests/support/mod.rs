@@ -127,13 +127,6 @@ pub fn repo_path(relative: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
 }
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
 pub struct WorkerSettings<'a> {
     pub amqp_url: String,
     pub schema: &'a str,
@@ -214,10 +207,26 @@ max_delay_ms = 300
 }
 
 /// The real `genfleet worker` as a child process, killed on drop.
+///
+/// Its health listener's port is the one the worker itself bound and
+/// logged, never one the test probed and let go (a busy machine may hand
+/// such a port to someone else before the worker binds it): configure
+/// `http_port: 0` and take the port from [`wait_ready`] or
+/// [`WorkerProcess::listening_port`]. A configuration that names a port
+/// anyway still works: if that port is taken, [`wait_ready`] starts the
+/// worker again on a port of the system's choosing.
 pub struct WorkerProcess {
     pub child: Child,
     pub log: PathBuf,
+    config: PathBuf,
+    env: Vec<(String, String)>,
+    /// Where this process's lines start in `log` (earlier starts append
+    /// to the same file).
+    log_from: u64,
 }
+
+/// `http.listen` when the system picks the port: nothing to race for.
+const ANY_PORT: &str = "127.0.0.1:0";
 
 impl WorkerProcess {
     pub fn start(config: &Path, log: PathBuf) -> WorkerProcess {
@@ -228,21 +237,70 @@ impl WorkerProcess {
     /// `("GENFLEET__BROKER__DELIVERY_LIMIT", "3")`. Appends to `log`, so a
     /// restarted worker keeps the earlier one's lines.
     pub fn start_with_env(config: &Path, log: PathBuf, env: &[(&str, &str)]) -> WorkerProcess {
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let (child, log_from) = WorkerProcess::spawn(config, &log, &env);
+        WorkerProcess {
+            child,
+            log,
+            config: config.to_path_buf(),
+            env,
+            log_from,
+        }
+    }
+
+    fn spawn(config: &Path, log: &Path, env: &[(String, String)]) -> (Child, u64) {
         let log_file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(&log)
+            .open(log)
             .expect("log file");
+        let log_from = log_file.metadata().map(|m| m.len()).unwrap_or(0);
         let child = Command::new(env!("CARGO_BIN_EXE_genfleet"))
             .args(["--config", &config.display().to_string(), "worker"])
             .env("RUST_LOG", "info,lapin=warn")
             .env_remove("GENFLEET_CONFIG")
-            .envs(env.iter().copied())
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(Stdio::from(log_file))
             .spawn()
             .expect("worker starts");
-        WorkerProcess { child, log }
+        (child, log_from)
+    }
+
+    /// Starts the worker again, as before but on a port the system picks:
+    /// for a worker that exited because its configured port was taken.
+    fn respawn_on_any_port(&mut self) {
+        self.env.retain(|(k, _)| k != "GENFLEET__HTTP__LISTEN");
+        self.env
+            .push(("GENFLEET__HTTP__LISTEN".into(), ANY_PORT.into()));
+        let (child, log_from) = WorkerProcess::spawn(&self.config, &self.log, &self.env);
+        self.child = child;
+        self.log_from = log_from;
+    }
+
+    /// This process's part of the log.
+    fn own_log(&self) -> String {
+        let text = std::fs::read(&self.log).unwrap_or_default();
+        let from = usize::try_from(self.log_from)
+            .unwrap_or(usize::MAX)
+            .min(text.len());
+        String::from_utf8_lossy(&text[from..]).into_owned()
+    }
+
+    /// The port this process's health listener bound, once it has (from
+    /// its "health and metrics listener up" line).
+    pub fn listening_port(&self) -> Option<u16> {
+        listening_port_in(&self.own_log())
+    }
+
+    /// Whether this process exited because its listener's port was taken.
+    fn port_was_taken(&self) -> bool {
+        let log = self.own_log();
+        log.lines()
+            .any(|l| l.contains("http.listen") && l.contains("Address already in use"))
     }
 
     pub fn pid(&self) -> u32 {
@@ -278,6 +336,44 @@ impl Drop for WorkerProcess {
     }
 }
 
+/// `text` without terminal colour codes (`ESC [ ... m`): the worker's log
+/// colours field names, which splits `addr=` apart.
+pub fn without_colours(text: &str) -> String {
+    let mut plain = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            plain.push(c);
+        }
+    }
+    plain
+}
+
+/// The port of the last "health and metrics listener up" line in a
+/// worker's log text.
+pub fn listening_port_in(log: &str) -> Option<u16> {
+    without_colours(log)
+        .lines()
+        .filter(|l| l.contains("health and metrics listener up"))
+        .filter_map(|l| {
+            let addr = l.split_once("addr=")?.1.split_whitespace().next()?;
+            addr.parse::<std::net::SocketAddr>().ok().map(|a| a.port())
+        })
+        .next_back()
+}
+
+/// The port of the latest worker that logged its listener to `log` (a log
+/// restarted workers append to); it may since have been killed.
+pub fn last_listening_port(log: &Path) -> Option<u16> {
+    listening_port_in(&std::fs::read_to_string(log).unwrap_or_default())
+}
+
 pub async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
@@ -296,15 +392,25 @@ pub async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     Some((status, body))
 }
 
-/// Waits until /readyz answers 200.
-pub async fn wait_ready(worker: &mut WorkerProcess, port: u16, within: Duration) {
+/// Waits until the worker's /readyz answers 200 and returns its port. A
+/// worker that exited because the port its configuration names was taken
+/// meanwhile is started again on a port the system picks (up to twice).
+pub async fn wait_ready(worker: &mut WorkerProcess, within: Duration) -> u16 {
     let started = Instant::now();
+    let mut restarts = 0;
     while started.elapsed() < within {
         if let Ok(Some(status)) = worker.child.try_wait() {
+            if restarts < 2 && worker.port_was_taken() {
+                restarts += 1;
+                worker.respawn_on_any_port();
+                continue;
+            }
             panic!("worker exited early with {status}:\n{}", worker.log_tail());
         }
-        if let Some((200, _)) = http_get(port, "/readyz").await {
-            return;
+        if let Some(port) = worker.listening_port() {
+            if let Some((200, _)) = http_get(port, "/readyz").await {
+                return port;
+            }
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
