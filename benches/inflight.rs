@@ -1,37 +1,56 @@
 //! 2,000 slow provider calls in flight on one worker, beside Celery's gevent
 //! pool doing the same HTTP exchanges.
 //!
-//! `cargo bench --bench inflight`. Three scenarios per run, against the fake
-//! fal queue API answering `test/sleep-<ms>` requests after `<ms>`:
+//! `cargo bench --bench inflight`. Four scenarios per run, in two pairs,
+//! against the fake fal queue API answering `test/sleep-<ms>` requests after
+//! `<ms>`:
+//!
+//! Workers (broker to ack; figures of the worker's process tree):
 //!
 //! - **genfleet worker**: the real `genfleet worker` binary (concurrency and
 //!   `providers.fal.limits.max_concurrent` = the job count, fal's default 500 ms
 //!   poll) consumes product-photo jobs from RabbitMQ, holds credits in
-//!   PostgreSQL, calls the fake, stores the output and publishes results;
-//!   the fake runs in this process on its own runtime.
-//! - **provider layer**: a child process (this binary, re-executed) makes
-//!   the same number of concurrent `Guarded<FalProvider>::generate` calls
-//!   against a fake served by another child: what holding the slow calls
-//!   costs without the rest of the pipeline.
+//!   PostgreSQL, calls the fake, stores the output, publishes results and
+//!   acks; the fake runs in this process on its own runtime.
 //! - **Celery gevent** (when `/var/tmp/genfleet-celery-venv` exists, or with
 //!   `GENFLEET_INFLIGHT_CELERY=1`, which creates it from
 //!   `benches/celery/requirements.txt`): `celery -A tasks worker -P gevent
 //!   -c <jobs> --prefetch-multiplier 1` (acks late, a quorum queue) running
-//!   `benches/celery/tasks.py` against the same in-process fake.
+//!   `benches/celery/tasks.py` against the same in-process fake: the HTTP
+//!   exchange only, no result.
 //!
-//! Figures per run: wall time from the first publish to the last result (or
-//! the last output download, for Celery, which publishes no result); the
-//! worker's idle RSS before publishing and its peak RSS (`VmHWM`, summed
-//! over the process tree); its CPU time (utime + stime from
-//! `/proc/<pid>/stat`) from just before the first publish to just after the
-//! last result, per job. Medians of the runs, then the ratios.
+//! Bare calls (no broker; figures of the calling process):
+//!
+//! - **provider layer**: a child process (this binary, re-executed) makes
+//!   the same number of concurrent `Guarded<FalProvider>::generate` calls
+//!   against a fake served by another child.
+//! - **gevent calls** (with the Celery venv): `benches/celery/calls.py`
+//!   makes the same calls in as many greenlets, with the same Python code as
+//!   the Celery task (`fal_exchange.py`), against the same kind of child.
+//!
+//! Ratios are taken within a pair only: a bare call loop does none of a
+//! broker consumer's work (deliveries, acks, a log line per task, the input
+//! read per job), so neither bare loop is set against a worker.
+//!
+//! Figures per run: wall time from the first publish (call) to the worker's
+//! last job ack leaving it (the last call's return). Both workers' AMQP
+//! connections go through a loopback relay in this process (`AckTap`) that
+//! notes each `basic.ack` frame as it passes: genfleet acks a job after its
+//! result is confirmed, Celery (acks late) after the task returns, and
+//! neither says so in a way the bench could see otherwise. The worker's
+//! idle RSS before publishing and its peak RSS (`VmHWM`), summed over its
+//! process tree; its CPU time (utime + stime from `/proc/<pid>/stat`, the
+//! same tree) over the same window, per job. The bare calls read the same
+//! figures of their own process around the calls. Medians of the runs,
+//! then the ratios.
 //!
 //! Knobs: `GENFLEET_INFLIGHT_JOBS` (2000), `GENFLEET_INFLIGHT_DELAY_MS`
 //! (2000), `GENFLEET_INFLIGHT_RUNS` (3), `GENFLEET_INFLIGHT_INPUT` (`photo`:
 //! the 100 kB 1024x683 example JPEG; `tiny`: a 64x64 JPEG; or a path),
-//! `GENFLEET_INFLIGHT_CELERY` (`1`: create the venv if missing; `0`: skip),
-//! `GENFLEET_INFLIGHT_PERF=1` (one more genfleet run under `perf record`,
-//! not in the medians, with the worker's CPU broken down by library).
+//! `GENFLEET_INFLIGHT_CELERY` (`1`: create the venv if missing; `0`: skip
+//! Celery and gevent), `GENFLEET_INFLIGHT_PERF=1` (one more genfleet run
+//! under `perf record`, not in the medians, with the worker's CPU broken
+//! down by library).
 //!
 //! Benchmarks print figures; nothing here asserts a time.
 
@@ -147,35 +166,47 @@ fn bench() {
         .enable_all()
         .build()
         .expect("fake fal runtime");
+    // The AMQP relay that times the workers' acks, on a thread of its own.
+    let tap_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("ack-tap")
+        .enable_all()
+        .build()
+        .expect("relay runtime");
 
-    let mut genfleet = Vec::new();
-    let mut provider = Vec::new();
-    let mut celery = Vec::new();
+    let mut all = Scenarios::default();
     for run in 1..=knobs.runs {
-        let figures = main_rt.block_on(genfleet_run(&knobs, &fake_rt, None));
+        let figures = main_rt.block_on(genfleet_run(&knobs, &fake_rt, &tap_rt, None));
         print_row("genfleet worker", run, &figures, &knobs);
-        genfleet.push(figures);
-        settle();
-
-        let figures = provider_run(&knobs);
-        print_row("provider layer", run, &figures, &knobs);
-        provider.push(figures);
+        all.genfleet.push(figures);
         settle();
 
         if let Some(venv) = &knobs.celery {
-            let figures = main_rt.block_on(celery_run(&knobs, &fake_rt, venv));
+            let figures = main_rt.block_on(celery_run(&knobs, &fake_rt, &tap_rt, venv));
             print_row("Celery gevent", run, &figures, &knobs);
-            celery.push(figures);
+            all.celery.push(figures);
+            settle();
+        }
+
+        let figures = provider_run(&knobs);
+        print_row("provider layer", run, &figures, &knobs);
+        all.provider.push(figures);
+        settle();
+
+        if let Some(venv) = &knobs.celery {
+            let figures = gevent_run(&knobs, venv);
+            print_row("gevent calls", run, &figures, &knobs);
+            all.gevent.push(figures);
             settle();
         }
     }
 
     println!();
-    print_table(&knobs, &genfleet, &provider, &celery);
+    print_table(&knobs, &all);
 
     if knobs.perf {
         let profile = std::env::temp_dir().join("genfleet-inflight-worker.perf.data");
-        let figures = main_rt.block_on(genfleet_run(&knobs, &fake_rt, Some(&profile)));
+        let figures = main_rt.block_on(genfleet_run(&knobs, &fake_rt, &tap_rt, Some(&profile)));
         println!();
         print_row("genfleet (perf)", 0, &figures, &knobs);
         perf_breakdown(&profile, &figures, &knobs);
@@ -229,20 +260,27 @@ fn file_kb(path: &Path) -> u64 {
 /// One scenario's run.
 #[derive(Debug, Clone, Default)]
 struct Figures {
-    /// First publish (or first call) to last result.
+    /// First publish to the worker's last job ack leaving it (bare calls:
+    /// first call to the last call's return).
     wall: Duration,
     /// First to last publish.
     publish: Duration,
     idle_rss_kb: u64,
     peak_rss_kb: u64,
-    /// CPU clock ticks spent from just before the first publish to just
-    /// after the last result.
+    /// CPU clock ticks the measured processes spent from just before the
+    /// first publish (call) to just after the last ack (return).
     cpu_ticks: u64,
     /// Jobs that finished as expected.
     ok: usize,
     /// The most jobs at the fake at once (submitted, output not yet
     /// downloaded); `None` where the fake runs in another process.
     at_provider: Option<u64>,
+    /// Job acks the worker sent (`None` for the bare-calls scenarios,
+    /// which have no broker).
+    acks: Option<usize>,
+    /// Processes in the measured set at the end (the worker's tree, or the
+    /// calling process).
+    processes: usize,
     /// A line on what went wrong, if anything.
     trouble: Option<String>,
 }
@@ -268,7 +306,7 @@ fn mb(kb: u64) -> f64 {
 
 fn print_row(name: &str, run: usize, f: &Figures, knobs: &Knobs) {
     println!(
-        "{name:<16} run {run}: {:>6.2} s wall ({:.2} s publishing), idle {:>6.1} MB, peak {:>6.1} MB RSS ({:>5.1} kB/job), CPU {:>6.2} s = {:>6.3} ms/job, {}/{} ok, at the provider at once: {}{}",
+        "{name:<16} run {run}: {:>6.2} s wall ({:.2} s publishing), idle {:>6.1} MB, peak {:>6.1} MB RSS ({:>5.1} kB/job), CPU {:>6.2} s = {:>6.3} ms/job ({} process(es)), {}/{} ok, acks {}, at the provider at once: {}{}",
         f.wall.as_secs_f64(),
         f.publish.as_secs_f64(),
         mb(f.idle_rss_kb),
@@ -276,8 +314,10 @@ fn print_row(name: &str, run: usize, f: &Figures, knobs: &Knobs) {
         f.kb_per_job(knobs),
         f.cpu_ms(knobs) / 1000.0,
         f.cpu_ms_per_job(knobs),
+        f.processes,
         f.ok,
         knobs.jobs,
+        f.acks.map_or_else(|| "-".to_string(), |n| n.to_string()),
         f.at_provider
             .map_or_else(|| "-".to_string(), |n| n.to_string()),
         f.trouble
@@ -318,46 +358,72 @@ fn medians(runs: &[Figures], knobs: &Knobs) -> Medians {
     }
 }
 
-fn print_table(knobs: &Knobs, genfleet: &[Figures], provider: &[Figures], celery: &[Figures]) {
+/// Every run of each scenario.
+#[derive(Default)]
+struct Scenarios {
+    genfleet: Vec<Figures>,
+    celery: Vec<Figures>,
+    provider: Vec<Figures>,
+    gevent: Vec<Figures>,
+}
+
+/// Two tables of like against like: the two workers (broker to ack, each
+/// worker's process tree), and the two bare call loops (no broker, the
+/// calling process). No ratio crosses them: a bare call loop does none of
+/// a broker consumer's work.
+fn print_table(knobs: &Knobs, all: &Scenarios) {
     println!(
         "medians of {} run(s), {} jobs in flight, {} ms provider delay, input {}:",
         knobs.runs, knobs.jobs, knobs.delay_ms, knobs.input_label
     );
-    println!(
-        "| {:<38} | {:>9} | {:>12} | {:>12} | {:>12} |",
-        "scenario", "wall s", "idle RSS MB", "peak RSS MB", "CPU ms/job"
-    );
-    println!(
-        "|{:-<40}|{:->11}|{:->14}|{:->14}|{:->14}|",
-        "", "", "", "", ""
-    );
+    let header = || {
+        println!(
+            "| {:<44} | {:>9} | {:>12} | {:>12} | {:>12} |",
+            "scenario", "wall s", "idle RSS MB", "peak RSS MB", "CPU ms/job"
+        );
+        println!(
+            "|{:-<46}|{:->11}|{:->14}|{:->14}|{:->14}|",
+            "", "", "", "", ""
+        );
+    };
     let row = |name: &str, m: &Medians| {
         println!(
-            "| {name:<38} | {:>9.2} | {:>12.1} | {:>12.1} | {:>12.3} |",
+            "| {name:<44} | {:>9.2} | {:>12.1} | {:>12.1} | {:>12.3} |",
             m.wall_s, m.idle_mb, m.peak_mb, m.cpu_ms_per_job
         );
     };
-    let g = medians(genfleet, knobs);
-    row("genfleet worker (whole pipeline)", &g);
-    let p = medians(provider, knobs);
-    row("genfleet provider layer only", &p);
-    if celery.is_empty() {
-        println!("(Celery skipped: GENFLEET_INFLIGHT_CELERY=1 creates {VENV})");
-        return;
-    }
-    let c = medians(celery, knobs);
-    row("Celery 5.6 gevent (HTTP calls only)", &c);
-    let ratio = |name: &str, ours: &Medians| {
+    let ratio = |name: &str, theirs: &Medians, ours: &Medians| {
         println!(
-            "| {name:<38} | {:>8.2}x | {:>11.2}x | {:>11.2}x | {:>11.2}x |",
-            c.wall_s / ours.wall_s,
-            c.idle_mb / ours.idle_mb,
-            c.peak_mb / ours.peak_mb,
-            c.cpu_ms_per_job / ours.cpu_ms_per_job
+            "| {name:<44} | {:>8.2}x | {:>11.2}x | {:>11.2}x | {:>11.2}x |",
+            theirs.wall_s / ours.wall_s,
+            theirs.idle_mb / ours.idle_mb,
+            theirs.peak_mb / ours.peak_mb,
+            theirs.cpu_ms_per_job / ours.cpu_ms_per_job
         );
     };
-    ratio("Celery / genfleet worker", &g);
-    ratio("Celery / provider layer", &p);
+
+    println!("workers, first publish to last ack, the worker's process tree:");
+    header();
+    let g = medians(&all.genfleet, knobs);
+    row("genfleet worker (whole job)", &g);
+    let c = (!all.celery.is_empty()).then(|| medians(&all.celery, knobs));
+    if let Some(c) = &c {
+        row("Celery 5.6 gevent worker (HTTP exchange)", c);
+        ratio("Celery / genfleet", c, &g);
+    }
+
+    println!("bare calls, first call to last return, the calling process:");
+    header();
+    let p = medians(&all.provider, knobs);
+    row("genfleet provider layer", &p);
+    if !all.gevent.is_empty() {
+        let e = medians(&all.gevent, knobs);
+        row("gevent + requests (same exchange)", &e);
+        ratio("gevent / genfleet", &e, &p);
+    }
+    if c.is_none() {
+        println!("(Celery and gevent skipped: GENFLEET_INFLIGHT_CELERY=1 creates {VENV})");
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -473,14 +539,16 @@ fn product_job(knobs: &Knobs, i: usize) -> v1::Job {
 }
 
 /// One run of the real worker: start it, publish the jobs once it is ready,
-/// collect every result, stop it. With `profile`, `perf record` watches the
-/// worker while the jobs run.
+/// collect every result and wait for every job's ack, stop it. With
+/// `profile`, `perf record` watches the worker while the jobs run.
 async fn genfleet_run(
     knobs: &Knobs,
     fake_rt: &tokio::runtime::Runtime,
+    tap_rt: &tokio::runtime::Runtime,
     profile: Option<&Path>,
 ) -> Figures {
     let vhost = Vhost::create();
+    let tap = AckTap::start(tap_rt, &vhost.url());
     let schema = Schema::new();
     let dir = TempDir::new("genfleet-inflight-worker");
     let root = store_with_input(&dir.0, &knobs.input);
@@ -501,7 +569,9 @@ async fn genfleet_run(
     let config = write_config(
         &dir.0,
         &WorkerSettings {
-            amqp_url: vhost.url(),
+            // The worker's connection goes through the relay; the bench's
+            // own (publishing, reading results) straight to the broker.
+            amqp_url: tap.url.clone(),
             schema: &schema.name,
             storage_root: &root,
             fal_base_url: &fal_url,
@@ -547,8 +617,8 @@ async fn genfleet_run(
 
     let pid = worker.pid();
     let mut perf = profile.map(|path| start_perf(pid, path));
-    let idle_rss_kb = status_kb(pid, "VmRSS");
-    let cpu_before = cpu_ticks(pid);
+    let idle_rss_kb = tree_rss_kb(pid, "VmRSS");
+    let cpu_before = tree_cpu_ticks(pid);
     let started = Instant::now();
     futures_util::stream::iter(&bodies)
         .map(|(id, body)| publish_job(&publisher, "remote", body, Some(id)))
@@ -557,9 +627,15 @@ async fn genfleet_run(
         .await;
     let publish = started.elapsed();
     let collected = collect_results(&conn, &results, knobs.jobs, RUN_LIMIT).await;
-    let wall = started.elapsed();
-    let cpu_after = cpu_ticks(pid);
-    let peak_rss_kb = status_kb(pid, "VmHWM");
+    // The worker publishes a job's result (confirmed) before it acks the
+    // job: the run ends at the last ack, as Celery's does.
+    let last_ack = tap.wait_for(knobs.jobs, started + RUN_LIMIT).await;
+    let cpu_after = tree_cpu_ticks(pid);
+    let processes = process_tree(pid).len();
+    let wall = last_ack.map_or_else(|| started.elapsed(), |at| at - started);
+    // Each live process's own peak, summed (as for Celery): one process.
+    let peak_rss_kb = tree_rss_kb(pid, "VmHWM");
+    let acks = tap.acks();
     if let Some(perf) = perf.as_mut() {
         stop(perf, Duration::from_secs(60));
     }
@@ -569,7 +645,7 @@ async fn genfleet_run(
         .values()
         .filter(|(result, _)| result.status == v1::JobStatus::Succeeded as i32)
         .count();
-    let trouble = (ok < knobs.jobs).then(|| {
+    let trouble = (ok < knobs.jobs || acks != knobs.jobs || tap.multiple() > 0).then(|| {
         let first_failure = collected
             .results
             .values()
@@ -578,8 +654,9 @@ async fn genfleet_run(
             .map(|e| format!("{}: {}", e.code, e.message))
             .unwrap_or_else(|| "no failed result".into());
         format!(
-            "{} results, first failure {first_failure}; worker log:\n{}",
+            "{} results, {acks} acks ({} multiple), first failure {first_failure}; worker log:\n{}",
             collected.results.len(),
+            tap.multiple(),
             worker.log_tail()
         )
     });
@@ -591,6 +668,7 @@ async fn genfleet_run(
     })
     .await
     .expect("worker stopped");
+    drop(tap);
     let at_provider = Some(fake.max_outstanding());
     drop(fake);
     Figures {
@@ -601,12 +679,14 @@ async fn genfleet_run(
         cpu_ticks: cpu_after.saturating_sub(cpu_before),
         ok,
         at_provider,
+        acks: Some(acks),
+        processes,
         trouble,
     }
 }
 
 // ---------------------------------------------------------------------------
-// Provider layer
+// Bare calls: genfleet's provider layer and gevent
 
 /// `--serve-fake`: serves a fake fal, prints `URL <base>` and runs until
 /// stdin closes (the parent went away) or it is killed.
@@ -638,7 +718,28 @@ impl Drop for Reaped {
     }
 }
 
+/// The provider layer's calls: this binary, re-executed.
 fn provider_run(knobs: &Knobs) -> Figures {
+    let exe = std::env::current_exe().expect("bench executable");
+    let mut calls = Command::new(exe);
+    calls.arg("--provider-calls");
+    calls_run(knobs, calls)
+}
+
+/// The same calls in gevent greenlets: `benches/celery/calls.py` with the
+/// Celery venv's Python.
+fn gevent_run(knobs: &Knobs, venv: &Path) -> Figures {
+    let mut calls = Command::new(venv.join("bin/python"));
+    calls
+        .arg("calls.py")
+        .current_dir(repo_path("benches/celery"));
+    calls_run(knobs, calls)
+}
+
+/// Serves a fake fal from a child of its own, runs `calls` with
+/// `<base_url> <jobs> <model> <input>` appended, and reads the `RESULT`
+/// line it prints: its own figures, taken inside it around the calls.
+fn calls_run(knobs: &Knobs, mut calls: Command) -> Figures {
     let exe = std::env::current_exe().expect("bench executable");
     let mut fake = Reaped(
         Command::new(&exe)
@@ -658,9 +759,8 @@ fn provider_run(knobs: &Knobs) -> Figures {
         .unwrap_or_else(|| panic!("fake fal child printed {line:?}"))
         .to_owned();
 
-    let output = Command::new(&exe)
+    let output = calls
         .args([
-            "--provider-calls",
             &base_url,
             &knobs.jobs.to_string(),
             &knobs.model(),
@@ -668,7 +768,7 @@ fn provider_run(knobs: &Knobs) -> Figures {
         ])
         .stderr(Stdio::inherit())
         .output()
-        .expect("provider calls child runs");
+        .expect("calls child runs");
     drop(fake);
     let stdout = String::from_utf8_lossy(&output.stdout);
     let Some(result) = stdout.lines().find_map(|l| l.strip_prefix("RESULT ")) else {
@@ -693,6 +793,8 @@ fn provider_run(knobs: &Knobs) -> Figures {
         cpu_ticks: field("cpu_ticks"),
         ok,
         at_provider: None,
+        acks: None,
+        processes: 1,
         trouble: (ok < knobs.jobs).then(|| result.to_owned()),
     }
 }
@@ -845,8 +947,14 @@ fn celery_venv() -> Option<PathBuf> {
     Some(venv)
 }
 
-async fn celery_run(knobs: &Knobs, fake_rt: &tokio::runtime::Runtime, venv: &Path) -> Figures {
+async fn celery_run(
+    knobs: &Knobs,
+    fake_rt: &tokio::runtime::Runtime,
+    tap_rt: &tokio::runtime::Runtime,
+    venv: &Path,
+) -> Figures {
     let vhost = Vhost::create();
+    let tap = AckTap::start(tap_rt, &vhost.url());
     let dir = TempDir::new("genfleet-inflight-celery");
     let fake = start_fake(fake_rt).await;
     let ready_file = dir.0.join("ready");
@@ -859,7 +967,6 @@ async fn celery_run(knobs: &Knobs, fake_rt: &tokio::runtime::Runtime, venv: &Pat
             .expect("celery log")
     };
     let env = [
-        ("GENFLEET_CELERY_BROKER", vhost.url()),
         ("GENFLEET_FAKE_FAL_URL", fake.base_url.to_string()),
         ("GENFLEET_FAL_MODEL", knobs.model()),
         ("GENFLEET_FAL_KEY", "bench-key".into()),
@@ -892,6 +999,9 @@ async fn celery_run(knobs: &Knobs, fake_rt: &tokio::runtime::Runtime, venv: &Pat
             ])
             .current_dir(&celery_dir)
             .envs(env.iter().map(|(k, v)| (k, v)))
+            // The worker's connections go through the relay, the
+            // publisher's straight to the broker (as genfleet's).
+            .env("GENFLEET_CELERY_BROKER", &tap.url)
             .stdout(log_file())
             .stderr(log_file())
             .spawn()
@@ -922,6 +1032,7 @@ async fn celery_run(knobs: &Knobs, fake_rt: &tokio::runtime::Runtime, venv: &Pat
             .arg(knobs.jobs.to_string())
             .current_dir(&celery_dir)
             .envs(env.iter().map(|(k, v)| (k, v)))
+            .env("GENFLEET_CELERY_BROKER", vhost.url())
             .stdout(Stdio::piped())
             .stderr(log_file())
             .spawn()
@@ -946,30 +1057,42 @@ async fn celery_run(knobs: &Knobs, fake_rt: &tokio::runtime::Runtime, venv: &Pat
     };
     let mut publish = None;
     let deadline = started + RUN_LIMIT;
-    // The task's last step is the download: the fake counts them.
-    while (fake.downloads() as usize) < knobs.jobs && Instant::now() < deadline {
+    // The task's last step is the download, then Celery acks it (acks
+    // late): the run ends at the last ack leaving the worker. A failed
+    // task is acked too, so the fake's downloads count the good ones.
+    while tap.acks() < knobs.jobs && Instant::now() < deadline {
         while let Ok((line, at)) = heard.try_recv() {
             if line == "published" {
                 publish = Some(at - started);
             }
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let wall = started.elapsed();
     let cpu_after = tree_cpu_ticks(pid);
+    let processes = process_tree(pid).len();
+    let wall = tap
+        .last_ack()
+        .map_or_else(|| started.elapsed(), |at| at - started);
     // Each live process's own peak, summed: an upper bound of the tree's
     // peak (the gevent pool is one process, so here it is exact).
     let peak_rss_kb = tree_rss_kb(pid, "VmHWM");
+    let acks = tap.acks();
     let ok = usize::try_from(fake.downloads()).unwrap_or(usize::MAX);
     let errors = std::fs::read_to_string(&log)
         .unwrap_or_default()
         .lines()
         .filter(|l| l.contains("ERROR/"))
         .count();
-    let trouble = (ok < knobs.jobs || errors > 0)
-        .then(|| format!("{errors} task errors in {}", log.display()));
+    let trouble =
+        (ok < knobs.jobs || errors > 0 || acks != knobs.jobs || tap.multiple() > 0).then(|| {
+            format!(
+                "{errors} task errors in {}, {acks} acks ({} multiple)",
+                log.display(),
+                tap.multiple()
+            )
+        });
 
-    // Warm shutdown: Celery finishes (here: acks) what it holds.
+    // Warm shutdown (every task is acked by now).
     let _ = Command::new("kill")
         .args(["-TERM", &pid.to_string()])
         .status();
@@ -982,6 +1105,7 @@ async fn celery_run(knobs: &Knobs, fake_rt: &tokio::runtime::Runtime, venv: &Pat
     }
     drop(publisher);
     drop(worker);
+    drop(tap);
     if trouble.is_some() {
         // Keep the log for a look.
         let kept = std::env::temp_dir().join(format!("{}.log", unique("genfleet-inflight-celery")));
@@ -998,7 +1122,183 @@ async fn celery_run(knobs: &Knobs, fake_rt: &tokio::runtime::Runtime, venv: &Pat
         cpu_ticks: cpu_after.saturating_sub(cpu_before),
         ok: ok.min(knobs.jobs),
         at_provider,
+        acks: Some(acks),
+        processes,
         trouble,
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Acks on the wire
+
+/// Where RabbitMQ listens (the tests' `AMQP_BASE`).
+const BROKER_ADDR: &str = "127.0.0.1:5672";
+
+/// A loopback TCP relay between one worker and RabbitMQ that notes every
+/// `basic.ack` frame the worker sends, as it passes. Both workers' runs end
+/// at their last ack this way, whatever language they are written in and
+/// without the management plugin (whose queue figures lag by seconds) or a
+/// hook inside either worker: Celery has no signal after its late ack
+/// (`task_postrun` fires before it), genfleet publishes its result before
+/// acking. The relay runs in the bench process on its own thread; its CPU
+/// is counted for neither side, and its latency (one more loopback hop per
+/// AMQP frame) is paid by both.
+struct AckTap {
+    /// The vhost's AMQP URL through the relay.
+    url: String,
+    seen: Arc<std::sync::Mutex<AcksSeen>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Default)]
+struct AcksSeen {
+    /// When each `basic.ack` left the worker, in order.
+    at: Vec<Instant>,
+    /// Acks with the `multiple` bit (one frame for several deliveries);
+    /// neither worker sends them, and counting frames would miss them.
+    multiple: usize,
+}
+
+impl AckTap {
+    fn start(rt: &tokio::runtime::Runtime, vhost_url: &str) -> AckTap {
+        // Bound here and kept until dropped: no other process can take the
+        // port between choosing it and listening on it.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("relay listens");
+        listener
+            .set_nonblocking(true)
+            .expect("non-blocking listener");
+        let addr = listener.local_addr().expect("relay address");
+        let seen = Arc::new(std::sync::Mutex::new(AcksSeen::default()));
+        let accept = {
+            let seen = seen.clone();
+            rt.spawn(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
+                // Dropped with the accept task: the relays end with it.
+                let mut relays = tokio::task::JoinSet::new();
+                loop {
+                    if let Ok((worker, _)) = listener.accept().await {
+                        relays.spawn(relay(worker, seen.clone()));
+                    }
+                    while relays.try_join_next().is_some() {}
+                }
+            })
+        };
+        let url = vhost_url.replacen(BROKER_ADDR, &addr.to_string(), 1);
+        assert_ne!(url, vhost_url, "the vhost URL names {BROKER_ADDR}");
+        AckTap { url, seen, accept }
+    }
+
+    fn acks(&self) -> usize {
+        self.seen.lock().expect("ack log").at.len()
+    }
+
+    fn last_ack(&self) -> Option<Instant> {
+        self.seen.lock().expect("ack log").at.last().copied()
+    }
+
+    fn multiple(&self) -> usize {
+        self.seen.lock().expect("ack log").multiple
+    }
+
+    /// Waits until `count` acks have passed (or `deadline`); returns the
+    /// last one's time.
+    async fn wait_for(&self, count: usize, deadline: Instant) -> Option<Instant> {
+        while self.acks() < count && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        self.last_ack()
+    }
+}
+
+impl Drop for AckTap {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+/// Copies one worker connection both ways, reading the frames of the
+/// worker's direction.
+async fn relay(worker: tokio::net::TcpStream, seen: Arc<std::sync::Mutex<AcksSeen>>) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let Ok(broker) = tokio::net::TcpStream::connect(BROKER_ADDR).await else {
+        return;
+    };
+    // Both workers' clients turn Nagle off; so does the relay, or it would
+    // hold their small frames back.
+    let _ = worker.set_nodelay(true);
+    let _ = broker.set_nodelay(true);
+    let (mut from_worker, mut to_worker) = worker.into_split();
+    let (mut from_broker, mut to_broker) = broker.into_split();
+    let down = async {
+        let _ = tokio::io::copy(&mut from_broker, &mut to_worker).await;
+        let _ = to_worker.shutdown().await;
+    };
+    let up = async {
+        let mut frames = FrameReader::default();
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = match from_worker.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            if to_broker.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+            let (acks, multiple) = frames.feed(&buf[..n]);
+            if acks > 0 {
+                let now = Instant::now();
+                let mut seen = seen.lock().expect("ack log");
+                seen.at.extend(std::iter::repeat_n(now, acks));
+                seen.multiple += multiple;
+            }
+        }
+        let _ = to_broker.shutdown().await;
+    };
+    tokio::join!(up, down);
+}
+
+/// AMQP 0-9-1 frames from a client: the 8-byte protocol header, then
+/// frames of type (1 byte), channel (2), payload size (4), payload, 0xCE.
+#[derive(Default)]
+struct FrameReader {
+    header_skipped: bool,
+    pending: Vec<u8>,
+}
+
+impl FrameReader {
+    /// Feeds bytes as read; returns the `basic.ack` frames completed by
+    /// them, and how many of those have the `multiple` bit.
+    fn feed(&mut self, bytes: &[u8]) -> (usize, usize) {
+        const HEADER: usize = 8;
+        const FRAME_HEAD: usize = 7;
+        self.pending.extend_from_slice(bytes);
+        let mut at = 0;
+        if !self.header_skipped {
+            if self.pending.len() < HEADER {
+                return (0, 0);
+            }
+            self.header_skipped = true;
+            at = HEADER;
+        }
+        let (mut acks, mut multiple) = (0, 0);
+        while self.pending.len() - at >= FRAME_HEAD {
+            let frame = &self.pending[at..];
+            let size = u32::from_be_bytes([frame[3], frame[4], frame[5], frame[6]]) as usize;
+            let whole = FRAME_HEAD + size + 1;
+            if frame.len() < whole {
+                break;
+            }
+            // A method frame of class 60 (basic), method 80 (ack): then
+            // the delivery tag (8 bytes) and the `multiple` bit.
+            let payload = &frame[FRAME_HEAD..FRAME_HEAD + size];
+            if frame[0] == 1 && payload.len() >= 13 && payload[..4] == [0, 60, 0, 80] {
+                acks += 1;
+                multiple += usize::from(payload[12] & 1);
+            }
+            at += whole;
+        }
+        self.pending.drain(..at);
+        (acks, multiple)
     }
 }
 

@@ -2,12 +2,12 @@
 genfleet's FalProvider, in a Celery task.
 
 One task = one product-photo generation against the fake fal queue API the
-bench serves: read the input photo, submit it as a data URI
-(`POST {base}/{model}` with `Authorization: Key ...`), poll the status URL
-every 0.5 s until it leaves IN_QUEUE/IN_PROGRESS (polling once at once, as
-genfleet does), GET the response URL and download every image it names.
+bench serves: read the input photo, then `fal_exchange.generate` (submit it
+as a data URI, poll every 0.5 s, GET the response, download the PNG).
 Nothing else: no validation or re-encoding of the photo, no credits, no
-storage, no result message (results are ignored).
+storage, no result message (results are ignored). The task's message is
+acked after it returns (acks late); the bench times the run to the last
+ack as it leaves the worker's connection.
 
 Run by the bench as `celery -A tasks worker -P gevent -c 2000
 --prefetch-multiplier 1`: Celery's gevent pool monkey-patches the standard
@@ -23,15 +23,15 @@ GENFLEET_FAL_POLL_SECONDS (0.5), GENFLEET_CELERY_HTTP_POOL (2000),
 GENFLEET_CELERY_READY_FILE (written once the worker consumes).
 """
 
-import base64
 import os
-import time
 
 import requests
 from celery import Celery
 from celery.signals import worker_ready
 from kombu import Queue
 from requests.adapters import HTTPAdapter
+
+import fal_exchange
 
 BROKER = os.environ.get("GENFLEET_CELERY_BROKER", "amqp://guest:guest@127.0.0.1:5672/%2f")
 FAL = os.environ.get("GENFLEET_FAKE_FAL_URL", "http://127.0.0.1:8080/").rstrip("/")
@@ -47,7 +47,8 @@ QUEUE = "genfleet-inflight"
 
 app = Celery("tasks", broker=BROKER)
 app.conf.update(
-    # Fire and forget: the bench counts finished tasks at the fake.
+    # Fire and forget: the bench counts downloads at the fake and acks on
+    # the wire.
     task_ignore_result=True,
     # Ack after the task returns, so a worker crash redelivers it: the
     # at-least-once contract genfleet keeps (it acks after its result is
@@ -69,34 +70,14 @@ session.mount("http://", HTTPAdapter(pool_connections=1, pool_maxsize=HTTP_POOL)
 session.headers["Authorization"] = f"Key {KEY}"
 
 
-def _json(response):
-    response.raise_for_status()
-    return response.json()
-
-
 @app.task(name="tasks.generate")
 def generate(job_id, prompt):
-    body = {"prompt": prompt, "num_images": 1}
+    photo = None
     if INPUT:
         # Read per task, as a worker fetches each job's own upload.
         with open(INPUT, "rb") as f:
             photo = f.read()
-        body["image_url"] = "data:image/jpeg;base64," + base64.b64encode(photo).decode("ascii")
-    submitted = _json(session.post(f"{FAL}/{MODEL}", json=body, timeout=TIMEOUT))
-    del body
-    while True:
-        status = _json(session.get(submitted["status_url"], timeout=TIMEOUT))
-        if status["status"] not in ("IN_QUEUE", "IN_PROGRESS"):
-            break
-        time.sleep(POLL_SECONDS)
-    result = _json(
-        session.get(status.get("response_url") or submitted["response_url"], timeout=TIMEOUT)
-    )
-    for image in result["images"]:
-        download = session.get(image["url"], timeout=TIMEOUT)
-        download.raise_for_status()
-        if not download.content.startswith(b"\x89PNG\r\n\x1a\n"):
-            raise ValueError(f"{job_id}: the output is not a PNG")
+    fal_exchange.generate(session, FAL, MODEL, prompt, photo, POLL_SECONDS, TIMEOUT)
 
 
 @worker_ready.connect
