@@ -1,9 +1,13 @@
 //! The provider fault table through the real worker: provider fakes that
 //! refuse a share of submits with 429 or 503, break a share of status and
 //! result reads mid-body, cut a share of result bodies short (fal and
-//! Replicate, the providers with request ids to read), or go down for a
+//! Replicate, the providers with request ids to read), reset status polls
+//! and output downloads or cut downloads short (fal and Replicate), lose
+//! the answer of a share of submits they ran (all five), or go down for a
 //! minute (all five). Every job with a deadline of a few minutes must
-//! succeed, rendered once (accepted submits equal jobs) and charged once;
+//! succeed, rendered once (accepted submits equal jobs, plus exactly one
+//! per lost submit answer, the one double render nothing can avoid) and
+//! charged once;
 //! with a deadline shorter than the outage, the jobs end failed with their
 //! credits released.
 
@@ -161,6 +165,30 @@ fn table() -> Vec<Scenario> {
             name: "truncated-results",
             faults: Faults {
                 result_truncated: 0.3,
+                ..Faults::default()
+            },
+            outage: false,
+            deadline: long,
+            all_succeed: true,
+        },
+        Scenario {
+            reads: false,
+            name: "lost-answers",
+            faults: Faults {
+                submit_answer_lost: 0.3,
+                ..Faults::default()
+            },
+            outage: false,
+            deadline: long,
+            all_succeed: true,
+        },
+        Scenario {
+            reads: true,
+            name: "status-resets-and-broken-downloads",
+            faults: Faults {
+                status_reset: 0.3,
+                download_reset: 0.2,
+                download_truncated: 0.2,
                 ..Faults::default()
             },
             outage: false,
@@ -351,13 +379,15 @@ breaker_open_seconds = 5
         let after = fakes.counts(which);
         let accepted = after.submits_accepted - before.submits_accepted;
         let refused = after.submits_refused - before.submits_refused;
+        let lost = after.submit_answers_lost - before.submit_answers_lost;
         let rows = format!(
             "{} {}: {} results, accepted submits {accepted}, refused submits {refused}, \
-             result reads {}",
+             result reads {}, lost answers {lost}, broken downloads {}",
             which.name(),
             scenario.name,
             got.results.len(),
             after.result_reads - before.result_reads,
+            after.downloads_broken - before.downloads_broken,
         );
         println!("{rows}");
         report.push(rows);
@@ -409,8 +439,16 @@ breaker_open_seconds = 5
         }
         if scenario.all_succeed {
             // Rendered once: one accepted submit per job, whatever was
-            // refused or failed to read in between.
-            assert_eq!(accepted, JOBS as u64, "{}", scenario.name);
+            // refused or failed to read in between; except that a submit
+            // whose answer was lost ran (and is billed) without the worker
+            // learning of it, and the retry submits again: no provider here
+            // takes an idempotency key, and no client recovers the lost
+            // request, so each lost answer costs exactly one more render,
+            // never more (the customer is still charged once, below).
+            assert_eq!(accepted, JOBS as u64 + lost, "{}", scenario.name);
+            if scenario.name == "lost-answers" {
+                assert!(lost > 0, "{}: no answer was lost", scenario.name);
+            }
             // Charged once, and nothing left held.
             assert_eq!(
                 (balance.captured, balance.held),
