@@ -193,3 +193,21 @@ pub(crate) async fn listener_elsewhere() -> (String, std::sync::Arc<std::sync::a
     });
     (origin, accepted)
 }
+
+/// Runs `call`, a request whose tampered record points at
+/// [`listener_elsewhere`], bounded at 30 s, then asserts that listener
+/// accepted nothing. A client that followed the record would retry against
+/// a listener that drops every connection until the request's deadline:
+/// the bound makes that regression fail at once, on the count.
+pub(crate) async fn answered_without_reaching<T>(
+    reached: &std::sync::atomic::AtomicU64,
+    call: impl std::future::Future<Output = T>,
+) -> T {
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(30), call).await;
+    let reached = reached.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(
+        reached, 0,
+        "the tampered origin was contacted {reached} times"
+    );
+    answer.expect("answered within 30 s")
+}
