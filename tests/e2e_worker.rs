@@ -468,13 +468,7 @@ async fn two_hundred_mixed_jobs_end_to_end() {
                 .await
                 .unwrap();
         } else {
-            publish_job(
-                &publisher,
-                class,
-                &genfleet_proto::encode_json(j),
-                Some(&j.job_id),
-            )
-            .await;
+            publish(&publisher, class, j).await;
         }
     }
     // Two messages no job id can be read from: dead letters only.

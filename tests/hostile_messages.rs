@@ -468,13 +468,7 @@ async fn hostile_messages_get_their_codes_and_the_worker_stays_bounded() {
 
     // Still serving, and no panic on the way.
     let clean = job(TENANT_WS, 1);
-    publish_job(
-        &publisher,
-        "cpu",
-        &genfleet_proto::encode_json(&clean),
-        Some(&clean.job_id),
-    )
-    .await;
+    publish(&publisher, "cpu", &clean).await;
     let after = collect_results(&conn, &queue, 1, Duration::from_secs(30)).await;
     assert_eq!(
         after.results.get(&clean.job_id).map(|(r, _)| r.status),

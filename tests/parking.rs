@@ -99,13 +99,7 @@ impl Setup {
     }
 
     async fn publish(&self, job: &v1::Job) {
-        publish_job(
-            &self.publisher,
-            "remote",
-            &genfleet_proto::encode_json(job),
-            Some(&job.job_id),
-        )
-        .await;
+        publish(&self.publisher, "remote", job).await;
     }
 
     /// `genfleet cancel <job_id>` as a separate process, as an operator or

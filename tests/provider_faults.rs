@@ -365,13 +365,7 @@ breaker_open_seconds = 5
             .map(|_| job(which, scenario.name, scenario.deadline))
             .collect();
         for job in &jobs {
-            publish_job(
-                &publisher,
-                "remote",
-                &genfleet_proto::encode_json(job),
-                Some(&job.job_id),
-            )
-            .await;
+            publish(&publisher, "remote", job).await;
         }
         let within = scenario.deadline + Duration::from_secs(60);
         let got = collect_results(&conn, &queue, JOBS, within).await;

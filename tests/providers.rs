@@ -129,13 +129,7 @@ base_url = "{kserve}"
         ("kserve", job(K::BackgroundRemoval, &["kserve"], "", false)),
     ];
     for (_, job) in &jobs {
-        publish_job(
-            &publisher,
-            "remote",
-            &genfleet_proto::encode_json(job),
-            Some(&job.job_id),
-        )
-        .await;
+        publish(&publisher, "remote", job).await;
     }
     let mut worker = WorkerProcess::start(&config, dir.0.join("worker.log"));
     wait_ready(&mut worker, Duration::from_secs(60)).await;
@@ -273,13 +267,7 @@ async fn fal_gets_clean_uploads_as_they_came_and_the_spool_empties() {
             v1::Priority::Normal,
         );
         job.inputs[0].uri = format!("s3://genfleet/uploads/acme/spool/{upload}.jpg");
-        publish_job(
-            &publisher,
-            "remote",
-            &genfleet_proto::encode_json(&job),
-            Some(&job.job_id),
-        )
-        .await;
+        publish(&publisher, "remote", &job).await;
         // The spool is in use: a file of this job's is in it while fal
         // renders (so "no file left" below is about this folder, not one
         // the worker never wrote to).

@@ -56,13 +56,7 @@ async fn sigterm_finishes_in_flight_jobs_and_loses_none() {
             1,
             v1::Priority::Normal,
         );
-        publish_job(
-            &publisher,
-            "remote",
-            &genfleet_proto::encode_json(&job),
-            Some(&job.job_id),
-        )
-        .await;
+        publish(&publisher, "remote", &job).await;
     }
 
     let fal_url = fake.base_url.to_string();

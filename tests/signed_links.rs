@@ -284,13 +284,7 @@ async fn signed_links_from_real_results() {
         .await
         .unwrap();
     let publisher = broker.publisher().await.unwrap();
-    publish_job(
-        &publisher,
-        "cpu",
-        &genfleet_proto::encode_json(&job),
-        Some(&job.job_id),
-    )
-    .await;
+    publish(&publisher, "cpu", &job).await;
     broker.close().await;
     let collected = collect_results(&conn, &queue, 1, Duration::from_secs(60)).await;
     let new_link = only_output(&collected, &job).signed_url;

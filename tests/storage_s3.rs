@@ -115,13 +115,7 @@ async fn fifty_jobs_of_two_tenants_on_s3_with_working_presigned_links() {
         let input = format!("s3://{BUCKET}/uploads/{org}/{workspace}/photo.jpg");
         let job = local_edit_job(org, workspace, &[input], 256 + (n as u32 % 5) * 16, 2);
         tenant_of.insert(job.job_id.clone(), (org, workspace));
-        publish_job(
-            &publisher,
-            "cpu",
-            &genfleet_proto::encode_json(&job),
-            Some(&job.job_id),
-        )
-        .await;
+        publish(&publisher, "cpu", &job).await;
     }
     let collected = collect_results(&conn, &queue, JOBS, Duration::from_secs(240)).await;
     assert_eq!(
@@ -229,13 +223,7 @@ async fn fifty_jobs_of_two_tenants_on_s3_with_working_presigned_links() {
         256,
         2,
     );
-    publish_job(
-        &publisher,
-        "cpu",
-        &genfleet_proto::encode_json(&stolen),
-        Some(&stolen.job_id),
-    )
-    .await;
+    publish(&publisher, "cpu", &stolen).await;
     let refused = collect_results(&conn, &queue, 1, Duration::from_secs(60)).await;
     let (result, _) = &refused.results[&stolen.job_id];
     assert_eq!(result.status, v1::JobStatus::Failed as i32);

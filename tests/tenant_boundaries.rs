@@ -197,13 +197,7 @@ async fn another_tenants_files_credits_and_jobs_cannot_be_reached() {
         .unwrap();
     let publisher = broker.publisher().await.unwrap();
     let publish = async |job: &v1::Job, class: &str| {
-        publish_job(
-            &publisher,
-            class,
-            &genfleet_proto::encode_json(job),
-            Some(&job.job_id),
-        )
-        .await;
+        publish(&publisher, class, job).await;
     };
 
     // The victim's jobs: one settled (outputs stored), one parked at fal

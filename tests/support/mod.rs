@@ -564,6 +564,17 @@ pub async fn publish_job(
         .expect("job published");
 }
 
+/// Publishes `job` as a backend does: its JSON, message id = its job id.
+pub async fn publish(publisher: &genfleet_broker::Publisher, class: &str, job: &v1::Job) {
+    publish_job(
+        publisher,
+        class,
+        &genfleet_proto::encode_json(job),
+        Some(&job.job_id),
+    )
+    .await;
+}
+
 /// A fal product-photo job of `acme/<workspace>` on the input
 /// `s3://genfleet/uploads/acme/<workspace>/photo.jpg` (see [`photo_for`]),
 /// holding `credits`.
