@@ -11,7 +11,8 @@ use std::sync::Arc;
 
 use object_store::aws::AmazonS3Builder;
 
-use crate::{file_input_root, InputPolicy, StorageError, Store};
+use crate::file_input::file_input_root;
+use crate::{InputPolicy, StorageError, Store};
 
 /// Where an S3 store lives and how to reach it.
 #[derive(Clone, Debug)]

@@ -145,7 +145,7 @@ async fn open(root: &FsPath, key: &str) -> Result<(tokio::fs::File, u64), Status
     }
     let file = tokio::fs::File::open(&real).await.map_err(not_found)?;
     // A symlink swapped into the path between the check and the open.
-    if let Some(opened) = crate::opened_path(&file) {
+    if let Some(opened) = crate::file_input::opened_path(&file) {
         if opened != real {
             return Err(StatusCode::NOT_FOUND);
         }
