@@ -23,7 +23,7 @@
 //!   are the workspace's and stay.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
@@ -257,7 +257,7 @@ async fn forget(
     }
 
     // 4. Spool files left by workers that died (see `sweep_spool`).
-    found.spool = sweep_spool(&spool_dir(config), true)?;
+    found.spool = sweep_spool(&config.worker.spool_base(), true)?;
 
     if dry_run {
         let erased = ledger.erase(&erasure(subject, &ids, &scope), true).await?;
@@ -265,7 +265,7 @@ async fn forget(
     }
 
     // 5. Remove: files first, dead letters next, the ledger's rows last.
-    found.spool = sweep_spool(&spool_dir(config), false)?;
+    found.spool = sweep_spool(&config.worker.spool_base(), false)?;
     // Local folders left empty go with the keys (`delete_keys`), so no
     // folder named after the tenant or a job stays.
     let keys: Vec<String> = found
@@ -366,15 +366,6 @@ fn letter_job(letter: &DeadLetter) -> Option<(v1::Tenant, String)> {
         job.job_id
     };
     Some((tenant, job_id))
-}
-
-fn spool_dir(config: &Config) -> PathBuf {
-    // As the worker resolves it (genfleet-worker services::open_spool).
-    if config.worker.spool_dir.is_empty() {
-        std::env::temp_dir().join("genfleet-spool")
-    } else {
-        PathBuf::from(&config.worker.spool_dir)
-    }
 }
 
 #[derive(Default)]

@@ -254,11 +254,7 @@ fn export_repeated_reads(metrics: &Metrics) {
 /// removing the subfolders of processes that died without cleaning up
 /// (a kill -9 leaves its spool files behind).
 fn open_spool(worker: &crate::config::WorkerSection) -> Result<Spool, WorkerError> {
-    let base = if worker.spool_dir.is_empty() {
-        std::env::temp_dir().join("genfleet-spool")
-    } else {
-        std::path::PathBuf::from(&worker.spool_dir)
-    };
+    let base = worker.spool_base();
     let failed = |e: std::io::Error| {
         WorkerError::Startup(format!("worker.spool_dir {}: {e}", base.display()))
     };

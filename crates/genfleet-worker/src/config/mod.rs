@@ -108,6 +108,16 @@ pub struct WorkerSection {
 }
 
 impl WorkerSection {
+    /// The folder that holds every worker process's spool subfolder:
+    /// `spool_dir`, or `genfleet-spool` in the temporary folder.
+    pub fn spool_base(&self) -> PathBuf {
+        if self.spool_dir.is_empty() {
+            std::env::temp_dir().join("genfleet-spool")
+        } else {
+            PathBuf::from(&self.spool_dir)
+        }
+    }
+
     /// [`WorkerSection::max_in_flight_per_workspace`] with 0 resolved.
     pub fn workspace_cap(&self) -> usize {
         match self.max_in_flight_per_workspace {
