@@ -75,7 +75,7 @@ fn read_jobs(files: &[PathBuf]) -> Result<Vec<Enqueued>> {
                 .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
             Ok(Enqueued {
                 job_id: job.job_id().to_string(),
-                class: genfleet_worker::default_class(job.kind()),
+                class: genfleet_worker::default_class_of(job.job()),
                 lane: genfleet_worker::lane_of(job.job().priority),
                 body,
             })
@@ -125,7 +125,7 @@ fn generated_jobs(
             let valid = genfleet_proto::validate_job(job, None)?;
             Ok(Enqueued {
                 job_id: valid.job_id().to_string(),
-                class: genfleet_worker::default_class(valid.kind()),
+                class: genfleet_worker::default_class_of(valid.job()),
                 lane: genfleet_worker::lane_of(valid.job().priority),
                 body: genfleet_proto::encode_json(valid.job()),
             })

@@ -26,7 +26,7 @@ pub(crate) fn run(args: &ValidateArgs) -> Result<ExitCode> {
                     "valid job {} ({}), queue {}",
                     job.job_id(),
                     job.kind().label(),
-                    genfleet_worker::default_class(job.kind())
+                    genfleet_worker::default_class_of(job.job())
                         .lane_queue(genfleet_worker::lane_of(job.job().priority))
                 );
                 Ok(ExitCode::SUCCESS)

@@ -19,6 +19,7 @@ pub mod http;
 mod job;
 pub mod kinds;
 mod local_provider;
+pub mod methods;
 pub mod metrics;
 pub mod pipeline;
 pub mod retention;
@@ -31,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::{Config, Secret};
 pub use failure::JobFailure;
-pub use kinds::{default_class, default_provider, lane_of};
+pub use kinds::{default_class, default_class_of, default_provider, lane_of};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {

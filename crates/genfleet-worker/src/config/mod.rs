@@ -12,10 +12,12 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
+mod inference;
 mod providers;
 mod retention;
 mod storage;
 
+pub use inference::*;
 pub use providers::*;
 pub use retention::*;
 pub use storage::*;
@@ -55,6 +57,7 @@ pub struct Config {
     pub providers: ProvidersSection,
     pub scanner: ScannerSection,
     pub retention: RetentionSection,
+    pub inference: InferenceSection,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -400,6 +403,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let fail = |msg: String| Err(ConfigError::Invalid(msg));
         self.retention.validate()?;
+        self.inference.validate()?;
         if self.worker.concurrency == 0 {
             return fail("worker.concurrency must be at least 1".into());
         }
