@@ -112,6 +112,7 @@ try {
     moduleResolution: ts.ModuleResolutionKind.Bundler,
     skipLibCheck: true,
     types: [],
+    lib: ["lib.es2020.d.ts"], // no DOM: the generated files need none, and it halves the time
   });
   const seen = new Set();
   for (const f of files) {

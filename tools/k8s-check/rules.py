@@ -41,7 +41,8 @@ def extract(args):
     found = {}
     sources = {}
     bad = 0
-    for path in args.files:
+    plain = set(args.plain or [])
+    for path in list(args.files) + sorted(plain - set(args.files)):
         try:
             docs = docs_of(path)
         except yaml.YAMLError as e:
@@ -49,6 +50,13 @@ def extract(args):
             bad += 1
             continue
         for doc in docs:
+            if path in plain:
+                if "groups" in doc and "kind" not in doc:
+                    # a plain rules file kept beside the manifests
+                    key = "file_" + os.path.basename(path).replace(".rules.yaml", "").replace(".yaml", "")
+                    found.setdefault(key, {"groups": doc["groups"]})
+                    sources.setdefault(key, []).append(path)
+                continue
             if "groups" in doc and "kind" not in doc:
                 # a plain rules file kept beside the manifests
                 key = "file_" + os.path.basename(path).replace(".rules.yaml", "").replace(".yaml", "")
@@ -153,6 +161,8 @@ def main():
     sub = p.add_subparsers(dest="cmd", required=True)
     e = sub.add_parser("extract")
     e.add_argument("--out", required=True)
+    e.add_argument("--plain", nargs="*", help="files of the tree: only plain rules files "
+                   "(top-level groups:, no kind) are taken from them")
     e.add_argument("files", nargs="*")
     t = sub.add_parser("tests")
     t.add_argument("--rules", required=True)
