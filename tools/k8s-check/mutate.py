@@ -23,6 +23,7 @@ CASES = {
     "real-deployment-unknown-field": ("schemas", "selftestUnknownField"),
     "real-scaledobject-unknown-trigger-field": ("schemas", "selftestUnknownField: Object literal may only specify known properties"),
     "real-scaledobject-missing-scaletargetref": ("schemas", "must have required property scaleTargetRef"),
+    "real-scaledobject-target-missing": ("refs", "-selftest-typo, which no rendered kustomization ships"),
     "real-rule-promql-syntax-error": ("rules", "promtool check rules failed"),
     "real-rule-unit-test-fails": ("rules", "promtool test rules failed"),
     "real-dashboard-broken-expr": ("dashboard", "PromQL does not parse"),
@@ -90,7 +91,8 @@ def mutate(case, tree):
             what = "an unknown field in the first container"
         rewrite(f, docs)
         return f, what
-    if case in ("real-scaledobject-unknown-trigger-field", "real-scaledobject-missing-scaletargetref"):
+    if case in ("real-scaledobject-unknown-trigger-field", "real-scaledobject-missing-scaletargetref",
+                "real-scaledobject-target-missing"):
         f, docs, d = first_kind(tree, "ScaledObject")
         if not f:
             return None
@@ -99,6 +101,11 @@ def mutate(case, tree):
                 return None
             d["spec"]["triggers"][0]["selftestUnknownField"] = "x"
             what = "an unknown field in the first trigger"
+        elif case == "real-scaledobject-target-missing":
+            if not (d["spec"].get("scaleTargetRef") or {}).get("name"):
+                return None
+            d["spec"]["scaleTargetRef"]["name"] += "-selftest-typo"
+            what = "scaleTargetRef names a Deployment that does not exist"
         else:
             if "scaleTargetRef" not in d["spec"]:
                 return None
