@@ -4,7 +4,8 @@
 
 - the file is JSON, an object with `__inputs` (so it imports with a
   datasource prompt), `templating.list` holding a `datasource` variable,
-  and `panels`;
+  and `panels`; no panel, target or variable names a datasource by a fixed
+  uid (only variables such as ${datasource}, and Grafana's built-ins);
 - every PromQL expression (each panel's `targets[].expr`, nested rows
   included, and each query variable's `label_values(...)`/`query_result(...)`
   inner expression) with Grafana's variables replaced by harmless values is
@@ -55,6 +56,28 @@ def substitute(expr, variables):
         return "x"
 
     return VAR_RE.sub(lambda m: value(m.group(1) or m.group(2) or m.group(3)), expr)
+
+
+BUILTIN_DATASOURCES = {"-- Grafana --", "-- Mixed --", "-- Dashboard --", "grafana"}
+
+
+def datasources(node, where="dashboard"):
+    """(where, value) of every "datasource" field: panels, targets,
+    variables, annotations."""
+    if isinstance(node, dict):
+        label = where
+        if "title" in node and isinstance(node.get("title"), str) and "type" in node:
+            label = f"panel {node['title']!r}"
+        elif "name" in node and isinstance(node.get("name"), str):
+            label = f"{where} {node['name']!r}"
+        for k, v in node.items():
+            if k == "datasource" and v is not None:
+                yield label, v
+            elif k != "__inputs":
+                yield from datasources(v, label)
+    elif isinstance(node, list):
+        for v in node:
+            yield from datasources(v, where)
 
 
 def walk_panels(panels, out):
@@ -117,6 +140,11 @@ def main():
     if not panels:
         problems.append("no panels")
     variables = {v.get("name"): v for v in templating if isinstance(v, dict)}
+    for where, ds in datasources(dash):
+        uid = ds.get("uid") if isinstance(ds, dict) else ds
+        if isinstance(uid, str) and not uid.startswith("$") and uid not in BUILTIN_DATASOURCES:
+            problems.append(f"{where}: datasource {uid!r} is hard-coded (use the datasource "
+                            "variable, ${datasource}, so the dashboard imports anywhere)")
 
     exprs = []  # (where, original, substituted)
     for panel in panels:
