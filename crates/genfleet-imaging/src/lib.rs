@@ -39,7 +39,10 @@ pub use error::ImagingError;
 pub use image::DynamicImage;
 pub use jpeg::{ChromaSubsampling, JpegOptions};
 pub use limits::{inspect, ImageInfo, Limits};
-pub use matte::{alpha_iou, apply_matte, ClassicalMatte, Matte};
+pub use matte::{
+    alpha_iou, apply_matte, choose_method, classical_confidence, refine_mask, ClassicalEvidence,
+    ClassicalMatte, Matte, MatteMethod, CLASSICAL_CONFIDENCE_THRESHOLD,
+};
 pub use passthrough::{jpeg_passthrough, Passthrough};
 pub use presets::{apply_preset, Preset, PresetFormat, Presets, AVIF_SPEED};
 pub use resize::{

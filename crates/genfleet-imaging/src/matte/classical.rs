@@ -96,6 +96,48 @@ struct Backdrop {
     threshold: f32,
     /// Median border residual: the distance plain noise reaches.
     noise: f32,
+    /// 95th percentile of the border residuals.
+    noise_p95: f32,
+    /// Fraction of the border ring the first fit explains.
+    inliers: f32,
+}
+
+/// What the classical matte saw while cutting one image: the evidence
+/// `classical_confidence` turns into a score for the `auto` choice. Figures
+/// are measured on the working copy.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ClassicalEvidence {
+    /// The border is a smooth backdrop; when false nothing was removed and
+    /// every other figure is zero.
+    pub backdrop: bool,
+    /// Fraction of the border ring that the backdrop field explains (the
+    /// rest is an object touching the border, or texture).
+    pub border_inliers: f32,
+    /// 95th percentile of the border's residuals from the field, in 8-bit
+    /// RGB units: sensor and JPEG noise on a studio backdrop (~5), texture
+    /// in a photo (tens).
+    pub border_noise: f32,
+    /// The backdrop/object distance threshold used.
+    pub threshold: f32,
+    /// Fraction of the image that is foreground.
+    pub foreground: f32,
+    /// Fraction of the image whose distance from the backdrop is neither
+    /// clearly backdrop nor clearly object (between half and twice the
+    /// threshold): thin on a clean cut-out (its outline), wide where the
+    /// backdrop model does not explain the scene.
+    pub ambiguous: f32,
+}
+
+impl ClassicalEvidence {
+    /// The border is no backdrop: the matte kept everything.
+    const NONE: ClassicalEvidence = ClassicalEvidence {
+        backdrop: false,
+        border_inliers: 0.0,
+        border_noise: 0.0,
+        threshold: 0.0,
+        foreground: 1.0,
+        ambiguous: 0.0,
+    };
 }
 
 impl Matte for ClassicalMatte {
@@ -104,6 +146,21 @@ impl Matte for ClassicalMatte {
     }
 
     fn matte(&self, image: &DynamicImage) -> Result<GrayImage, ImagingError> {
+        Ok(self.matte_with_evidence(image)?.0)
+    }
+}
+
+impl ClassicalMatte {
+    /// [`Matte::matte`], plus what the matte saw, from which
+    /// `classical_confidence` judges whether to trust it.
+    ///
+    /// # Errors
+    ///
+    /// As [`Matte::matte`].
+    pub fn matte_with_evidence(
+        &self,
+        image: &DynamicImage,
+    ) -> Result<(GrayImage, ClassicalEvidence), ImagingError> {
         let (width, height) = (image.width(), image.height());
         if width == 0 || height == 0 {
             return Err(ImagingError::Invalid(format!(
@@ -119,10 +176,21 @@ impl Matte for ClassicalMatte {
             .as_rgb8()
             .ok_or_else(|| ImagingError::Internal("matte input is not rgb8".into()))?;
         let Some(backdrop) = self.fit_border(&small) else {
-            return Ok(GrayImage::from_pixel(width, height, image::Luma([255])));
+            return Ok((
+                GrayImage::from_pixel(width, height, image::Luma([255])),
+                ClassicalEvidence::NONE,
+            ));
         };
-        let mask = self.segment(&small, backdrop.field.clone(), backdrop.threshold);
-        let (mask, field) = mask;
+        let (mask, field, ambiguous) =
+            self.segment(&small, backdrop.field.clone(), backdrop.threshold);
+        let evidence = ClassicalEvidence {
+            backdrop: true,
+            border_inliers: backdrop.inliers,
+            border_noise: backdrop.noise_p95,
+            threshold: backdrop.threshold,
+            foreground: mask.iter().filter(|&&fg| fg).count() as f32 / mask.len().max(1) as f32,
+            ambiguous,
+        };
         let small_alpha = GrayImage::from_raw(
             small.width(),
             small.height(),
@@ -134,11 +202,9 @@ impl Matte for ClassicalMatte {
             let backdrop = Backdrop { field, ..backdrop };
             self.refine(full, &backdrop, &mut alpha);
         }
-        Ok(alpha)
+        Ok((alpha, evidence))
     }
-}
 
-impl ClassicalMatte {
     /// Step 1 and 2: the backdrop field and threshold from the border ring,
     /// or `None` when the border is not a smooth backdrop.
     fn fit_border(&self, small: &RgbImage) -> Option<Backdrop> {
@@ -193,12 +259,20 @@ impl ClassicalMatte {
             field,
             threshold,
             noise: percentile(&res, 0.5),
+            noise_p95: p95,
+            inliers: inliers as f32 / samples.len() as f32,
         })
     }
 
-    /// Steps 3 to 5 on the working copy: the foreground mask and the field
-    /// refitted on the background.
-    fn segment(&self, small: &RgbImage, mut field: Field, threshold: f32) -> (Vec<bool>, Field) {
+    /// Steps 3 to 5 on the working copy: the foreground mask, the field
+    /// refitted on the background, and the ambiguous fraction of
+    /// [`ClassicalEvidence`].
+    fn segment(
+        &self,
+        small: &RgbImage,
+        mut field: Field,
+        threshold: f32,
+    ) -> (Vec<bool>, Field, f32) {
         let (w, h) = small.dimensions();
         let (wu, hu) = (w as usize, h as usize);
         let mut strict = vec![0f32; wu * hu];
@@ -262,7 +336,12 @@ impl ClassicalMatte {
         for i in specks {
             foreground[i] = false;
         }
-        (foreground, field)
+        let ambiguous = shadowed
+            .iter()
+            .filter(|&&d| d >= 0.5 * threshold && d < 2.0 * threshold)
+            .count() as f32
+            / area;
+        (foreground, field, ambiguous)
     }
 
     /// Step 6: sub-pixel alpha in the band where the upsampled mask is soft,

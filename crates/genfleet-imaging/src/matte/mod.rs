@@ -3,18 +3,26 @@
 //!
 //! Owns the contract every matte follows (an 8-bit alpha mask the size of the
 //! input, 255 = foreground) and the classical CPU matte for studio and product
-//! photos on plain or gradient backgrounds. It does not load models: model
-//! based mattes live elsewhere and plug in behind the same trait.
+//! photos on plain or gradient backgrounds; the full-resolution refinement
+//! of a model's coarse mask (`refine.rs`); and the `auto` rule that picks
+//! between the two (`confidence.rs`). It does not load or run models: model
+//! based mattes live in `genfleet-inference`, which hands its mask here.
 
 mod background;
 mod classical;
+mod confidence;
+mod refine;
 mod regions;
 
 use image::{DynamicImage, GenericImageView, GrayImage};
 
 use crate::error::ImagingError;
 
-pub use classical::ClassicalMatte;
+pub use classical::{ClassicalEvidence, ClassicalMatte};
+pub use confidence::{
+    choose_method, classical_confidence, MatteMethod, CLASSICAL_CONFIDENCE_THRESHOLD,
+};
+pub use refine::refine_mask;
 
 /// Something that separates the foreground of an image from its background.
 pub trait Matte {
