@@ -37,6 +37,23 @@ async fn admits_at_once_when_there_is_room() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn the_headroom_is_kept_free() {
+    let (gpu, admission) = setup(1000, 100);
+    gpu.set_external_use(400);
+    // 600 free, 100 of it headroom: 501 waits until the deadline, 500 fits.
+    let start = Instant::now();
+    assert_eq!(
+        admission.admit(501, start + ms(200)).await.unwrap_err(),
+        AdmissionError::DeadlineExceeded {
+            needed: 501,
+            free: 600
+        }
+    );
+    let permit = admission.admit(500, Instant::now()).await.unwrap();
+    assert_eq!(permit.waited(), Duration::ZERO);
+}
+
+#[tokio::test(start_paused = true)]
 async fn waits_while_others_use_memory_and_is_admitted_within_a_poll_of_release() {
     let (gpu, admission) = setup(1000, 100);
     // 1000 − 600 − 100 headroom = 300 free for us: 500 must wait.
