@@ -40,7 +40,7 @@ fn init_logging(format: LogFormat) {
 /// service cannot stop them.
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Command::Batch(args) => cli::batch::run(args),
+        Command::Batch(args) => cli::batch::run(args, cli.config.as_deref()),
         Command::Validate(args) => cli::validate::run(&args),
         command => {
             let config = Config::load(cli.config.as_deref())?;

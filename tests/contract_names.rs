@@ -89,6 +89,34 @@ const METRICS: &[(&str, &str, &[&str])] = &[
     ("genfleet_source_deletions_pending", "gauge", &["state"]),
     ("genfleet_source_deletions_total", "counter", &["outcome"]),
     ("genfleet_purged_total", "counter", &["kind"]),
+    // Served only with `[inference] enabled` (tests/gpu_class.rs scrapes
+    // them from a real worker); the GPU series only where NVML sees a GPU.
+    (
+        "genfleet_inference_execution_provider",
+        "gauge",
+        &["provider"],
+    ),
+    ("genfleet_inference_batch_size", "histogram", &["model"]),
+    ("genfleet_inference_batch_seconds", "histogram", &["model"]),
+    (
+        "genfleet_inference_admission_wait_seconds",
+        "histogram",
+        &["model"],
+    ),
+    (
+        "genfleet_inference_model_footprint_bytes",
+        "gauge",
+        &["model"],
+    ),
+    ("genfleet_gpu_memory_used_bytes", "gauge", &["gpu", "name"]),
+    ("genfleet_gpu_memory_total_bytes", "gauge", &["gpu", "name"]),
+    ("genfleet_gpu_utilisation_ratio", "gauge", &["gpu", "name"]),
+    (
+        "genfleet_gpu_temperature_celsius",
+        "gauge",
+        &["gpu", "name"],
+    ),
+    ("genfleet_gpu_power_watts", "gauge", &["gpu", "name"]),
 ];
 
 type Families = BTreeMap<String, (String, BTreeSet<String>)>;
@@ -248,6 +276,34 @@ fn the_worker_registers_exactly_the_pinned_metrics() {
     m.source_deletions_pending.with_label_values(&["a"]).set(0);
     m.source_deletions_total.with_label_values(&["a"]).inc();
     m.purged_total.with_label_values(&["a"]).inc();
+    m.inference_execution_provider
+        .with_label_values(&["a"])
+        .set(1);
+    m.inference_batch_size
+        .with_label_values(&["a"])
+        .observe(1.0);
+    m.inference_batch_seconds
+        .with_label_values(&["a"])
+        .observe(1.0);
+    m.inference_admission_wait_seconds
+        .with_label_values(&["a"])
+        .observe(1.0);
+    m.inference_model_footprint_bytes
+        .with_label_values(&["a"])
+        .set(1);
+    m.gpu_memory_used_bytes
+        .with_label_values(&["a", "b"])
+        .set(1);
+    m.gpu_memory_total_bytes
+        .with_label_values(&["a", "b"])
+        .set(1);
+    m.gpu_utilisation_ratio
+        .with_label_values(&["a", "b"])
+        .set(0.5);
+    m.gpu_temperature_celsius
+        .with_label_values(&["a", "b"])
+        .set(1.0);
+    m.gpu_power_watts.with_label_values(&["a", "b"]).set(1.0);
     assert_eq!(families(&m.render()), pinned());
 }
 

@@ -392,7 +392,8 @@ async fn two_hundred_mixed_jobs_end_to_end() {
             "cpu",
         ));
     }
-    // Background removal on this worker's CPU (classical matte): a cut-out
+    // Background removal on this worker's CPU (classical matte: the `cpu`
+    // class; `auto` and `model` go to `gpu`, tests/gpu_class.rs): a cut-out
     // PNG whose alpha is checked against the ground-truth mask below.
     for _ in 0..5 {
         let mut j = job(
@@ -402,6 +403,7 @@ async fn two_hundred_mixed_jobs_end_to_end() {
         );
         j.generation = Some(v1::Generation {
             providers: vec!["local".into()],
+            parameters: Some(string_parameters(&[("method", "classical")])),
             ..Default::default()
         });
         jobs.push((j, ok(2, 1), "cpu"));

@@ -7,7 +7,12 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use genfleet_imaging::Encoding;
-use genfleet_worker::batch::{self, BatchOptions};
+use genfleet_worker::batch::{self, BatchModels, BatchOptions};
+use genfleet_worker::config::InferenceSection;
+use genfleet_worker::local_models::LocalModels;
+use genfleet_worker::methods::{MatteMethod, UpscaleMethod};
+use genfleet_worker::metrics::Metrics;
+use genfleet_worker::Config;
 
 #[derive(Args)]
 pub(crate) struct BatchArgs {
@@ -39,6 +44,47 @@ pub(crate) struct BatchArgs {
     /// Threads; 0 means one per CPU.
     #[arg(long, default_value_t = 0)]
     threads: usize,
+    /// Cut every image out (a PNG with transparency unless --format says
+    /// otherwise).
+    #[arg(long)]
+    remove_background: bool,
+    /// How --remove-background cuts: auto (the classical matte on a plain
+    /// backdrop, the model otherwise), model or classical.
+    #[arg(
+        long,
+        value_enum,
+        default_value = "auto",
+        requires = "remove_background"
+    )]
+    method: Method,
+    /// Enlarge every image 2 or 4 times (after --long-side).
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(["2", "4"]))]
+    upscale: Option<String>,
+    /// The upscaler of --upscale: lanczos, realesrgan-fast or realesrgan.
+    #[arg(long, value_enum, default_value = "lanczos", requires = "upscale")]
+    upscale_model: UpscaleModel,
+    /// Folder of the models (tools/install-models DIR); default `.models`
+    /// here when it exists, else the configuration's `inference.models_dir`.
+    #[arg(long)]
+    models_dir: Option<PathBuf>,
+    /// The ONNX Runtime library; default `inference.onnxruntime_path`,
+    /// ORT_DYLIB_PATH, then the one install-models put in the models folder.
+    #[arg(long)]
+    onnxruntime: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Method {
+    Auto,
+    Model,
+    Classical,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum UpscaleModel {
+    Lanczos,
+    RealesrganFast,
+    Realesrgan,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -51,7 +97,7 @@ enum OutputFormat {
     Avif,
 }
 
-pub(crate) fn run(args: BatchArgs) -> Result<ExitCode> {
+pub(crate) fn run(args: BatchArgs, config: Option<&Path>) -> Result<ExitCode> {
     let BatchArgs {
         input,
         out,
@@ -62,7 +108,29 @@ pub(crate) fn run(args: BatchArgs) -> Result<ExitCode> {
         presets,
         watermark,
         threads,
+        remove_background,
+        method,
+        upscale,
+        upscale_model,
+        models_dir,
+        onnxruntime,
     } = args;
+    let cutout = remove_background.then_some(match method {
+        Method::Auto => MatteMethod::Auto,
+        Method::Model => MatteMethod::Model,
+        Method::Classical => MatteMethod::Classical,
+    });
+    let upscale = match upscale.as_deref() {
+        None => None,
+        Some(factor) => Some((
+            match upscale_model {
+                UpscaleModel::Lanczos => UpscaleMethod::Lanczos,
+                UpscaleModel::RealesrganFast => UpscaleMethod::RealEsrganFast,
+                UpscaleModel::Realesrgan => UpscaleMethod::RealEsrgan,
+            },
+            factor.parse::<u32>().context("--upscale is 2 or 4")?,
+        )),
+    };
     let quality = quality.clamp(1, 100);
     let encoding = format.map(|format| match format {
         OutputFormat::Jpeg => Encoding::jpeg(quality),
@@ -86,11 +154,53 @@ pub(crate) fn run(args: BatchArgs) -> Result<ExitCode> {
             })?;
             (preset, long_side, encoding)
         }
+        // A cut-out keeps its transparency: PNG unless --format says
+        // otherwise. An upscale is not shrunk first unless asked.
         None => (
             known.original(),
-            Some(long_side.unwrap_or(2048)),
-            Some(encoding.unwrap_or(Encoding::jpeg(quality))),
+            match (long_side, upscale) {
+                (Some(side), _) => Some(side),
+                (None, Some(_)) => None,
+                (None, None) => Some(2048),
+            },
+            match (encoding, cutout) {
+                (Some(encoding), _) => Some(encoding),
+                (None, Some(_)) => None,
+                (None, None) => Some(Encoding::jpeg(quality)),
+            },
         ),
+    };
+    let needs_model = cutout.is_some_and(MatteMethod::may_use_model)
+        || upscale.is_some_and(|(method, _)| method.uses_model());
+    // The runtime lives as long as the batch: the engine's batcher runs on it.
+    let runtime = match needs_model {
+        true => Some(
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .context("starting the runtime for the models")?,
+        ),
+        false => None,
+    };
+    let models = match &runtime {
+        Some(runtime) => {
+            let section = inference_section(config, models_dir, onnxruntime)?;
+            let models = runtime.block_on(LocalModels::open(&section, &Metrics::new()));
+            if !models.is_ready() {
+                eprintln!(
+                    "the models did not load from {} (see the warning above): files that need \
+                     one are rejected; run tools/install-models {} or pass --models-dir",
+                    section.models_dir.display(),
+                    section.models_dir.display()
+                );
+            }
+            Some(BatchModels {
+                models,
+                runtime: runtime.handle().clone(),
+            })
+        }
+        None => None,
     };
     let options = BatchOptions {
         long_side,
@@ -98,9 +208,37 @@ pub(crate) fn run(args: BatchArgs) -> Result<ExitCode> {
         preset,
         watermark,
         threads,
+        upscale,
+        cutout,
+        models,
         ..BatchOptions::default()
     };
     run_batch(&input, &out, &options)
+}
+
+/// `[inference]` for `batch`: the configuration file's when one is given
+/// (batch otherwise reads none, so that a broken file cannot stop it),
+/// enabled, with the command line's folder and library over it.
+fn inference_section(
+    config: Option<&Path>,
+    models_dir: Option<PathBuf>,
+    onnxruntime: Option<PathBuf>,
+) -> Result<InferenceSection> {
+    let mut section = match config {
+        Some(file) => Config::load(Some(file))?.inference,
+        None => InferenceSection::default(),
+    };
+    section.enabled = true;
+    let local = PathBuf::from(".models");
+    section.models_dir = match models_dir {
+        Some(dir) => dir,
+        None if local.is_dir() => local,
+        None => section.models_dir,
+    };
+    if onnxruntime.is_some() {
+        section.onnxruntime_path = onnxruntime;
+    }
+    Ok(section)
 }
 
 fn run_batch(input: &Path, out: &Path, options: &BatchOptions) -> Result<ExitCode> {

@@ -745,3 +745,21 @@ pub fn job_starts(schema: &str) -> HashMap<String, u32> {
         })
         .collect()
 }
+
+/// `generation.parameters` of string values, e.g. `[("method", "model")]`.
+pub fn string_parameters(pairs: &[(&str, &str)]) -> genfleet_proto::pbjson_types::Struct {
+    use genfleet_proto::pbjson_types::{value::Kind, Struct, Value};
+    Struct {
+        fields: pairs
+            .iter()
+            .map(|(key, value)| {
+                (
+                    (*key).to_string(),
+                    Value {
+                        kind: Some(Kind::StringValue((*value).to_string())),
+                    },
+                )
+            })
+            .collect(),
+    }
+}

@@ -11,10 +11,12 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use genfleet_imaging::{Encoding, Limits, Preset, Presets};
+use genfleet_imaging::{DynamicImage, Encoding, Limits, Preset, Presets};
 use genfleet_proto::ErrorCode;
 
 use crate::failure::JobFailure;
+use crate::local_models::LocalModels;
+use crate::methods::{MatteMethod, UpscaleMethod};
 use crate::pipeline::{self, RenderSpec, Step};
 
 #[derive(Debug, Clone)]
@@ -30,7 +32,28 @@ pub struct BatchOptions {
     pub limits: Limits,
     /// Worker threads; 0 means one per CPU.
     pub threads: usize,
+    /// Enlarge every image (after `long_side`) by this factor (2 or 4)
+    /// with this upscaler.
+    pub upscale: Option<(UpscaleMethod, u32)>,
+    /// Cut every image out by this method (after any upscale): a PNG with
+    /// transparency unless `encoding` says otherwise.
+    pub cutout: Option<MatteMethod>,
+    /// The local models, for `upscale` and `cutout` methods that run one;
+    /// `None` fails those files with the reason.
+    pub models: Option<BatchModels>,
 }
+
+/// The engine and the runtime its calls run on: `batch` works on plain
+/// threads, and each blocks on its own model call while the engine's
+/// micro-batcher gathers those of the others.
+#[derive(Debug, Clone)]
+pub struct BatchModels {
+    pub models: LocalModels,
+    pub runtime: tokio::runtime::Handle,
+}
+
+/// How long one file's model call may take.
+const MODEL_WAIT: Duration = Duration::from_secs(600);
 
 impl Default for BatchOptions {
     fn default() -> Self {
@@ -41,6 +64,9 @@ impl Default for BatchOptions {
             watermark: false,
             limits: Limits::default(),
             threads: 0,
+            upscale: None,
+            cutout: None,
+            models: None,
         }
     }
 }
@@ -127,6 +153,7 @@ pub fn run(
         encodings: options.encoding.into_iter().collect(),
         quality: None,
         watermark: options.watermark,
+        matte: None,
     };
     let mut items: Vec<BatchItem> = std::thread::scope(|scope| {
         let workers: Vec<_> = (0..threads.min(inputs.len()).max(1))
@@ -160,6 +187,32 @@ pub fn run(
     Ok(items)
 }
 
+/// The upscale and the cut-out of `options`, models on their runtime.
+fn model_steps(image: DynamicImage, options: &BatchOptions) -> Result<DynamicImage, JobFailure> {
+    let disabled = LocalModels::disabled();
+    let (models, runtime) = match &options.models {
+        Some(m) => (&m.models, Some(&m.runtime)),
+        None => (&disabled, None),
+    };
+    let deadline = || tokio::time::Instant::now() + MODEL_WAIT;
+    let image = match options.upscale {
+        None => image,
+        Some((UpscaleMethod::Lanczos, factor)) => {
+            genfleet_imaging::upscale_with(&image, factor, None, &options.limits)?
+        }
+        Some((method, factor)) => {
+            models.upscale_blocking(runtime, &image, method, factor, &options.limits, deadline())?
+        }
+    };
+    match options.cutout {
+        None => Ok(image),
+        Some(method) => {
+            let alpha = models.alpha_blocking(runtime, &image, method, deadline())?;
+            Ok(genfleet_imaging::apply_matte(&image, &alpha)?)
+        }
+    }
+}
+
 fn convert(
     path: &Path,
     relative: &Path,
@@ -181,7 +234,8 @@ fn convert(
     let bytes = std::fs::read(path).map_err(io_failure)?;
     let steps: Vec<Step> = options.long_side.map(Step::Resize).into_iter().collect();
     let prepared = pipeline::prepare(&bytes, &options.limits, &steps)?;
-    let rendered = pipeline::render(&prepared.image, 0, spec)?;
+    let image = model_steps(prepared.image, options)?;
+    let rendered = pipeline::render(&image, 0, spec)?;
     let Some(first) = rendered.into_iter().next() else {
         return Err(JobFailure::new(ErrorCode::Internal, "nothing was rendered"));
     };

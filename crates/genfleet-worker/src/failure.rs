@@ -129,6 +129,22 @@ impl From<genfleet_providers::ProviderError> for JobFailure {
     }
 }
 
+/// A local model's failure outside the provider call (the
+/// `remove_background` preset step): classified like the local provider's.
+impl From<crate::local_models::ModelError> for JobFailure {
+    fn from(error: crate::local_models::ModelError) -> Self {
+        use crate::local_models::ModelError as E;
+        match error {
+            E::Unavailable(_) | E::Overloaded(_) | E::Failed(_) => {
+                JobFailure::new(ErrorCode::ProviderUnavailable, error.to_string())
+            }
+            E::Invalid(_) => JobFailure::new(ErrorCode::InvalidInput, error.to_string()),
+            E::DeadlineExceeded => JobFailure::new(ErrorCode::DeadlineExceeded, error.to_string()),
+            E::Image(e) => JobFailure::from(e),
+        }
+    }
+}
+
 /// The result code of a provider's error. Bad credentials share
 /// `provider_unavailable` with outages: to the customer the provider could
 /// not serve the job; operators get their own attempt outcome.

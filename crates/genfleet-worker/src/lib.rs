@@ -18,6 +18,7 @@ mod failure;
 pub mod http;
 mod job;
 pub mod kinds;
+pub mod local_models;
 mod local_provider;
 pub mod methods;
 pub mod metrics;

@@ -54,6 +54,23 @@ impl MatteMethod {
         }
     }
 
+    /// The method a contract job names in `generation.parameters`, for its
+    /// `remove_background` presets; `None` when it names none.
+    ///
+    /// # Errors
+    /// As [`MatteMethod::from_json`].
+    pub fn of_job(job: &genfleet_proto::v1::Job) -> Result<Option<MatteMethod>, String> {
+        let value = job
+            .generation
+            .as_ref()
+            .and_then(|g| g.parameters.as_ref())
+            .and_then(|p| p.fields.get(Self::KEY))
+            .map(serde_json::to_value)
+            .transpose()
+            .map_err(|e| format!("parameters.method: {e}"))?;
+        MatteMethod::from_json(value.as_ref())
+    }
+
     /// Stable label for logs and `genfleet batch`.
     pub fn label(self) -> &'static str {
         match self {

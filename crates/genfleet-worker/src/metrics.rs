@@ -7,8 +7,8 @@
 use std::sync::{Arc, Mutex};
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Buckets for whole jobs and provider calls: from a fast local resize to a
@@ -16,6 +16,9 @@ use prometheus::{
 const JOB_BUCKETS: &[f64] = &[
     0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0,
 ];
+/// Items in one model run: the micro-batcher's sizes up to
+/// `inference.max_batch`'s ceiling.
+const BATCH_SIZE_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0];
 const STAGE_BUCKETS: &[f64] = &[
     0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 120.0,
 ];
@@ -82,6 +85,24 @@ pub struct Metrics {
     /// (`outputs`, `outcomes`, `provider_submissions`, `job_attempts`,
     /// `job_cancellations`, `dead_letters`).
     pub purged_total: IntCounterVec,
+    /// 1 for the ONNX Runtime execution provider in use (`cuda`, `cpu`), 0
+    /// for the others; absent without `[inference]`.
+    pub inference_execution_provider: IntGaugeVec,
+    /// Items in each model run, by model.
+    pub inference_batch_size: HistogramVec,
+    /// Time of each model run, by model.
+    pub inference_batch_seconds: HistogramVec,
+    /// Time a model load or batch waited for GPU memory, by model.
+    pub inference_admission_wait_seconds: HistogramVec,
+    /// Memory a loaded model took (VRAM on CUDA, resident on the CPU).
+    pub inference_model_footprint_bytes: IntGaugeVec,
+    /// Per GPU (index and board name), read right before each scrape.
+    pub gpu_memory_used_bytes: IntGaugeVec,
+    pub gpu_memory_total_bytes: IntGaugeVec,
+    /// 0..1 of the last sample period the GPU was busy.
+    pub gpu_utilisation_ratio: GaugeVec,
+    pub gpu_temperature_celsius: GaugeVec,
+    pub gpu_power_watts: GaugeVec,
     /// Read state into gauges right before each scrape.
     hooks: Arc<Mutex<Vec<RenderHook>>>,
 }
@@ -126,6 +147,13 @@ impl Metrics {
                 .register(Box::new(h.clone()))
                 .expect("unique metric name");
             h
+        };
+        let float_gauge_vec = |name: &str, help: &str, labels: &[&str]| {
+            let g = GaugeVec::new(Opts::new(name, help), labels).expect("valid gauge");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric name");
+            g
         };
         let gauge = |name: &str, help: &str| {
             let g = IntGauge::new(name, help).expect("valid gauge");
@@ -270,6 +298,59 @@ impl Metrics {
                 "genfleet_purged_total",
                 "Objects, rows and dead letters removed by retention purges run here, by kind",
                 &["kind"],
+            ),
+            inference_execution_provider: gauge_vec(
+                "genfleet_inference_execution_provider",
+                "1 for the ONNX Runtime execution provider local models run on (cuda, cpu)",
+                &["provider"],
+            ),
+            inference_batch_size: histogram(
+                "genfleet_inference_batch_size",
+                "Requests (or tiles) in one model run, by model",
+                &["model"],
+                BATCH_SIZE_BUCKETS,
+            ),
+            inference_batch_seconds: histogram(
+                "genfleet_inference_batch_seconds",
+                "Time of one model run, by model",
+                &["model"],
+                STAGE_BUCKETS,
+            ),
+            inference_admission_wait_seconds: histogram(
+                "genfleet_inference_admission_wait_seconds",
+                "Time a model load or batch waited for GPU memory, by model",
+                &["model"],
+                STAGE_BUCKETS,
+            ),
+            inference_model_footprint_bytes: gauge_vec(
+                "genfleet_inference_model_footprint_bytes",
+                "Memory a loaded model took, measured at load, by model",
+                &["model"],
+            ),
+            gpu_memory_used_bytes: gauge_vec(
+                "genfleet_gpu_memory_used_bytes",
+                "GPU memory in use, by GPU index and board name",
+                &["gpu", "name"],
+            ),
+            gpu_memory_total_bytes: gauge_vec(
+                "genfleet_gpu_memory_total_bytes",
+                "GPU memory in all, by GPU index and board name",
+                &["gpu", "name"],
+            ),
+            gpu_utilisation_ratio: float_gauge_vec(
+                "genfleet_gpu_utilisation_ratio",
+                "Share of the last sample period the GPU was busy (0..1)",
+                &["gpu", "name"],
+            ),
+            gpu_temperature_celsius: float_gauge_vec(
+                "genfleet_gpu_temperature_celsius",
+                "GPU temperature",
+                &["gpu", "name"],
+            ),
+            gpu_power_watts: float_gauge_vec(
+                "genfleet_gpu_power_watts",
+                "GPU power draw",
+                &["gpu", "name"],
             ),
             hooks: Arc::default(),
             registry,

@@ -4,11 +4,12 @@
 //! off the async runtime (`spawn_blocking` with a bound).
 
 use genfleet_imaging::{
-    ClassicalMatte, DynamicImage, Encoding, ImageInfo, Limits, Preset, Presets,
+    ClassicalMatte, DynamicImage, Encoding, ImageInfo, Limits, Matte, Preset, Presets,
 };
 use genfleet_proto::{v1, ErrorCode};
 
 use crate::failure::JobFailure;
+use crate::methods::MatteMethod;
 
 /// A pre-processing step, converted once from the contract.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +44,10 @@ pub struct RenderSpec {
     /// The job's quality, when it set one: it overrides the presets'.
     pub quality: Option<u8>,
     pub watermark: bool,
+    /// `parameters.method` for presets that remove a backdrop; `None`: the
+    /// model where this worker has one (`auto`), else the classical matte,
+    /// as before models existed.
+    pub matte: Option<MatteMethod>,
 }
 
 /// The quality used when neither the job nor the preset sets one.
@@ -101,6 +106,7 @@ impl RenderSpec {
             encodings,
             quality,
             watermark: spec.watermark,
+            matte: None,
         })
     }
 
@@ -111,7 +117,14 @@ impl RenderSpec {
             encodings: vec![encoding],
             quality: None,
             watermark,
+            matte: None,
         }
+    }
+
+    /// Whether a preset cuts the backdrop out of `image` (one that already
+    /// has transparency is kept as it is).
+    pub fn mattes(&self, image: &DynamicImage) -> bool {
+        !image.color().has_alpha() && self.presets.iter().any(|p| p.remove_background)
     }
 
     /// The encodings for one preset's output.
@@ -296,8 +309,8 @@ pub struct Rendered {
 }
 
 /// Renders one generated image in every preset x encoding. Presets that
-/// remove a backdrop use the classical matte (the CPU path; a model-based
-/// matte plugs in behind the same `Matte` trait).
+/// remove a backdrop use the classical matte; [`render_with`] takes another
+/// (a model's mask, computed before).
 ///
 /// # Errors
 /// An encoder failure (`internal`); an output too large for its format
@@ -307,10 +320,22 @@ pub fn render(
     index: usize,
     spec: &RenderSpec,
 ) -> Result<Vec<Rendered>, JobFailure> {
-    let matte = ClassicalMatte::default();
+    render_with(image, index, spec, &ClassicalMatte::default())
+}
+
+/// [`render`] with `matte` for the presets that remove a backdrop.
+///
+/// # Errors
+/// As [`render`].
+pub fn render_with(
+    image: &DynamicImage,
+    index: usize,
+    spec: &RenderSpec,
+    matte: &dyn Matte,
+) -> Result<Vec<Rendered>, JobFailure> {
     let mut out = Vec::new();
     for preset in &spec.presets {
-        let mut sized = genfleet_imaging::apply_preset(image, preset, &matte)?;
+        let mut sized = genfleet_imaging::apply_preset(image, preset, matte)?;
         if spec.watermark {
             genfleet_imaging::apply_watermark(&mut sized);
         }
@@ -461,6 +486,7 @@ mod tests {
             encodings: vec![Encoding::jpeg(80), Encoding::Png],
             quality: Some(80),
             watermark: false,
+            matte: None,
         };
         let out = render(&image, 2, &spec).unwrap();
         let summary: Vec<(String, u32, u32)> = out

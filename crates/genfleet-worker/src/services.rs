@@ -23,6 +23,7 @@ pub type DefaultModels = HashMap<String, HashMap<genfleet_proto::v1::JobKind, St
 
 use crate::config::Config;
 use crate::cpu::CpuPool;
+use crate::local_models::LocalModels;
 use crate::local_provider::LocalProvider;
 use crate::metrics::Metrics;
 use crate::WorkerError;
@@ -56,6 +57,9 @@ pub struct Services {
     /// `worker.max_concurrent_fetches` permits: held while a job fetches
     /// and scans its inputs.
     pub fetches: Arc<tokio::sync::Semaphore>,
+    /// The local models of `[inference]`, or why there are none: the
+    /// local provider and the `remove_background` preset step ask it.
+    pub models: LocalModels,
 }
 
 impl Services {
@@ -115,9 +119,15 @@ impl Services {
             &mut providers,
             &mut default_models,
         )?;
+        warn_gpu_class_without_inference(&config);
+        let models = LocalModels::open(&config.inference, &metrics).await;
         providers.insert(
             "local".into(),
-            Arc::new(LocalProvider::new(input_limits.clone(), cpu.clone())),
+            Arc::new(LocalProvider::new(
+                input_limits.clone(),
+                cpu.clone(),
+                models.clone(),
+            )),
         );
         let scanner = scanner(&config)?;
         let retry = RetryPolicy {
@@ -145,6 +155,7 @@ impl Services {
             fetches: Arc::new(tokio::sync::Semaphore::new(usize::from(
                 config_fetches.max(1),
             ))),
+            models,
         })
     }
 
@@ -163,6 +174,21 @@ impl Services {
         self.cpu.run(work).await.map_err(|message| {
             crate::failure::JobFailure::new(genfleet_proto::ErrorCode::Internal, message)
         })?
+    }
+}
+
+/// A worker that consumes `gpu` without `[inference]` starts, with a
+/// warning: the class existed before it had models, so refusing would stop
+/// workers configured that way on upgrade; a `gpu` job that needs no model
+/// (a Lanczos upscale, a classical matte) is still served; and a worker
+/// whose runtime fails to load is in the same position and must start
+/// anyway. Its model jobs fail `provider_unavailable`, saying why.
+fn warn_gpu_class_without_inference(config: &Config) {
+    if !config.inference.enabled && config.worker.classes.iter().any(|c| c == "gpu") {
+        tracing::warn!(
+            "worker.classes includes gpu but [inference] is disabled: gpu jobs that need a \
+             model will fail provider_unavailable on this worker; set inference.enabled = true"
+        );
     }
 }
 

@@ -39,7 +39,9 @@ pub struct InferenceSection {
     pub enabled: bool,
     /// Path of the ONNX Runtime shared library (`libonnxruntime.so.1.31.1`
     /// from the `onnxruntime` or `onnxruntime-gpu` wheel); unset means the
-    /// `ORT_DYLIB_PATH` environment variable, else the system's loader path.
+    /// `ORT_DYLIB_PATH` environment variable, else
+    /// `<models_dir>/onnxruntime/libonnxruntime.so.1.31.1` (where
+    /// `tools/install-models` puts it).
     pub onnxruntime_path: Option<PathBuf>,
     /// Folder of the model files, as `tools/install-models DIR` lays them
     /// out.
@@ -56,8 +58,10 @@ pub struct InferenceSection {
     /// Threads ONNX Runtime uses inside one operator on the CPU; 0 lets it
     /// pick (one per core).
     pub intra_threads: usize,
-    /// Side of the tiles an image larger than a model's input is cut into,
-    /// in pixels of the model's input.
+    /// Side of the tiles an upscale's input is cut into, in input pixels:
+    /// bounds the activations of one run (they grow with the tile's area
+    /// times the scale squared), like the banded Lanczos upscale bounds its
+    /// working memory.
     pub tile_size: u32,
     /// Pixels tiles overlap by; the seams are feathered across it.
     pub tile_overlap: u32,
@@ -77,10 +81,10 @@ impl Default for InferenceSection {
             models_dir: PathBuf::from("/var/lib/genfleet/models"),
             execution_providers: EXECUTION_PROVIDERS.iter().map(|p| p.to_string()).collect(),
             max_batch: 8,
-            max_delay_ms: 5,
+            max_delay_ms: 10,
             intra_threads: 0,
-            tile_size: 512,
-            tile_overlap: 32,
+            tile_size: 192,
+            tile_overlap: 16,
             vram_headroom_mb: 512,
             preload: Vec::new(),
         }
@@ -88,16 +92,6 @@ impl Default for InferenceSection {
 }
 
 impl InferenceSection {
-    /// The ONNX Runtime library to load: `onnxruntime_path`, else
-    /// `ORT_DYLIB_PATH`, else none (the system's loader path).
-    pub fn runtime_path(&self) -> Option<PathBuf> {
-        self.onnxruntime_path.clone().or_else(|| {
-            std::env::var_os("ORT_DYLIB_PATH")
-                .filter(|v| !v.is_empty())
-                .map(PathBuf::from)
-        })
-    }
-
     /// Checked whether or not the section is enabled: a typo in a disabled
     /// section would otherwise surface only on the day it is turned on.
     ///
@@ -180,7 +174,8 @@ mod tests {
 
     #[test]
     fn errors_name_the_key_and_what_was_expected() {
-        let cases: [(fn(&mut InferenceSection), &str); 8] = [
+        type Change = fn(&mut InferenceSection);
+        let cases: [(Change, &str); 8] = [
             (
                 |s| s.execution_providers = vec!["tensorrt".into()],
                 "inference.execution_providers: \"tensorrt\" is not an execution provider, expected cuda or cpu",

@@ -227,8 +227,12 @@ async fn execute(
     let incoming = &delivery.incoming;
     let contract = job.job();
     let deadline = contract.deadline.as_ref().map(timestamp_to_system_time);
-    let render_spec =
+    let mut render_spec =
         crate::pipeline::RenderSpec::from_contract(contract.outputs.as_ref(), &services.presets)?;
+    // Checked before anything is reserved: a method the worker refuses is
+    // the job's fault whatever the provider.
+    render_spec.matte = crate::methods::MatteMethod::of_job(contract)
+        .map_err(|message| JobFailure::new(ErrorCode::InvalidInput, message))?;
     let providers = generate::provider_chain(services, job)?;
 
     // A parked job comes back with its inputs checked and its credits held:

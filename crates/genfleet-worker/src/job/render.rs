@@ -10,6 +10,8 @@ use genfleet_proto::{pbjson_types, v1, ErrorCode, ValidJob};
 use super::generate::{GenStop, Generated, GenerationFailure};
 use super::progress::Tracker;
 use crate::failure::{JobFailure, Stop};
+use crate::local_models::FixedMatte;
+use crate::methods::MatteMethod;
 use crate::pipeline::{self, RenderSpec};
 use crate::services::Services;
 
@@ -53,7 +55,7 @@ pub(crate) async fn render_and_store(
         scan_output(services, &blob, index)
             .await
             .map_err(&fail_with)?;
-        let outputs = services
+        let read = services
             .cpu_bound(move || {
                 // Read back from the spool only now, with an imaging slot:
                 // outputs that wait for one hold no memory.
@@ -64,14 +66,14 @@ pub(crate) async fn render_and_store(
                     )
                 })?;
                 if is_mp4(&bytes) {
-                    return Ok(vec![pipeline::Rendered {
+                    return Ok(Output::Video(pipeline::Rendered {
                         name: format!("{index}-video.mp4"),
                         preset: "original".into(),
                         content_type: "video/mp4",
                         width: 0,
                         height: 0,
                         bytes: Vec::from(bytes),
-                    }]);
+                    }));
                 }
                 let prepared = pipeline::prepare(&bytes, &limits, &[]).map_err(|f| {
                     JobFailure::new(
@@ -79,10 +81,16 @@ pub(crate) async fn render_and_store(
                         format!("provider returned an unusable image: {}", f.message),
                     )
                 })?;
-                pipeline::render(&prepared.image, index, &spec)
+                Ok(Output::Image(prepared.image))
             })
             .await
-            .map_err(fail_with)?;
+            .map_err(&fail_with)?;
+        let outputs = match read {
+            Output::Video(video) => vec![video],
+            Output::Image(image) => render_image(services, job, image, index, spec)
+                .await
+                .map_err(&fail_with)?,
+        };
         rendered.extend(outputs);
     }
     if rendered.is_empty() {
@@ -148,6 +156,63 @@ pub(crate) async fn render_and_store(
         provider,
         attempts,
     })
+}
+
+/// A provider's output, read back and checked.
+enum Output {
+    Video(pipeline::Rendered),
+    Image(genfleet_imaging::DynamicImage),
+}
+
+/// Renders one image in the job's presets. When a preset removes the
+/// backdrop and the method may use the model, the mask is computed first,
+/// off the imaging slot while the model runs, and handed to the presets;
+/// otherwise the presets' classical matte runs inside the slot, as before
+/// models existed.
+async fn render_image(
+    services: &Services,
+    job: &ValidJob,
+    image: genfleet_imaging::DynamicImage,
+    index: usize,
+    spec: RenderSpec,
+) -> Result<Vec<pipeline::Rendered>, JobFailure> {
+    // Unset means the model where this worker has one, else the classical
+    // matte: a worker without [inference] renders presets as it always did.
+    let method = spec.matte.unwrap_or(if services.models.is_ready() {
+        MatteMethod::Auto
+    } else {
+        MatteMethod::Classical
+    });
+    if !spec.mattes(&image) || method == MatteMethod::Classical {
+        return services
+            .cpu_bound(move || pipeline::render(&image, index, &spec))
+            .await;
+    }
+    let image = std::sync::Arc::new(image);
+    let deadline = model_deadline(services, job);
+    let alpha = services
+        .models
+        .alpha(&services.cpu, image.clone(), method, deadline)
+        .await?;
+    services
+        .cpu_bound(move || pipeline::render_with(&image, index, &spec, &FixedMatte(alpha)))
+        .await
+}
+
+/// Until when a model may run for `job` after generation: its deadline, or
+/// `providers.max_wait_seconds` from now if sooner (as provider calls).
+fn model_deadline(services: &Services, job: &ValidJob) -> tokio::time::Instant {
+    let max_wait = std::time::Duration::from_secs(services.config.providers.max_wait_seconds);
+    let left = job
+        .job()
+        .deadline
+        .as_ref()
+        .map(super::progress::timestamp_to_system_time)
+        .map(|d| {
+            d.duration_since(std::time::SystemTime::now())
+                .unwrap_or_default()
+        });
+    tokio::time::Instant::now() + left.map_or(max_wait, |left| left.min(max_wait))
 }
 
 /// Scans a provider's output with the configured scanner before it is
