@@ -14,8 +14,8 @@ use crate::batcher::{BatchConfig, BatchRun, MicroBatcher};
 use crate::gpu::{GpuProbe, VramAdmission, VramPermit};
 use crate::registry::{self, InputSize, ModelSpec};
 use crate::runtime::{self, ModelSession, Runtime};
+use crate::{matte, upscale, UpscaleModel};
 use crate::{ExecutionProvider, InferenceConfig, InferenceError, InferenceObserver, LoadedModel};
-use crate::{UpscaleModel, matte, upscale};
 
 /// The GPU this engine runs on (one process serves one GPU per device
 /// index; multi-GPU placement is the worker's business).
@@ -80,15 +80,14 @@ impl BatchRun for ModelRun {
         let Some(admission) = &self.admission else {
             return Ok(None);
         };
-        let bytes = self
-            .spec
-            .activation_bytes(size, (key[1] * key[2]) as u64);
-        let permit = admission
-            .admit(bytes, deadline)
-            .await
-            .map_err(|e| InferenceError::Overloaded {
-                message: format!("{}: {e}", self.spec.name),
-            })?;
+        let bytes = self.spec.activation_bytes(size, (key[1] * key[2]) as u64);
+        let permit =
+            admission
+                .admit(bytes, deadline)
+                .await
+                .map_err(|e| InferenceError::Overloaded {
+                    message: format!("{}: {e}", self.spec.name),
+                })?;
         if let Some(observer) = &self.observer {
             observer.admission_waited(self.spec.name, permit.waited().as_secs_f64());
         }
@@ -105,7 +104,11 @@ impl BatchRun for ModelRun {
         }
         let (shape, values) = self.session.run([n, c, h, w], &data)?;
         let [on, oc, oh, ow] = <[usize; 4]>::try_from(shape.as_slice()).map_err(|_| {
-            InferenceError::failed(format!("{} returned a {}-d output", self.spec.name, shape.len()))
+            InferenceError::failed(format!(
+                "{} returned a {}-d output",
+                self.spec.name,
+                shape.len()
+            ))
         })?;
         if on != n || values.len() != on * oc * oh * ow {
             return Err(InferenceError::failed(format!(
@@ -145,7 +148,8 @@ impl Engine {
         let (path, source) = runtime::library_path(&config);
         let runtime = runtime::load(&path, source)?;
         let gpu_present = gpus.free_memory(GPU_INDEX).is_some();
-        let provider = runtime::choose_provider(&runtime, &config.execution_providers, gpu_present)?;
+        let provider =
+            runtime::choose_provider(&runtime, &config.execution_providers, gpu_present)?;
         let admission = (provider == ExecutionProvider::Cuda).then(|| {
             Arc::new(VramAdmission::new(
                 Arc::clone(&gpus),
@@ -232,7 +236,10 @@ impl Engine {
 
     /// The loaded model for `spec`, loading it on first use (concurrent
     /// first uses share one load).
-    pub(crate) async fn model(&self, spec: &'static ModelSpec) -> Result<Arc<Model>, InferenceError> {
+    pub(crate) async fn model(
+        &self,
+        spec: &'static ModelSpec,
+    ) -> Result<Arc<Model>, InferenceError> {
         let cell = {
             let mut models = self.inner.models.lock().unwrap_or_else(|p| p.into_inner());
             Arc::clone(models.entry(spec.name).or_default())
@@ -299,14 +306,22 @@ impl Engine {
 /// Verifies, creates the session and runs it once; the footprint is the
 /// device's free-memory drop (CUDA) or the resident-set growth (CPU) over
 /// the two. Blocking.
-fn load_blocking(inner: &Inner, spec: &'static ModelSpec) -> Result<(ModelSession, u64), InferenceError> {
+fn load_blocking(
+    inner: &Inner,
+    spec: &'static ModelSpec,
+) -> Result<(ModelSession, u64), InferenceError> {
     let path = registry::verify(spec, &inner.config.models_dir)?;
     let measure = || match inner.provider {
         ExecutionProvider::Cuda => inner.gpus.free_memory(GPU_INDEX).unwrap_or(0),
         ExecutionProvider::Cpu => runtime::resident_bytes(),
     };
     let before = measure();
-    let session = ModelSession::create(&inner.runtime, &path, inner.provider, inner.config.intra_threads)?;
+    let session = ModelSession::create(
+        &inner.runtime,
+        &path,
+        inner.provider,
+        inner.config.intra_threads,
+    )?;
     let (h, w) = match spec.input {
         InputSize::Fixed { width, height } => (height as usize, width as usize),
         InputSize::Dynamic => (64, 64),

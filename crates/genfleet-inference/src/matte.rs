@@ -40,7 +40,9 @@ pub(crate) async fn foreground_mask(
         height: side_h,
     } = model.spec.input
     else {
-        return Err(InferenceError::failed("u2netp is registered without a fixed input size"));
+        return Err(InferenceError::failed(
+            "u2netp is registered without a fixed input size",
+        ));
     };
     let input = preprocess(image, side_w, side_h, model.spec.normalisation);
     let output = model.batcher.submit(input, deadline).await?;
@@ -81,7 +83,9 @@ fn postprocess(output: &Tensor, width: u32, height: u32) -> Result<GrayImage, In
     let plane = &output.data[..(oh * ow).min(output.data.len())];
     let (min, max) = plane
         .iter()
-        .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| {
+            (lo.min(v), hi.max(v))
+        });
     let range = max - min;
     let bytes = plane
         .iter()
