@@ -455,3 +455,82 @@ async fn a_worker_whose_runtime_does_not_load_serves_what_needs_no_model() {
         .terminate(Duration::from_secs(30))
         .is_some_and(|s| s.success()));
 }
+
+/// `genfleet batch --remove-background` and `--upscale-model`, no services:
+/// cut-outs with transparency by model, a Real-ESRGAN upscale of the right
+/// size, and a clear rejection per file when the models are not there.
+#[test]
+fn batch_cuts_out_and_upscales_by_model_without_services() {
+    let dir = TempDir::new("genfleet-gpu-batch");
+    let input = dir.0.join("in");
+    std::fs::create_dir_all(&input).unwrap();
+    std::fs::copy(
+        repo_path("tests/fixtures/corpus/photos/p08_dogs_portrait_orient6_1000x667.jpg"),
+        input.join("dogs.jpg"),
+    )
+    .unwrap();
+    let models = models_dir();
+    let batch = |out: &str, args: &[&str], models: &Path| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_genfleet"))
+            .arg("batch")
+            .arg(&input)
+            .arg("--out")
+            .arg(dir.0.join(out))
+            .arg("--models-dir")
+            .arg(models)
+            .args(args)
+            .env_remove("ORT_DYLIB_PATH")
+            .output()
+            .expect("genfleet batch runs");
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+        )
+    };
+
+    let (ok, stdout) = batch(
+        "cut",
+        &["--remove-background", "--method", "model"],
+        &models,
+    );
+    assert!(ok, "{stdout}");
+    let cut = image::open(dir.0.join("cut/dogs.png")).expect("a PNG cut-out");
+    assert_eq!(
+        (cut.width(), cut.height()),
+        (667, 1000),
+        "upright, full size"
+    );
+    let share = foreground_share(&alpha_of(&cut));
+    assert!((0.02..0.98).contains(&share), "{share}");
+
+    let (ok, stdout) = batch(
+        "up",
+        &[
+            "--long-side",
+            "120",
+            "--upscale",
+            "4",
+            "--upscale-model",
+            "realesrgan-fast",
+        ],
+        &models,
+    );
+    assert!(ok, "{stdout}");
+    let up = image::open(dir.0.join("up/dogs.jpg")).unwrap();
+    assert_eq!((up.width(), up.height()), (80 * 4, 120 * 4));
+
+    // No models there: the file is rejected with the reason, the rest of a
+    // batch would go on.
+    let empty = dir.0.join("no-models");
+    std::fs::create_dir_all(&empty).unwrap();
+    let (ok, stdout) = batch(
+        "none",
+        &["--remove-background", "--method", "model"],
+        &empty,
+    );
+    assert!(!ok, "nothing converted: {stdout}");
+    assert!(
+        stdout.contains("provider_unavailable") && stdout.contains("not available"),
+        "{stdout}"
+    );
+}

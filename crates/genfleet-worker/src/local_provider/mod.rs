@@ -75,8 +75,8 @@ impl Task {
                 // is the 4 a JSON publisher wrote.
                 let factor = match parameters.get("factor").map(|v| v.as_f64()) {
                     None => 2,
-                    Some(Some(f)) if f == 2.0 => 2,
-                    Some(Some(f)) if f == 4.0 => 4,
+                    Some(Some(2.0)) => 2,
+                    Some(Some(4.0)) => 4,
                     Some(_) => return Err(invalid("parameters.factor: expected 2 or 4".into())),
                 };
                 let method = UpscaleMethod::from_json(parameters.get(UpscaleMethod::KEY))
