@@ -732,6 +732,45 @@ mod tests {
     }
 
     #[test]
+    fn inference_reads_from_the_file_and_the_environment_and_names_bad_keys() {
+        let dir = std::env::temp_dir().join(format!("genfleet-inference-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("inference.toml");
+        std::fs::write(
+            &file,
+            "[worker]\nclasses = [\"gpu\"]\n[inference]\nenabled = true\n\
+             models_dir = \"/srv/models\"\nexecution_providers = [\"cpu\"]\n\
+             preload = [\"u2netp\"]\nvram_headroom_mb = 1024\n",
+        )
+        .unwrap();
+        // No other test reads this key, so the variable cannot disturb them.
+        std::env::set_var("GENFLEET__INFERENCE__TILE_OVERLAP", "24");
+        let loaded = Config::load(Some(&file));
+        std::env::remove_var("GENFLEET__INFERENCE__TILE_OVERLAP");
+        let config = loaded.unwrap();
+        let inference = &config.inference;
+        assert!(inference.enabled);
+        assert_eq!(inference.models_dir, PathBuf::from("/srv/models"));
+        assert_eq!(inference.execution_providers, ["cpu"]);
+        assert_eq!(inference.preload, ["u2netp"]);
+        assert_eq!(inference.vram_headroom_mb, 1024);
+        assert_eq!(inference.tile_overlap, 24);
+        for (toml, key) in [
+            (
+                "[inference]\nexecution_providers = [\"rocm\"]\n",
+                "inference.execution_providers",
+            ),
+            ("[inference]\nmax_batch = 0\n", "inference.max_batch"),
+            ("[inference]\nenable = true\n", "enable"),
+        ] {
+            std::fs::write(&file, toml).unwrap();
+            let err = Config::load(Some(&file)).unwrap_err().to_string();
+            assert!(err.contains(key), "{toml}: {err}");
+        }
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
     fn the_scanner_is_off_by_default_and_takes_both_address_kinds() {
         let config = Config::default();
         assert!(!config.scanner.enabled);
