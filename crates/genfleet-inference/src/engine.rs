@@ -176,6 +176,13 @@ impl Engine {
         self.inner.provider
     }
 
+    /// The process's ONNX Runtime environment (ORT allows one per process),
+    /// for code that wants a session of its own beside the engine's: the
+    /// inference bench runs a bare session of the same model against it.
+    pub fn ort_environment(&self) -> &ort::environment::Environment {
+        &self.inner.runtime.environment
+    }
+
     /// The engine's configuration.
     pub fn config(&self) -> &InferenceConfig {
         &self.inner.config
