@@ -9,6 +9,8 @@
 //! [`InferenceError`] back. Mask refinement is not here (genfleet-imaging
 //! does it at full resolution).
 
+#![forbid(unsafe_code)]
+
 pub mod batcher;
 mod engine;
 mod error;

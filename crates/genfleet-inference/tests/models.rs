@@ -62,6 +62,22 @@ fn files(dir: &str, suffix: &str) -> Vec<PathBuf> {
     files
 }
 
+/// IoU of the foregrounds at alpha >= 128, as genfleet-imaging's
+/// `alpha_iou` (not a dependency: inference may depend on proto alone).
+fn alpha_iou(predicted: &GrayImage, truth: &GrayImage) -> f64 {
+    let (mut both, mut either) = (0u64, 0u64);
+    for (p, t) in predicted.pixels().zip(truth.pixels()) {
+        let (p, t) = (p[0] >= 128, t[0] >= 128);
+        both += u64::from(p && t);
+        either += u64::from(p || t);
+    }
+    if either == 0 {
+        1.0
+    } else {
+        both as f64 / either as f64
+    }
+}
+
 fn psnr(a: &RgbImage, b: &RgbImage) -> f64 {
     let mse = a
         .as_raw()
@@ -101,7 +117,7 @@ async fn composites_get_a_mask_of_their_size_close_to_the_truth() {
         let mask = engine.foreground_mask(&image, deadline()).await.unwrap();
         let ms = started.elapsed().as_secs_f64() * 1e3;
         assert_eq!(mask.dimensions(), image.dimensions());
-        let iou = genfleet_imaging::alpha_iou(&mask, &truth);
+        let iou = alpha_iou(&mask, &truth);
         println!(
             "{}: raw u2netp IoU {iou:.3} ({ms:.0} ms)",
             path.file_name().unwrap().to_string_lossy()
