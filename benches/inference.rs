@@ -8,11 +8,16 @@
 //!
 //! - **bare session**: one `session.run` of a `B x 3 x H x W` tensor that
 //!   was prepared before the clock started (the model alone);
-//! - **genfleet-inference**: B concurrent requests to an [`Engine`] with
-//!   `max_batch = B`, each a whole image: `foreground_mask` on a corpus
+//! - **genfleet-inference, rounds**: B concurrent requests to an [`Engine`]
+//!   with `max_batch = B`, each a whole image: `foreground_mask` on a corpus
 //!   photo (resize to 320, normalise, run, min-max, resize the mask back to
 //!   the photo's size) or `upscale` of a tile-sized crop (one tile per
-//!   image, so the batch holds B tiles like the bare run).
+//!   image, so the batch holds B tiles like the bare run); the next round
+//!   starts when all B are back, so nothing overlaps the model's run.
+//! - **genfleet-inference, stream**: the same requests, rounds x B of them,
+//!   with 2B in flight at any time, as a worker with many concurrent jobs
+//!   sends them: one batch's pre- and post-processing overlaps the next
+//!   batch's run. Timed over the whole stream.
 //!
 //! Figures: images/s (median round), the ratio engine / bare (the issue's
 //! goal: >= 0.8, i.e. batching and pre/post-processing cost at most 20%),
@@ -91,9 +96,9 @@ fn main() -> BenchResult<()> {
         );
     }
     println!(
-        "| model | input | batch | bare images/s | engine images/s | engine/bare | engine CPU ms/image | engine peak RSS MiB |"
+        "| model | input | batch | bare images/s | engine rounds images/s | rounds/bare | engine stream images/s | stream/bare | engine CPU ms/image | engine peak RSS MiB |"
     );
-    println!("|---|---|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
 
     for model in models.split(',').map(str::trim) {
         let workload = match model {
@@ -159,12 +164,21 @@ fn main() -> BenchResult<()> {
                 engine_times.push(started.elapsed());
                 engine_cpu += process_cpu_time().saturating_sub(cpu_before);
             }
+            let started = Instant::now();
+            runtime.block_on(workload.engine_stream(
+                &engine,
+                &shared,
+                rounds * batch,
+                2 * batch,
+            ))?;
+            let stream_rate = (rounds * batch) as f64 / started.elapsed().as_secs_f64();
             let bare_rate = batch as f64 / median(&mut bare_times).as_secs_f64();
             let engine_rate = batch as f64 / median(&mut engine_times).as_secs_f64();
             println!(
-                "| {model} | {} | {batch} | {bare_rate:.2} | {engine_rate:.2} | {:.2} | {:.1} | {:.0} |",
+                "| {model} | {} | {batch} | {bare_rate:.2} | {engine_rate:.2} | {:.2} | {stream_rate:.2} | {:.2} | {:.1} | {:.0} |",
                 workload.describe(&inputs),
                 engine_rate / bare_rate,
+                stream_rate / bare_rate,
                 engine_cpu.as_secs_f64() * 1e3 / (rounds * batch) as f64,
                 peak_rss_bytes() as f64 / (1 << 20) as f64,
             );
@@ -260,6 +274,51 @@ impl Workload {
         }
     }
 
+    /// `total` requests over `inputs`, `in_flight` at a time.
+    async fn engine_stream(
+        &self,
+        engine: &Engine,
+        inputs: &[Arc<RgbImage>],
+        total: usize,
+        in_flight: usize,
+    ) -> BenchResult<()> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(3600);
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..total {
+            if tasks.len() >= in_flight {
+                if let Some(done) = tasks.join_next().await {
+                    done??;
+                }
+            }
+            let image = Arc::clone(&inputs[i % inputs.len()]);
+            let engine = engine.clone();
+            let workload = *self;
+            tasks.spawn(async move { workload.one(&engine, &image, deadline).await });
+        }
+        while let Some(done) = tasks.join_next().await {
+            done??;
+        }
+        Ok(())
+    }
+
+    async fn one(
+        &self,
+        engine: &Engine,
+        image: &RgbImage,
+        deadline: tokio::time::Instant,
+    ) -> Result<usize, genfleet_inference::InferenceError> {
+        match *self {
+            Workload::Matte => engine
+                .foreground_mask(image, deadline)
+                .await
+                .map(|mask| mask.width() as usize),
+            Workload::Upscale { model, .. } => engine
+                .upscale(image, model, 4, deadline)
+                .await
+                .map(|out| out.width() as usize),
+        }
+    }
+
     /// B concurrent requests, as B jobs would make them.
     async fn engine_round(&self, engine: &Engine, inputs: &[Arc<RgbImage>]) -> BenchResult<()> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(3600);
@@ -269,18 +328,7 @@ impl Workload {
             let image = Arc::clone(image);
             let engine = engine.clone();
             let workload = *self;
-            tasks.spawn(async move {
-                match workload {
-                    Workload::Matte => engine
-                        .foreground_mask(&image, deadline)
-                        .await
-                        .map(|mask| mask.width() as usize),
-                    Workload::Upscale { model, .. } => engine
-                        .upscale(&image, model, 4, deadline)
-                        .await
-                        .map(|out| out.width() as usize),
-                }
-            });
+            tasks.spawn(async move { workload.one(&engine, &image, deadline).await });
         }
         while let Some(done) = tasks.join_next().await {
             done??;

@@ -110,19 +110,17 @@ impl BatchRun for ModelRun {
                 shape.len()
             ))
         })?;
-        if on != n || values.len() != on * oc * oh * ow {
+        if on != n || values.len() != n || values.iter().any(|v| v.len() != oc * oh * ow) {
             return Err(InferenceError::failed(format!(
                 "{} returned {on} items for {n}",
                 self.spec.name
             )));
         }
-        let per = oc * oh * ow;
         let outputs = values
-            .chunks(per.max(1))
-            .take(n)
-            .map(|chunk| Tensor {
+            .into_iter()
+            .map(|data| Tensor {
                 shape: [oc, oh, ow],
-                data: chunk.to_vec(),
+                data,
             })
             .collect();
         if let Some(observer) = &self.observer {
