@@ -14,7 +14,6 @@ use crate::batcher::{BatchConfig, BatchRun, MicroBatcher};
 use crate::gpu::{GpuProbe, VramAdmission, VramPermit};
 use crate::registry::{self, InputSize, ModelSpec};
 use crate::runtime::{self, ModelSession, Runtime};
-use crate::{matte, upscale, UpscaleModel};
 use crate::{ExecutionProvider, InferenceConfig, InferenceError, InferenceObserver, LoadedModel};
 
 /// The GPU this engine runs on (one process serves one GPU per device
@@ -206,37 +205,6 @@ impl Engine {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
-    }
-
-    /// A coarse foreground mask (0..=255, the image's size) from U²-Net-p:
-    /// the model's saliency min-max normalised as rembg does, upsampled
-    /// bilinearly. Refinement is the caller's (genfleet-imaging).
-    ///
-    /// # Errors
-    /// `Invalid` for an image with a zero side or above the pixel limit,
-    /// `Unavailable`, `Overloaded`, `DeadlineExceeded`, `Failed`.
-    pub async fn foreground_mask(
-        &self,
-        image: &image::RgbImage,
-        deadline: Instant,
-    ) -> Result<image::GrayImage, InferenceError> {
-        matte::foreground_mask(self, image, deadline).await
-    }
-
-    /// Upscales by `factor` (2 or 4) with `model`, tiled.
-    ///
-    /// # Errors
-    /// `Invalid` for a factor other than 2 or 4, a zero side or an output
-    /// above the pixel limit; `Unavailable`, `Overloaded`,
-    /// `DeadlineExceeded`, `Failed`.
-    pub async fn upscale(
-        &self,
-        image: &image::RgbImage,
-        model: UpscaleModel,
-        factor: u32,
-        deadline: Instant,
-    ) -> Result<image::RgbImage, InferenceError> {
-        upscale::upscale(self, image, model, factor, deadline).await
     }
 
     /// The loaded model for `spec`, loading it on first use (concurrent

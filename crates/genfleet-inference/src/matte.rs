@@ -102,3 +102,22 @@ fn postprocess(output: &Tensor, width: u32, height: u32) -> Result<GrayImage, In
         .ok_or_else(|| InferenceError::failed("u2netp returned an output of an unexpected size"))?;
     Ok(resize_gray_bilinear(&coarse, width, height))
 }
+
+// The engine's public entry for masks lives here, beside the work, so the
+// engine module does not import the modules that import it.
+impl Engine {
+    /// A coarse foreground mask (0..=255, the image's size) from U²-Net-p:
+    /// the model's saliency min-max normalised as rembg does, upsampled
+    /// bilinearly. Refinement is the caller's (genfleet-imaging).
+    ///
+    /// # Errors
+    /// `Invalid` for an image with a zero side or above the pixel limit,
+    /// `Unavailable`, `Overloaded`, `DeadlineExceeded`, `Failed`.
+    pub async fn foreground_mask(
+        &self,
+        image: &image::RgbImage,
+        deadline: Instant,
+    ) -> Result<image::GrayImage, InferenceError> {
+        foreground_mask(self, image, deadline).await
+    }
+}

@@ -118,3 +118,23 @@ async fn run_tiled(
     }
     Ok(blender.into_image())
 }
+
+// The engine's public entry for upscales lives here, beside the work, so
+// the engine module does not import the modules that import it.
+impl Engine {
+    /// Upscales by `factor` (2 or 4) with `model`, tiled.
+    ///
+    /// # Errors
+    /// `Invalid` for a factor other than 2 or 4, a zero side or an output
+    /// above the pixel limit; `Unavailable`, `Overloaded`,
+    /// `DeadlineExceeded`, `Failed`.
+    pub async fn upscale(
+        &self,
+        image: &image::RgbImage,
+        model: UpscaleModel,
+        factor: u32,
+        deadline: Instant,
+    ) -> Result<image::RgbImage, InferenceError> {
+        upscale(self, image, model, factor, deadline).await
+    }
+}
