@@ -42,6 +42,18 @@ fn check_size(image: &DynamicImage, factor: u32, limits: &Limits) -> Result<(), 
     Ok(())
 }
 
+/// The colour the networks take, and the alpha channel they do not (if
+/// any), which goes through Lanczos instead.
+fn split_alpha(image: &DynamicImage) -> (image::RgbImage, Option<image::GrayImage>) {
+    let alpha = image.color().has_alpha().then(|| {
+        let rgba = image.to_rgba8();
+        image::GrayImage::from_fn(rgba.width(), rgba.height(), |x, y| {
+            image::Luma([rgba.get_pixel(x, y).0[3]])
+        })
+    });
+    (image.to_rgb8(), alpha)
+}
+
 /// Puts an upscaled alpha back on the model's colour output.
 fn with_alpha(
     colour: image::RgbImage,
@@ -60,6 +72,25 @@ fn with_alpha(
 }
 
 impl LocalModels {
+    /// What both entry points check before any pixel work: the job's model,
+    /// the output size, and that this worker has an engine. Returns the
+    /// phrase errors name, the model and the engine.
+    fn prepare(
+        &self,
+        image: &DynamicImage,
+        method: UpscaleMethod,
+        factor: u32,
+        limits: &Limits,
+    ) -> Result<(String, UpscaleModel, &genfleet_inference::Engine), ModelError> {
+        let what = format!("upscaling by {}", method.label());
+        let Some(model) = engine_model(method) else {
+            return Err(ModelError::Invalid(format!("{what} runs no model")));
+        };
+        check_size(image, factor, limits)?;
+        let engine = self.engine(&what)?;
+        Ok((what, model, engine))
+    }
+
     /// `image` enlarged `factor` times by `method`'s model.
     ///
     /// # Errors
@@ -76,22 +107,8 @@ impl LocalModels {
         limits: &Limits,
         deadline: tokio::time::Instant,
     ) -> Result<DynamicImage, ModelError> {
-        let what = format!("upscaling by {}", method.label());
-        let Some(model) = engine_model(method) else {
-            return Err(ModelError::Invalid(format!("{what} runs no model")));
-        };
-        check_size(&image, factor, limits)?;
-        let engine = self.engine(&what)?;
-        let (rgb, alpha) = on_cpu(cpu, move || {
-            let alpha = image.color().has_alpha().then(|| {
-                let rgba = image.to_rgba8();
-                image::GrayImage::from_fn(rgba.width(), rgba.height(), |x, y| {
-                    image::Luma([rgba.get_pixel(x, y).0[3]])
-                })
-            });
-            Ok((image.to_rgb8(), alpha))
-        })
-        .await?;
+        let (what, model, engine) = self.prepare(&image, method, factor, limits)?;
+        let (rgb, alpha) = on_cpu(cpu, move || Ok(split_alpha(&image))).await?;
         let colour = engine
             .upscale(&rgb, model, factor, deadline)
             .await
@@ -115,23 +132,10 @@ impl LocalModels {
         limits: &Limits,
         deadline: tokio::time::Instant,
     ) -> Result<DynamicImage, ModelError> {
-        let what = format!("upscaling by {}", method.label());
-        let Some(model) = engine_model(method) else {
-            return Err(ModelError::Invalid(format!("{what} runs no model")));
-        };
-        check_size(image, factor, limits)?;
-        let engine = self.engine(&what)?;
-        let alpha = image.color().has_alpha().then(|| {
-            let rgba = image.to_rgba8();
-            image::GrayImage::from_fn(rgba.width(), rgba.height(), |x, y| {
-                image::Luma([rgba.get_pixel(x, y).0[3]])
-            })
-        });
-        let colour = super::block_on(
-            runtime,
-            engine.upscale(&image.to_rgb8(), model, factor, deadline),
-        )?
-        .map_err(|e| ModelError::from_inference(&what, e))?;
+        let (what, model, engine) = self.prepare(image, method, factor, limits)?;
+        let (rgb, alpha) = split_alpha(image);
+        let colour = super::block_on(runtime, engine.upscale(&rgb, model, factor, deadline))?
+            .map_err(|e| ModelError::from_inference(&what, e))?;
         Ok(with_alpha(colour, alpha, factor, limits)?)
     }
 }
